@@ -1,0 +1,66 @@
+//! Error statuses in the AIP-193 shape: every status carries a `google.rpc.ErrorInfo` with a stable
+//! UPPER_SNAKE_CASE reason in the `datapath.io` domain, and a field violation when one field is at fault.
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `ErrorInfo.domain` of every datapath error.
+pub const ERROR_DOMAIN: &str = "datapath.io";
+
+/// Builds a status whose details carry an `ErrorInfo` with `reason`, and with `field` in its metadata and
+/// a `BadRequest` violation when a field is named.
+pub fn status(code: Code, reason: &str, message: impl Into<String>, field: Option<&str>) -> Status {
+    let message = message.into();
+    let mut metadata = HashMap::new();
+    if let Some(field) = field {
+        metadata.insert("field".to_string(), field.to_string());
+    }
+    let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
+    if let (Some(field), Code::InvalidArgument) = (field, code) {
+        details.add_bad_request_violation(field, message.clone());
+    }
+    Status::with_error_details(code, message, details)
+}
+
+/// The `ErrorInfo.reason` a status carries, if any.
+pub fn reason(status: &Status) -> Option<String> {
+    status.get_details_error_info().map(|info| info.reason)
+}
+
+/// One bad field of an incoming message; becomes `INVALID_ARGUMENT` naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldViolation {
+    /// The field path, e.g. `destination.volume.volume_id`.
+    pub field: String,
+    /// A stable reason such as `MALFORMED_ID`, `MISSING_FIELD`, `UNKNOWN_ENUM_VALUE`, `INVALID_VALUE`.
+    pub reason: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl FieldViolation {
+    /// A violation of `field` with `reason`.
+    pub fn new(field: impl Into<String>, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// A required field that is empty or absent.
+    pub fn missing(field: impl Into<String>) -> Self {
+        let field = field.into();
+        let message = format!("{field} is required");
+        Self::new(field, "MISSING_FIELD", message)
+    }
+}
+
+impl From<FieldViolation> for Status {
+    fn from(v: FieldViolation) -> Self {
+        let message = format!("invalid {}: {}", v.field, v.message);
+        status(Code::InvalidArgument, v.reason, message, Some(&v.field))
+    }
+}

@@ -1,0 +1,35 @@
+//! Errors of the coordination layer.
+use datapath_api::pb::VolumeLease;
+
+/// A coordination failure.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    /// etcd could not be reached or refused the request.
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    /// A value under our prefix is not the message its key promises.
+    #[error("corrupt record at {key}: {source}")]
+    Decode {
+        /// The key holding the bad value.
+        key: String,
+        /// What prost said.
+        source: prost::DecodeError,
+    },
+    /// Another job holds the volume lease.
+    #[error("volume lease held by host {} for job {}", .0.host_id, .0.job_id)]
+    LeaseHeld(VolumeLease),
+    /// A watch asked for history that etcd has compacted away.
+    #[error("revision {requested} is compacted (oldest kept is {compacted})")]
+    Compacted {
+        /// The revision asked for.
+        requested: i64,
+        /// The compaction revision.
+        compacted: i64,
+    },
+    /// The session lease has been lost; the caller must not act as its holder.
+    #[error("session lease lost")]
+    SessionLost,
+}
+
+/// Result of a coordination call.
+pub type Result<T, E = CoordError> = std::result::Result<T, E>;

@@ -1,0 +1,96 @@
+//! The etcd key layout, all under one prefix (default `/datapath/`):
+//!
+//! | key | value | life |
+//! |---|---|---|
+//! | `hosts/<host_id>` | `Host` | the host's session lease |
+//! | `spm` | election | the SPM's session lease |
+//! | `leases/volumes/<sd>/<img>/<vol>` | `VolumeLease` | the holder's session lease; create-if-absent |
+//! | `jobs/<job_id>` | `Job` (job-tracker only) | until deleted, or the retention lease after it ended |
+//! | `flows/<operation_id>` | scheduler flow | until the operation ends and its retention passes |
+//! | `config/<name>` | text | permanent |
+//!
+//! Values are protobuf messages from `proto/datapath/v1`; `dpctl decode` prints them as JSON.
+use datapath_api::{
+    ids::{HostId, JobId},
+    volume::VolumeKey,
+};
+
+/// The default key prefix.
+pub const DEFAULT_PREFIX: &str = "/datapath/";
+
+/// Builds and parses keys under one prefix; tests give each cluster its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix` (a trailing `/` is added when missing).
+    pub fn new(prefix: &str) -> Self {
+        let mut prefix = prefix.to_string();
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Self { prefix }
+    }
+
+    /// The prefix itself.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `hosts/`.
+    pub fn hosts(&self) -> String {
+        format!("{}hosts/", self.prefix)
+    }
+
+    /// `hosts/<host_id>`.
+    pub fn host(&self, host: HostId) -> String {
+        format!("{}{host}", self.hosts())
+    }
+
+    /// `leases/volumes/`.
+    pub fn volume_leases(&self) -> String {
+        format!("{}leases/volumes/", self.prefix)
+    }
+
+    /// `leases/volumes/<sd>/<img>/<vol>`.
+    pub fn volume_lease(&self, volume: &VolumeKey) -> String {
+        format!("{}{volume}", self.volume_leases())
+    }
+
+    /// `jobs/`.
+    pub fn jobs(&self) -> String {
+        format!("{}jobs/", self.prefix)
+    }
+
+    /// `jobs/<job_id>`.
+    pub fn job(&self, job: JobId) -> String {
+        format!("{}{job}", self.jobs())
+    }
+
+    /// The job id of a `jobs/<job_id>` key.
+    pub fn parse_job(&self, key: &[u8]) -> Option<JobId> {
+        let key = std::str::from_utf8(key).ok()?;
+        JobId::parse("key", key.strip_prefix(&self.jobs())?).ok()
+    }
+
+    /// `config/<name>`.
+    pub fn config(&self, name: &str) -> String {
+        format!("{}config/{name}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_keys_round_trip() {
+        let keys = Keys::new("/t1");
+        let id = JobId::random();
+        assert_eq!(keys.job(id), format!("/t1/jobs/{id}"));
+        assert_eq!(keys.parse_job(keys.job(id).as_bytes()), Some(id));
+        assert_eq!(keys.parse_job(b"/t1/hosts/x"), None);
+    }
+}

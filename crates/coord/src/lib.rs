@@ -1,0 +1,56 @@
+//! Everything that knows etcd. This crate is the only code that knows the key layout (see [`keys`]);
+//! the services see narrow, domain-level operations: a session lease with self-fencing, host
+//! registrations, volume leases, and job records with compare-and-swap and resumable watches.
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod hosts;
+pub mod jobs;
+pub mod keys;
+pub mod session;
+pub mod volume_leases;
+
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions};
+
+pub use error::{CoordError, Result};
+pub use keys::Keys;
+
+/// Per-request deadline for etcd calls; a stopped or partitioned etcd answers with a timeout instead of
+/// hanging a caller forever.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection to etcd plus the key layout under one prefix. Cheap to clone.
+#[derive(Clone)]
+pub struct Coord {
+    client: Client,
+    keys: Keys,
+}
+
+impl Coord {
+    /// Connects to `endpoints` (lazily: an etcd that is down now is retried on each call) and scopes
+    /// every key under `prefix`.
+    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true);
+        let client = Client::connect(endpoints, Some(options)).await?;
+        Ok(Self {
+            client,
+            keys: Keys::new(prefix),
+        })
+    }
+
+    /// The key layout.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// A handle on the raw client, for this crate's modules.
+    pub(crate) fn client(&self) -> Client {
+        self.client.clone()
+    }
+}

@@ -1,0 +1,86 @@
+//! Volume leases: `leases/volumes/<sd>/<img>/<vol>` names the one job allowed to write a volume. Taken
+//! with a create-if-absent transaction and bound to the holder's session lease, so a host that dies or
+//! is cut off loses all its volume leases after the TTL. The key's create revision is the lease's
+//! fencing token: a holder checks it is still the same lease before it commits a result.
+use datapath_api::{
+    ids::{HostId, JobId},
+    pb::VolumeLease,
+    volume::VolumeKey,
+};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use prost::Message;
+
+use crate::{error::CoordError, hosts::decode, Coord, Result};
+
+impl Coord {
+    /// Takes the lease of `volume` for `job` on `host`, bound to `session_lease`. Returns its fencing
+    /// token, or `LeaseHeld` naming the holder.
+    pub async fn acquire_volume_lease(
+        &self,
+        volume: &VolumeKey,
+        host: HostId,
+        job: JobId,
+        session_lease: i64,
+    ) -> Result<i64> {
+        let key = self.keys().volume_lease(volume);
+        let value = VolumeLease {
+            host_id: host.to_string(),
+            job_id: job.to_string(),
+            revision: 0,
+        };
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                value.encode_to_vec(),
+                Some(PutOptions::new().with_lease(session_lease)),
+            )])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let resp = self.client().txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(resp.header().map(|h| h.revision()).unwrap_or_default());
+        }
+        for op in resp.op_responses() {
+            if let TxnOpResponse::Get(get) = op {
+                if let Some(kv) = get.kvs().first() {
+                    let mut holder: VolumeLease = decode(kv.key(), kv.value())?;
+                    holder.revision = kv.create_revision();
+                    return Err(CoordError::LeaseHeld(holder));
+                }
+            }
+        }
+        // The holder vanished between compare and get; the caller may simply try again.
+        Err(CoordError::LeaseHeld(VolumeLease::default()))
+    }
+
+    /// Releases the lease of `volume` if it is still the one taken at `token`. Returns whether it was.
+    pub async fn release_volume_lease(&self, volume: &VolumeKey, token: i64) -> Result<bool> {
+        let key = self.keys().volume_lease(volume);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, token)])
+            .and_then([TxnOp::delete(key, None)]);
+        Ok(self.client().txn(txn).await?.succeeded())
+    }
+
+    /// Whether the lease of `volume` is still the one taken at `token`.
+    pub async fn holds_volume_lease(&self, volume: &VolumeKey, token: i64) -> Result<bool> {
+        Ok(self
+            .volume_lease(volume)
+            .await?
+            .is_some_and(|l| l.revision == token))
+    }
+
+    /// Who holds the lease of `volume`, with its fencing token in `revision`.
+    pub async fn volume_lease(&self, volume: &VolumeKey) -> Result<Option<VolumeLease>> {
+        let resp = self.client().get(self.keys().volume_lease(volume), None).await?;
+        resp.kvs()
+            .first()
+            .map(|kv| {
+                decode::<VolumeLease>(kv.key(), kv.value()).map(|mut l| {
+                    l.revision = kv.create_revision();
+                    l
+                })
+            })
+            .transpose()
+    }
+}
