@@ -90,7 +90,10 @@ mod tests {
         let err = VolumeId::parse("source.volume.volume_id", "../../etc").unwrap_err();
         assert_eq!(err.field, "source.volume.volume_id");
         assert_eq!(err.reason, "MALFORMED_ID");
-        assert_eq!(VolumeId::parse("f", "").unwrap_err().reason, "MISSING_FIELD");
+        assert_eq!(
+            VolumeId::parse("f", "").unwrap_err().reason,
+            "MISSING_FIELD"
+        );
     }
 
     #[test]

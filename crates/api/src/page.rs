@@ -34,7 +34,11 @@ impl PageRequest {
             None
         } else {
             Some(decode_token(page_token).ok_or_else(|| {
-                FieldViolation::new("page_token", "INVALID_PAGE_TOKEN", "not a token from this API")
+                FieldViolation::new(
+                    "page_token",
+                    "INVALID_PAGE_TOKEN",
+                    "not a token from this API",
+                )
             })?)
         };
         Ok(Self { size, after })
@@ -49,7 +53,9 @@ impl PageRequest {
             .collect();
         let next = if page.len() > self.size {
             page.truncate(self.size);
-            page.last().map(|last| encode_token(&key(last))).unwrap_or_default()
+            page.last()
+                .map(|last| encode_token(&key(last)))
+                .unwrap_or_default()
         } else {
             String::new()
         };
@@ -100,7 +106,10 @@ mod tests {
     #[test]
     fn bad_size_and_token_name_their_field() {
         assert_eq!(PageRequest::parse(-1, "").unwrap_err().field, "page_size");
-        assert_eq!(PageRequest::parse(0, "garbage").unwrap_err().field, "page_token");
+        assert_eq!(
+            PageRequest::parse(0, "garbage").unwrap_err().field,
+            "page_token"
+        );
         assert_eq!(PageRequest::parse(5000, "").unwrap().size, MAX_PAGE_SIZE);
     }
 }

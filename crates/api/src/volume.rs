@@ -226,8 +226,14 @@ mod tests {
     #[test]
     fn unknown_enum_value_names_the_field() {
         let err = Format::from_pb("format", 42).unwrap_err();
-        assert_eq!((err.field.as_str(), err.reason), ("format", "UNKNOWN_ENUM_VALUE"));
-        assert_eq!(Format::from_pb("format", 0).unwrap_err().reason, "MISSING_FIELD");
+        assert_eq!(
+            (err.field.as_str(), err.reason),
+            ("format", "UNKNOWN_ENUM_VALUE")
+        );
+        assert_eq!(
+            Format::from_pb("format", 0).unwrap_err().reason,
+            "MISSING_FIELD"
+        );
         assert_eq!(Format::from_pb("format", 2).unwrap(), Format::Cow);
     }
 
@@ -243,7 +249,10 @@ mod tests {
             source: Some(ep(vref(&id, &id, &id))),
             destination: Some(ep(vref(&id, &id, &id))),
         };
-        assert_eq!(CopyDataSpec::from_pb(&req).unwrap_err().reason, "SAME_VOLUME");
+        assert_eq!(
+            CopyDataSpec::from_pb(&req).unwrap_err().reason,
+            "SAME_VOLUME"
+        );
         req.destination = Some(ep(vref(&id, "../../etc", &id)));
         let err = CopyDataSpec::from_pb(&req).unwrap_err();
         assert_eq!(err.field, "destination.volume.image_id");

@@ -8,7 +8,12 @@ use crate::{error::CoordError, Coord, Result};
 
 impl Coord {
     /// Writes (or refreshes) a host's registration under its session lease.
-    pub async fn register_host(&self, host_id: HostId, host: &pb::Host, lease_id: i64) -> Result<()> {
+    pub async fn register_host(
+        &self,
+        host_id: HostId,
+        host: &pb::Host,
+        lease_id: i64,
+    ) -> Result<()> {
         let opts = PutOptions::new().with_lease(lease_id);
         self.client()
             .put(self.keys().host(host_id), host.encode_to_vec(), Some(opts))
@@ -22,13 +27,19 @@ impl Coord {
             .client()
             .get(self.keys().hosts(), Some(GetOptions::new().with_prefix()))
             .await?;
-        resp.kvs().iter().map(|kv| decode(kv.key(), kv.value())).collect()
+        resp.kvs()
+            .iter()
+            .map(|kv| decode(kv.key(), kv.value()))
+            .collect()
     }
 
     /// One host's registration, if it is live.
     pub async fn get_host(&self, host_id: HostId) -> Result<Option<pb::Host>> {
         let resp = self.client().get(self.keys().host(host_id), None).await?;
-        resp.kvs().first().map(|kv| decode(kv.key(), kv.value())).transpose()
+        resp.kvs()
+            .first()
+            .map(|kv| decode(kv.key(), kv.value()))
+            .transpose()
     }
 }
 

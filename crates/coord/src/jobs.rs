@@ -37,6 +37,8 @@ pub struct JobChange {
     pub job_id: JobId,
     /// The record after the change; `None` when it was deleted.
     pub job: Option<pb::Job>,
+    /// The record before the change, when there was one.
+    pub previous: Option<pb::Job>,
 }
 
 impl Coord {
@@ -95,7 +97,11 @@ impl Coord {
         let key = self.keys().job(job_id);
         let opts = lease.map(|l| PutOptions::new().with_lease(l));
         let txn = Txn::new()
-            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision)])
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                mod_revision,
+            )])
             .and_then([TxnOp::put(key, job.encode_to_vec(), opts)]);
         let resp = self.client().txn(txn).await?;
         Ok(resp
@@ -107,7 +113,11 @@ impl Coord {
     pub async fn delete_job_if(&self, job_id: JobId, mod_revision: i64) -> Result<bool> {
         let key = self.keys().job(job_id);
         let txn = Txn::new()
-            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision)])
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                mod_revision,
+            )])
             .and_then([TxnOp::delete(key, None)]);
         Ok(self.client().txn(txn).await?.succeeded())
     }
@@ -137,6 +147,7 @@ impl Coord {
     pub async fn watch_jobs(&self, after_revision: i64) -> Result<JobWatch> {
         let opts = WatchOptions::new()
             .with_prefix()
+            .with_prev_key()
             .with_start_revision(after_revision + 1);
         let stream = self.client().watch(self.keys().jobs(), Some(opts)).await?;
         Ok(JobWatch {
@@ -180,10 +191,15 @@ impl JobWatch {
                     EventType::Put => Some(decode(kv.key(), kv.value())?),
                     EventType::Delete => None,
                 };
+                let previous = event
+                    .prev_kv()
+                    .map(|p| decode(p.key(), p.value()))
+                    .transpose()?;
                 changes.push(JobChange {
                     revision: kv.mod_revision(),
                     job_id,
                     job,
+                    previous,
                 });
             }
             if !changes.is_empty() {

@@ -101,7 +101,10 @@ async fn keep(mut client: Client, timing: SessionTiming, tx: watch::Sender<Sessi
     let mut stale: Option<i64> = None;
     loop {
         let sent = Instant::now();
-        let grant = timeout(timing.renew_every, client.lease_grant(timing.ttl.as_secs() as i64, None));
+        let grant = timeout(
+            timing.renew_every,
+            client.lease_grant(timing.ttl.as_secs() as i64, None),
+        );
         let lease_id = match grant.await {
             Ok(Ok(resp)) => resp.id(),
             other => {
@@ -120,8 +123,7 @@ async fn keep(mut client: Client, timing: SessionTiming, tx: watch::Sender<Sessi
         tx.send_replace(SessionState::Lost);
         warn!(
             lease_id,
-            "session lease not renewed within {:?}: session lost, fencing",
-            timing.fence_after
+            "session lease not renewed within {:?}: session lost, fencing", timing.fence_after
         );
         stale = Some(lease_id);
     }

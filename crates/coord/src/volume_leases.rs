@@ -57,7 +57,11 @@ impl Coord {
     pub async fn release_volume_lease(&self, volume: &VolumeKey, token: i64) -> Result<bool> {
         let key = self.keys().volume_lease(volume);
         let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, token)])
+            .when([Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                token,
+            )])
             .and_then([TxnOp::delete(key, None)]);
         Ok(self.client().txn(txn).await?.succeeded())
     }
@@ -72,7 +76,10 @@ impl Coord {
 
     /// Who holds the lease of `volume`, with its fencing token in `revision`.
     pub async fn volume_lease(&self, volume: &VolumeKey) -> Result<Option<VolumeLease>> {
-        let resp = self.client().get(self.keys().volume_lease(volume), None).await?;
+        let resp = self
+            .client()
+            .get(self.keys().volume_lease(volume), None)
+            .await?;
         resp.kvs()
             .first()
             .map(|kv| {

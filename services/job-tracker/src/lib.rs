@@ -1,0 +1,93 @@
+//! The job-tracker: the Job API. The only writer of `jobs/` in etcd; hosts report through it, and the
+//! scheduler, dpctl and operators read and watch jobs through it. It keeps no state that matters in
+//! memory except progress not yet written (at most half a second of it), so it can be killed at any time.
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod service;
+pub mod tracker;
+pub mod transition;
+pub mod watch;
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::Context as _;
+use datapath_api::pb::job_tracker_service_server::JobTrackerServiceServer;
+use datapath_coord::Coord;
+use datapath_server::ServerOptions;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tracing::info;
+
+/// Configuration: flags, each with an environment variable.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "job-tracker", about = "The datapath Job API over etcd")]
+pub struct Config {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "DATAPATH_LISTEN", default_value = "127.0.0.1:7300")]
+    pub listen: SocketAddr,
+    /// etcd client URLs, comma-separated.
+    #[arg(
+        long,
+        env = "DATAPATH_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// Prefix of every datapath key in etcd.
+    #[arg(long, env = "DATAPATH_ETCD_PREFIX", default_value = datapath_coord::keys::DEFAULT_PREFIX)]
+    pub etcd_prefix: String,
+    /// How long an ended job is kept before etcd deletes it (0s keeps it forever).
+    #[arg(long, env = "DATAPATH_JOB_RETENTION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub job_retention: Duration,
+    /// Server-wide settings.
+    #[command(flatten)]
+    pub server: ServerOptions,
+}
+
+/// Serves the Job API on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let coord = Coord::connect(&config.etcd_endpoints, &config.etcd_prefix)
+        .await
+        .context("connect to etcd")?;
+    let tracker = tracker::Tracker::new(coord.clone(), config.job_retention);
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let flusher = tokio::spawn({
+        let tracker = tracker.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                tracker.flush_due().await;
+            }
+        }
+    });
+    let prober = tokio::spawn(async move {
+        loop {
+            let ok = tokio::time::timeout(Duration::from_secs(3), coord.list_hosts()).await;
+            let status = match ok {
+                Ok(Ok(_)) => ServingStatus::Serving,
+                _ => ServingStatus::NotServing,
+            };
+            reporter.set_service_status("", status).await;
+            reporter
+                .set_service_status("datapath.v1.JobTrackerService", status)
+                .await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+    let routes = Routes::new(health).add_service(JobTrackerServiceServer::new(
+        service::JobTrackerApi::new(tracker.clone()),
+    ));
+    info!(address = %listener.local_addr()?, "job-tracker listening");
+    let served = datapath_server::serve(listener, &config.server, routes, shutdown).await;
+    prober.abort();
+    flusher.abort();
+    tracker.flush_due().await;
+    served.context("serve gRPC")
+}

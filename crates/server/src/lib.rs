@@ -1,0 +1,77 @@
+//! The scaffolding every datapath gRPC server shares, so no service repeats it: `grpc.health.v1`,
+//! server reflection (v1 and v1alpha: grpcurl 1.8 speaks only v1alpha), and the cross-cutting tower
+//! layers — trace-context extraction, a per-request timeout and a global concurrency limit — plus
+//! graceful shutdown on SIGTERM or Ctrl-C.
+#![warn(missing_docs)]
+
+use std::{future::Future, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{service::Routes, transport::Server};
+use tower::limit::GlobalConcurrencyLimitLayer;
+
+/// Flags shared by every server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerOptions {
+    /// Deadline of one unary call (a stream's handler must answer its headers within it).
+    #[arg(long, env = "DATAPATH_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// Calls handled at once across all connections; more wait for a slot.
+    #[arg(long, env = "DATAPATH_CONCURRENCY_LIMIT", default_value_t = 256)]
+    pub concurrency_limit: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            concurrency_limit: 256,
+        }
+    }
+}
+
+/// Serves `routes` plus reflection on `listener` until `shutdown` resolves, then drains in-flight calls.
+pub async fn serve(
+    listener: TcpListener,
+    options: &ServerOptions,
+    routes: Routes,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(datapath_api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = reflection()
+        .build_v1()
+        .expect("embedded descriptor sets are valid");
+    let v1alpha = reflection()
+        .build_v1alpha()
+        .expect("embedded descriptor sets are valid");
+    Server::builder()
+        .timeout(options.request_timeout)
+        .trace_fn(datapath_telemetry::server_span)
+        .layer(GlobalConcurrencyLimitLayer::new(options.concurrency_limit))
+        .add_routes(routes)
+        .add_service(v1)
+        .add_service(v1alpha)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}

@@ -1,0 +1,160 @@
+//! The gRPC face of the Job API: converts requests, calls the tracker, maps errors once.
+use std::{sync::Arc, time::Duration};
+
+use datapath_api::{
+    ids::JobId,
+    pb::{
+        self, host_worker_service_client::HostWorkerServiceClient,
+        job_tracker_service_server::JobTrackerService,
+    },
+};
+use tonic::{transport::Channel, Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::{
+    error::Error,
+    tracker::Tracker,
+    watch::{watch_jobs, JobStream},
+};
+
+/// The JobTrackerService implementation.
+pub struct JobTrackerApi {
+    tracker: Arc<Tracker>,
+}
+
+impl JobTrackerApi {
+    /// Serves `tracker`.
+    pub fn new(tracker: Arc<Tracker>) -> Self {
+        Self { tracker }
+    }
+
+    /// Tells the job's host to abort it. Best effort: the request is already recorded in the job.
+    async fn forward_abort(&self, job: &pb::Job) {
+        let Ok(host_id) = job.host_id.parse() else {
+            return;
+        };
+        let host = match self.tracker.coord().get_host(host_id).await {
+            Ok(Some(host)) => host,
+            Ok(None) => {
+                warn!(job_id = %job.job_id, host_id = %job.host_id, "abort recorded; the job's host is not live");
+                return;
+            }
+            Err(e) => {
+                warn!(job_id = %job.job_id, error = %e, "abort recorded; could not look up its host");
+                return;
+            }
+        };
+        let call = async {
+            let channel = Channel::from_shared(format!("http://{}", host.address))
+                .map_err(|e| Status::internal(e.to_string()))?
+                .connect_timeout(Duration::from_secs(2))
+                .connect()
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            HostWorkerServiceClient::new(datapath_telemetry::traced(channel))
+                .abort_host_job(pb::AbortHostJobRequest {
+                    job_id: job.job_id.clone(),
+                })
+                .await
+        };
+        match tokio::time::timeout(Duration::from_secs(5), call).await {
+            Ok(Ok(_)) => {
+                info!(job_id = %job.job_id, host_id = %job.host_id, "abort forwarded to host")
+            }
+            other => warn!(job_id = %job.job_id, ?other, "abort recorded; host did not confirm"),
+        }
+    }
+}
+
+fn job_id(text: &str) -> Result<JobId, Status> {
+    Ok(JobId::parse("job_id", text)?)
+}
+
+#[tonic::async_trait]
+impl JobTrackerService for JobTrackerApi {
+    async fn create_job(
+        &self,
+        req: Request<pb::CreateJobRequest>,
+    ) -> Result<Response<pb::CreateJobResponse>, Status> {
+        let (job, created) = self.tracker.create(req.get_ref().job.as_ref()).await?;
+        if created {
+            info!(job_id = %job.job_id, host_id = %job.host_id, "job created");
+        }
+        Ok(Response::new(pb::CreateJobResponse {
+            job: Some(job),
+            created,
+        }))
+    }
+
+    async fn get_job(
+        &self,
+        req: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
+        let job = self.tracker.get(job_id(&req.get_ref().job_id)?).await?;
+        Ok(Response::new(pb::GetJobResponse { job: Some(job) }))
+    }
+
+    async fn list_jobs(
+        &self,
+        req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let (jobs, next_page_token) = self.tracker.list(req.get_ref()).await?;
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs,
+            next_page_token,
+        }))
+    }
+
+    async fn update_job(
+        &self,
+        req: Request<pb::UpdateJobRequest>,
+    ) -> Result<Response<pb::UpdateJobResponse>, Status> {
+        let job = self.tracker.update(req.get_ref()).await?;
+        Ok(Response::new(pb::UpdateJobResponse { job: Some(job) }))
+    }
+
+    async fn abort_job(
+        &self,
+        req: Request<pb::AbortJobRequest>,
+    ) -> Result<Response<pb::AbortJobResponse>, Status> {
+        let job = self
+            .tracker
+            .request_abort(job_id(&req.get_ref().job_id)?)
+            .await?;
+        self.forward_abort(&job).await;
+        let job = self.tracker.get(job_id(&job.job_id)?).await.unwrap_or(job);
+        Ok(Response::new(pb::AbortJobResponse { job: Some(job) }))
+    }
+
+    async fn delete_job(
+        &self,
+        req: Request<pb::DeleteJobRequest>,
+    ) -> Result<Response<pb::DeleteJobResponse>, Status> {
+        self.tracker.delete(job_id(&req.get_ref().job_id)?).await?;
+        Ok(Response::new(pb::DeleteJobResponse {}))
+    }
+
+    type WatchJobsStream = JobStream;
+
+    async fn watch_jobs(
+        &self,
+        req: Request<pb::WatchJobsRequest>,
+    ) -> Result<Response<Self::WatchJobsStream>, Status> {
+        Ok(Response::new(
+            watch_jobs(self.tracker.clone(), req.into_inner()).await?,
+        ))
+    }
+
+    async fn list_registered_hosts(
+        &self,
+        _req: Request<pb::ListRegisteredHostsRequest>,
+    ) -> Result<Response<pb::ListRegisteredHostsResponse>, Status> {
+        let hosts = self
+            .tracker
+            .coord()
+            .list_hosts()
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(pb::ListRegisteredHostsResponse { hosts }))
+    }
+}

@@ -1,0 +1,308 @@
+//! The Job API's logic over etcd: validated creates, compare-and-swap updates through the state
+//! machine, retention of ended jobs by an etcd lease, and coalescing of progress writes so a fast copy
+//! costs at most about two etcd writes per second per job.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use datapath_api::{
+    error::FieldViolation,
+    ids::{HostId, JobId},
+    page::PageRequest,
+    pb::{self, JobStatus},
+};
+use datapath_coord::{jobs::Created, Coord};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::{
+    error::Error,
+    transition::{apply, is_terminal, Update},
+};
+
+/// The shortest time between two progress-only writes of one job.
+pub const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
+const CAS_ATTEMPTS: usize = 16;
+
+#[derive(Debug)]
+struct Slot {
+    last_write: Instant,
+    pending: Option<u32>,
+}
+
+/// The job-tracker's state: etcd plus the progress not yet written.
+pub struct Tracker {
+    coord: Coord,
+    retention: Duration,
+    slots: Mutex<HashMap<JobId, Slot>>,
+}
+
+impl Tracker {
+    /// A tracker whose ended jobs live `retention` (zero: forever).
+    pub fn new(coord: Coord, retention: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            coord,
+            retention,
+            slots: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The etcd handle.
+    pub fn coord(&self) -> &Coord {
+        &self.coord
+    }
+
+    /// Registers a job, PENDING; returns it and whether it was created now.
+    pub async fn create(&self, job: Option<&pb::Job>) -> Result<(pb::Job, bool), Error> {
+        let job = job.ok_or_else(|| FieldViolation::missing("job"))?;
+        let job_id = JobId::parse("job.job_id", &job.job_id)?;
+        HostId::parse("job.host_id", &job.host_id)?;
+        if job.params.is_none() {
+            return Err(FieldViolation::missing("job.params").into());
+        }
+        if !matches!(job.status(), JobStatus::Unspecified | JobStatus::Pending) {
+            return Err(
+                FieldViolation::new("job.status", "INVALID_VALUE", "a new job is PENDING").into(),
+            );
+        }
+        let now = datapath_api::time::now();
+        let mut record = job.clone();
+        record.set_status(JobStatus::Pending);
+        record.progress = 0;
+        record.error = None;
+        record.abort_requested = false;
+        record.created_at = Some(now);
+        record.updated_at = Some(now);
+        match self.coord.create_job(job_id, &record).await? {
+            Created::New(v) => Ok((v.job, true)),
+            Created::Existing(v)
+                if v.job.host_id == record.host_id && v.job.params == record.params =>
+            {
+                Ok((self.with_pending(job_id, v.job), false))
+            }
+            Created::Existing(_) => Err(Error::Exists(job_id)),
+        }
+    }
+
+    /// One job, with any progress not yet written.
+    pub async fn get(&self, job_id: JobId) -> Result<pb::Job, Error> {
+        let v = self
+            .coord
+            .get_job(job_id)
+            .await?
+            .ok_or(Error::NotFound(job_id))?;
+        Ok(self.with_pending(job_id, v.job))
+    }
+
+    /// One page of the jobs matching the filters.
+    pub async fn list(&self, req: &pb::ListJobsRequest) -> Result<(Vec<pb::Job>, String), Error> {
+        let page = PageRequest::parse(req.page_size, &req.page_token)?;
+        let status = match req.status {
+            0 => None,
+            v => Some(JobStatus::try_from(v).map_err(|_| {
+                FieldViolation::new(
+                    "status",
+                    "UNKNOWN_ENUM_VALUE",
+                    format!("{v} is not a JobStatus"),
+                )
+            })?),
+        };
+        let (jobs, _) = self.coord.list_jobs().await?;
+        let jobs = jobs
+            .into_iter()
+            .filter(|j| matches(j, &req.host_id, status, &req.entity))
+            .collect();
+        let (jobs, next) = page.paginate(jobs, |j| j.job_id.clone());
+        let jobs = jobs
+            .into_iter()
+            .map(|j| match JobId::parse("job_id", &j.job_id) {
+                Ok(id) => self.with_pending(id, j),
+                Err(_) => j,
+            })
+            .collect();
+        Ok((jobs, next))
+    }
+
+    /// Applies a host's report on its job.
+    pub async fn update(&self, req: &pb::UpdateJobRequest) -> Result<pb::Job, Error> {
+        let job_id = JobId::parse("job_id", &req.job_id)?;
+        HostId::parse("host_id", &req.host_id)?;
+        let update = Update::from_pb(req)?;
+        let current = self
+            .coord
+            .get_job(job_id)
+            .await?
+            .ok_or(Error::NotFound(job_id))?;
+        if current.job.host_id != req.host_id {
+            return Err(Error::NotOwner {
+                job: job_id,
+                owner: current.job.host_id,
+                caller: req.host_id.clone(),
+            });
+        }
+        let status = current.job.status();
+        if update.is_progress_only(status) && !is_terminal(status) {
+            if let Some(progress) = update.progress {
+                if self.defer_progress(job_id, progress) {
+                    // Validated against the state machine, but written later.
+                    let shown = apply(job_id, &current.job, &update)?.unwrap_or(current.job);
+                    return Ok(self.with_pending(job_id, shown));
+                }
+            }
+        }
+        let mut update = update;
+        update.progress = update.progress.max(self.take_pending(job_id));
+        self.write(job_id, |job| apply(job_id, job, &update)).await
+    }
+
+    /// Marks a job as asked to abort; the caller forwards the request to its host.
+    pub async fn request_abort(&self, job_id: JobId) -> Result<pb::Job, Error> {
+        self.write(job_id, |job| {
+            if is_terminal(job.status()) {
+                return Err(Error::Ended(job_id));
+            }
+            Ok((!job.abort_requested).then(|| pb::Job {
+                abort_requested: true,
+                updated_at: Some(datapath_api::time::now()),
+                ..job.clone()
+            }))
+        })
+        .await
+    }
+
+    /// Deletes an ended job.
+    pub async fn delete(&self, job_id: JobId) -> Result<(), Error> {
+        for _ in 0..CAS_ATTEMPTS {
+            let v = self
+                .coord
+                .get_job(job_id)
+                .await?
+                .ok_or(Error::NotFound(job_id))?;
+            if !is_terminal(v.job.status()) {
+                return Err(Error::NotEnded(job_id));
+            }
+            if self.coord.delete_job_if(job_id, v.mod_revision).await? {
+                self.slots.lock().expect("slots lock").remove(&job_id);
+                return Ok(());
+            }
+        }
+        Err(Error::Contended(job_id))
+    }
+
+    /// Writes due coalesced progress; called periodically.
+    pub async fn flush_due(&self) {
+        let due: Vec<(JobId, u32)> = {
+            let mut slots = self.slots.lock().expect("slots lock");
+            slots
+                .iter_mut()
+                .filter(|(_, s)| {
+                    s.pending.is_some() && s.last_write.elapsed() >= MIN_PROGRESS_INTERVAL
+                })
+                .filter_map(|(id, s)| s.pending.take().map(|p| (*id, p)))
+                .collect()
+        };
+        for (job_id, progress) in due {
+            let update = Update {
+                status: None,
+                progress: Some(progress),
+                error: None,
+            };
+            match self.write(job_id, |job| apply(job_id, job, &update)).await {
+                Ok(_) => {}
+                Err(Error::Ended(_) | Error::NotFound(_)) => {
+                    self.slots.lock().expect("slots lock").remove(&job_id);
+                }
+                Err(e) => {
+                    warn!(%job_id, error = %e, "could not write coalesced progress; keeping it");
+                    let mut slots = self.slots.lock().expect("slots lock");
+                    if let Some(slot) = slots.get_mut(&job_id) {
+                        slot.pending = Some(slot.pending.unwrap_or(0).max(progress));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Returns true when the progress was kept for later instead of written now.
+    fn defer_progress(&self, job_id: JobId, progress: u32) -> bool {
+        let mut slots = self.slots.lock().expect("slots lock");
+        match slots.get_mut(&job_id) {
+            Some(slot) if slot.last_write.elapsed() < MIN_PROGRESS_INTERVAL => {
+                slot.pending = Some(slot.pending.unwrap_or(0).max(progress));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn take_pending(&self, job_id: JobId) -> Option<u32> {
+        let mut slots = self.slots.lock().expect("slots lock");
+        slots.get_mut(&job_id).and_then(|s| s.pending.take())
+    }
+
+    fn with_pending(&self, job_id: JobId, mut job: pb::Job) -> pb::Job {
+        let slots = self.slots.lock().expect("slots lock");
+        if let Some(p) = slots.get(&job_id).and_then(|s| s.pending) {
+            if !is_terminal(job.status()) {
+                job.progress = job.progress.max(p);
+            }
+        }
+        job
+    }
+
+    /// A compare-and-swap loop: read, change with `f`, write if unchanged meanwhile.
+    async fn write(
+        &self,
+        job_id: JobId,
+        f: impl Fn(&pb::Job) -> Result<Option<pb::Job>, Error>,
+    ) -> Result<pb::Job, Error> {
+        for _ in 0..CAS_ATTEMPTS {
+            let current = self
+                .coord
+                .get_job(job_id)
+                .await?
+                .ok_or(Error::NotFound(job_id))?;
+            let Some(next) = f(&current.job)? else {
+                return Ok(current.job);
+            };
+            let ends = is_terminal(next.status()) && !is_terminal(current.job.status());
+            let lease = match ends && !self.retention.is_zero() {
+                true => Some(
+                    self.coord
+                        .grant_retention_lease(self.retention.as_secs().max(1) as i64)
+                        .await?,
+                ),
+                false => None,
+            };
+            if self
+                .coord
+                .put_job_if(job_id, &next, current.mod_revision, lease)
+                .await?
+                .is_some()
+            {
+                let mut slots = self.slots.lock().expect("slots lock");
+                if is_terminal(next.status()) {
+                    slots.remove(&job_id);
+                } else {
+                    let slot = slots.entry(job_id).or_insert(Slot {
+                        last_write: Instant::now(),
+                        pending: None,
+                    });
+                    slot.last_write = Instant::now();
+                }
+                return Ok(next);
+            }
+            debug!(%job_id, "job record changed concurrently; retrying");
+        }
+        Err(Error::Contended(job_id))
+    }
+}
+
+/// Whether a job passes ListJobs / WatchJobs filters (empty filters match all).
+pub fn matches(job: &pb::Job, host_id: &str, status: Option<JobStatus>, entity: &str) -> bool {
+    (host_id.is_empty() || job.host_id == host_id)
+        && status.is_none_or(|s| job.status() == s)
+        && (entity.is_empty() || job.entities.iter().any(|e| e == entity))
+}
