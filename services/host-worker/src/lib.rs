@@ -1,1 +1,142 @@
+//! The host-worker: VDSM's role on one host. It serves storage verbs on the shared storage root, runs
+//! CopyData jobs within its job slots, holds volume leases under its etcd session lease, and fences
+//! itself (kills every copy) when it cannot renew that lease in time.
+#![warn(missing_docs)]
 
+pub mod copy;
+pub mod error;
+pub mod identity;
+pub mod jobs;
+pub mod qemu;
+pub mod registration;
+pub mod reporter;
+pub mod service;
+pub mod storage;
+pub mod worker;
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use datapath_api::{ids::HostId, pb::host_worker_service_server::HostWorkerServiceServer};
+use datapath_coord::{session::Session, Coord};
+use datapath_server::ServerOptions;
+use tokio::{net::TcpListener, sync::Semaphore};
+use tonic::service::Routes;
+use tracing::info;
+
+/// Configuration: flags, each with an environment variable.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "host-worker",
+    about = "The datapath host-worker (VDSM's role on one host)"
+)]
+pub struct Config {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "DATAPATH_LISTEN", default_value = "127.0.0.1:7301")]
+    pub listen: SocketAddr,
+    /// host:port that others use to reach this host (default: the listen address).
+    #[arg(long, env = "DATAPATH_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<String>,
+    /// This host's id; by default the one persisted in the state directory, or a new one.
+    #[arg(long, env = "DATAPATH_HOST_ID")]
+    pub host_id: Option<HostId>,
+    /// Where the host id is persisted.
+    #[arg(
+        long,
+        env = "DATAPATH_STATE_DIR",
+        default_value = "./datapath-data/host"
+    )]
+    pub state_dir: PathBuf,
+    /// etcd client URLs, comma-separated.
+    #[arg(
+        long,
+        env = "DATAPATH_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// Prefix of every datapath key in etcd.
+    #[arg(long, env = "DATAPATH_ETCD_PREFIX", default_value = datapath_coord::keys::DEFAULT_PREFIX)]
+    pub etcd_prefix: String,
+    /// The shared storage root holding the storage domains.
+    #[arg(
+        long,
+        env = "DATAPATH_STORAGE_ROOT",
+        default_value = "./datapath-data/storage"
+    )]
+    pub storage_root: PathBuf,
+    /// Copies run at once; more wait PENDING.
+    #[arg(long, env = "DATAPATH_JOB_SLOTS", default_value_t = 2)]
+    pub job_slots: u32,
+    /// TTL of the etcd session lease; copies are killed before it can expire unrenewed.
+    #[arg(long, env = "DATAPATH_SESSION_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub session_ttl: Duration,
+    /// The job-tracker's URL.
+    #[arg(
+        long,
+        env = "DATAPATH_JOB_TRACKER",
+        default_value = "http://127.0.0.1:7300"
+    )]
+    pub job_tracker: String,
+    /// Server-wide settings.
+    #[command(flatten)]
+    pub server: ServerOptions,
+}
+
+/// Serves the host on `listener` until `shutdown` resolves; then stops its copies and revokes its
+/// session lease so its registration and volume leases disappear at once.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let host_id = identity::load_or_create(&config.state_dir, config.host_id)?;
+    let address = config
+        .advertise_address
+        .clone()
+        .unwrap_or(listener.local_addr()?.to_string());
+    let storage = storage::Storage::open(&config.storage_root)
+        .with_context(|| format!("open storage root {}", config.storage_root.display()))?;
+    let coord = Coord::connect(&config.etcd_endpoints, &config.etcd_prefix)
+        .await
+        .context("connect to etcd")?;
+    let session = Session::start(&coord, config.session_ttl);
+    let worker = Arc::new(worker::Worker {
+        host_id,
+        storage,
+        coord,
+        session: session.subscribe(),
+        reporter: reporter::Reporter::new(&config.job_tracker, host_id)?,
+        jobs: jobs::HostJobs::default(),
+        slots: Arc::new(Semaphore::new(config.job_slots.max(1) as usize)),
+        job_slots: config.job_slots.max(1),
+    });
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_not_serving::<HostWorkerServiceServer<service::HostWorkerApi>>()
+        .await;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let follower = tokio::spawn(registration::follow_session(
+        worker.clone(),
+        address.clone(),
+        health_reporter,
+    ));
+    let routes = Routes::new(health).add_service(HostWorkerServiceServer::new(
+        service::HostWorkerApi::new(worker.clone()),
+    ));
+    info!(%host_id, %address, root = %config.storage_root.display(), "host-worker listening");
+    let served = datapath_server::serve(listener, &config.server, routes, shutdown).await;
+    follower.abort();
+    let stopped = worker.jobs.stop_all(jobs::StopReason::Shutdown);
+    if stopped > 0 {
+        info!(stopped, "stopped running copies");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !worker.jobs.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    session.close().await;
+    served.context("serve gRPC")
+}

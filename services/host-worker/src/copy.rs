@@ -1,0 +1,420 @@
+//! The CopyData verb, DESIGN.md's copy protocol:
+//! 1. validate (ids, volumes exist, distinct, capacity, expected generation, lease free) — bad input
+//!    changes nothing; the same job id with the same request is idempotent;
+//! 2. register the job PENDING and answer; the copy waits for a job slot;
+//! 3. take the destination's volume lease; 4. check its generation, mark it ILLEGAL;
+//! 5. `qemu-img convert`, progress reported, abortable;
+//! 6. flush, generation + 1 and LEGAL, **then** release the lease, **then** end the job. On failure or
+//!    abort it stays ILLEGAL with its generation, the lease is released and the job fails with a code.
+use std::{sync::Arc, time::Duration};
+
+use datapath_api::{
+    ids::JobId,
+    pb::{self, JobStatus},
+    volume::{CopyDataSpec, Legality, VolumeKey},
+};
+use datapath_coord::CoordError;
+use tokio::sync::watch;
+use tracing::{info, instrument, warn, Instrument as _};
+
+use crate::{
+    error::Error,
+    jobs::{JobControl, StopReason},
+    qemu,
+    reporter::FINAL_REPORT_DEADLINE,
+    worker::Worker,
+};
+
+/// How a job ended, when not well.
+#[derive(Debug)]
+enum Failure {
+    Stopped(StopReason),
+    Failed { code: &'static str, message: String },
+}
+
+impl Failure {
+    fn failed(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Failed {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Validates and accepts a copy; the copy itself runs in the background.
+#[instrument(skip_all, fields(job_id = %req.job_id))]
+pub async fn copy_data(worker: &Arc<Worker>, req: &pb::CopyDataRequest) -> Result<pb::Job, Error> {
+    let spec = CopyDataSpec::from_pb(req)?;
+    if let Some(job) = existing(worker, &spec).await? {
+        return Ok(job);
+    }
+    let size = validate(worker, &spec).await?;
+    worker.lease_id()?;
+    let job = pb::Job {
+        job_id: spec.job_id.to_string(),
+        host_id: worker.host_id.to_string(),
+        entities: vec![
+            spec.destination.volume.to_string(),
+            spec.source.volume.to_string(),
+        ],
+        description: format!(
+            "copy_data {} -> {}",
+            spec.source.volume, spec.destination.volume
+        ),
+        params: Some(pb::job::Params::CopyData(spec.params())),
+        size_bytes: size,
+        ..Default::default()
+    };
+    let Some(control) = worker
+        .jobs
+        .insert(spec.job_id, job.clone(), spec.destination.volume)
+    else {
+        return existing(worker, &spec)
+            .await?
+            .ok_or(Error::JobExists(spec.job_id));
+    };
+    let (job, created) = match worker.reporter.create(job).await {
+        Ok(r) => r,
+        Err(e) => {
+            worker.jobs.remove(spec.job_id);
+            return Err(e);
+        }
+    };
+    if !created {
+        worker.jobs.remove(spec.job_id);
+        return Ok(job);
+    }
+    worker.jobs.update(spec.job_id, |j| *j = job.clone());
+    let span = tracing::info_span!("copy_data.job", job_id = %spec.job_id);
+    tokio::spawn(run(worker.clone(), spec, control).instrument(span));
+    Ok(job)
+}
+
+/// The job already registered under this id: returned if it is the same request on this host,
+/// `ALREADY_EXISTS` otherwise.
+async fn existing(worker: &Worker, spec: &CopyDataSpec) -> Result<Option<pb::Job>, Error> {
+    let job = match worker.jobs.get(spec.job_id) {
+        Some(job) => Some(job),
+        None => worker.reporter.get(spec.job_id).await?,
+    };
+    let Some(job) = job else { return Ok(None) };
+    let same = job.host_id == worker.host_id.to_string()
+        && job.params == Some(pb::job::Params::CopyData(spec.params()));
+    if same {
+        Ok(Some(job))
+    } else {
+        Err(Error::JobExists(spec.job_id))
+    }
+}
+
+/// Checks the request against storage and leases; returns the bytes to copy.
+async fn validate(worker: &Worker, spec: &CopyDataSpec) -> Result<u64, Error> {
+    let src = worker
+        .storage
+        .read_meta(&spec.source.volume, "source.volume")?;
+    let dst = worker
+        .storage
+        .read_meta(&spec.destination.volume, "destination.volume")?;
+    if src.legality != Legality::Legal {
+        return Err(Error::precondition(
+            "SOURCE_ILLEGAL",
+            "source.volume",
+            format!("source volume {} is ILLEGAL", spec.source.volume),
+        ));
+    }
+    if dst.capacity < src.capacity {
+        return Err(Error::precondition(
+            "DESTINATION_TOO_SMALL",
+            "destination.volume",
+            format!(
+                "destination capacity {} is below the source's {}",
+                dst.capacity, src.capacity
+            ),
+        ));
+    }
+    if let Some(g) = spec.source.generation.filter(|g| *g != src.generation) {
+        return Err(Error::precondition(
+            "GENERATION_MISMATCH",
+            "source.generation",
+            format!("source generation is {}, not {g}", src.generation),
+        ));
+    }
+    if let Some(g) = spec.destination.generation.filter(|g| *g != dst.generation) {
+        return Err(Error::precondition(
+            "GENERATION_MISMATCH",
+            "destination.generation",
+            format!("destination generation is {}, not {g}", dst.generation),
+        ));
+    }
+    for (volume, field) in [
+        (&spec.destination.volume, "destination.volume"),
+        (&spec.source.volume, "source.volume"),
+    ] {
+        if let Some(holder) = worker.coord.volume_lease(volume).await? {
+            return Err(Error::precondition(
+                "LEASE_HELD",
+                field,
+                format!(
+                    "volume {volume} is leased by job {} on host {}",
+                    holder.job_id, holder.host_id
+                ),
+            ));
+        }
+        if let Some(job) = worker.jobs.writing(volume) {
+            return Err(Error::precondition(
+                "LEASE_HELD",
+                field,
+                format!("volume {volume} is the destination of queued job {job}"),
+            ));
+        }
+    }
+    Ok(worker
+        .storage
+        .allocated_bytes(&spec.source.volume)
+        .max(1)
+        .min(src.capacity))
+}
+
+/// Runs an accepted job to its end and reports it.
+async fn run(worker: Arc<Worker>, spec: CopyDataSpec, control: Arc<JobControl>) {
+    let id = spec.job_id;
+    let (status, error) = match execute(&worker, &spec, &control).await {
+        Ok(()) => (JobStatus::Succeeded, None),
+        Err(Failure::Stopped(StopReason::Aborted)) => (JobStatus::Aborted, None),
+        Err(Failure::Stopped(reason)) => {
+            let (code, message) = match reason {
+                StopReason::Fenced => (
+                    "FENCED",
+                    "the host lost its etcd session lease; the copy was killed",
+                ),
+                _ => (
+                    "HOST_SHUTDOWN",
+                    "the host-worker shut down; the copy was killed",
+                ),
+            };
+            (
+                JobStatus::Failed,
+                Some(pb::JobError {
+                    code: code.into(),
+                    message: message.into(),
+                }),
+            )
+        }
+        Err(Failure::Failed { code, message }) => (
+            JobStatus::Failed,
+            Some(pb::JobError {
+                code: code.into(),
+                message,
+            }),
+        ),
+    };
+    match &error {
+        None => info!(%id, ?status, "job ended"),
+        Some(e) => warn!(%id, ?status, code = %e.code, message = %e.message, "job ended"),
+    }
+    worker.jobs.update(id, |j| {
+        j.set_status(status);
+        j.error = error.clone();
+    });
+    worker
+        .reporter
+        .status(id, status, error, FINAL_REPORT_DEADLINE)
+        .await;
+    worker.jobs.remove(id);
+}
+
+async fn execute(
+    worker: &Arc<Worker>,
+    spec: &CopyDataSpec,
+    control: &JobControl,
+) -> Result<(), Failure> {
+    let id = spec.job_id;
+    let _permit = tokio::select! {
+        permit = worker.slots.clone().acquire_owned() => permit.map_err(|_| Failure::Stopped(StopReason::Shutdown))?,
+        reason = control.stopped() => return Err(Failure::Stopped(reason)),
+    };
+    if let Some(reason) = control.reason() {
+        return Err(Failure::Stopped(reason));
+    }
+    let lease_id = worker
+        .lease_id()
+        .map_err(|_| Failure::Stopped(StopReason::Fenced))?;
+    worker.jobs.update(id, |j| j.set_status(JobStatus::Running));
+    worker
+        .reporter
+        .status(id, JobStatus::Running, None, Duration::from_secs(30))
+        .await;
+    let dst = spec.destination.volume;
+    let token = match worker
+        .coord
+        .acquire_volume_lease(&dst, worker.host_id, id, lease_id)
+        .await
+    {
+        Ok(token) => token,
+        Err(CoordError::LeaseHeld(h)) => {
+            return Err(Failure::failed(
+                "LEASE_HELD",
+                format!(
+                    "volume {dst} is leased by job {} on host {}",
+                    h.job_id, h.host_id
+                ),
+            ))
+        }
+        Err(e) => return Err(Failure::failed("ETCD_UNAVAILABLE", e.to_string())),
+    };
+    info!(%id, volume = %dst, token, "destination lease taken");
+    let result = copy_under_lease(worker, spec, control, token).await;
+    let released = tokio::time::timeout(
+        Duration::from_secs(3),
+        worker.coord.release_volume_lease(&dst, token),
+    )
+    .await;
+    match released {
+        Ok(Ok(true)) => info!(%id, volume = %dst, "destination lease released"),
+        other => {
+            warn!(%id, volume = %dst, ?other, "destination lease not released; it expires with the session")
+        }
+    }
+    result
+}
+
+async fn copy_under_lease(
+    worker: &Arc<Worker>,
+    spec: &CopyDataSpec,
+    control: &JobControl,
+    token: i64,
+) -> Result<(), Failure> {
+    let storage = &worker.storage;
+    let (src, dst) = (spec.source.volume, spec.destination.volume);
+    let io = |e: Error| Failure::failed("STORAGE_ERROR", e.to_string());
+    let mut dmeta = storage.read_meta(&dst, "destination.volume").map_err(io)?;
+    let smeta = storage.read_meta(&src, "source.volume").map_err(io)?;
+    if let Some(g) = spec
+        .destination
+        .generation
+        .filter(|g| *g != dmeta.generation)
+    {
+        return Err(Failure::failed(
+            "GENERATION_MISMATCH",
+            format!("destination generation is {}, not {g}", dmeta.generation),
+        ));
+    }
+    let generation = dmeta.generation;
+    dmeta.legality = Legality::Illegal;
+    storage.write_meta(&dst, &dmeta).map_err(io)?;
+
+    let backing = match dmeta.parent {
+        Some(p) => {
+            let pmeta = storage
+                .read_meta(&VolumeKey { volume: p, ..dst }, "destination.parent")
+                .map_err(io)?;
+            Some((p.to_string(), pmeta.format))
+        }
+        None => None,
+    };
+    let (src_path, dst_path) = (storage.volume_path(&src), storage.volume_path(&dst));
+    let convert = qemu::Convert {
+        src: &src_path,
+        src_format: smeta.format,
+        dst: &dst_path,
+        dst_format: dmeta.format,
+        dst_backing: backing,
+    };
+    run_copier(worker, spec.job_id, control, &convert).await?;
+
+    let synced = tokio::task::spawn_blocking(move || {
+        std::fs::File::open(&dst_path).and_then(|f| f.sync_all())
+    })
+    .await;
+    if !matches!(synced, Ok(Ok(()))) {
+        return Err(Failure::failed(
+            "COPY_FAILED",
+            format!("cannot flush the destination: {synced:?}"),
+        ));
+    }
+    if let Some(reason) = control.reason() {
+        return Err(Failure::Stopped(reason));
+    }
+    // The fencing check: only the holder of this very lease may commit the copy.
+    match worker.coord.holds_volume_lease(&dst, token).await {
+        Ok(true) => {}
+        Ok(false) => return Err(Failure::Stopped(StopReason::Fenced)),
+        Err(e) => return Err(Failure::failed("ETCD_UNAVAILABLE", e.to_string())),
+    }
+    let mut now = storage.read_meta(&dst, "destination.volume").map_err(io)?;
+    if now.generation != generation {
+        return Err(Failure::failed(
+            "GENERATION_MISMATCH",
+            format!(
+                "destination generation moved from {generation} to {}",
+                now.generation
+            ),
+        ));
+    }
+    now.generation = generation + 1;
+    now.legality = Legality::Legal;
+    storage.write_meta(&dst, &now).map_err(io)?;
+    info!(job_id = %spec.job_id, volume = %dst, generation = now.generation, "destination LEGAL");
+    Ok(())
+}
+
+/// Runs qemu-img, reporting progress, until it exits or the job is stopped.
+async fn run_copier(
+    worker: &Arc<Worker>,
+    id: JobId,
+    control: &JobControl,
+    convert: &qemu::Convert<'_>,
+) -> Result<(), Failure> {
+    let mut child =
+        qemu::spawn_convert(convert).map_err(|e| Failure::failed("COPY_FAILED", e.to_string()))?;
+    control.set_copier(child.id());
+    let (progress_tx, progress_rx) = watch::channel(0u32);
+    let sender = tokio::spawn(send_progress(worker.clone(), id, progress_rx));
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let follow = async {
+        if let Some(out) = stdout {
+            let _ = qemu::follow_progress(out, |p| {
+                worker.jobs.update(id, |j| j.progress = j.progress.max(p));
+                progress_tx.send_replace(p);
+            })
+            .await;
+        }
+    };
+    let errors = async {
+        let mut text = String::new();
+        if let Some(mut err) = stderr {
+            use tokio::io::AsyncReadExt as _;
+            let _ = err.read_to_string(&mut text).await;
+        }
+        text
+    };
+    let result = tokio::select! {
+        (status, _, text) = async { let (_, text) = tokio::join!(follow, errors); (child.wait().await, (), text) } => Ok((status, text)),
+        reason = control.stopped() => Err(reason),
+    };
+    control.set_copier(None);
+    sender.abort();
+    match result {
+        Err(reason) => {
+            let _ = child.kill().await;
+            Err(Failure::Stopped(reason))
+        }
+        Ok(_) if control.reason().is_some() => Err(Failure::Stopped(
+            control.reason().unwrap_or(StopReason::Aborted),
+        )),
+        Ok((Ok(status), _)) if status.success() => Ok(()),
+        Ok((status, text)) => Err(Failure::failed(
+            "COPY_FAILED",
+            format!("qemu-img convert failed ({status:?}): {}", text.trim()),
+        )),
+    }
+}
+
+/// Sends the newest progress to the job-tracker whenever it changes, without holding up the copier.
+async fn send_progress(worker: Arc<Worker>, id: JobId, mut rx: watch::Receiver<u32>) {
+    while rx.changed().await.is_ok() {
+        let p = *rx.borrow_and_update();
+        worker.reporter.progress(id, p).await;
+    }
+}

@@ -1,0 +1,157 @@
+//! The host-worker's errors and their one mapping to gRPC statuses.
+use std::path::Path;
+
+use datapath_api::{
+    error::{status, FieldViolation},
+    ids::{ImageId, JobId, StorageDomainId},
+    volume::VolumeKey,
+};
+use datapath_coord::CoordError;
+use tonic::{Code, Status};
+
+/// Why a host-worker call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A malformed request field.
+    #[error(transparent)]
+    Invalid(#[from] FieldViolation),
+    /// The storage domain is not under this host's storage root.
+    #[error("storage domain {sd} not found")]
+    DomainNotFound {
+        /// The domain.
+        sd: StorageDomainId,
+        /// The request field that named it.
+        field: String,
+    },
+    /// The storage domain id is taken.
+    #[error("storage domain {0} already exists")]
+    DomainExists(StorageDomainId),
+    /// No such image.
+    #[error("image {img} not found in storage domain {sd}")]
+    ImageNotFound {
+        /// Its domain.
+        sd: StorageDomainId,
+        /// The image.
+        img: ImageId,
+    },
+    /// No such volume.
+    #[error("volume {volume} not found")]
+    VolumeNotFound {
+        /// The volume.
+        volume: VolumeKey,
+        /// The request field that named it.
+        field: String,
+    },
+    /// The volume id is taken.
+    #[error("volume {0} already exists")]
+    VolumeExists(VolumeKey),
+    /// The system is not in the state the request needs.
+    #[error("{message}")]
+    Precondition {
+        /// Stable reason.
+        reason: &'static str,
+        /// The request field concerned.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The job id is taken by a job with other parameters or another host.
+    #[error("job {0} already exists with other parameters")]
+    JobExists(JobId),
+    /// This host does not run that job.
+    #[error("job {0} is not running on this host")]
+    JobNotFound(JobId),
+    /// The host holds no valid session lease: it must not start work.
+    #[error("this host holds no valid etcd session lease")]
+    SessionLost,
+    /// A filesystem call failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// The action.
+        what: &'static str,
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// qemu-img failed.
+    #[error("qemu-img: {0}")]
+    Qemu(String),
+    /// etcd failed.
+    #[error(transparent)]
+    Coord(#[from] CoordError),
+    /// The job-tracker refused or could not be reached.
+    #[error("job-tracker: {0}")]
+    Tracker(Status),
+}
+
+impl Error {
+    /// An I/O failure on `path`.
+    pub fn io(what: &'static str, path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            what,
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    /// A precondition failure.
+    pub fn precondition(
+        reason: &'static str,
+        field: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::Precondition {
+            reason,
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let msg = e.to_string();
+        match e {
+            Error::Invalid(v) => v.into(),
+            Error::DomainNotFound { field, .. } => status(
+                Code::NotFound,
+                "STORAGE_DOMAIN_NOT_FOUND",
+                msg,
+                Some(&field),
+            ),
+            Error::DomainExists(_) => status(
+                Code::AlreadyExists,
+                "STORAGE_DOMAIN_EXISTS",
+                msg,
+                Some("storage_domain_id"),
+            ),
+            Error::ImageNotFound { .. } => {
+                status(Code::NotFound, "IMAGE_NOT_FOUND", msg, Some("image_id"))
+            }
+            Error::VolumeNotFound { field, .. } => {
+                status(Code::NotFound, "VOLUME_NOT_FOUND", msg, Some(&field))
+            }
+            Error::VolumeExists(_) => {
+                status(Code::AlreadyExists, "VOLUME_EXISTS", msg, Some("volume"))
+            }
+            Error::Precondition { reason, field, .. } => {
+                status(Code::FailedPrecondition, reason, msg, Some(field))
+            }
+            Error::JobExists(_) => status(Code::AlreadyExists, "JOB_EXISTS", msg, Some("job_id")),
+            Error::JobNotFound(_) => status(Code::NotFound, "JOB_NOT_FOUND", msg, Some("job_id")),
+            Error::SessionLost => status(Code::Unavailable, "SESSION_LOST", msg, None),
+            Error::Io { .. } => status(Code::Internal, "STORAGE_IO_ERROR", msg, None),
+            Error::Qemu(_) => status(Code::Internal, "QEMU_IMG_FAILED", msg, None),
+            Error::Coord(_) => status(Code::Unavailable, "ETCD_UNAVAILABLE", msg, None),
+            Error::Tracker(s) => {
+                // Pass the job-tracker's verdict through with its own details.
+                Status::with_details(
+                    s.code(),
+                    format!("job-tracker: {}", s.message()),
+                    s.details().to_vec().into(),
+                )
+            }
+        }
+    }
+}

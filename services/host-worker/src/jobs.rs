@@ -1,0 +1,213 @@
+//! This host's own jobs (VDSM's `Host.getJobs`): what is queued or running here, with the handle that
+//! stops each one. Stopping kills the copier at once with SIGKILL, from whatever task asks — the
+//! self-fencing path must not wait for the copy task to be scheduled.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use datapath_api::{ids::JobId, pb, volume::VolumeKey};
+use tokio::sync::{watch, Notify};
+
+/// Why a job was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// Someone asked to abort it.
+    Aborted,
+    /// The host lost its session lease: it must stop writing before etcd hands the volume on.
+    Fenced,
+    /// The host-worker is shutting down.
+    Shutdown,
+}
+
+/// Stops one job.
+#[derive(Debug)]
+pub struct JobControl {
+    stop: watch::Sender<Option<StopReason>>,
+    copier_pid: Mutex<Option<u32>>,
+}
+
+impl JobControl {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            stop: watch::channel(None).0,
+            copier_pid: Mutex::new(None),
+        })
+    }
+
+    /// Asks the job to stop (the first reason wins) and kills its copier now.
+    pub fn stop(&self, reason: StopReason) {
+        self.stop.send_if_modified(|r| {
+            let first = r.is_none();
+            if first {
+                *r = Some(reason);
+            }
+            first
+        });
+        if let Some(pid) = *self.copier_pid.lock().expect("pid lock") {
+            kill(pid);
+        }
+    }
+
+    /// Records the running copier; if the job was stopped meanwhile, kills it at once.
+    pub fn set_copier(&self, pid: Option<u32>) {
+        *self.copier_pid.lock().expect("pid lock") = pid;
+        if let (Some(pid), Some(_)) = (pid, self.reason()) {
+            kill(pid);
+        }
+    }
+
+    /// Why the job was stopped, if it was.
+    pub fn reason(&self) -> Option<StopReason> {
+        *self.stop.borrow()
+    }
+
+    /// Resolves once the job is asked to stop.
+    pub async fn stopped(&self) -> StopReason {
+        let mut rx = self.stop.subscribe();
+        loop {
+            if let Some(r) = *rx.borrow_and_update() {
+                return r;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn kill(pid: u32) {
+    // SAFETY: kill(2) has no memory-safety preconditions; a stale pid is at worst ESRCH.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+}
+
+struct Entry {
+    job: pb::Job,
+    destination: VolumeKey,
+    control: Arc<JobControl>,
+}
+
+/// The table of this host's jobs.
+#[derive(Default)]
+pub struct HostJobs {
+    entries: Mutex<HashMap<JobId, Entry>>,
+    /// Notified whenever the set of jobs or their states change (the host record shows the load).
+    pub changed: Notify,
+}
+
+impl HostJobs {
+    /// Adds a job; `None` if one with that id is already here.
+    pub fn insert(
+        &self,
+        id: JobId,
+        job: pb::Job,
+        destination: VolumeKey,
+    ) -> Option<Arc<JobControl>> {
+        let mut entries = self.entries.lock().expect("jobs lock");
+        if entries.contains_key(&id) {
+            return None;
+        }
+        let control = JobControl::new();
+        entries.insert(
+            id,
+            Entry {
+                job,
+                destination,
+                control: control.clone(),
+            },
+        );
+        drop(entries);
+        self.changed.notify_waiters();
+        Some(control)
+    }
+
+    /// Updates the local view of a job.
+    pub fn update(&self, id: JobId, f: impl FnOnce(&mut pb::Job)) {
+        if let Some(e) = self.entries.lock().expect("jobs lock").get_mut(&id) {
+            f(&mut e.job);
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Forgets a finished job.
+    pub fn remove(&self, id: JobId) {
+        self.entries.lock().expect("jobs lock").remove(&id);
+        self.changed.notify_waiters();
+    }
+
+    /// A job's local record.
+    pub fn get(&self, id: JobId) -> Option<pb::Job> {
+        self.entries
+            .lock()
+            .expect("jobs lock")
+            .get(&id)
+            .map(|e| e.job.clone())
+    }
+
+    /// The job here that writes `destination`, if any.
+    pub fn writing(&self, destination: &VolumeKey) -> Option<JobId> {
+        let entries = self.entries.lock().expect("jobs lock");
+        entries
+            .iter()
+            .find(|(_, e)| e.destination == *destination)
+            .map(|(id, _)| *id)
+    }
+
+    /// Every job here, in id order.
+    pub fn list(&self) -> Vec<pb::Job> {
+        let mut jobs: Vec<pb::Job> = self
+            .entries
+            .lock()
+            .expect("jobs lock")
+            .values()
+            .map(|e| e.job.clone())
+            .collect();
+        jobs.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+        jobs
+    }
+
+    /// (running jobs, bytes they move).
+    pub fn load(&self) -> (u32, u64) {
+        let entries = self.entries.lock().expect("jobs lock");
+        let running: Vec<&Entry> = entries
+            .values()
+            .filter(|e| e.job.status() == pb::JobStatus::Running)
+            .collect();
+        (
+            running.len() as u32,
+            running.iter().map(|e| e.job.size_bytes).sum(),
+        )
+    }
+
+    /// Stops one job; false if it is not here.
+    pub fn stop(&self, id: JobId, reason: StopReason) -> bool {
+        let control = self
+            .entries
+            .lock()
+            .expect("jobs lock")
+            .get(&id)
+            .map(|e| e.control.clone());
+        control.map(|c| c.stop(reason)).is_some()
+    }
+
+    /// Stops every job (self-fencing, shutdown). Returns how many.
+    pub fn stop_all(&self, reason: StopReason) -> usize {
+        let controls: Vec<Arc<JobControl>> = self
+            .entries
+            .lock()
+            .expect("jobs lock")
+            .values()
+            .map(|e| e.control.clone())
+            .collect();
+        controls.iter().for_each(|c| c.stop(reason));
+        controls.len()
+    }
+
+    /// Whether no job is here.
+    pub fn is_empty(&self) -> bool {
+        self.entries.lock().expect("jobs lock").is_empty()
+    }
+}

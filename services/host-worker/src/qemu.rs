@@ -1,0 +1,177 @@
+//! qemu-img: creating volumes and the copier process. The copier never outlives its host-worker: it is
+//! started with a parent-death signal (SIGKILL) and killed on drop, because oVirt once shipped a bug
+//! where qemu-img kept writing after VDSM died, into a volume already deleted and reused.
+use std::{path::Path, process::Stdio};
+
+use datapath_api::volume::{Allocation, Format};
+use tokio::{
+    io::AsyncReadExt as _,
+    process::{Child, Command},
+};
+
+use crate::error::Error;
+
+fn command() -> Command {
+    let mut cmd = Command::new("qemu-img");
+    cmd.kill_on_drop(true).stdin(Stdio::null());
+    set_parent_death_signal(&mut cmd);
+    cmd
+}
+
+#[allow(unsafe_code)]
+fn set_parent_death_signal(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
+    // prctl(2) and getppid(2).
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() == 1 {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Creates a volume's data file; `backing` is the parent's file name in the same image directory.
+pub async fn create(
+    path: &Path,
+    format: Format,
+    allocation: Allocation,
+    capacity: u64,
+    backing: Option<(String, Format)>,
+) -> Result<(), Error> {
+    let mut cmd = command();
+    cmd.arg("create")
+        .arg("-q")
+        .arg("-f")
+        .arg(format.qemu_name());
+    let mut opts = Vec::new();
+    if format == Format::Cow {
+        opts.push("compat=1.1".to_string());
+    }
+    if allocation == Allocation::Preallocated {
+        opts.push("preallocation=falloc".to_string());
+    }
+    if !opts.is_empty() {
+        cmd.arg("-o").arg(opts.join(","));
+    }
+    if let Some((file, fmt)) = &backing {
+        cmd.arg("-b").arg(file).arg("-F").arg(fmt.qemu_name());
+    }
+    cmd.arg(path).arg(capacity.to_string());
+    run(cmd).await
+}
+
+async fn run(mut cmd: Command) -> Result<(), Error> {
+    let out = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .map_err(|e| Error::Qemu(format!("cannot run qemu-img: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Qemu(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+}
+
+/// What to convert: the source file and format, the destination file and format, and the
+/// destination's backing file (then only the source layer's own data is copied).
+#[derive(Debug, Clone)]
+pub struct Convert<'a> {
+    /// Source file.
+    pub src: &'a Path,
+    /// Source format.
+    pub src_format: Format,
+    /// Destination file (it exists: `-n`).
+    pub dst: &'a Path,
+    /// Destination format.
+    pub dst_format: Format,
+    /// The destination's backing file name and format, for a layer of a chain.
+    pub dst_backing: Option<(String, Format)>,
+}
+
+/// Starts `qemu-img convert -p` writing into the existing destination. The target cache mode is
+/// writeback, so qemu-img flushes at the end (its default, unsafe, never does).
+pub fn spawn_convert(c: &Convert<'_>) -> Result<Child, Error> {
+    let mut cmd = command();
+    cmd.args(["convert", "-p", "-n", "-t", "writeback", "-f"])
+        .arg(c.src_format.qemu_name())
+        .arg("-O")
+        .arg(c.dst_format.qemu_name());
+    if let Some((file, fmt)) = &c.dst_backing {
+        cmd.arg("-B").arg(file).arg("-F").arg(fmt.qemu_name());
+    }
+    cmd.arg(c.src).arg(c.dst);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.spawn()
+        .map_err(|e| Error::Qemu(format!("cannot run qemu-img: {e}")))
+}
+
+/// Parses qemu-img's `-p` output, `    (12.34/100%)` separated by carriage returns, calling `report`
+/// with each whole percentage as it rises.
+pub async fn follow_progress(
+    mut stdout: impl tokio::io::AsyncRead + Unpin,
+    mut report: impl FnMut(u32),
+) -> std::io::Result<()> {
+    let mut buf = [0u8; 512];
+    let mut line = String::new();
+    let mut last = None;
+    loop {
+        let n = stdout.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        for &b in &buf[..n] {
+            if b == b'\r' || b == b'\n' {
+                if let Some(p) = parse_progress(&line) {
+                    if last.is_none_or(|l| p > l) {
+                        last = Some(p);
+                        report(p);
+                    }
+                }
+                line.clear();
+            } else {
+                line.push(b as char);
+            }
+        }
+    }
+}
+
+/// `(12.34/100%)` → 12.
+pub fn parse_progress(line: &str) -> Option<u32> {
+    let inner = line.trim().strip_prefix('(')?.strip_suffix("/100%)")?;
+    let value: f64 = inner.parse().ok()?;
+    (0.0..=100.0)
+        .contains(&value)
+        .then_some(value.floor() as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_progress_lines() {
+        assert_eq!(parse_progress("    (12.34/100%)"), Some(12));
+        assert_eq!(parse_progress("(100.00/100%)"), Some(100));
+        assert_eq!(parse_progress("garbage"), None);
+        assert_eq!(parse_progress("(140.00/100%)"), None);
+    }
+
+    #[tokio::test]
+    async fn follows_rising_progress_only() {
+        let input: &[u8] =
+            b"    (0.00/100%)\r    (1.50/100%)\r    (1.90/100%)\r    (50.00/100%)\r(100.00/100%)\n";
+        let mut seen = Vec::new();
+        follow_progress(input, |p| seen.push(p)).await.unwrap();
+        assert_eq!(seen, vec![0, 1, 50, 100]);
+    }
+}

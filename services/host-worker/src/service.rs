@@ -1,0 +1,253 @@
+//! The gRPC face of the host: converts requests into domain types, calls storage or the copy
+//! protocol, maps errors once (see `error.rs`).
+use std::sync::Arc;
+
+use datapath_api::{
+    error::FieldViolation,
+    ids::{ImageId, JobId, StorageDomainId, VolumeId},
+    page::PageRequest,
+    pb::{self, host_worker_service_server::HostWorkerService},
+    volume::{Allocation, Format, Legality, Role, VolumeKey},
+};
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::{copy, error::Error, jobs::StopReason, storage::volume::NewVolume, worker::Worker};
+
+/// The HostWorkerService implementation.
+pub struct HostWorkerApi {
+    worker: Arc<Worker>,
+}
+
+impl HostWorkerApi {
+    /// Serves `worker`.
+    pub fn new(worker: Arc<Worker>) -> Self {
+        Self { worker }
+    }
+
+    async fn volume_info(&self, key: &VolumeKey, field: &str) -> Result<pb::VolumeInfo, Error> {
+        let meta = self.worker.storage.read_meta(key, field)?;
+        let lease = self.worker.coord.volume_lease(key).await?;
+        Ok(pb::VolumeInfo {
+            volume: Some(key.to_pb()),
+            metadata: Some(meta.to_pb()),
+            lease,
+            allocated_bytes: self.worker.storage.allocated_bytes(key),
+        })
+    }
+}
+
+fn new_volume(req: &pb::CreateVolumeRequest) -> Result<NewVolume, FieldViolation> {
+    let volume = VolumeKey::from_pb("volume", req.volume.as_ref())?;
+    let format = Format::from_pb("format", req.format)?;
+    let parent = match req.parent_volume_id.as_str() {
+        "" => None,
+        p => Some(VolumeId::parse("parent_volume_id", p)?),
+    };
+    if parent == Some(volume.volume) {
+        return Err(FieldViolation::new(
+            "parent_volume_id",
+            "INVALID_VALUE",
+            "a volume cannot be its own parent",
+        ));
+    }
+    if parent.is_some() && format != Format::Cow {
+        return Err(FieldViolation::new(
+            "format",
+            "INVALID_VALUE",
+            "a volume with a parent must be COW (qcow2)",
+        ));
+    }
+    if req.capacity_bytes == 0 && parent.is_none() {
+        return Err(FieldViolation::missing("capacity_bytes"));
+    }
+    if !req.capacity_bytes.is_multiple_of(512) {
+        return Err(FieldViolation::new(
+            "capacity_bytes",
+            "INVALID_VALUE",
+            "must be a multiple of 512",
+        ));
+    }
+    Ok(NewVolume {
+        volume,
+        format,
+        allocation: Allocation::from_pb_or("allocation", req.allocation, Allocation::Sparse)?,
+        capacity: req.capacity_bytes,
+        parent,
+        role: Role::from_pb_or("role", req.role, Role::Leaf)?,
+        legality: Legality::from_pb_or("legality", req.legality, Legality::Legal)?,
+        description: req.description.clone(),
+    })
+}
+
+#[tonic::async_trait]
+impl HostWorkerService for HostWorkerApi {
+    async fn create_storage_domain(
+        &self,
+        req: Request<pb::CreateStorageDomainRequest>,
+    ) -> Result<Response<pb::CreateStorageDomainResponse>, Status> {
+        let req = req.into_inner();
+        let sd = StorageDomainId::parse("storage_domain_id", &req.storage_domain_id)?;
+        let domain = self.worker.storage.create_domain(sd, &req.name)?;
+        info!(%sd, "storage domain created");
+        self.worker.jobs.changed.notify_waiters();
+        Ok(Response::new(pb::CreateStorageDomainResponse {
+            storage_domain: Some(domain),
+        }))
+    }
+
+    async fn list_storage_domains(
+        &self,
+        _req: Request<pb::ListStorageDomainsRequest>,
+    ) -> Result<Response<pb::ListStorageDomainsResponse>, Status> {
+        let storage_domains = self.worker.storage.domains()?;
+        Ok(Response::new(pb::ListStorageDomainsResponse {
+            storage_domains,
+        }))
+    }
+
+    async fn create_volume(
+        &self,
+        req: Request<pb::CreateVolumeRequest>,
+    ) -> Result<Response<pb::CreateVolumeResponse>, Status> {
+        let new = new_volume(req.get_ref())?;
+        self.worker.storage.create_volume(&new).await?;
+        info!(volume = %new.volume, format = ?new.format, capacity = new.capacity, "volume created");
+        let volume = self.volume_info(&new.volume, "volume").await?;
+        Ok(Response::new(pb::CreateVolumeResponse {
+            volume: Some(volume),
+        }))
+    }
+
+    async fn get_volume_info(
+        &self,
+        req: Request<pb::GetVolumeInfoRequest>,
+    ) -> Result<Response<pb::GetVolumeInfoResponse>, Status> {
+        let key = VolumeKey::from_pb("volume", req.get_ref().volume.as_ref())?;
+        let volume = self.volume_info(&key, "volume").await?;
+        Ok(Response::new(pb::GetVolumeInfoResponse {
+            volume: Some(volume),
+        }))
+    }
+
+    async fn list_images(
+        &self,
+        req: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        let req = req.into_inner();
+        let sd = StorageDomainId::parse("storage_domain_id", &req.storage_domain_id)?;
+        let page = PageRequest::parse(req.page_size, &req.page_token)?;
+        let images = self
+            .worker
+            .storage
+            .images(sd)?
+            .into_iter()
+            .map(|(img, vols)| pb::Image {
+                image_id: img.to_string(),
+                volume_ids: vols.iter().map(|v| v.to_string()).collect(),
+            })
+            .collect();
+        let (images, next_page_token) = page.paginate(images, |i| i.image_id.clone());
+        Ok(Response::new(pb::ListImagesResponse {
+            images,
+            next_page_token,
+        }))
+    }
+
+    async fn list_volumes(
+        &self,
+        req: Request<pb::ListVolumesRequest>,
+    ) -> Result<Response<pb::ListVolumesResponse>, Status> {
+        let req = req.into_inner();
+        let sd = StorageDomainId::parse("storage_domain_id", &req.storage_domain_id)?;
+        let img = ImageId::parse("image_id", &req.image_id)?;
+        let page = PageRequest::parse(req.page_size, &req.page_token)?;
+        self.worker.storage.domain(sd, "storage_domain_id")?;
+        let chain: Vec<(usize, VolumeId)> = self
+            .worker
+            .storage
+            .chain(sd, img)?
+            .into_iter()
+            .map(|(v, _)| v)
+            .enumerate()
+            .collect();
+        // The token is the position in the chain (zero-padded), so pages keep the base-first order.
+        let (chain, next_page_token) = page.paginate(chain, |(i, _)| format!("{i:08}"));
+        let mut volumes = Vec::with_capacity(chain.len());
+        for (_, vol) in chain {
+            let key = VolumeKey {
+                storage_domain: sd,
+                image: img,
+                volume: vol,
+            };
+            volumes.push(self.volume_info(&key, "volume").await?);
+        }
+        Ok(Response::new(pb::ListVolumesResponse {
+            volumes,
+            next_page_token,
+        }))
+    }
+
+    async fn delete_image(
+        &self,
+        req: Request<pb::DeleteImageRequest>,
+    ) -> Result<Response<pb::DeleteImageResponse>, Status> {
+        let req = req.into_inner();
+        let sd = StorageDomainId::parse("storage_domain_id", &req.storage_domain_id)?;
+        let img = ImageId::parse("image_id", &req.image_id)?;
+        self.worker.storage.domain(sd, "storage_domain_id")?;
+        for vol in self.worker.storage.volume_ids(sd, img)? {
+            let key = VolumeKey {
+                storage_domain: sd,
+                image: img,
+                volume: vol,
+            };
+            let leased = self
+                .worker
+                .coord
+                .volume_lease(&key)
+                .await
+                .map_err(Error::from)?;
+            if leased.is_some() || self.worker.jobs.writing(&key).is_some() {
+                return Err(Error::precondition(
+                    "IMAGE_IN_USE",
+                    "image_id",
+                    format!("volume {key} is being written by a job"),
+                )
+                .into());
+            }
+        }
+        self.worker.storage.delete_image(sd, img)?;
+        info!(%sd, %img, "image deleted");
+        Ok(Response::new(pb::DeleteImageResponse {}))
+    }
+
+    async fn copy_data(
+        &self,
+        req: Request<pb::CopyDataRequest>,
+    ) -> Result<Response<pb::CopyDataResponse>, Status> {
+        let job = copy::copy_data(&self.worker, req.get_ref()).await?;
+        Ok(Response::new(pb::CopyDataResponse { job: Some(job) }))
+    }
+
+    async fn list_host_jobs(
+        &self,
+        _req: Request<pb::ListHostJobsRequest>,
+    ) -> Result<Response<pb::ListHostJobsResponse>, Status> {
+        Ok(Response::new(pb::ListHostJobsResponse {
+            jobs: self.worker.jobs.list(),
+        }))
+    }
+
+    async fn abort_host_job(
+        &self,
+        req: Request<pb::AbortHostJobRequest>,
+    ) -> Result<Response<pb::AbortHostJobResponse>, Status> {
+        let id = JobId::parse("job_id", &req.get_ref().job_id)?;
+        if !self.worker.jobs.stop(id, StopReason::Aborted) {
+            return Err(Error::JobNotFound(id).into());
+        }
+        info!(job_id = %id, "abort requested");
+        Ok(Response::new(pb::AbortHostJobResponse {}))
+    }
+}

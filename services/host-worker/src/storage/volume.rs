@@ -1,0 +1,208 @@
+//! Volumes and images: create, read and replace metadata, list, delete.
+use std::fs;
+
+use datapath_api::{
+    ids::{ImageId, StorageDomainId, VolumeId},
+    volume::{Allocation, Format, Legality, Role, VolumeKey},
+};
+
+use super::{metadata::VolumeMeta, sync_dir, write_atomic, Storage};
+use crate::{error::Error, qemu};
+
+/// What CreateVolume asks for, validated.
+#[derive(Debug, Clone)]
+pub struct NewVolume {
+    /// Where.
+    pub volume: VolumeKey,
+    /// Disk format.
+    pub format: Format,
+    /// Allocation policy.
+    pub allocation: Allocation,
+    /// Virtual size; 0 with a parent means the parent's.
+    pub capacity: u64,
+    /// Backing volume in the same image.
+    pub parent: Option<VolumeId>,
+    /// Place in the chain.
+    pub role: Role,
+    /// Initial legality.
+    pub legality: Legality,
+    /// Free text.
+    pub description: String,
+}
+
+impl Storage {
+    /// A volume's metadata; `VolumeNotFound` naming `field`.
+    pub fn read_meta(&self, v: &VolumeKey, field: &str) -> Result<VolumeMeta, Error> {
+        self.domain(v.storage_domain, &format!("{field}.storage_domain_id"))?;
+        let path = self.meta_path(v);
+        let text = fs::read_to_string(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::VolumeNotFound {
+                volume: *v,
+                field: field.to_string(),
+            },
+            _ => Error::io("read", &path, e),
+        })?;
+        VolumeMeta::parse(&text).map_err(|m| Error::io("parse", &path, std::io::Error::other(m)))
+    }
+
+    /// Replaces a volume's metadata atomically.
+    pub fn write_meta(&self, v: &VolumeKey, meta: &VolumeMeta) -> Result<(), Error> {
+        let path = self.meta_path(v);
+        write_atomic(&path, meta.render().as_bytes()).map_err(|e| Error::io("write", &path, e))
+    }
+
+    /// Bytes the data file occupies.
+    pub fn allocated_bytes(&self, v: &VolumeKey) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        fs::metadata(self.volume_path(v))
+            .map(|m| m.blocks() * 512)
+            .unwrap_or(0)
+    }
+
+    /// Creates a volume: metadata first (ILLEGAL, exclusively, so a taken id fails without touching
+    /// anything), then the data file, then the requested legality. A crash in between leaves an
+    /// ILLEGAL volume that can be deleted, never a LEGAL one without data.
+    pub async fn create_volume(&self, new: &NewVolume) -> Result<VolumeMeta, Error> {
+        let v = &new.volume;
+        self.domain(v.storage_domain, "volume.storage_domain_id")?;
+        let mut meta = VolumeMeta {
+            format: new.format,
+            allocation: new.allocation,
+            capacity: new.capacity,
+            parent: new.parent,
+            role: new.role,
+            legality: Legality::Illegal,
+            generation: 0,
+            description: new.description.clone(),
+            created: datapath_api::time::now().seconds,
+        };
+        if let Some(parent) = new.parent {
+            let pkey = VolumeKey {
+                volume: parent,
+                ..*v
+            };
+            let pmeta = self.read_meta(&pkey, "parent_volume_id")?;
+            if new.capacity == 0 {
+                meta.capacity = pmeta.capacity;
+            } else if new.capacity < pmeta.capacity {
+                return Err(Error::precondition(
+                    "CAPACITY_BELOW_PARENT",
+                    "capacity_bytes",
+                    format!(
+                        "capacity {} is below the parent's {}",
+                        new.capacity, pmeta.capacity
+                    ),
+                ));
+            }
+        }
+        let img_dir = self.image_dir(v.storage_domain, v.image);
+        fs::create_dir_all(&img_dir).map_err(|e| Error::io("create", &img_dir, e))?;
+        let meta_path = self.meta_path(v);
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&meta_path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::VolumeExists(*v))
+            }
+            Err(e) => return Err(Error::io("create", &meta_path, e)),
+        }
+        self.write_meta(v, &meta)?;
+        let parent = new.parent.map(|p| {
+            let pmeta = self.read_meta(&VolumeKey { volume: p, ..*v }, "parent_volume_id");
+            (
+                p.to_string(),
+                pmeta.map(|m| m.format).unwrap_or(Format::Cow),
+            )
+        });
+        qemu::create(
+            &self.volume_path(v),
+            meta.format,
+            meta.allocation,
+            meta.capacity,
+            parent,
+        )
+        .await?;
+        sync_dir(&img_dir).map_err(|e| Error::io("sync", &img_dir, e))?;
+        meta.legality = new.legality;
+        self.write_meta(v, &meta)?;
+        Ok(meta)
+    }
+
+    /// The images of a domain, in id order, each with its volume ids (base first).
+    pub fn images(&self, sd: StorageDomainId) -> Result<Vec<(ImageId, Vec<VolumeId>)>, Error> {
+        self.domain(sd, "storage_domain_id")?;
+        let dir = self.images_dir(sd);
+        let entries = fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))?;
+        let mut ids: Vec<ImageId> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| ImageId::parse("img", e.file_name().to_str()?).ok())
+            .collect();
+        ids.sort();
+        ids.into_iter()
+            .map(|img| {
+                Ok((
+                    img,
+                    self.chain(sd, img)?.into_iter().map(|(id, _)| id).collect(),
+                ))
+            })
+            .collect()
+    }
+
+    /// The volumes of an image ordered base first (parents before children, then by id).
+    pub fn chain(
+        &self,
+        sd: StorageDomainId,
+        img: ImageId,
+    ) -> Result<Vec<(VolumeId, VolumeMeta)>, Error> {
+        let mut ids = self.volume_ids(sd, img)?;
+        ids.sort();
+        let mut metas = Vec::new();
+        for vol in ids {
+            let key = VolumeKey {
+                storage_domain: sd,
+                image: img,
+                volume: vol,
+            };
+            metas.push((vol, self.read_meta(&key, "volume")?));
+        }
+        let depth = |mut id: VolumeId| {
+            let mut d = 0;
+            while let Some(p) = metas
+                .iter()
+                .find(|(v, _)| *v == id)
+                .and_then(|(_, m)| m.parent)
+            {
+                d += 1;
+                id = p;
+                if d > metas.len() {
+                    break;
+                }
+            }
+            d
+        };
+        let mut ordered: Vec<(usize, VolumeId, VolumeMeta)> = metas
+            .iter()
+            .map(|(v, m)| (depth(*v), *v, m.clone()))
+            .collect();
+        ordered.sort_by_key(|(d, v, _)| (*d, *v));
+        Ok(ordered.into_iter().map(|(_, v, m)| (v, m)).collect())
+    }
+
+    /// Deletes an image: renamed aside first (atomic, so it vanishes from listings at once), then
+    /// removed.
+    pub fn delete_image(&self, sd: StorageDomainId, img: ImageId) -> Result<(), Error> {
+        let dir = self.image_dir(sd, img);
+        if !dir.is_dir() {
+            return Err(Error::ImageNotFound { sd, img });
+        }
+        let trash = self
+            .images_dir(sd)
+            .join(format!(".deleting-{img}-{}", uuid::Uuid::new_v4()));
+        fs::rename(&dir, &trash).map_err(|e| Error::io("rename", &dir, e))?;
+        sync_dir(&self.images_dir(sd)).map_err(|e| Error::io("sync", &dir, e))?;
+        fs::remove_dir_all(&trash).map_err(|e| Error::io("remove", &trash, e))
+    }
+}
