@@ -1,1 +1,6 @@
-fn main() {}
+//! End-to-end tests: real etcd, the real job-tracker and host-worker binaries as separate processes,
+//! real qemu-img on real files. Build the binaries first (`cargo build --workspace --bins`).
+mod bad_input;
+mod copy;
+mod faults;
+mod harness;

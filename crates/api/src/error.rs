@@ -11,7 +11,10 @@ pub const ERROR_DOMAIN: &str = "datapath.io";
 /// Builds a status whose details carry an `ErrorInfo` with `reason`, and with `field` in its metadata and
 /// a `BadRequest` violation when a field is named.
 pub fn status(code: Code, reason: &str, message: impl Into<String>, field: Option<&str>) -> Status {
-    let message = message.into();
+    let mut message = message.into();
+    if let Some(field) = field.filter(|f| !message.contains(*f)) {
+        message = format!("{field}: {message}");
+    }
     let mut metadata = HashMap::new();
     if let Some(field) = field {
         metadata.insert("field".to_string(), field.to_string());
@@ -28,25 +31,34 @@ pub fn reason(status: &Status) -> Option<String> {
     status.get_details_error_info().map(|info| info.reason)
 }
 
+/// The field an error names (its `ErrorInfo` metadata `field`), if any.
+pub fn field(status: &Status) -> Option<String> {
+    status
+        .get_details_error_info()
+        .and_then(|info| info.metadata.get("field").cloned())
+}
+
 /// One bad field of an incoming message; becomes `INVALID_ARGUMENT` naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
+#[error("{message}")]
 pub struct FieldViolation {
     /// The field path, e.g. `destination.volume.volume_id`.
     pub field: String,
     /// A stable reason such as `MALFORMED_ID`, `MISSING_FIELD`, `UNKNOWN_ENUM_VALUE`, `INVALID_VALUE`.
     pub reason: &'static str,
-    /// What is wrong with it.
+    /// The whole human message, naming the field.
     pub message: String,
 }
 
 impl FieldViolation {
-    /// A violation of `field` with `reason`.
-    pub fn new(field: impl Into<String>, reason: &'static str, message: impl Into<String>) -> Self {
+    /// A violation of `field` with `reason`; the message reads "invalid <field>: <what>".
+    pub fn new(field: impl Into<String>, reason: &'static str, what: impl AsRef<str>) -> Self {
+        let field = field.into();
+        let message = format!("invalid {field}: {}", what.as_ref());
         Self {
-            field: field.into(),
+            field,
             reason,
-            message: message.into(),
+            message,
         }
     }
 
@@ -54,13 +66,16 @@ impl FieldViolation {
     pub fn missing(field: impl Into<String>) -> Self {
         let field = field.into();
         let message = format!("{field} is required");
-        Self::new(field, "MISSING_FIELD", message)
+        Self {
+            field,
+            reason: "MISSING_FIELD",
+            message,
+        }
     }
 }
 
 impl From<FieldViolation> for Status {
     fn from(v: FieldViolation) -> Self {
-        let message = format!("invalid {}: {}", v.field, v.message);
-        status(Code::InvalidArgument, v.reason, message, Some(&v.field))
+        status(Code::InvalidArgument, v.reason, v.message, Some(&v.field))
     }
 }

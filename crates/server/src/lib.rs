@@ -32,16 +32,25 @@ impl Default for ServerOptions {
 }
 
 /// Serves `routes` plus reflection on `listener` until `shutdown` resolves, then drains in-flight calls.
+/// Reflection lists `services` (the full names of what `routes` serves) and health, and resolves every
+/// datapath, health and `google.rpc` error-detail type, so grpcurl prints error details by name.
 pub async fn serve(
     listener: TcpListener,
     options: &ServerOptions,
+    services: &[&str],
     routes: Routes,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let reflection = || {
-        tonic_reflection::server::Builder::configure()
+        let mut b = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(datapath_api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health");
+        for s in services {
+            b = b.with_service_name(*s);
+        }
+        b
     };
     let v1 = reflection()
         .build_v1()

@@ -58,6 +58,7 @@ pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_filter(env);
     tracing_subscriber::registry()
         .with(fmt)

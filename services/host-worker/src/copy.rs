@@ -319,6 +319,7 @@ async fn copy_under_lease(
         dst: &dst_path,
         dst_format: dmeta.format,
         dst_backing: backing,
+        rate_limit: worker.copy_bandwidth_limit,
     };
     run_copier(worker, spec.job_id, control, &convert).await?;
 

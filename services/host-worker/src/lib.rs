@@ -71,6 +71,10 @@ pub struct Config {
     /// TTL of the etcd session lease; copies are killed before it can expire unrenewed.
     #[arg(long, env = "DATAPATH_SESSION_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub session_ttl: Duration,
+    /// Bandwidth limit of one copy in bytes per second (qemu-img's `-r`), like Cinder's
+    /// `volume_copy_bps_limit`; 0 is unlimited.
+    #[arg(long, env = "DATAPATH_COPY_BANDWIDTH_LIMIT", default_value_t = 0)]
+    pub copy_bandwidth_limit: u64,
     /// The job-tracker's URL.
     #[arg(
         long,
@@ -110,6 +114,7 @@ pub async fn run(
         jobs: jobs::HostJobs::default(),
         slots: Arc::new(Semaphore::new(config.job_slots.max(1) as usize)),
         job_slots: config.job_slots.max(1),
+        copy_bandwidth_limit: config.copy_bandwidth_limit,
     });
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -127,7 +132,7 @@ pub async fn run(
         service::HostWorkerApi::new(worker.clone()),
     ));
     info!(%host_id, %address, root = %config.storage_root.display(), "host-worker listening");
-    let served = datapath_server::serve(listener, &config.server, routes, shutdown).await;
+    let served = datapath_server::serve(listener, &config.server, &["datapath.v1.HostWorkerService"], routes, shutdown).await;
     follower.abort();
     let stopped = worker.jobs.stop_all(jobs::StopReason::Shutdown);
     if stopped > 0 {

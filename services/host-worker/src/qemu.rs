@@ -96,6 +96,8 @@ pub struct Convert<'a> {
     pub dst_format: Format,
     /// The destination's backing file name and format, for a layer of a chain.
     pub dst_backing: Option<(String, Format)>,
+    /// Bytes per second, 0 for no limit.
+    pub rate_limit: u64,
 }
 
 /// Starts `qemu-img convert -p` writing into the existing destination. The target cache mode is
@@ -106,6 +108,9 @@ pub fn spawn_convert(c: &Convert<'_>) -> Result<Child, Error> {
         .arg(c.src_format.qemu_name())
         .arg("-O")
         .arg(c.dst_format.qemu_name());
+    if c.rate_limit > 0 {
+        cmd.arg("-r").arg(c.rate_limit.to_string());
+    }
     if let Some((file, fmt)) = &c.dst_backing {
         cmd.arg("-B").arg(file).arg("-F").arg(fmt.qemu_name());
     }

@@ -25,6 +25,8 @@ pub struct Worker {
     pub slots: Arc<Semaphore>,
     /// The configured number of slots.
     pub job_slots: u32,
+    /// Bytes per second one copy may move; 0 is unlimited.
+    pub copy_bandwidth_limit: u64,
 }
 
 impl Worker {

@@ -1,0 +1,86 @@
+//! The command line: global flags and the subcommand tree, each group in its own `cmd/` file.
+use clap::{Parser, Subcommand};
+
+use crate::cmd::{self, Context, GlobalArgs};
+
+/// dpctl: the datapath CLI, over the job-tracker's and host-workers' gRPC APIs.
+#[derive(Debug, Parser)]
+#[command(name = "dpctl", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the live host-workers registered with the job-tracker.
+    Hosts,
+    /// Storage domains of a host.
+    #[command(subcommand)]
+    Domain(cmd::domain::DomainCommand),
+    /// Volumes of a storage domain.
+    #[command(subcommand)]
+    Volume(cmd::volume::VolumeCommand),
+    /// Images (disks) of a storage domain.
+    #[command(subcommand)]
+    Image(cmd::image::ImageCommand),
+    /// Copy a volume's data into another volume on a host, and follow the job.
+    CopyData(cmd::copy::CopyDataArgs),
+    /// Jobs, through the job-tracker.
+    #[command(subcommand)]
+    Jobs(cmd::jobs::JobsCommand),
+    /// A local cluster of child processes, for development.
+    #[command(subcommand)]
+    Local(cmd::local::LocalCommand),
+}
+
+impl Cli {
+    /// Runs the command.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let ctx = Context::new(self.global);
+        match self.command {
+            Command::Hosts => cmd::hosts::run(&ctx).await,
+            Command::Domain(c) => c.run(&ctx).await,
+            Command::Volume(c) => c.run(&ctx).await,
+            Command::Image(c) => c.run(&ctx).await,
+            Command::CopyData(args) => args.run(&ctx).await,
+            Command::Jobs(c) => c.run(&ctx).await,
+            Command::Local(c) => c.run().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_tree_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_input_is_a_usage_error() {
+        let err =
+            Cli::try_parse_from(["dpctl", "copy-data", "--src", "x", "--dst", "y"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let err = Cli::try_parse_from([
+            "dpctl", "volume", "create", "--domain", "nope", "--size", "1G",
+        ])
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let ok = Cli::try_parse_from([
+            "dpctl",
+            "-o",
+            "json",
+            "volume",
+            "info",
+            "6f1c6a4e-9d0b-4c4e-9a52-0d5f5b0f6a01/0b9b1c2e-1d2f-4a3b-8c4d-5e6f7a8b9c0d/a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d",
+        ]);
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+}

@@ -1,0 +1,45 @@
+//! `dpctl image delete`: removes an image (a disk) and all its volumes from a storage domain.
+use anyhow::Context as _;
+use clap::Subcommand;
+use datapath_api::pb;
+
+use super::Context;
+use crate::{
+    output::{self, Output},
+    parse::{image_id_arg, sd_id_arg},
+};
+
+/// Image commands.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Delete an image and all its volumes (fails while one is leased).
+    Delete {
+        /// The storage domain id.
+        #[arg(value_parser = sd_id_arg)]
+        sd: String,
+        /// The image id.
+        #[arg(value_parser = image_id_arg)]
+        img: String,
+    },
+}
+
+impl ImageCommand {
+    /// Runs it.
+    pub async fn run(self, ctx: &Context) -> anyhow::Result<()> {
+        let Self::Delete { sd, img } = self;
+        let mut host = ctx.host_worker().await?;
+        let response = host
+            .delete_image(pb::DeleteImageRequest {
+                storage_domain_id: sd.clone(),
+                image_id: img.clone(),
+            })
+            .await
+            .with_context(|| format!("delete image {sd}/{img}"))?
+            .into_inner();
+        match ctx.output() {
+            Output::Json => output::print_json(&response)?,
+            Output::Text => println!("deleted image {sd}/{img}"),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,131 @@
+//! The subcommands, one file per group, and the [`Context`] they share: the global flags and how to
+//! reach the job-tracker and the chosen host-worker.
+use anyhow::{bail, Context as _};
+use clap::Args;
+use datapath_api::pb;
+
+use crate::{
+    client::{self, HostWorkerClient, JobTrackerClient},
+    output::Output,
+};
+
+pub mod copy;
+pub mod domain;
+pub mod follow;
+pub mod hosts;
+pub mod image;
+pub mod jobs;
+pub mod local;
+pub mod volume;
+
+/// Page size asked of paginated list calls (the servers' maximum).
+pub const PAGE_SIZE: i32 = 1000;
+
+/// Flags every subcommand takes.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// The job-tracker's URL.
+    #[arg(
+        long,
+        global = true,
+        env = "DATAPATH_JOB_TRACKER",
+        default_value = "http://127.0.0.1:7300"
+    )]
+    pub job_tracker: String,
+    /// The host-worker to talk to: its URL or host:port, or a host id looked up among the hosts
+    /// registered with the job-tracker. Default: the first registered host.
+    #[arg(long, global = true, env = "DATAPATH_HOST")]
+    pub host: Option<String>,
+    /// Output format.
+    #[arg(
+        short = 'o',
+        long,
+        global = true,
+        env = "DATAPATH_OUTPUT",
+        value_enum,
+        default_value_t = Output::Text
+    )]
+    pub output: Output,
+}
+
+/// What every subcommand runs with.
+#[derive(Debug)]
+pub struct Context {
+    global: GlobalArgs,
+}
+
+impl Context {
+    /// A context from the global flags.
+    pub fn new(global: GlobalArgs) -> Self {
+        Self { global }
+    }
+
+    /// The output format.
+    pub fn output(&self) -> Output {
+        self.global.output
+    }
+
+    /// The job-tracker's URL.
+    pub fn job_tracker_url(&self) -> String {
+        client::normalize_url(&self.global.job_tracker)
+    }
+
+    /// A client of the job-tracker.
+    pub async fn job_tracker(&self) -> anyhow::Result<JobTrackerClient> {
+        client::job_tracker(&self.job_tracker_url()).await
+    }
+
+    /// A client of the chosen host-worker.
+    pub async fn host_worker(&self) -> anyhow::Result<HostWorkerClient> {
+        let url = self.host_url().await?;
+        client::host_worker(&url).await
+    }
+
+    /// The chosen host-worker's URL: `--host` as given, or resolved through the job-tracker when it
+    /// is a host id or absent.
+    pub async fn host_url(&self) -> anyhow::Result<String> {
+        let host = self.global.host.as_deref().map(str::trim);
+        let wanted = match host.filter(|h| !h.is_empty()) {
+            Some(h) => match uuid::Uuid::try_parse(h) {
+                Ok(id) => Some(id.hyphenated().to_string()),
+                Err(_) => return Ok(client::normalize_url(h)),
+            },
+            None => None,
+        };
+        let hosts = self.registered_hosts().await?;
+        let found = match &wanted {
+            Some(id) => hosts.into_iter().find(|h| &h.host_id == id),
+            None => hosts.into_iter().next(),
+        };
+        match (found, wanted) {
+            (Some(host), _) => Ok(client::normalize_url(&host.address)),
+            (None, Some(id)) => bail!(
+                "host {id} is not registered with the job-tracker at {}",
+                self.job_tracker_url()
+            ),
+            (None, None) => bail!(
+                "no host-worker is registered with the job-tracker at {}; start one or pass --host",
+                self.job_tracker_url()
+            ),
+        }
+    }
+
+    /// The live hosts, from the job-tracker.
+    pub async fn registered_hosts(&self) -> anyhow::Result<Vec<pb::Host>> {
+        let mut jt = self.job_tracker().await?;
+        Ok(jt
+            .list_registered_hosts(pb::ListRegisteredHostsRequest {})
+            .await
+            .context("list registered hosts")?
+            .into_inner()
+            .hosts)
+    }
+}
+
+/// Fails when a paginated list answers the same page token twice, which would loop forever.
+pub fn check_page_token(previous: &str, next: &str) -> anyhow::Result<()> {
+    if !next.is_empty() && next == previous {
+        bail!("the server answered the same page token twice: {next:?}");
+    }
+    Ok(())
+}

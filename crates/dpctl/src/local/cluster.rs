@@ -1,0 +1,368 @@
+//! A running local cluster: start-up in dependency order (etcd, job-tracker, host-workers), each
+//! waited on until ready; accessors for endpoints and processes; restarts that wait for SERVING
+//! again; the `cluster.env` file; the orderly stop.
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use datapath_api::pb;
+
+use super::{
+    config::{host_worker_args, job_tracker_args, ClusterConfig},
+    etcd::Etcd,
+    process::{ManagedProcess, ProcessSpec},
+    support::{find_binary, free_ports, search_dirs, wait_serving},
+};
+
+/// How long a service may take to answer SERVING after it starts.
+pub const SERVING_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`Cluster::stop`] waits for each process after SIGTERM before SIGKILL.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A gRPC service process and its URL.
+#[derive(Debug)]
+struct Service {
+    process: ManagedProcess,
+    port: u16,
+}
+
+impl Service {
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A host-worker and the id it registered under.
+#[derive(Debug)]
+struct Host {
+    service: Service,
+    state_dir: PathBuf,
+    host_id: String,
+}
+
+/// etcd, a job-tracker and N host-workers, running as child processes. Dropping it kills them all.
+#[derive(Debug)]
+pub struct Cluster {
+    config: ClusterConfig,
+    etcd: Etcd,
+    job_tracker: Service,
+    hosts: Vec<Host>,
+}
+
+impl Cluster {
+    /// Starts etcd (with empty data), the job-tracker, then `config.hosts` host-workers sharing one
+    /// storage root, and waits until each is ready (etcd healthy, services SERVING).
+    pub async fn start(config: ClusterConfig) -> anyhow::Result<Self> {
+        let dirs = search_dirs(config.bin_dir.as_deref());
+        let job_tracker_bin = find_binary("job-tracker", &dirs)?;
+        let host_worker_bin = find_binary("host-worker", &dirs)?;
+        let etcd_bin = find_binary("etcd", &dirs)?;
+
+        prepare_dirs(&config)?;
+        let etcd = Etcd::start_with(&etcd_bin, &config.dir, base_spec(&config)).await?;
+        let etcd_url = etcd.client_url();
+
+        let ports = free_ports(config.hosts + 1)?;
+        let spec = ProcessSpec {
+            name: "job-tracker".into(),
+            program: job_tracker_bin,
+            ..base_spec(&config)
+        }
+        .args(job_tracker_args(&config, ports[0], &etcd_url));
+        let mut job_tracker = Service {
+            process: ManagedProcess::start(spec, &config.log_dir())?,
+            port: ports[0],
+        };
+        let job_tracker_url = job_tracker.url();
+        wait_serving(&mut job_tracker.process, &job_tracker_url, SERVING_TIMEOUT).await?;
+
+        let mut hosts = Vec::with_capacity(config.hosts);
+        for (i, &port) in ports[1..].iter().enumerate() {
+            let spec = ProcessSpec {
+                name: format!("host-{i}"),
+                program: host_worker_bin.clone(),
+                ..base_spec(&config)
+            }
+            .args(host_worker_args(
+                &config,
+                i,
+                port,
+                &etcd_url,
+                &job_tracker.url(),
+            ));
+            hosts.push(Host {
+                service: Service {
+                    process: ManagedProcess::start(spec, &config.log_dir())?,
+                    port,
+                },
+                state_dir: config.host_state_dir(i),
+                host_id: String::new(),
+            });
+        }
+        let mut cluster = Self {
+            config,
+            etcd,
+            job_tracker,
+            hosts,
+        };
+        let waits = cluster
+            .hosts
+            .iter_mut()
+            .enumerate()
+            .map(|(i, host)| wait_host(host, i, &job_tracker_url));
+        futures::future::try_join_all(waits).await?;
+        Ok(cluster)
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// Its directory.
+    pub fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+
+    /// etcd's client URLs.
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        self.etcd.endpoints()
+    }
+
+    /// The etcd key prefix every service uses.
+    pub fn etcd_prefix(&self) -> &str {
+        &self.config.etcd_prefix
+    }
+
+    /// The job-tracker's URL.
+    pub fn job_tracker_url(&self) -> String {
+        self.job_tracker.url()
+    }
+
+    /// Number of host-workers.
+    pub fn host_count(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// The host-workers' URLs, by index.
+    pub fn host_urls(&self) -> Vec<String> {
+        self.hosts.iter().map(|h| h.service.url()).collect()
+    }
+
+    /// Host `i`'s URL. Panics when `i` is out of range.
+    pub fn host_url(&self, i: usize) -> String {
+        self.hosts[i].service.url()
+    }
+
+    /// The host-workers' ids, by index.
+    pub fn host_ids(&self) -> Vec<String> {
+        self.hosts.iter().map(|h| h.host_id.clone()).collect()
+    }
+
+    /// Host `i`'s id. Panics when `i` is out of range.
+    pub fn host_id(&self, i: usize) -> &str {
+        &self.hosts[i].host_id
+    }
+
+    /// Host `i`'s state directory. Panics when `i` is out of range.
+    pub fn host_state_dir(&self, i: usize) -> &Path {
+        &self.hosts[i].state_dir
+    }
+
+    /// The storage root every host-worker shares.
+    pub fn storage_root(&self) -> PathBuf {
+        self.config.storage_root()
+    }
+
+    /// etcd.
+    pub fn etcd(&self) -> &Etcd {
+        &self.etcd
+    }
+
+    /// etcd's process, to signal or kill it.
+    pub fn etcd_mut(&mut self) -> &mut ManagedProcess {
+        self.etcd.process_mut()
+    }
+
+    /// The job-tracker's process.
+    pub fn job_tracker_mut(&mut self) -> &mut ManagedProcess {
+        &mut self.job_tracker.process
+    }
+
+    /// Host `i`'s process. Panics when `i` is out of range.
+    pub fn host_mut(&mut self, i: usize) -> &mut ManagedProcess {
+        &mut self.hosts[i].service.process
+    }
+
+    /// Restarts etcd on the same ports and data (stopping it first if it runs); waits until healthy.
+    pub async fn restart_etcd(&mut self) -> anyhow::Result<()> {
+        self.etcd.restart().await
+    }
+
+    /// Restarts the job-tracker (stopping it first if it runs); waits until SERVING.
+    pub async fn restart_job_tracker(&mut self) -> anyhow::Result<()> {
+        let url = self.job_tracker.url();
+        let process = &mut self.job_tracker.process;
+        process.restart().await.context("restart job-tracker")?;
+        wait_serving(process, &url, SERVING_TIMEOUT).await
+    }
+
+    /// Restarts host `i` (stopping it first if it runs; kill it first to simulate a crash); waits
+    /// until SERVING and reads its host id again. Panics when `i` is out of range.
+    pub async fn restart_host(&mut self, i: usize) -> anyhow::Result<()> {
+        let host = &mut self.hosts[i];
+        host.service
+            .process
+            .restart()
+            .await
+            .with_context(|| format!("restart host-{i}"))?;
+        self.wait_host(i).await
+    }
+
+    /// Waits until host `i` is SERVING (e.g. after SIGCONT) and reads its host id. Panics when `i`
+    /// is out of range.
+    pub async fn wait_host(&mut self, i: usize) -> anyhow::Result<()> {
+        let job_tracker_url = self.job_tracker.url();
+        wait_host(&mut self.hosts[i], i, &job_tracker_url).await
+    }
+
+    /// The variables of `cluster.env`: `DATAPATH_ETCD_ENDPOINTS`, `DATAPATH_ETCD_PREFIX`,
+    /// `DATAPATH_JOB_TRACKER`, `DATAPATH_STORAGE_ROOT`, and `DATAPATH_HOST_<i>` (URL) and
+    /// `DATAPATH_HOST_<i>_ID` for every host.
+    pub fn env_vars(&self) -> Vec<(String, String)> {
+        let mut vars = vec![
+            (
+                "DATAPATH_ETCD_ENDPOINTS".to_string(),
+                self.etcd_endpoints().join(","),
+            ),
+            (
+                "DATAPATH_ETCD_PREFIX".into(),
+                self.config.etcd_prefix.clone(),
+            ),
+            ("DATAPATH_JOB_TRACKER".into(), self.job_tracker_url()),
+            (
+                "DATAPATH_STORAGE_ROOT".into(),
+                self.storage_root().display().to_string(),
+            ),
+        ];
+        for (i, host) in self.hosts.iter().enumerate() {
+            vars.push((format!("DATAPATH_HOST_{i}"), host.service.url()));
+            vars.push((format!("DATAPATH_HOST_{i}_ID"), host.host_id.clone()));
+        }
+        vars
+    }
+
+    /// Writes [`Cluster::env_vars`] to `path` as `KEY=value` lines (conventionally
+    /// `<dir>/cluster.env`).
+    pub fn write_env(&self, path: &Path) -> anyhow::Result<()> {
+        let mut text = String::new();
+        for (key, value) in self.env_vars() {
+            let _ = writeln!(text, "{key}={value}");
+        }
+        fs::write(path, text).with_context(|| format!("write {}", path.display()))
+    }
+
+    /// Stops the host-workers, then the job-tracker, then etcd: each SIGTERM, then SIGKILL after
+    /// [`STOP_DEADLINE`]. Goes on past a failure and reports the first.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let mut first_error = None;
+        let mut note = |result: anyhow::Result<_>| {
+            if let Err(e) = result {
+                tracing::warn!("{e:#}");
+                first_error.get_or_insert(e);
+            }
+        };
+        let hosts = self
+            .hosts
+            .iter_mut()
+            .map(|h| h.service.process.stop(STOP_DEADLINE));
+        for result in futures::future::join_all(hosts).await {
+            note(result);
+        }
+        note(self.job_tracker.process.stop(STOP_DEADLINE).await);
+        note(self.etcd.stop(STOP_DEADLINE).await);
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// The spec every process starts from: the configured environment, without inherited `DATAPATH_*`.
+fn base_spec(config: &ClusterConfig) -> ProcessSpec {
+    ProcessSpec {
+        env: config.env.clone(),
+        env_remove: std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .filter(|k| k.starts_with("DATAPATH_"))
+            .collect(),
+        own_process_group: config.own_process_groups,
+        ..ProcessSpec::default()
+    }
+}
+
+/// Waits until host `i` is SERVING, then reads its id.
+async fn wait_host(host: &mut Host, i: usize, job_tracker_url: &str) -> anyhow::Result<()> {
+    let url = host.service.url();
+    wait_serving(&mut host.service.process, &url, SERVING_TIMEOUT).await?;
+    let addr = format!("127.0.0.1:{}", host.service.port);
+    host.host_id = read_host_id(&host.state_dir, job_tracker_url, &addr)
+        .await
+        .with_context(|| format!("read the host id of host-{i}"))?;
+    Ok(())
+}
+
+fn prepare_dirs(config: &ClusterConfig) -> anyhow::Result<()> {
+    let etcd_dir = config.dir.join("etcd");
+    if etcd_dir.exists() {
+        fs::remove_dir_all(&etcd_dir)
+            .with_context(|| format!("remove old etcd data {}", etcd_dir.display()))?;
+    }
+    let mut dirs = vec![config.log_dir(), config.storage_root()];
+    dirs.extend((0..config.hosts).map(|i| config.host_state_dir(i)));
+    for dir in dirs {
+        fs::create_dir_all(&dir).with_context(|| format!("create directory {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// The id a SERVING host-worker runs under: from `<state_dir>/host-id`, else from the job-tracker's
+/// registered hosts (matched by address), retried for a few seconds.
+async fn read_host_id(state_dir: &Path, job_tracker: &str, addr: &str) -> anyhow::Result<String> {
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    let until = Instant::now() + TIMEOUT;
+    let file = state_dir.join("host-id");
+    loop {
+        if let Ok(text) = fs::read_to_string(&file) {
+            if let Ok(id) = uuid::Uuid::try_parse(text.trim()) {
+                return Ok(id.hyphenated().to_string());
+            }
+        }
+        if let Ok(Some(id)) = registered_host_id(job_tracker, addr).await {
+            return Ok(id);
+        }
+        if Instant::now() >= until {
+            bail!(
+                "no host id in {} and no host registered at {addr} within {}",
+                file.display(),
+                humantime::format_duration(TIMEOUT)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn registered_host_id(job_tracker: &str, addr: &str) -> anyhow::Result<Option<String>> {
+    let mut client = crate::client::job_tracker(job_tracker).await?;
+    let hosts = client
+        .list_registered_hosts(pb::ListRegisteredHostsRequest {})
+        .await
+        .context("list registered hosts")?
+        .into_inner()
+        .hosts;
+    Ok(hosts
+        .into_iter()
+        .find(|h| h.address.trim_start_matches("http://") == addr)
+        .map(|h| h.host_id))
+}

@@ -1,0 +1,127 @@
+//! What a local cluster looks like: how many hosts, where its files go, which binaries, and the
+//! service settings worth varying in tests (session TTL, job slots, retention, key prefix).
+use std::{path::PathBuf, time::Duration};
+
+/// The shape of a local cluster; see [`super::Cluster::start`].
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Number of host-workers.
+    pub hosts: usize,
+    /// The directory holding etcd's data, the logs, the storage root and the hosts' state.
+    pub dir: PathBuf,
+    /// Where `job-tracker` and `host-worker` are; `None`: `DATAPATH_BIN_DIR`, else the current
+    /// executable's directory and its parent, then `PATH`.
+    pub bin_dir: Option<PathBuf>,
+    /// The host-workers' `--session-ttl`.
+    pub session_ttl: Duration,
+    /// The host-workers' `--job-slots`.
+    pub job_slots: u32,
+    /// The job-tracker's `--job-retention`.
+    pub job_retention: Duration,
+    /// The etcd key prefix of every service (`--etcd-prefix`).
+    pub etcd_prefix: String,
+    /// Extra environment for every process (e.g. `RUST_LOG`). Inherited `DATAPATH_*` variables are
+    /// removed from the services' environment, so that only the launcher's flags configure them.
+    pub env: Vec<(String, String)>,
+    /// Start every process in its own process group, so a terminal's Ctrl-C reaches only the
+    /// launcher, which then stops the cluster in order (`dpctl local up` does). Off by default, so
+    /// that interrupting a test run also interrupts its processes.
+    pub own_process_groups: bool,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            hosts: 1,
+            dir: std::env::temp_dir().join("datapath-local"),
+            bin_dir: None,
+            session_ttl: Duration::from_secs(10),
+            job_slots: 2,
+            job_retention: Duration::from_secs(3600),
+            etcd_prefix: "/datapath/".to_string(),
+            env: Vec::new(),
+            own_process_groups: false,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The storage root shared by every host-worker.
+    pub fn storage_root(&self) -> PathBuf {
+        self.dir.join("storage")
+    }
+
+    /// The state directory of host `i`.
+    pub fn host_state_dir(&self, i: usize) -> PathBuf {
+        self.dir.join("hosts").join(format!("host-{i}"))
+    }
+
+    /// The directory of the process logs.
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+}
+
+/// The job-tracker's flags.
+pub(super) fn job_tracker_args(config: &ClusterConfig, port: u16, etcd: &str) -> Vec<String> {
+    vec![
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--etcd-endpoints".into(),
+        etcd.into(),
+        "--etcd-prefix".into(),
+        config.etcd_prefix.clone(),
+        "--job-retention".into(),
+        humantime::format_duration(config.job_retention).to_string(),
+    ]
+}
+
+/// Host `i`'s flags.
+pub(super) fn host_worker_args(
+    config: &ClusterConfig,
+    i: usize,
+    port: u16,
+    etcd: &str,
+    job_tracker: &str,
+) -> Vec<String> {
+    vec![
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--state-dir".into(),
+        config.host_state_dir(i).display().to_string(),
+        "--etcd-endpoints".into(),
+        etcd.into(),
+        "--etcd-prefix".into(),
+        config.etcd_prefix.clone(),
+        "--storage-root".into(),
+        config.storage_root().display().to_string(),
+        "--job-slots".into(),
+        config.job_slots.to_string(),
+        "--session-ttl".into(),
+        humantime::format_duration(config.session_ttl).to_string(),
+        "--job-tracker".into(),
+        job_tracker.into(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_worker_flags_carry_the_config() {
+        let config = ClusterConfig {
+            dir: PathBuf::from("/d"),
+            session_ttl: Duration::from_millis(2500),
+            job_slots: 3,
+            ..ClusterConfig::default()
+        };
+        let args = host_worker_args(&config, 1, 7401, "http://e", "http://j").join(" ");
+        assert_eq!(
+            args,
+            "--listen 127.0.0.1:7401 --state-dir /d/hosts/host-1 --etcd-endpoints http://e \
+             --etcd-prefix /datapath/ --storage-root /d/storage --job-slots 3 --session-ttl 2s 500ms \
+             --job-tracker http://j"
+        );
+    }
+}

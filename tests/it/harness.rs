@@ -1,0 +1,311 @@
+//! The end-to-end harness: a real etcd, the real job-tracker and host-worker binaries as processes
+//! (started by the same launcher as `dpctl local up`), gRPC clients to them, and helpers that read
+//! the storage and etcd the way an operator would. Every test gets its own directory and key prefix;
+//! a failing test prints the tail of every process log.
+use std::{
+    future::Future,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use datapath_api::pb::{
+    self, host_worker_service_client::HostWorkerServiceClient,
+    job_tracker_service_client::JobTrackerServiceClient, JobStatus,
+};
+use dpctl::local::{Cluster, ClusterConfig};
+use etcd_client::GetOptions;
+use tokio_stream::StreamExt as _;
+use tonic::transport::Channel;
+
+/// A cluster for one test.
+pub struct TestCluster {
+    pub cluster: Cluster,
+    pub etcd: etcd_client::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Starts `hosts` host-workers; `tune` adjusts the configuration first.
+    pub async fn start(hosts: usize, tune: impl FnOnce(&mut ClusterConfig)) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("datapath-it-").tempdir()?;
+        let mut config = ClusterConfig {
+            hosts,
+            dir: dir.path().to_path_buf(),
+            session_ttl: Duration::from_secs(4),
+            etcd_prefix: format!("/it-{}/", uuid::Uuid::new_v4().simple()),
+            env: vec![("RUST_LOG".into(), "info".into())],
+            ..ClusterConfig::default()
+        };
+        tune(&mut config);
+        let cluster = Cluster::start(config).await.context("start cluster")?;
+        let etcd = etcd_client::Client::connect(cluster.etcd_endpoints(), None).await?;
+        Ok(Self {
+            cluster,
+            etcd,
+            _dir: dir,
+        })
+    }
+
+    /// A client of host `i`.
+    pub async fn host(&self, i: usize) -> HostWorkerServiceClient<Channel> {
+        HostWorkerServiceClient::connect(self.cluster.host_url(i))
+            .await
+            .expect("connect host-worker")
+    }
+
+    /// A client of the job-tracker.
+    pub async fn tracker(&self) -> JobTrackerServiceClient<Channel> {
+        JobTrackerServiceClient::connect(self.cluster.job_tracker_url())
+            .await
+            .expect("connect job-tracker")
+    }
+
+    /// The data file of a volume.
+    pub fn volume_path(&self, v: &pb::VolumeRef) -> PathBuf {
+        self.cluster
+            .storage_root()
+            .join(&v.storage_domain_id)
+            .join("images")
+            .join(&v.image_id)
+            .join(&v.volume_id)
+    }
+
+    /// One `KEY=VALUE` of a volume's metadata file, read straight from storage.
+    pub fn meta(&self, v: &pb::VolumeRef, key: &str) -> String {
+        let path = self.volume_path(v).with_extension("meta");
+        let text = std::fs::read_to_string(&path).expect("read volume metadata");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Every key under `<prefix><sub>` with its mod revision.
+    pub async fn keys(&self, sub: &str) -> Vec<(String, i64)> {
+        let prefix = format!("{}{sub}", self.cluster.etcd_prefix());
+        let resp = self
+            .etcd
+            .clone()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .expect("etcd get");
+        resp.kvs()
+            .iter()
+            .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.mod_revision()))
+            .collect()
+    }
+
+    /// Creates a storage domain through host 0.
+    pub async fn domain(&self) -> String {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.host(0)
+            .await
+            .create_storage_domain(pb::CreateStorageDomainRequest {
+                storage_domain_id: id.clone(),
+                name: "it".into(),
+            })
+            .await
+            .expect("create storage domain");
+        id
+    }
+
+    /// Creates a volume through host 0.
+    pub async fn volume(&self, sd: &str, img: &str, format: pb::VolumeFormat, capacity: u64, legality: pb::Legality) -> pb::VolumeRef {
+        let volume = pb::VolumeRef {
+            storage_domain_id: sd.into(),
+            image_id: img.into(),
+            volume_id: uuid::Uuid::new_v4().to_string(),
+        };
+        self.host(0)
+            .await
+            .create_volume(pb::CreateVolumeRequest {
+                volume: Some(volume.clone()),
+                format: format as i32,
+                capacity_bytes: capacity,
+                legality: legality as i32,
+                ..Default::default()
+            })
+            .await
+            .expect("create volume");
+        volume
+    }
+
+    /// A volume's info through host `i`.
+    pub async fn info(&self, i: usize, v: &pb::VolumeRef) -> pb::VolumeInfo {
+        self.host(i)
+            .await
+            .get_volume_info(pb::GetVolumeInfoRequest { volume: Some(v.clone()) })
+            .await
+            .expect("get volume info")
+            .into_inner()
+            .volume
+            .expect("volume info")
+    }
+
+    /// Prints every process log's tail (for a failing test).
+    pub fn dump_logs(&self) {
+        let logs = self.cluster.dir().join("logs");
+        if let Ok(entries) = std::fs::read_dir(&logs) {
+            for e in entries.flatten() {
+                eprintln!("===== {} =====\n{}", e.path().display(), dpctl::local::log_tail(&e.path(), 60));
+            }
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+    }
+}
+
+/// Waits for `check` to return `Some`, polling every 50 ms, failing after `deadline`.
+pub async fn wait_for<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if start.elapsed() > deadline {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Writes `chunks` distinct random 1 MiB chunks spread evenly over a volume of `capacity` bytes, by
+/// writing them into a sparse raw file and converting that into the volume with qemu-img.
+pub fn fill_random(path: &std::path::Path, format: &str, capacity: u64, chunks: u64) -> anyhow::Result<()> {
+    use rand::RngCore as _;
+    use std::{io::{Seek, SeekFrom, Write}, os::unix::fs::FileExt as _};
+    let raw = path.with_extension("fill.raw");
+    let mut f = std::fs::File::create(&raw)?;
+    f.set_len(capacity)?;
+    let stride = capacity / chunks;
+    let mut buf = vec![0u8; 1 << 20];
+    for i in 0..chunks {
+        rand::rng().fill_bytes(&mut buf);
+        f.write_all_at(&buf, i * stride)?;
+    }
+    f.seek(SeekFrom::End(0))?;
+    f.flush()?;
+    drop(f);
+    run("qemu-img", &["convert", "-n", "-f", "raw", "-O", format, raw.to_str().unwrap(), path.to_str().unwrap()])?;
+    std::fs::remove_file(&raw)?;
+    Ok(())
+}
+
+/// sha256 of a file, by `sha256sum`.
+pub fn sha256(path: &std::path::Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().expect("run sha256sum");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
+}
+
+/// Runs a command; fails with its stderr when it fails.
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program).args(args).output().with_context(|| format!("run {program}"))?;
+    if !out.status.success() {
+        bail!("{program} {args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `qemu-img compare` says identical.
+pub fn identical(a: &std::path::Path, b: &std::path::Path) -> bool {
+    Command::new("qemu-img")
+        .args(["compare", "-q"])
+        .arg(a)
+        .arg(b)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Follows one job on WatchJobs from before it exists until it ends; returns every (status,
+/// progress) seen, in order. The watch is open when this returns.
+pub async fn follow_job(mut tracker: JobTrackerServiceClient<Channel>, job_id: String) -> tokio::task::JoinHandle<anyhow::Result<Vec<(JobStatus, u32)>>> {
+    let mut stream = tracker
+        .watch_jobs(pb::WatchJobsRequest { job_id, ..Default::default() })
+        .await
+        .expect("open WatchJobs")
+        .into_inner();
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(event) = tokio::time::timeout(Duration::from_secs(120), stream.next()).await? {
+            let Some(job) = event?.job else { continue };
+            seen.push((job.status(), job.progress));
+            if matches!(job.status(), JobStatus::Succeeded | JobStatus::Failed | JobStatus::Aborted) {
+                return Ok(seen);
+            }
+        }
+        bail!("watch ended before the job did: {seen:?}")
+    })
+}
+
+/// A CopyData request.
+pub fn copy_request(job_id: &str, src: &pb::VolumeRef, dst: &pb::VolumeRef, dst_generation: Option<u64>) -> pb::CopyDataRequest {
+    pb::CopyDataRequest {
+        job_id: job_id.into(),
+        source: Some(pb::CopyDataEndpoint { volume: Some(src.clone()), generation: None }),
+        destination: Some(pb::CopyDataEndpoint { volume: Some(dst.clone()), generation: dst_generation }),
+    }
+}
+
+/// The pids of processes whose parent is `ppid` and whose command name is `comm`.
+pub fn children_named(ppid: u32, comm: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // pid (comm) state ppid ...
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name = &stat[open + 1..close];
+        let ppid_here = stat[close + 2..].split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+        if name == comm && ppid_here == Some(ppid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rfind(')').map(|i| !s[i + 2..].starts_with('Z')).unwrap_or(false))
+        .unwrap_or(false)
+}
+
+/// (size, allocated blocks, mtime) of a file: changes whenever a copier writes it.
+pub fn file_state(path: &std::path::Path) -> (u64, u64, i64, i64) {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).expect("stat");
+    (m.size(), m.blocks(), m.mtime(), m.mtime_nsec())
+}
+
+/// Waits until `path` has not changed for `quiet`; returns when it became quiet.
+pub async fn wait_quiet(path: &std::path::Path, quiet: Duration, deadline: Duration) -> anyhow::Result<Instant> {
+    let start = Instant::now();
+    let mut last = file_state(path);
+    let mut since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = file_state(path);
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            return Ok(since);
+        }
+        if start.elapsed() > deadline {
+            bail!("{} kept changing for {deadline:?}", path.display());
+        }
+    }
+}
