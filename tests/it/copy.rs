@@ -10,42 +10,90 @@ const MIB: u64 = 1 << 20;
 
 /// A 256 MiB qcow2 with 64 MiB of random data in domain `a`, and an empty ILLEGAL destination of the
 /// same image in each of `dests`.
-async fn source_and_destinations(tc: &TestCluster, dests: usize) -> (pb::VolumeRef, Vec<pb::VolumeRef>) {
+async fn source_and_destinations(
+    tc: &TestCluster,
+    dests: usize,
+) -> (pb::VolumeRef, Vec<pb::VolumeRef>) {
     let img = uuid::Uuid::new_v4().to_string();
     let a = tc.domain().await;
-    let src = tc.volume(&a, &img, VolumeFormat::Cow, 256 * MIB, Legality::Legal).await;
+    let src = tc
+        .volume(&a, &img, VolumeFormat::Cow, 256 * MIB, Legality::Legal)
+        .await;
     fill_random(&tc.volume_path(&src), "qcow2", 256 * MIB, 64).unwrap();
     let mut out = Vec::new();
     for _ in 0..dests {
         let b = tc.domain().await;
-        out.push(tc.volume(&b, &img, VolumeFormat::Cow, 256 * MIB, Legality::Illegal).await);
+        out.push(
+            tc.volume(&b, &img, VolumeFormat::Cow, 256 * MIB, Legality::Illegal)
+                .await,
+        );
     }
     (src, out)
 }
 
 fn assert_progress_rose_to_100(seen: &[(JobStatus, u32)]) {
-    assert_eq!(seen.last().map(|s| s.0), Some(JobStatus::Succeeded), "{seen:?}");
+    assert_eq!(
+        seen.last().map(|s| s.0),
+        Some(JobStatus::Succeeded),
+        "{seen:?}"
+    );
     assert_eq!(seen.last().map(|s| s.1), Some(100), "{seen:?}");
-    assert!(seen.windows(2).all(|w| w[0].1 <= w[1].1), "progress decreased: {seen:?}");
-    assert!(seen.iter().any(|s| s.0 == JobStatus::Running), "never seen running: {seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0].1 <= w[1].1),
+        "progress decreased: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|s| s.0 == JobStatus::Running),
+        "never seen running: {seen:?}"
+    );
 }
 
-async fn assert_copied(tc: &TestCluster, src: &pb::VolumeRef, dst: &pb::VolumeRef, host: usize, job_id: &str) {
-    assert!(identical(&tc.volume_path(src), &tc.volume_path(dst)), "qemu-img compare differs");
+async fn assert_copied(
+    tc: &TestCluster,
+    src: &pb::VolumeRef,
+    dst: &pb::VolumeRef,
+    host: usize,
+    job_id: &str,
+) {
+    assert!(
+        identical(&tc.volume_path(src), &tc.volume_path(dst)),
+        "qemu-img compare differs"
+    );
     let info = tc.info(host, dst).await;
     let meta = info.metadata.unwrap();
     assert_eq!(meta.legality(), Legality::Legal);
     assert_eq!(meta.generation, 1);
     assert!(info.lease.is_none(), "lease left: {:?}", info.lease);
     assert!(tc.keys("leases/").await.is_empty());
-    let job = tc.tracker().await.get_job(pb::GetJobRequest { job_id: job_id.into() }).await.unwrap().into_inner().job.unwrap();
+    let job = tc
+        .tracker()
+        .await
+        .get_job(pb::GetJobRequest {
+            job_id: job_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
     assert_eq!(job.status(), JobStatus::Succeeded);
-    assert_eq!(job.host_id, tc.cluster.host_id(host), "the job ran on the host asked");
+    assert_eq!(
+        job.host_id,
+        tc.cluster.host_id(host),
+        "the job ran on the host asked"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_on_the_second_host_through_grpcurl_and_dpctl() {
-    let tc = TestCluster::start(2, |c| c.env.push(("DATAPATH_COPY_BANDWIDTH_LIMIT".into(), (128 * MIB).to_string()))).await.unwrap();
+    let tc = TestCluster::start(2, |c| {
+        c.env.push((
+            "DATAPATH_COPY_BANDWIDTH_LIMIT".into(),
+            (128 * MIB).to_string(),
+        ))
+    })
+    .await
+    .unwrap();
     let (src, dsts) = source_and_destinations(&tc, 2).await;
 
     // grpcurl, with nothing but server reflection.
@@ -56,8 +104,22 @@ async fn copy_on_the_second_host_through_grpcurl_and_dpctl() {
         "source": {"volume": {"storage_domain_id": src.storage_domain_id, "image_id": src.image_id, "volume_id": src.volume_id}},
         "destination": {"volume": {"storage_domain_id": dsts[0].storage_domain_id, "image_id": dsts[0].image_id, "volume_id": dsts[0].volume_id}, "generation": 0},
     });
-    let addr = tc.cluster.host_url(1).trim_start_matches("http://").to_string();
-    let out = run("grpcurl", &["-plaintext", "-d", &body.to_string(), &addr, "datapath.v1.HostWorkerService/CopyData"]).unwrap();
+    let addr = tc
+        .cluster
+        .host_url(1)
+        .trim_start_matches("http://")
+        .to_string();
+    let out = run(
+        "grpcurl",
+        &[
+            "-plaintext",
+            "-d",
+            &body.to_string(),
+            &addr,
+            "datapath.v1.HostWorkerService/CopyData",
+        ],
+    )
+    .unwrap();
     assert!(out.contains("JOB_STATUS_PENDING"), "{out}");
     let seen = follow.await.unwrap().unwrap();
     assert_progress_rose_to_100(&seen);
@@ -69,12 +131,29 @@ async fn copy_on_the_second_host_through_grpcurl_and_dpctl() {
     let vol = |v: &pb::VolumeRef| format!("{}/{}/{}", v.storage_domain_id, v.image_id, v.volume_id);
     let dpctl = dpctl::local::find_binary("dpctl", &dpctl::local::search_dirs(None)).unwrap();
     let out = std::process::Command::new(dpctl)
-        .args(["--job-tracker", &tc.cluster.job_tracker_url(), "--host", &tc.cluster.host_url(1)])
-        .args(["copy-data", "--src", &vol(&src), "--dst", &vol(&dsts[1]), "--job-id", &job_id])
+        .args([
+            "--job-tracker",
+            &tc.cluster.job_tracker_url(),
+            "--host",
+            &tc.cluster.host_url(1),
+        ])
+        .args([
+            "copy-data",
+            "--src",
+            &vol(&src),
+            "--dst",
+            &vol(&dsts[1]),
+            "--job-id",
+            &job_id,
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "dpctl failed: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "dpctl failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains(&job_id), "{stdout}");
     assert_progress_rose_to_100(&follow.await.unwrap().unwrap());
     assert_copied(&tc, &src, &dsts[1], 1, &job_id).await;
@@ -87,53 +166,117 @@ async fn the_same_job_id_never_copies_twice() {
     let job_id = uuid::Uuid::new_v4().to_string();
     let follow = follow_job(tc.tracker().await, job_id.clone()).await;
     let req = copy_request(&job_id, &src, &dsts[0], Some(0));
-    let first = tc.host(0).await.copy_data(req.clone()).await.unwrap().into_inner().job.unwrap();
-    let again = tc.host(0).await.copy_data(req.clone()).await.unwrap().into_inner().job.unwrap();
+    let first = tc
+        .host(0)
+        .await
+        .copy_data(req.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let again = tc
+        .host(0)
+        .await
+        .copy_data(req.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
     assert_eq!(again.job_id, first.job_id);
     assert_progress_rose_to_100(&follow.await.unwrap().unwrap());
 
     // Sent again after it ended: the same job comes back and the volume is not copied again.
-    let after = tc.host(0).await.copy_data(req).await.unwrap().into_inner().job.unwrap();
+    let after = tc
+        .host(0)
+        .await
+        .copy_data(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
     assert_eq!(after.status(), JobStatus::Succeeded);
-    assert_eq!(tc.info(0, &dsts[0]).await.metadata.unwrap().generation, 1, "a second copy ran");
+    assert_eq!(
+        tc.info(0, &dsts[0]).await.metadata.unwrap().generation,
+        1,
+        "a second copy ran"
+    );
 
     // The same id for another copy is refused, and nothing starts.
     let other = copy_request(&job_id, &src, &dsts[1], None);
     let err = tc.host(0).await.copy_data(other).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
-    assert_eq!(datapath_api::error::reason(&err).as_deref(), Some("JOB_EXISTS"));
+    assert_eq!(
+        datapath_api::error::reason(&err).as_deref(),
+        Some("JOB_EXISTS")
+    );
     assert_eq!(tc.meta(&dsts[1], "GEN"), "0");
-    assert!(tc.host(0).await.list_host_jobs(pb::ListHostJobsRequest {}).await.unwrap().into_inner().jobs.is_empty());
+    assert!(tc
+        .host(0)
+        .await
+        .list_host_jobs(pb::ListHostJobsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_mid_copy_leaves_the_destination_illegal_and_the_source_untouched() {
-    let tc = TestCluster::start(1, |c| c.env.push(("DATAPATH_COPY_BANDWIDTH_LIMIT".into(), (16 * MIB).to_string()))).await.unwrap();
+    let tc = TestCluster::start(1, |c| {
+        c.env.push((
+            "DATAPATH_COPY_BANDWIDTH_LIMIT".into(),
+            (16 * MIB).to_string(),
+        ))
+    })
+    .await
+    .unwrap();
     let (src, dsts) = source_and_destinations(&tc, 1).await;
     let before = sha256(&tc.volume_path(&src));
     let job_id = uuid::Uuid::new_v4().to_string();
     let follow = follow_job(tc.tracker().await, job_id.clone()).await;
-    tc.host(0).await.copy_data(copy_request(&job_id, &src, &dsts[0], None)).await.unwrap();
+    tc.host(0)
+        .await
+        .copy_data(copy_request(&job_id, &src, &dsts[0], None))
+        .await
+        .unwrap();
     let mut tracker = tc.tracker().await;
     wait_for(Duration::from_secs(30), "the copy to make progress", || {
         let mut t = tracker.clone();
         let id = job_id.clone();
         async move {
-            let job = t.get_job(pb::GetJobRequest { job_id: id }).await.ok()?.into_inner().job?;
+            let job = t
+                .get_job(pb::GetJobRequest { job_id: id })
+                .await
+                .ok()?
+                .into_inner()
+                .job?;
             (job.status() == JobStatus::Running && job.progress >= 2).then_some(())
         }
     })
     .await
     .unwrap();
-    tracker.abort_job(pb::AbortJobRequest { job_id: job_id.clone() }).await.unwrap();
+    tracker
+        .abort_job(pb::AbortJobRequest {
+            job_id: job_id.clone(),
+        })
+        .await
+        .unwrap();
     let seen = follow.await.unwrap().unwrap();
     assert_eq!(seen.last().unwrap().0, JobStatus::Aborted, "{seen:?}");
     assert!(seen.last().unwrap().1 < 100, "{seen:?}");
     assert_eq!(tc.meta(&dsts[0], "LEGALITY"), "ILLEGAL");
     assert_eq!(tc.meta(&dsts[0], "GEN"), "0");
-    wait_for(Duration::from_secs(5), "the lease to be released", || async { tc.keys("leases/").await.is_empty().then_some(()) })
-        .await
-        .unwrap();
+    wait_for(
+        Duration::from_secs(5),
+        "the lease to be released",
+        || async { tc.keys("leases/").await.is_empty().then_some(()) },
+    )
+    .await
+    .unwrap();
     assert_eq!(sha256(&tc.volume_path(&src)), before, "the source changed");
     assert_eq!(tc.meta(&src, "LEGALITY"), "LEGAL");
 }

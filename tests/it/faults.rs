@@ -13,21 +13,35 @@ const TTL: Duration = Duration::from_secs(4);
 async fn slow_copy(tc: &mut TestCluster) -> (pb::VolumeRef, pb::VolumeRef, String, u32) {
     let img = uuid::Uuid::new_v4().to_string();
     let (a, b) = (tc.domain().await, tc.domain().await);
-    let src = tc.volume(&a, &img, VolumeFormat::Raw, 128 * MIB, Legality::Legal).await;
+    let src = tc
+        .volume(&a, &img, VolumeFormat::Raw, 128 * MIB, Legality::Legal)
+        .await;
     fill_random(&tc.volume_path(&src), "raw", 128 * MIB, 64).unwrap();
-    let dst = tc.volume(&b, &img, VolumeFormat::Raw, 128 * MIB, Legality::Illegal).await;
+    let dst = tc
+        .volume(&b, &img, VolumeFormat::Raw, 128 * MIB, Legality::Illegal)
+        .await;
     let job_id = uuid::Uuid::new_v4().to_string();
-    tc.host(0).await.copy_data(copy_request(&job_id, &src, &dst, None)).await.unwrap();
-    let worker = tc.cluster.host_mut(0).pid().unwrap();
-    let qemu = wait_for(Duration::from_secs(20), "qemu-img to run", || async { children_named(worker, "qemu-img").first().copied() })
+    tc.host(0)
+        .await
+        .copy_data(copy_request(&job_id, &src, &dst, None))
         .await
         .unwrap();
+    let worker = tc.cluster.host_mut(0).pid().unwrap();
+    let qemu = wait_for(Duration::from_secs(20), "qemu-img to run", || async {
+        children_named(worker, "qemu-img").first().copied()
+    })
+    .await
+    .unwrap();
     let dst_path = tc.volume_path(&dst);
     let start = file_state(&dst_path);
-    wait_for(Duration::from_secs(20), "the destination to be written", || {
-        let p = dst_path.clone();
-        async move { (file_state(&p) != start).then_some(()) }
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "the destination to be written",
+        || {
+            let p = dst_path.clone();
+            async move { (file_state(&p) != start).then_some(()) }
+        },
+    )
     .await
     .unwrap();
     (src, dst, job_id, qemu)
@@ -35,7 +49,10 @@ async fn slow_copy(tc: &mut TestCluster) -> (pb::VolumeRef, pb::VolumeRef, Strin
 
 fn with_slow_copies(c: &mut dpctl::local::ClusterConfig) {
     c.session_ttl = TTL;
-    c.env.push(("DATAPATH_COPY_BANDWIDTH_LIMIT".into(), (8 * MIB).to_string()));
+    c.env.push((
+        "DATAPATH_COPY_BANDWIDTH_LIMIT".into(),
+        (8 * MIB).to_string(),
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,15 +65,34 @@ async fn a_host_worker_killed_mid_copy_takes_its_copier_with_it() {
 
     let killed = Instant::now();
     tc.cluster.host_mut(0).signal(Signal::SIGKILL).unwrap();
-    wait_for(Duration::from_secs(2), "qemu-img to die with its worker", || async { (!alive(qemu)).then_some(()) })
-        .await
-        .unwrap();
+    wait_for(
+        Duration::from_secs(2),
+        "qemu-img to die with its worker",
+        || async { (!alive(qemu)).then_some(()) },
+    )
+    .await
+    .unwrap();
     // It stops changing at once: quiet for a second, starting within half a second of the kill.
-    let quiet_since = wait_quiet(&tc.volume_path(&dst), Duration::from_secs(1), Duration::from_secs(5)).await.unwrap();
-    assert!(quiet_since.duration_since(killed) < Duration::from_millis(500), "still written {:?} after the kill", quiet_since - killed);
-    wait_for(TTL + Duration::from_secs(3), "the host key and the volume lease to expire", || async {
-        (tc.keys(&host_key).await.is_empty() && tc.keys("leases/").await.is_empty()).then_some(())
-    })
+    let quiet_since = wait_quiet(
+        &tc.volume_path(&dst),
+        Duration::from_secs(1),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert!(
+        quiet_since.duration_since(killed) < Duration::from_millis(500),
+        "still written {:?} after the kill",
+        quiet_since - killed
+    );
+    wait_for(
+        TTL + Duration::from_secs(3),
+        "the host key and the volume lease to expire",
+        || async {
+            (tc.keys(&host_key).await.is_empty() && tc.keys("leases/").await.is_empty())
+                .then_some(())
+        },
+    )
     .await
     .unwrap();
     assert_eq!(tc.meta(&dst, "LEGALITY"), "ILLEGAL");
@@ -74,10 +110,17 @@ async fn a_host_worker_cut_off_from_etcd_fences_itself_before_its_lease_expires(
     let quiet_since = wait_quiet(&tc.volume_path(&dst), Duration::from_millis(700), TTL * 2).await;
     tc.cluster.etcd_mut().signal(Signal::SIGCONT).unwrap();
     let quiet_since = quiet_since.unwrap();
-    assert!(quiet_since.duration_since(cut) < TTL, "still written {:?} after the cut (TTL {TTL:?})", quiet_since - cut);
+    assert!(
+        quiet_since.duration_since(cut) < TTL,
+        "still written {:?} after the cut (TTL {TTL:?})",
+        quiet_since - cut
+    );
     assert!(!alive(qemu), "qemu-img survived the fencing");
     let log = std::fs::read_to_string(tc.cluster.host_mut(0).log_path()).unwrap();
-    assert!(log.contains("self-fencing"), "the worker did not say it fenced itself");
+    assert!(
+        log.contains("self-fencing"),
+        "the worker did not say it fenced itself"
+    );
 
     // Once etcd is back: a new session, the job failed as FENCED, the lease gone, nothing LEGAL.
     let mut tracker = tc.tracker().await;
@@ -85,8 +128,14 @@ async fn a_host_worker_cut_off_from_etcd_fences_itself_before_its_lease_expires(
         let mut t = tracker.clone();
         let id = job_id.clone();
         async move {
-            let job = t.get_job(pb::GetJobRequest { job_id: id }).await.ok()?.into_inner().job?;
-            (job.status() != JobStatus::Running && job.status() != JobStatus::Pending).then_some(job)
+            let job = t
+                .get_job(pb::GetJobRequest { job_id: id })
+                .await
+                .ok()?
+                .into_inner()
+                .job?;
+            (job.status() != JobStatus::Running && job.status() != JobStatus::Pending)
+                .then_some(job)
         }
     })
     .await
@@ -95,25 +144,51 @@ async fn a_host_worker_cut_off_from_etcd_fences_itself_before_its_lease_expires(
     assert_eq!(job.error.unwrap().code, "FENCED");
     assert_eq!(tc.meta(&dst, "LEGALITY"), "ILLEGAL");
     assert_eq!(sha256(&tc.volume_path(&src)), before);
-    wait_for(TTL * 2, "the lease to go", || async { tc.keys("leases/").await.is_empty().then_some(()) }).await.unwrap();
-    let hosts = tracker.list_registered_hosts(pb::ListRegisteredHostsRequest {}).await.unwrap().into_inner().hosts;
+    wait_for(TTL * 2, "the lease to go", || async {
+        tc.keys("leases/").await.is_empty().then_some(())
+    })
+    .await
+    .unwrap();
+    let hosts = tracker
+        .list_registered_hosts(pb::ListRegisteredHostsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .hosts;
     assert_eq!(hosts.len(), 1, "the host registered again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_while_idle_lose_nothing() {
-    let mut tc = TestCluster::start(2, |c| c.session_ttl = TTL).await.unwrap();
+    let mut tc = TestCluster::start(2, |c| c.session_ttl = TTL)
+        .await
+        .unwrap();
     let img = uuid::Uuid::new_v4().to_string();
     let (a, b) = (tc.domain().await, tc.domain().await);
-    let src = tc.volume(&a, &img, VolumeFormat::Cow, 64 * MIB, Legality::Legal).await;
+    let src = tc
+        .volume(&a, &img, VolumeFormat::Cow, 64 * MIB, Legality::Legal)
+        .await;
     fill_random(&tc.volume_path(&src), "qcow2", 64 * MIB, 8).unwrap();
-    let dst = tc.volume(&b, &img, VolumeFormat::Cow, 64 * MIB, Legality::Illegal).await;
+    let dst = tc
+        .volume(&b, &img, VolumeFormat::Cow, 64 * MIB, Legality::Illegal)
+        .await;
     let job_id = uuid::Uuid::new_v4().to_string();
     let follow = follow_job(tc.tracker().await, job_id.clone()).await;
-    tc.host(1).await.copy_data(copy_request(&job_id, &src, &dst, None)).await.unwrap();
-    assert_eq!(follow.await.unwrap().unwrap().last().unwrap().0, JobStatus::Succeeded);
+    tc.host(1)
+        .await
+        .copy_data(copy_request(&job_id, &src, &dst, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        follow.await.unwrap().unwrap().last().unwrap().0,
+        JobStatus::Succeeded
+    );
 
-    let (job_before, a_before, b_before) = (job(&tc, &job_id).await, images(&tc, &a).await, images(&tc, &b).await);
+    let (job_before, a_before, b_before) = (
+        job(&tc, &job_id).await,
+        images(&tc, &a).await,
+        images(&tc, &b).await,
+    );
     let (src_info, dst_info) = (tc.info(0, &src).await, tc.info(0, &dst).await);
     let ids: Vec<String> = tc.cluster.host_ids();
 
@@ -121,13 +196,25 @@ async fn restarts_while_idle_lose_nothing() {
     tc.cluster.restart_host(1).await.unwrap();
     tc.cluster.restart_job_tracker().await.unwrap();
 
-    assert_eq!(tc.cluster.host_ids(), ids, "a restarted host changed its id");
-    let mut registered: Vec<String> = wait_for(Duration::from_secs(10), "both hosts registered", || async {
-        let hosts = tc.tracker().await.list_registered_hosts(pb::ListRegisteredHostsRequest {}).await.ok()?.into_inner().hosts;
-        (hosts.len() == 2).then(|| hosts.into_iter().map(|h| h.host_id).collect())
-    })
-    .await
-    .unwrap();
+    assert_eq!(
+        tc.cluster.host_ids(),
+        ids,
+        "a restarted host changed its id"
+    );
+    let mut registered: Vec<String> =
+        wait_for(Duration::from_secs(10), "both hosts registered", || async {
+            let hosts = tc
+                .tracker()
+                .await
+                .list_registered_hosts(pb::ListRegisteredHostsRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .hosts;
+            (hosts.len() == 2).then(|| hosts.into_iter().map(|h| h.host_id).collect())
+        })
+        .await
+        .unwrap();
     registered.sort();
     let mut expected = ids.clone();
     expected.sort();
@@ -140,11 +227,29 @@ async fn restarts_while_idle_lose_nothing() {
 }
 
 async fn job(tc: &TestCluster, job_id: &str) -> pb::Job {
-    let req = pb::GetJobRequest { job_id: job_id.into() };
-    tc.tracker().await.get_job(req).await.unwrap().into_inner().job.unwrap()
+    let req = pb::GetJobRequest {
+        job_id: job_id.into(),
+    };
+    tc.tracker()
+        .await
+        .get_job(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
 }
 
 async fn images(tc: &TestCluster, sd: &str) -> Vec<pb::Image> {
-    let req = pb::ListImagesRequest { storage_domain_id: sd.into(), ..Default::default() };
-    tc.host(0).await.list_images(req).await.unwrap().into_inner().images
+    let req = pb::ListImagesRequest {
+        storage_domain_id: sd.into(),
+        ..Default::default()
+    };
+    tc.host(0)
+        .await
+        .list_images(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .images
 }

@@ -28,7 +28,10 @@ pub struct TestCluster {
 
 impl TestCluster {
     /// Starts `hosts` host-workers; `tune` adjusts the configuration first.
-    pub async fn start(hosts: usize, tune: impl FnOnce(&mut ClusterConfig)) -> anyhow::Result<Self> {
+    pub async fn start(
+        hosts: usize,
+        tune: impl FnOnce(&mut ClusterConfig),
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("datapath-it-").tempdir()?;
         let mut config = ClusterConfig {
             hosts,
@@ -93,7 +96,12 @@ impl TestCluster {
             .expect("etcd get");
         resp.kvs()
             .iter()
-            .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.mod_revision()))
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.mod_revision(),
+                )
+            })
             .collect()
     }
 
@@ -112,7 +120,14 @@ impl TestCluster {
     }
 
     /// Creates a volume through host 0.
-    pub async fn volume(&self, sd: &str, img: &str, format: pb::VolumeFormat, capacity: u64, legality: pb::Legality) -> pb::VolumeRef {
+    pub async fn volume(
+        &self,
+        sd: &str,
+        img: &str,
+        format: pb::VolumeFormat,
+        capacity: u64,
+        legality: pb::Legality,
+    ) -> pb::VolumeRef {
         let volume = pb::VolumeRef {
             storage_domain_id: sd.into(),
             image_id: img.into(),
@@ -136,7 +151,9 @@ impl TestCluster {
     pub async fn info(&self, i: usize, v: &pb::VolumeRef) -> pb::VolumeInfo {
         self.host(i)
             .await
-            .get_volume_info(pb::GetVolumeInfoRequest { volume: Some(v.clone()) })
+            .get_volume_info(pb::GetVolumeInfoRequest {
+                volume: Some(v.clone()),
+            })
             .await
             .expect("get volume info")
             .into_inner()
@@ -149,7 +166,11 @@ impl TestCluster {
         let logs = self.cluster.dir().join("logs");
         if let Ok(entries) = std::fs::read_dir(&logs) {
             for e in entries.flatten() {
-                eprintln!("===== {} =====\n{}", e.path().display(), dpctl::local::log_tail(&e.path(), 60));
+                eprintln!(
+                    "===== {} =====\n{}",
+                    e.path().display(),
+                    dpctl::local::log_tail(&e.path(), 60)
+                );
             }
         }
     }
@@ -183,9 +204,17 @@ where
 
 /// Writes `chunks` distinct random 1 MiB chunks spread evenly over a volume of `capacity` bytes, by
 /// writing them into a sparse raw file and converting that into the volume with qemu-img.
-pub fn fill_random(path: &std::path::Path, format: &str, capacity: u64, chunks: u64) -> anyhow::Result<()> {
+pub fn fill_random(
+    path: &std::path::Path,
+    format: &str,
+    capacity: u64,
+    chunks: u64,
+) -> anyhow::Result<()> {
     use rand::RngCore as _;
-    use std::{io::{Seek, SeekFrom, Write}, os::unix::fs::FileExt as _};
+    use std::{
+        io::{Seek, SeekFrom, Write},
+        os::unix::fs::FileExt as _,
+    };
     let raw = path.with_extension("fill.raw");
     let mut f = std::fs::File::create(&raw)?;
     f.set_len(capacity)?;
@@ -198,22 +227,48 @@ pub fn fill_random(path: &std::path::Path, format: &str, capacity: u64, chunks: 
     f.seek(SeekFrom::End(0))?;
     f.flush()?;
     drop(f);
-    run("qemu-img", &["convert", "-n", "-f", "raw", "-O", format, raw.to_str().unwrap(), path.to_str().unwrap()])?;
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            format,
+            raw.to_str().unwrap(),
+            path.to_str().unwrap(),
+        ],
+    )?;
     std::fs::remove_file(&raw)?;
     Ok(())
 }
 
 /// sha256 of a file, by `sha256sum`.
 pub fn sha256(path: &std::path::Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().expect("run sha256sum");
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("run sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Runs a command; fails with its stderr when it fails.
 pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(program).args(args).output().with_context(|| format!("run {program}"))?;
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("run {program}"))?;
     if !out.status.success() {
-        bail!("{program} {args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{program} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -231,18 +286,29 @@ pub fn identical(a: &std::path::Path, b: &std::path::Path) -> bool {
 
 /// Follows one job on WatchJobs from before it exists until it ends; returns every (status,
 /// progress) seen, in order. The watch is open when this returns.
-pub async fn follow_job(mut tracker: JobTrackerServiceClient<Channel>, job_id: String) -> tokio::task::JoinHandle<anyhow::Result<Vec<(JobStatus, u32)>>> {
+pub async fn follow_job(
+    mut tracker: JobTrackerServiceClient<Channel>,
+    job_id: String,
+) -> tokio::task::JoinHandle<anyhow::Result<Vec<(JobStatus, u32)>>> {
     let mut stream = tracker
-        .watch_jobs(pb::WatchJobsRequest { job_id, ..Default::default() })
+        .watch_jobs(pb::WatchJobsRequest {
+            job_id,
+            ..Default::default()
+        })
         .await
         .expect("open WatchJobs")
         .into_inner();
     tokio::spawn(async move {
         let mut seen = Vec::new();
-        while let Some(event) = tokio::time::timeout(Duration::from_secs(120), stream.next()).await? {
+        while let Some(event) =
+            tokio::time::timeout(Duration::from_secs(120), stream.next()).await?
+        {
             let Some(job) = event?.job else { continue };
             seen.push((job.status(), job.progress));
-            if matches!(job.status(), JobStatus::Succeeded | JobStatus::Failed | JobStatus::Aborted) {
+            if matches!(
+                job.status(),
+                JobStatus::Succeeded | JobStatus::Failed | JobStatus::Aborted
+            ) {
                 return Ok(seen);
             }
         }
@@ -251,11 +317,22 @@ pub async fn follow_job(mut tracker: JobTrackerServiceClient<Channel>, job_id: S
 }
 
 /// A CopyData request.
-pub fn copy_request(job_id: &str, src: &pb::VolumeRef, dst: &pb::VolumeRef, dst_generation: Option<u64>) -> pb::CopyDataRequest {
+pub fn copy_request(
+    job_id: &str,
+    src: &pb::VolumeRef,
+    dst: &pb::VolumeRef,
+    dst_generation: Option<u64>,
+) -> pb::CopyDataRequest {
     pb::CopyDataRequest {
         job_id: job_id.into(),
-        source: Some(pb::CopyDataEndpoint { volume: Some(src.clone()), generation: None }),
-        destination: Some(pb::CopyDataEndpoint { volume: Some(dst.clone()), generation: dst_generation }),
+        source: Some(pb::CopyDataEndpoint {
+            volume: Some(src.clone()),
+            generation: None,
+        }),
+        destination: Some(pb::CopyDataEndpoint {
+            volume: Some(dst.clone()),
+            generation: dst_generation,
+        }),
     }
 }
 
@@ -263,12 +340,21 @@ pub fn copy_request(job_id: &str, src: &pb::VolumeRef, dst: &pb::VolumeRef, dst_
 pub fn children_named(ppid: u32, comm: &str) -> Vec<u32> {
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         // pid (comm) state ppid ...
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
         let name = &stat[open + 1..close];
-        let ppid_here = stat[close + 2..].split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+        let ppid_here = stat[close + 2..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
         if name == comm && ppid_here == Some(ppid) {
             pids.push(pid);
         }
@@ -279,7 +365,11 @@ pub fn children_named(ppid: u32, comm: &str) -> Vec<u32> {
 /// Whether a process exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rfind(')').map(|i| !s[i + 2..].starts_with('Z')).unwrap_or(false))
+        .map(|s| {
+            s.rfind(')')
+                .map(|i| !s[i + 2..].starts_with('Z'))
+                .unwrap_or(false)
+        })
         .unwrap_or(false)
 }
 
@@ -291,7 +381,11 @@ pub fn file_state(path: &std::path::Path) -> (u64, u64, i64, i64) {
 }
 
 /// Waits until `path` has not changed for `quiet`; returns when it became quiet.
-pub async fn wait_quiet(path: &std::path::Path, quiet: Duration, deadline: Duration) -> anyhow::Result<Instant> {
+pub async fn wait_quiet(
+    path: &std::path::Path,
+    quiet: Duration,
+    deadline: Duration,
+) -> anyhow::Result<Instant> {
     let start = Instant::now();
     let mut last = file_state(path);
     let mut since = Instant::now();

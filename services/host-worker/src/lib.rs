@@ -123,7 +123,11 @@ pub async fn run(
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
-    let follower = tokio::spawn(registration::follow_session(
+    let fencer = tokio::spawn(registration::fence_on_loss(
+        worker.clone(),
+        health_reporter.clone(),
+    ));
+    let registrar = tokio::spawn(registration::register(
         worker.clone(),
         address.clone(),
         health_reporter,
@@ -132,8 +136,16 @@ pub async fn run(
         service::HostWorkerApi::new(worker.clone()),
     ));
     info!(%host_id, %address, root = %config.storage_root.display(), "host-worker listening");
-    let served = datapath_server::serve(listener, &config.server, &["datapath.v1.HostWorkerService"], routes, shutdown).await;
-    follower.abort();
+    let served = datapath_server::serve(
+        listener,
+        &config.server,
+        &["datapath.v1.HostWorkerService"],
+        routes,
+        shutdown,
+    )
+    .await;
+    registrar.abort();
+    fencer.abort();
     let stopped = worker.jobs.stop_all(jobs::StopReason::Shutdown);
     if stopped > 0 {
         info!(stopped, "stopped running copies");

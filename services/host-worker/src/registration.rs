@@ -1,6 +1,7 @@
 //! Follows the session lease: while it is valid the host is registered at `hosts/<host_id>` (with its
 //! domains and load) and SERVING; the moment it is lost, every copy is killed (self-fencing) and the
-//! host is NOT_SERVING until a new lease is granted and the host registered again.
+//! host is NOT_SERVING until a new lease is granted and the host registered again. Fencing and
+//! registration are separate tasks so that a registration stuck on a dead etcd cannot delay fencing.
 use std::{sync::Arc, time::Duration};
 
 use datapath_api::pb;
@@ -19,54 +20,58 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// Runs until the process ends.
-pub async fn follow_session(worker: Arc<Worker>, address: String, health: HealthReporter) {
+/// Kills every copy the moment the session is lost. It does no I/O of its own, so a stalled etcd
+/// call elsewhere can never delay it.
+pub async fn fence_on_loss(worker: Arc<Worker>, health: HealthReporter) {
+    let mut session = worker.session.clone();
+    loop {
+        if *session.borrow_and_update() == SessionState::Lost {
+            let stopped = worker.jobs.stop_all(StopReason::Fenced);
+            if stopped > 0 {
+                error!(
+                    stopped,
+                    "session lease lost: self-fencing, killed every running copy"
+                );
+            }
+            set_health(&health, ServingStatus::NotServing).await;
+        }
+        if session.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Keeps `hosts/<host_id>` current while the session is valid: written at each new lease, when the
+/// jobs change, and every few seconds; SERVING once written.
+pub async fn register(worker: Arc<Worker>, address: String, health: HealthReporter) {
     let mut session = worker.session.clone();
     loop {
         let state = *session.borrow_and_update();
-        match state {
-            SessionState::Lost => {
-                let stopped = worker.jobs.stop_all(StopReason::Fenced);
-                if stopped > 0 {
-                    error!(
-                        stopped,
-                        "session lease lost: self-fencing, killed every running copy"
-                    );
+        if let SessionState::Valid { lease_id } = state {
+            let registered_at = Some(datapath_api::time::now());
+            info!(lease_id, "registering the host");
+            loop {
+                let changed = worker.jobs.changed.notified();
+                let host = record(&worker, &address, lease_id, registered_at);
+                match worker
+                    .coord
+                    .register_host(worker.host_id, &host, lease_id)
+                    .await
+                {
+                    Ok(()) if *worker.session.borrow() == state => {
+                        set_health(&health, ServingStatus::Serving).await
+                    }
+                    Ok(()) => {}
+                    Err(e) => warn!(error = %e, "could not register the host; retrying"),
                 }
-                set_health(&health, ServingStatus::NotServing).await;
-                if session.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    _ = session.changed() => break,
+                    _ = changed => {}
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 }
             }
-            SessionState::Valid { lease_id } => {
-                let registered_at = Some(datapath_api::time::now());
-                loop {
-                    let changed = worker.jobs.changed.notified();
-                    match worker
-                        .coord
-                        .register_host(
-                            worker.host_id,
-                            &record(&worker, &address, lease_id, registered_at),
-                            lease_id,
-                        )
-                        .await
-                    {
-                        Ok(()) => set_health(&health, ServingStatus::Serving).await,
-                        Err(e) => warn!(error = %e, "could not register the host; retrying"),
-                    }
-                    tokio::select! {
-                        r = session.changed() => {
-                            if r.is_err() {
-                                return;
-                            }
-                            break;
-                        }
-                        _ = changed => {}
-                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    }
-                }
-                info!("session changed");
-            }
+        } else if session.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -85,7 +85,14 @@ pub async fn run(
         service::JobTrackerApi::new(tracker.clone()),
     ));
     info!(address = %listener.local_addr()?, "job-tracker listening");
-    let served = datapath_server::serve(listener, &config.server, &["datapath.v1.JobTrackerService"], routes, shutdown).await;
+    let served = datapath_server::serve(
+        listener,
+        &config.server,
+        &["datapath.v1.JobTrackerService"],
+        routes,
+        shutdown,
+    )
+    .await;
     prober.abort();
     flusher.abort();
     tracker.flush_due().await;

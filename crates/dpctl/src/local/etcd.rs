@@ -171,10 +171,6 @@ mod tests {
 
     #[tokio::test]
     async fn starts_restarts_and_stops() {
-        if find_binary("etcd", &[]).is_err() {
-            eprintln!("etcd is not on PATH; skipping");
-            return;
-        }
         let dir = tempfile::tempdir().unwrap();
         let mut etcd = Etcd::start(dir.path()).await.unwrap();
         assert!(is_healthy(etcd.client_addr).await);

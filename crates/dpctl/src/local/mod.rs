@@ -18,8 +18,6 @@ mod config;
 mod etcd;
 mod process;
 mod support;
-#[cfg(test)]
-mod tests;
 
 pub use cluster::{Cluster, SERVING_TIMEOUT, STOP_DEADLINE};
 pub use config::ClusterConfig;

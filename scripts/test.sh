@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs prerequisites when missing, then formatting, lints,
+# the proto lint, a build of every binary, and every test — unit tests and the end-to-end suite on
+# real etcd, real service binaries and real qemu-img.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+export CARGO_INCREMENTAL=0 CARGO_TERM_COLOR=never
+
+echo "== cargo fmt --check"; cargo fmt --all -- --check
+echo "== buf lint"; buf lint
+echo "== cargo clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo build (binaries the end-to-end tests start)"; cargo build --workspace --bins --locked
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked
+else
+  cargo test --workspace --locked -- --test-threads 2
+fi
