@@ -4,3 +4,4 @@ mod bad_input;
 mod copy;
 mod faults;
 mod harness;
+mod job_tracker;
