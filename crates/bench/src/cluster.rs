@@ -34,7 +34,14 @@ impl Bench {
             dir: dir.path().to_path_buf(),
             bin_dir: exe.parent().map(Path::to_path_buf),
             job_slots: slots,
-            env: [vec![("RUST_LOG".to_string(), "warn".to_string())], env].concat(),
+            env: [
+                vec![(
+                    "RUST_LOG".to_string(),
+                    std::env::var("DATAPATH_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+                )],
+                env,
+            ]
+            .concat(),
             ..ClusterConfig::default()
         };
         let cluster = Cluster::start(config).await.context("start cluster")?;

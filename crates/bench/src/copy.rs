@@ -31,6 +31,7 @@ pub async fn run(base: &Path, rounds: usize) -> anyhow::Result<()> {
             .await?;
         let ours_first = round % 2 == 0;
         for turn in 0..2 {
+            settle()?;
             if (turn == 0) == ours_first {
                 let (_, t) = b.copy(&src, &dst).await?;
                 ours.push(t);
@@ -106,4 +107,12 @@ fn qemu_img_alone(src: &Path, dst: &Path) -> anyhow::Result<Duration> {
     }
     std::fs::remove_file(dst)?;
     Ok(elapsed)
+}
+
+/// Starts each run alike: no dirty pages left by the previous run and the source read from disk
+/// (dropping the page cache needs root; without it, both sides still start after a full sync).
+fn settle() -> anyhow::Result<()> {
+    Command::new("sync").status()?;
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3\n");
+    Ok(())
 }

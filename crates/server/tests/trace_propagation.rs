@@ -18,7 +18,9 @@ use tracing_subscriber::layer::SubscriberExt as _;
 #[tokio::test(flavor = "current_thread")]
 async fn the_server_span_continues_the_callers_trace() {
     let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
     global::set_text_map_propagator(TraceContextPropagator::new());
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
@@ -28,7 +30,9 @@ async fn the_server_span_continues_the_callers_trace() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let routes = Routes::new(health);
@@ -48,7 +52,9 @@ async fn the_server_span_continues_the_callers_trace() {
     let span = tracing::info_span!("caller");
     let caller = span.context().span().span_context().clone();
     client
-        .check(HealthCheckRequest { service: String::new() })
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
         .instrument(span)
         .await
         .unwrap();
@@ -60,8 +66,21 @@ async fn the_server_span_continues_the_callers_trace() {
     let served = spans
         .iter()
         .find(|s| s.name == "/grpc.health.v1.Health/Check")
-        .unwrap_or_else(|| panic!("no server span among {:?}", spans.iter().map(|s| &s.name).collect::<Vec<_>>()));
+        .unwrap_or_else(|| {
+            panic!(
+                "no server span among {:?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )
+        });
     assert!(caller.is_valid());
-    assert_eq!(served.span_context.trace_id(), caller.trace_id(), "the server started a new trace");
-    assert_eq!(served.parent_span_id, caller.span_id(), "the server span is not the caller's child");
+    assert_eq!(
+        served.span_context.trace_id(),
+        caller.trace_id(),
+        "the server started a new trace"
+    );
+    assert_eq!(
+        served.parent_span_id,
+        caller.span_id(),
+        "the server span is not the caller's child"
+    );
 }

@@ -124,12 +124,20 @@ impl HostJobs {
         Some(control)
     }
 
-    /// Updates the local view of a job.
+    /// Updates the local view of a job. Only a status change counts as a change of the host's load:
+    /// progress alone must not rewrite the host's etcd record.
     pub fn update(&self, id: JobId, f: impl FnOnce(&mut pb::Job)) {
-        if let Some(e) = self.entries.lock().expect("jobs lock").get_mut(&id) {
-            f(&mut e.job);
+        let status_changed = match self.entries.lock().expect("jobs lock").get_mut(&id) {
+            Some(e) => {
+                let before = e.job.status;
+                f(&mut e.job);
+                e.job.status != before
+            }
+            None => false,
+        };
+        if status_changed {
+            self.changed.notify_waiters();
         }
-        self.changed.notify_waiters();
     }
 
     /// Forgets a finished job.
