@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::bail;
-use datapath_api::pb::Legality;
+use datapath_api::pb::{DeleteImageRequest, Legality};
 
 use crate::cluster::{fill_raw, median, Bench};
 
@@ -18,10 +18,18 @@ pub async fn run(base: &Path, rounds: usize) -> anyhow::Result<()> {
     let img = uuid::Uuid::new_v4().to_string();
     let src = b.raw_volume(&a, &img, SIZE, Legality::Legal).await?;
     fill_raw(&b.path(&src), SIZE / 2)?;
-    let baseline_dst = b.cluster.dir().join("baseline.raw");
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for round in 0..rounds {
+        // Both destinations made alike, by CreateVolume, so only who runs qemu-img differs.
         let dst = b
+            .raw_volume(
+                &d,
+                &uuid::Uuid::new_v4().to_string(),
+                SIZE,
+                Legality::Illegal,
+            )
+            .await?;
+        let baseline = b
             .raw_volume(
                 &d,
                 &uuid::Uuid::new_v4().to_string(),
@@ -36,16 +44,16 @@ pub async fn run(base: &Path, rounds: usize) -> anyhow::Result<()> {
                 let (_, t) = b.copy(&src, &dst).await?;
                 ours.push(t);
             } else {
-                theirs.push(qemu_img_alone(&b.path(&src), &baseline_dst)?);
+                theirs.push(qemu_img_alone(&b.path(&src), &b.path(&baseline))?);
             }
         }
-        let dst_img = dst.image_id.clone();
-        let mut host = b.host.clone();
-        host.delete_image(datapath_api::pb::DeleteImageRequest {
-            storage_domain_id: d.clone(),
-            image_id: dst_img,
-        })
-        .await?;
+        for image in [&dst.image_id, &baseline.image_id] {
+            let req = DeleteImageRequest {
+                storage_domain_id: d.clone(),
+                image_id: image.clone(),
+            };
+            b.host.delete_image(req).await?;
+        }
         eprintln!(
             "copy round {round}: datapath {:?}, qemu-img {:?}",
             ours[round], theirs[round]
@@ -80,22 +88,12 @@ fn fmt(v: &[Duration]) -> String {
         .join(", ")
 }
 
-/// The host-worker's own command line, run directly into a fresh sparse file.
+/// The host-worker's own command line, run directly.
 fn qemu_img_alone(src: &Path, dst: &Path) -> anyhow::Result<Duration> {
-    let _ = std::fs::remove_file(dst);
-    std::fs::File::create(dst)?.set_len(SIZE)?;
     let start = Instant::now();
     let status = Command::new("qemu-img")
         .args([
-            "convert",
-            "-p",
-            "-n",
-            "-t",
-            "writeback",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
+            "convert", "-p", "-n", "-t", "none", "-T", "none", "-f", "raw", "-O", "raw",
         ])
         .arg(src)
         .arg(dst)
@@ -105,14 +103,41 @@ fn qemu_img_alone(src: &Path, dst: &Path) -> anyhow::Result<Duration> {
     if !status.success() {
         bail!("qemu-img convert failed");
     }
-    std::fs::remove_file(dst)?;
     Ok(elapsed)
 }
 
-/// Starts each run alike: no dirty pages left by the previous run and the source read from disk
-/// (dropping the page cache needs root; without it, both sides still start after a full sync).
+/// Starts each run alike: no dirty pages left by the previous run, the source read from disk, and
+/// the disks idle. The root filesystem here is mounted with `discard`, so deleting the last run's
+/// files sends TRIMs that would otherwise land inside the next timed run. Dropping the page cache
+/// needs root; without it both sides still start after a full sync.
 fn settle() -> anyhow::Result<()> {
     Command::new("sync").status()?;
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut idle_since = Instant::now();
+    while Instant::now() < deadline {
+        if in_flight() > 0 {
+            idle_since = Instant::now();
+        } else if idle_since.elapsed() >= Duration::from_millis(500) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     Ok(())
+}
+
+/// Requests in flight on every block device (`/sys/block/*/inflight`).
+fn in_flight() -> u64 {
+    let Ok(devices) = std::fs::read_dir("/sys/block") else {
+        return 0;
+    };
+    devices
+        .flatten()
+        .filter_map(|d| std::fs::read_to_string(d.path().join("inflight")).ok())
+        .flat_map(|t| {
+            t.split_whitespace()
+                .filter_map(|n| n.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
