@@ -5,3 +5,4 @@ mod copy;
 mod faults;
 mod harness;
 mod job_tracker;
+mod storage;
