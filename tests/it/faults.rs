@@ -110,7 +110,10 @@ async fn a_host_worker_cut_off_from_etcd_fences_itself_before_its_lease_expires(
     let quiet_since = wait_quiet(&tc.volume_path(&dst), Duration::from_millis(700), TTL * 2).await;
     let serving_while_cut = dpctl::local::check_serving(&tc.cluster.host_url(0)).await;
     tc.cluster.etcd_mut().signal(Signal::SIGCONT).unwrap();
-    assert!(!serving_while_cut.unwrap(), "a host without a session lease said SERVING");
+    assert!(
+        !serving_while_cut.unwrap(),
+        "a host without a session lease said SERVING"
+    );
     let quiet_since = quiet_since.unwrap();
     assert!(
         quiet_since.duration_since(cut) < TTL,
@@ -159,7 +162,10 @@ async fn a_host_worker_cut_off_from_etcd_fences_itself_before_its_lease_expires(
         .hosts;
     assert_eq!(hosts.len(), 1, "the host registered again");
     wait_for(Duration::from_secs(10), "SERVING again", || async {
-        dpctl::local::check_serving(&tc.cluster.host_url(0)).await.ok()?.then_some(())
+        dpctl::local::check_serving(&tc.cluster.host_url(0))
+            .await
+            .ok()?
+            .then_some(())
     })
     .await
     .unwrap();

@@ -6,3 +6,4 @@ mod faults;
 mod harness;
 mod job_tracker;
 mod storage;
+mod telemetry;

@@ -10,7 +10,10 @@ use crate::harness::*;
 const MIB: u64 = 1 << 20;
 
 async fn child(tc: &TestCluster, parent: &pb::VolumeRef, legality: Legality) -> pb::VolumeRef {
-    let volume = pb::VolumeRef { volume_id: uuid::Uuid::new_v4().to_string(), ..parent.clone() };
+    let volume = pb::VolumeRef {
+        volume_id: uuid::Uuid::new_v4().to_string(),
+        ..parent.clone()
+    };
     tc.host(0)
         .await
         .create_volume(pb::CreateVolumeRequest {
@@ -28,8 +31,16 @@ async fn child(tc: &TestCluster, parent: &pb::VolumeRef, legality: Legality) -> 
 /// Writes distinct random data into `layer` through qemu-io, leaving what is below visible elsewhere.
 fn write_layer(tc: &TestCluster, layer: &pb::VolumeRef, offset_mib: u64) {
     let path = tc.volume_path(layer);
-    let pattern = format!("write -P 0x{:02x} {}M 4M", (offset_mib % 200) + 17, offset_mib);
-    run("qemu-io", &["-f", "qcow2", "-c", &pattern, path.to_str().unwrap()]).unwrap();
+    let pattern = format!(
+        "write -P 0x{:02x} {}M 4M",
+        (offset_mib % 200) + 17,
+        offset_mib
+    );
+    run(
+        "qemu-io",
+        &["-f", "qcow2", "-c", &pattern, path.to_str().unwrap()],
+    )
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,7 +48,9 @@ async fn a_chain_is_listed_base_first_and_copied_layer_by_layer() {
     let tc = TestCluster::start(2, |_| {}).await.unwrap();
     let img = uuid::Uuid::new_v4().to_string();
     let (a, b) = (tc.domain().await, tc.domain().await);
-    let base = tc.volume(&a, &img, VolumeFormat::Raw, 128 * MIB, Legality::Legal).await;
+    let base = tc
+        .volume(&a, &img, VolumeFormat::Raw, 128 * MIB, Legality::Legal)
+        .await;
     fill_random(&tc.volume_path(&base), "raw", 128 * MIB, 16).unwrap();
     let mid = child(&tc, &base, Legality::Legal).await;
     write_layer(&tc, &mid, 8);
@@ -47,77 +60,202 @@ async fn a_chain_is_listed_base_first_and_copied_layer_by_layer() {
     // Listed base first, across pages of one.
     let (mut order, mut token) = (Vec::new(), String::new());
     loop {
-        let req = pb::ListVolumesRequest { storage_domain_id: a.clone(), image_id: img.clone(), page_size: 1, page_token: token };
-        let resp = tc.host(1).await.list_volumes(req).await.unwrap().into_inner();
-        order.extend(resp.volumes.into_iter().map(|v| v.volume.unwrap().volume_id));
+        let req = pb::ListVolumesRequest {
+            storage_domain_id: a.clone(),
+            image_id: img.clone(),
+            page_size: 1,
+            page_token: token,
+        };
+        let resp = tc
+            .host(1)
+            .await
+            .list_volumes(req)
+            .await
+            .unwrap()
+            .into_inner();
+        order.extend(
+            resp.volumes
+                .into_iter()
+                .map(|v| v.volume.unwrap().volume_id),
+        );
         if resp.next_page_token.is_empty() {
             break;
         }
         token = resp.next_page_token;
     }
-    assert_eq!(order, [base.volume_id.clone(), mid.volume_id.clone(), top.volume_id.clone()]);
+    assert_eq!(
+        order,
+        [
+            base.volume_id.clone(),
+            mid.volume_id.clone(),
+            top.volume_id.clone()
+        ]
+    );
     let info = tc.info(1, &top).await.metadata.unwrap();
-    assert_eq!((info.format(), info.role(), info.parent_volume_id.as_str(), info.capacity_bytes), (VolumeFormat::Cow, VolumeRole::Leaf, mid.volume_id.as_str(), 128 * MIB));
+    assert_eq!(
+        (
+            info.format(),
+            info.role(),
+            info.parent_volume_id.as_str(),
+            info.capacity_bytes
+        ),
+        (
+            VolumeFormat::Cow,
+            VolumeRole::Leaf,
+            mid.volume_id.as_str(),
+            128 * MIB
+        )
+    );
 
     // The same structure in domain b, ILLEGAL, then one copy per layer on alternating hosts.
-    let dst_base = pb::VolumeRef { storage_domain_id: b.clone(), ..base.clone() };
+    let dst_base = pb::VolumeRef {
+        storage_domain_id: b.clone(),
+        ..base.clone()
+    };
     tc.host(0)
         .await
-        .create_volume(pb::CreateVolumeRequest { volume: Some(dst_base.clone()), format: VolumeFormat::Raw as i32, capacity_bytes: 128 * MIB, legality: Legality::Illegal as i32, ..Default::default() })
+        .create_volume(pb::CreateVolumeRequest {
+            volume: Some(dst_base.clone()),
+            format: VolumeFormat::Raw as i32,
+            capacity_bytes: 128 * MIB,
+            legality: Legality::Illegal as i32,
+            ..Default::default()
+        })
         .await
         .unwrap();
-    let dst_mid = pb::VolumeRef { storage_domain_id: b.clone(), ..mid.clone() };
-    let dst_top = pb::VolumeRef { storage_domain_id: b.clone(), ..top.clone() };
+    let dst_mid = pb::VolumeRef {
+        storage_domain_id: b.clone(),
+        ..mid.clone()
+    };
+    let dst_top = pb::VolumeRef {
+        storage_domain_id: b.clone(),
+        ..top.clone()
+    };
     for (parent, v) in [(&dst_base, &dst_mid), (&dst_mid, &dst_top)] {
         tc.host(0)
             .await
-            .create_volume(pb::CreateVolumeRequest { volume: Some(v.clone()), format: VolumeFormat::Cow as i32, parent_volume_id: parent.volume_id.clone(), legality: Legality::Illegal as i32, ..Default::default() })
+            .create_volume(pb::CreateVolumeRequest {
+                volume: Some(v.clone()),
+                format: VolumeFormat::Cow as i32,
+                parent_volume_id: parent.volume_id.clone(),
+                legality: Legality::Illegal as i32,
+                ..Default::default()
+            })
             .await
             .unwrap();
     }
-    for (i, (src, dst)) in [(&base, &dst_base), (&mid, &dst_mid), (&top, &dst_top)].into_iter().enumerate() {
+    for (i, (src, dst)) in [(&base, &dst_base), (&mid, &dst_mid), (&top, &dst_top)]
+        .into_iter()
+        .enumerate()
+    {
         let job_id = uuid::Uuid::new_v4().to_string();
         let follow = follow_job(tc.tracker().await, job_id.clone()).await;
-        tc.host(i % 2).await.copy_data(copy_request(&job_id, src, dst, Some(0))).await.unwrap();
-        assert_eq!(follow.await.unwrap().unwrap().last().unwrap().0, JobStatus::Succeeded);
+        tc.host(i % 2)
+            .await
+            .copy_data(copy_request(&job_id, src, dst, Some(0)))
+            .await
+            .unwrap();
+        assert_eq!(
+            follow.await.unwrap().unwrap().last().unwrap().0,
+            JobStatus::Succeeded
+        );
     }
     // Every layer identical with its chain resolved, and each destination layer holds only its own
     // data (its allocation is its source's, not the whole disk's).
     for (src, dst) in [(&base, &dst_base), (&mid, &dst_mid), (&top, &dst_top)] {
-        assert!(identical(&tc.volume_path(src), &tc.volume_path(dst)), "layer {} differs", src.volume_id);
+        assert!(
+            identical(&tc.volume_path(src), &tc.volume_path(dst)),
+            "layer {} differs",
+            src.volume_id
+        );
         assert_eq!(tc.meta(dst, "LEGALITY"), "LEGAL");
     }
     let top_alloc = tc.info(0, &dst_top).await.allocated_bytes;
-    assert!(top_alloc < 16 * MIB, "the top layer holds {top_alloc} bytes: its backing chain was collapsed into it");
+    assert!(
+        top_alloc < 16 * MIB,
+        "the top layer holds {top_alloc} bytes: its backing chain was collapsed into it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_is_deleted_only_when_no_job_writes_it() {
-    let tc = TestCluster::start(1, |c| c.env.push(("DATAPATH_COPY_BANDWIDTH_LIMIT".into(), (4 * MIB).to_string()))).await.unwrap();
+    let tc = TestCluster::start(1, |c| {
+        c.env.push((
+            "DATAPATH_COPY_BANDWIDTH_LIMIT".into(),
+            (4 * MIB).to_string(),
+        ))
+    })
+    .await
+    .unwrap();
     let img = uuid::Uuid::new_v4().to_string();
     let (a, b) = (tc.domain().await, tc.domain().await);
-    let src = tc.volume(&a, &img, VolumeFormat::Raw, 64 * MIB, Legality::Legal).await;
+    let src = tc
+        .volume(&a, &img, VolumeFormat::Raw, 64 * MIB, Legality::Legal)
+        .await;
     fill_random(&tc.volume_path(&src), "raw", 64 * MIB, 32).unwrap();
-    let dst = tc.volume(&b, &img, VolumeFormat::Raw, 64 * MIB, Legality::Illegal).await;
+    let dst = tc
+        .volume(&b, &img, VolumeFormat::Raw, 64 * MIB, Legality::Illegal)
+        .await;
     let job_id = uuid::Uuid::new_v4().to_string();
-    tc.host(0).await.copy_data(copy_request(&job_id, &src, &dst, None)).await.unwrap();
-    wait_for(Duration::from_secs(20), "the destination lease", || async { (!tc.keys("leases/").await.is_empty()).then_some(()) })
+    tc.host(0)
+        .await
+        .copy_data(copy_request(&job_id, &src, &dst, None))
         .await
         .unwrap();
-    let delete = |sd: &str| pb::DeleteImageRequest { storage_domain_id: sd.into(), image_id: img.clone() };
+    wait_for(Duration::from_secs(20), "the destination lease", || async {
+        (!tc.keys("leases/").await.is_empty()).then_some(())
+    })
+    .await
+    .unwrap();
+    let delete = |sd: &str| pb::DeleteImageRequest {
+        storage_domain_id: sd.into(),
+        image_id: img.clone(),
+    };
     let err = tc.host(0).await.delete_image(delete(&b)).await.unwrap_err();
-    assert_eq!((err.code(), datapath_api::error::reason(&err).as_deref()), (Code::FailedPrecondition, Some("IMAGE_IN_USE")));
+    assert_eq!(
+        (err.code(), datapath_api::error::reason(&err).as_deref()),
+        (Code::FailedPrecondition, Some("IMAGE_IN_USE"))
+    );
     assert!(tc.volume_path(&dst).exists());
 
-    tc.tracker().await.abort_job(pb::AbortJobRequest { job_id }).await.unwrap();
-    wait_for(Duration::from_secs(10), "the lease to go", || async { tc.keys("leases/").await.is_empty().then_some(()) }).await.unwrap();
+    tc.tracker()
+        .await
+        .abort_job(pb::AbortJobRequest { job_id })
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(10), "the lease to go", || async {
+        tc.keys("leases/").await.is_empty().then_some(())
+    })
+    .await
+    .unwrap();
     tc.host(0).await.delete_image(delete(&b)).await.unwrap();
     assert!(!tc.volume_path(&dst).exists());
-    let images = tc.host(0).await.list_images(pb::ListImagesRequest { storage_domain_id: b.clone(), ..Default::default() }).await.unwrap().into_inner().images;
+    let images = tc
+        .host(0)
+        .await
+        .list_images(pb::ListImagesRequest {
+            storage_domain_id: b.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
     assert!(images.is_empty(), "{images:?}");
-    let err = tc.host(0).await.get_volume_info(pb::GetVolumeInfoRequest { volume: Some(dst.clone()) }).await.unwrap_err();
+    let err = tc
+        .host(0)
+        .await
+        .get_volume_info(pb::GetVolumeInfoRequest {
+            volume: Some(dst.clone()),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     let err = tc.host(0).await.delete_image(delete(&b)).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    assert_eq!(tc.meta(&src, "LEGALITY"), "LEGAL", "the source image was touched");
+    assert_eq!(
+        tc.meta(&src, "LEGALITY"),
+        "LEGAL",
+        "the source image was touched"
+    );
 }
