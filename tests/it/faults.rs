@@ -58,7 +58,7 @@ fn with_slow_copies(c: &mut dpctl::local::ClusterConfig) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_worker_killed_mid_copy_takes_its_copier_with_it() {
     let mut tc = TestCluster::start(1, with_slow_copies).await.unwrap();
-    let (src, dst, _job, qemu) = slow_copy(&mut tc).await;
+    let (src, dst, job_id, qemu) = slow_copy(&mut tc).await;
     let before = sha256(&tc.volume_path(&src));
     let host_key = format!("hosts/{}", tc.cluster.host_id(0));
     assert_eq!(tc.keys("leases/").await.len(), 1);
@@ -97,6 +97,36 @@ async fn a_host_worker_killed_mid_copy_takes_its_copier_with_it() {
     .unwrap();
     assert_eq!(tc.meta(&dst, "LEGALITY"), "ILLEGAL");
     assert_eq!(sha256(&tc.volume_path(&src)), before);
+
+    // Back again, the host marks the job it lost as FENCED and never resumes writing.
+    let running = job(&tc, &job_id).await;
+    assert_eq!(
+        running.status(),
+        JobStatus::Running,
+        "nobody else may end the job"
+    );
+    tc.cluster.restart_host(0).await.unwrap();
+    let ended = wait_for(
+        Duration::from_secs(20),
+        "the lost job to be marked",
+        || async {
+            let j = job(&tc, &job_id).await;
+            (j.status() != JobStatus::Running).then_some(j)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (ended.status(), ended.error.unwrap().code.as_str()),
+        (JobStatus::Failed, "FENCED")
+    );
+    let quiet = file_state(&tc.volume_path(&dst));
+    assert_eq!(tc.meta(&dst, "LEGALITY"), "ILLEGAL");
+    assert!(
+        tc.keys("leases/").await.is_empty(),
+        "the restarted host took the lease again"
+    );
+    assert_eq!(file_state(&tc.volume_path(&dst)), quiet);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -184,7 +184,7 @@ async fn run(worker: Arc<Worker>, spec: CopyDataSpec, control: Arc<JobControl>) 
         Err(Failure::Stopped(reason)) => {
             let (code, message) = match reason {
                 StopReason::Fenced => (
-                    "FENCED",
+                    crate::reconcile::FENCED,
                     "the host lost its etcd session lease; the copy was killed",
                 ),
                 _ => (

@@ -8,6 +8,7 @@ pub mod error;
 pub mod identity;
 pub mod jobs;
 pub mod qemu;
+pub mod reconcile;
 pub mod registration;
 pub mod reporter;
 pub mod service;

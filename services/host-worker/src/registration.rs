@@ -50,6 +50,7 @@ pub async fn register(worker: Arc<Worker>, address: String, health: HealthReport
         if let SessionState::Valid { lease_id } = state {
             let registered_at = Some(datapath_api::time::now());
             info!(lease_id, "registering the host");
+            let mut reconciled = false;
             loop {
                 let changed = worker.jobs.changed.notified();
                 let host = record(&worker, &address, lease_id, registered_at);
@@ -59,7 +60,11 @@ pub async fn register(worker: Arc<Worker>, address: String, health: HealthReport
                     .await
                 {
                     Ok(()) if *worker.session.borrow() == state => {
-                        set_health(&health, ServingStatus::Serving).await
+                        set_health(&health, ServingStatus::Serving).await;
+                        if !reconciled {
+                            reconciled = true;
+                            tokio::spawn(crate::reconcile::reconcile(worker.clone()));
+                        }
                     }
                     Ok(()) => {}
                     Err(e) => warn!(error = %e, "could not register the host; retrying"),

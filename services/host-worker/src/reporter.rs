@@ -69,6 +69,30 @@ impl Reporter {
         }
     }
 
+    /// This host's jobs that the job-tracker shows as pending or running.
+    pub async fn unfinished_jobs(&self) -> Result<Vec<pb::Job>, Status> {
+        let mut jobs = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let req = pb::ListJobsRequest {
+                host_id: self.host_id.to_string(),
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            };
+            let resp = self.client.clone().list_jobs(req).await?.into_inner();
+            jobs.extend(
+                resp.jobs
+                    .into_iter()
+                    .filter(|j| matches!(j.status(), JobStatus::Pending | JobStatus::Running)),
+            );
+            if resp.next_page_token.is_empty() {
+                return Ok(jobs);
+            }
+            page_token = resp.next_page_token;
+        }
+    }
+
     /// Sends one update.
     pub async fn update(
         &self,
