@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use datapath_api::pb::{self, Legality, VolumeFormat};
+use datapath_api::pb::{Legality, VolumeFormat};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     trace_service_server::{TraceService, TraceServiceServer},
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -15,10 +15,13 @@ use tonic::{Request, Response, Status};
 
 use crate::harness::*;
 
-/// An OTLP trace collector that keeps (service.name, trace id, span name) of every span.
+/// (service.name, trace id, span name) of one exported span.
+type SeenSpan = (String, Vec<u8>, String);
+
+/// An OTLP trace collector that keeps every span it is sent.
 #[derive(Clone, Default)]
 struct Collector {
-    spans: Arc<Mutex<Vec<(String, Vec<u8>, String)>>>,
+    spans: Arc<Mutex<Vec<SeenSpan>>>,
 }
 
 #[tonic::async_trait]
