@@ -135,6 +135,7 @@ async fn a_host_worker_cut_off_from_etcd_fences_itself_before_its_lease_expires(
     let (src, dst, job_id, qemu) = slow_copy(&mut tc).await;
     let before = sha256(&tc.volume_path(&src));
 
+    let health = health_watch(&tc.cluster.host_url(0)).await;
     let cut = Instant::now();
     tc.cluster.etcd_mut().signal(Signal::SIGSTOP).unwrap();
     let quiet_since = wait_quiet(&tc.volume_path(&dst), Duration::from_millis(700), TTL * 2).await;
@@ -199,6 +200,47 @@ async fn a_host_worker_cut_off_from_etcd_fences_itself_before_its_lease_expires(
     })
     .await
     .unwrap();
+    // Health/Watch told its watchers both changes, in order.
+    let seen = health.await.unwrap();
+    assert_eq!(
+        seen,
+        ["SERVING", "NOT_SERVING", "SERVING"],
+        "Health/Watch sequence"
+    );
+}
+
+/// Follows `grpc.health.v1.Health/Watch` of the whole server until it has seen SERVING,
+/// NOT_SERVING and SERVING again (or 30 s pass); returns the statuses seen, repeats folded.
+async fn health_watch(url: &str) -> tokio::task::JoinHandle<Vec<String>> {
+    use tokio_stream::StreamExt as _;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    let mut stream = client
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::spawn(async move {
+        let mut seen: Vec<String> = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while seen.len() < 3 {
+            let Ok(Some(Ok(resp))) = tokio::time::timeout_at(deadline, stream.next()).await else {
+                break;
+            };
+            let status = resp.status().as_str_name().to_string();
+            if seen.last() != Some(&status) {
+                seen.push(status);
+            }
+        }
+        seen
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

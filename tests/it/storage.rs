@@ -220,12 +220,30 @@ async fn an_image_is_deleted_only_when_no_job_writes_it() {
 
     tc.tracker()
         .await
-        .abort_job(pb::AbortJobRequest { job_id })
+        .abort_job(pb::AbortJobRequest {
+            job_id: job_id.clone(),
+        })
         .await
         .unwrap();
-    wait_for(Duration::from_secs(10), "the lease to go", || async {
-        tc.keys("leases/").await.is_empty().then_some(())
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the job to end and its lease to go",
+        || async {
+            let req = pb::GetJobRequest {
+                job_id: job_id.clone(),
+            };
+            let job = tc
+                .tracker()
+                .await
+                .get_job(req)
+                .await
+                .ok()?
+                .into_inner()
+                .job?;
+            (job.status() == JobStatus::Aborted && tc.keys("leases/").await.is_empty())
+                .then_some(())
+        },
+    )
     .await
     .unwrap();
     tc.host(0).await.delete_image(delete(&b)).await.unwrap();

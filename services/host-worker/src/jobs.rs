@@ -155,11 +155,14 @@ impl HostJobs {
             .map(|e| e.job.clone())
     }
 
-    /// The job here that writes `destination`, if any.
+    /// The job here that will write or writes `destination` (queued or running), if any; a job that
+    /// has ended and is only being reported does not count.
     pub fn writing(&self, destination: &VolumeKey) -> Option<JobId> {
+        use pb::JobStatus::{Pending, Running, Unspecified};
         let entries = self.entries.lock().expect("jobs lock");
         entries
             .iter()
+            .filter(|(_, e)| matches!(e.job.status(), Pending | Running | Unspecified))
             .find(|(_, e)| e.destination == *destination)
             .map(|(id, _)| *id)
     }
