@@ -1,6 +1,6 @@
 //! Bad input: each request is refused with the right code and an error naming the field, and nothing
 //! changes on disk or in etcd.
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{collections::BTreeMap, path::Path};
 
 use datapath_api::pb::{self, JobStatus, Legality, VolumeFormat};
 use tonic::Code;
@@ -182,34 +182,14 @@ async fn bad_requests_are_refused_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destination_leased_by_another_job_is_refused() {
-    let tc = TestCluster::start(2, |c| {
-        c.env.push((
-            "DATAPATH_COPY_BANDWIDTH_LIMIT".into(),
-            (8 * MIB).to_string(),
-        ))
-    })
-    .await
-    .unwrap();
-    let img = uuid::Uuid::new_v4().to_string();
-    let (a, b) = (tc.domain().await, tc.domain().await);
-    let src = tc
-        .volume(&a, &img, VolumeFormat::Cow, 64 * MIB, Legality::Legal)
-        .await;
-    fill_random(&tc.volume_path(&src), "qcow2", 64 * MIB, 16).unwrap();
-    let dst = tc
-        .volume(&b, &img, VolumeFormat::Cow, 64 * MIB, Legality::Illegal)
-        .await;
-    let first = uuid::Uuid::new_v4().to_string();
-    tc.host(0)
-        .await
-        .copy_data(copy_request(&first, &src, &dst, None))
+    let tc = TestCluster::start(2, |c| throttle(c, 8 * MIB))
         .await
         .unwrap();
-    wait_for(Duration::from_secs(20), "the first job's lease", || async {
-        (!tc.keys("leases/").await.is_empty()).then_some(())
-    })
-    .await
-    .unwrap();
+    let (src, dst) = tc
+        .source_and_destination(VolumeFormat::Cow, 64 * MIB, 16)
+        .await;
+    let first = tc.start_copy(0, &src, &dst).await;
+    tc.wait_for_lease().await;
     let lease_keys = tc.keys("leases/").await;
 
     // On the same host and on another one.

@@ -86,14 +86,9 @@ async fn assert_copied(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_on_the_second_host_through_grpcurl_and_dpctl() {
-    let tc = TestCluster::start(2, |c| {
-        c.env.push((
-            "DATAPATH_COPY_BANDWIDTH_LIMIT".into(),
-            (128 * MIB).to_string(),
-        ))
-    })
-    .await
-    .unwrap();
+    let tc = TestCluster::start(2, |c| throttle(c, 128 * MIB))
+        .await
+        .unwrap();
     let (src, dsts) = source_and_destinations(&tc, 2).await;
 
     // grpcurl, with nothing but server reflection.
@@ -226,14 +221,9 @@ async fn the_same_job_id_never_copies_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_mid_copy_leaves_the_destination_illegal_and_the_source_untouched() {
-    let tc = TestCluster::start(1, |c| {
-        c.env.push((
-            "DATAPATH_COPY_BANDWIDTH_LIMIT".into(),
-            (16 * MIB).to_string(),
-        ))
-    })
-    .await
-    .unwrap();
+    let tc = TestCluster::start(1, |c| throttle(c, 16 * MIB))
+        .await
+        .unwrap();
     let (src, dsts) = source_and_destinations(&tc, 1).await;
     let before = sha256(&tc.volume_path(&src));
     let job_id = uuid::Uuid::new_v4().to_string();

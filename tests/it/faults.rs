@@ -11,21 +11,10 @@ const TTL: Duration = Duration::from_secs(4);
 
 /// Starts a slow copy on host 0 and waits until its qemu-img runs and has written something.
 async fn slow_copy(tc: &mut TestCluster) -> (pb::VolumeRef, pb::VolumeRef, String, u32) {
-    let img = uuid::Uuid::new_v4().to_string();
-    let (a, b) = (tc.domain().await, tc.domain().await);
-    let src = tc
-        .volume(&a, &img, VolumeFormat::Raw, 128 * MIB, Legality::Legal)
+    let (src, dst) = tc
+        .source_and_destination(VolumeFormat::Raw, 128 * MIB, 64)
         .await;
-    fill_random(&tc.volume_path(&src), "raw", 128 * MIB, 64).unwrap();
-    let dst = tc
-        .volume(&b, &img, VolumeFormat::Raw, 128 * MIB, Legality::Illegal)
-        .await;
-    let job_id = uuid::Uuid::new_v4().to_string();
-    tc.host(0)
-        .await
-        .copy_data(copy_request(&job_id, &src, &dst, None))
-        .await
-        .unwrap();
+    let job_id = tc.start_copy(0, &src, &dst).await;
     let worker = tc.cluster.host_mut(0).pid().unwrap();
     let qemu = wait_for(Duration::from_secs(20), "qemu-img to run", || async {
         children_named(worker, "qemu-img").first().copied()
@@ -49,10 +38,7 @@ async fn slow_copy(tc: &mut TestCluster) -> (pb::VolumeRef, pb::VolumeRef, Strin
 
 fn with_slow_copies(c: &mut dpctl::local::ClusterConfig) {
     c.session_ttl = TTL;
-    c.env.push((
-        "DATAPATH_COPY_BANDWIDTH_LIMIT".into(),
-        (8 * MIB).to_string(),
-    ));
+    throttle(c, 8 * MIB);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -147,6 +147,51 @@ impl TestCluster {
         volume
     }
 
+    /// A source volume filled with `chunks` random MiB in a new domain, and an empty ILLEGAL
+    /// destination of the same image and size in another new domain.
+    pub async fn source_and_destination(
+        &self,
+        format: pb::VolumeFormat,
+        capacity: u64,
+        chunks: u64,
+    ) -> (pb::VolumeRef, pb::VolumeRef) {
+        let img = uuid::Uuid::new_v4().to_string();
+        let (a, b) = (self.domain().await, self.domain().await);
+        let src = self
+            .volume(&a, &img, format, capacity, pb::Legality::Legal)
+            .await;
+        let qemu_format = if format == pb::VolumeFormat::Cow {
+            "qcow2"
+        } else {
+            "raw"
+        };
+        fill_random(&self.volume_path(&src), qemu_format, capacity, chunks).unwrap();
+        let dst = self
+            .volume(&b, &img, format, capacity, pb::Legality::Illegal)
+            .await;
+        (src, dst)
+    }
+
+    /// Sends CopyData to host `i` with a new job id; returns the id.
+    pub async fn start_copy(&self, i: usize, src: &pb::VolumeRef, dst: &pb::VolumeRef) -> String {
+        let job_id = uuid::Uuid::new_v4().to_string();
+        self.host(i)
+            .await
+            .copy_data(copy_request(&job_id, src, dst, None))
+            .await
+            .expect("CopyData");
+        job_id
+    }
+
+    /// Waits until some volume lease is held.
+    pub async fn wait_for_lease(&self) {
+        wait_for(Duration::from_secs(20), "a volume lease", || async {
+            (!self.keys("leases/").await.is_empty()).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+
     /// A volume's info through host `i`.
     pub async fn info(&self, i: usize, v: &pb::VolumeRef) -> pb::VolumeInfo {
         self.host(i)
@@ -182,6 +227,14 @@ impl Drop for TestCluster {
             self.dump_logs();
         }
     }
+}
+
+/// Throttles every copy to `bytes_per_second`, so a test can act while one runs.
+pub fn throttle(config: &mut ClusterConfig, bytes_per_second: u64) {
+    config.env.push((
+        "DATAPATH_COPY_BANDWIDTH_LIMIT".into(),
+        bytes_per_second.to_string(),
+    ));
 }
 
 /// Waits for `check` to return `Some`, polling every 50 ms, failing after `deadline`.

@@ -179,34 +179,15 @@ async fn a_chain_is_listed_base_first_and_copied_layer_by_layer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_is_deleted_only_when_no_job_writes_it() {
-    let tc = TestCluster::start(1, |c| {
-        c.env.push((
-            "DATAPATH_COPY_BANDWIDTH_LIMIT".into(),
-            (4 * MIB).to_string(),
-        ))
-    })
-    .await
-    .unwrap();
-    let img = uuid::Uuid::new_v4().to_string();
-    let (a, b) = (tc.domain().await, tc.domain().await);
-    let src = tc
-        .volume(&a, &img, VolumeFormat::Raw, 64 * MIB, Legality::Legal)
-        .await;
-    fill_random(&tc.volume_path(&src), "raw", 64 * MIB, 32).unwrap();
-    let dst = tc
-        .volume(&b, &img, VolumeFormat::Raw, 64 * MIB, Legality::Illegal)
-        .await;
-    let job_id = uuid::Uuid::new_v4().to_string();
-    tc.host(0)
-        .await
-        .copy_data(copy_request(&job_id, &src, &dst, None))
+    let tc = TestCluster::start(1, |c| throttle(c, 4 * MIB))
         .await
         .unwrap();
-    wait_for(Duration::from_secs(20), "the destination lease", || async {
-        (!tc.keys("leases/").await.is_empty()).then_some(())
-    })
-    .await
-    .unwrap();
+    let (src, dst) = tc
+        .source_and_destination(VolumeFormat::Raw, 64 * MIB, 32)
+        .await;
+    let (b, img) = (dst.storage_domain_id.clone(), dst.image_id.clone());
+    let job_id = tc.start_copy(0, &src, &dst).await;
+    tc.wait_for_lease().await;
     let delete = |sd: &str| pb::DeleteImageRequest {
         storage_domain_id: sd.into(),
         image_id: img.clone(),

@@ -21,6 +21,29 @@ pub use keys::Keys;
 /// hanging a caller forever.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where etcd is and which prefix is ours: the flags every etcd-using service shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EtcdOptions {
+    /// etcd client URLs, comma-separated.
+    #[arg(
+        long = "etcd-endpoints",
+        env = "DATAPATH_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub endpoints: Vec<String>,
+    /// Prefix of every datapath key in etcd.
+    #[arg(long = "etcd-prefix", env = "DATAPATH_ETCD_PREFIX", default_value = keys::DEFAULT_PREFIX)]
+    pub prefix: String,
+}
+
+impl EtcdOptions {
+    /// Connects as configured.
+    pub async fn connect(&self) -> Result<Coord> {
+        Coord::connect(&self.endpoints, &self.prefix).await
+    }
+}
+
 /// A connection to etcd plus the key layout under one prefix. Cheap to clone.
 #[derive(Clone)]
 pub struct Coord {

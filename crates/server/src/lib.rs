@@ -92,3 +92,26 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
     }
 }
+
+/// Turns an environment file (`DATAPATH_NAME=value` lines, as the systemd units read) into the
+/// command-line flags of `command` with those environment variables, so a test can check that an
+/// example file names only real settings and parses. Other variables (`RUST_LOG`, `OTEL_*`) and
+/// comments are skipped.
+pub fn env_file_args(command: &clap::Command, text: &str) -> Result<Vec<String>, String> {
+    let mut args = vec![command.get_name().to_string()];
+    for line in text.lines().map(str::trim) {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if line.starts_with('#') || !key.starts_with("DATAPATH_") {
+            continue;
+        }
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_env().is_some_and(|e| e == key))
+            .ok_or_else(|| format!("{key} is not a setting of {}", command.get_name()))?;
+        let long = arg.get_long().ok_or_else(|| format!("{key} has no flag"))?;
+        args.push(format!("--{long}={value}"));
+    }
+    Ok(args)
+}

@@ -19,7 +19,7 @@ use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Durat
 
 use anyhow::Context as _;
 use datapath_api::{ids::HostId, pb::host_worker_service_server::HostWorkerServiceServer};
-use datapath_coord::{session::Session, Coord};
+use datapath_coord::{session::Session, EtcdOptions};
 use datapath_server::ServerOptions;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tonic::service::Routes;
@@ -48,17 +48,9 @@ pub struct Config {
         default_value = "./datapath-data/host"
     )]
     pub state_dir: PathBuf,
-    /// etcd client URLs, comma-separated.
-    #[arg(
-        long,
-        env = "DATAPATH_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
-    )]
-    pub etcd_endpoints: Vec<String>,
-    /// Prefix of every datapath key in etcd.
-    #[arg(long, env = "DATAPATH_ETCD_PREFIX", default_value = datapath_coord::keys::DEFAULT_PREFIX)]
-    pub etcd_prefix: String,
+    /// etcd.
+    #[command(flatten)]
+    pub etcd: EtcdOptions,
     /// The shared storage root holding the storage domains.
     #[arg(
         long,
@@ -102,9 +94,7 @@ pub async fn run(
         .unwrap_or(listener.local_addr()?.to_string());
     let storage = storage::Storage::open(&config.storage_root)
         .with_context(|| format!("open storage root {}", config.storage_root.display()))?;
-    let coord = Coord::connect(&config.etcd_endpoints, &config.etcd_prefix)
-        .await
-        .context("connect to etcd")?;
+    let coord = config.etcd.connect().await.context("connect to etcd")?;
     let session = Session::start(&coord, config.session_ttl);
     let worker = Arc::new(worker::Worker {
         host_id,
@@ -157,4 +147,20 @@ pub async fn run(
     }
     session.close().await;
     served.context("serve gRPC")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::Config;
+
+    #[test]
+    fn the_example_environment_file_parses() {
+        let text = include_str!("../../../deploy/systemd/host-worker.env.example");
+        let args = datapath_server::env_file_args(&Config::command(), text).unwrap();
+        let config = Config::try_parse_from(args).unwrap();
+        assert_eq!(config.etcd.endpoints.len(), 3);
+        assert_eq!(config.session_ttl, std::time::Duration::from_secs(10));
+    }
 }

@@ -13,7 +13,7 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 use datapath_api::pb::job_tracker_service_server::JobTrackerServiceServer;
-use datapath_coord::Coord;
+use datapath_coord::EtcdOptions;
 use datapath_server::ServerOptions;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
@@ -27,17 +27,9 @@ pub struct Config {
     /// Address to serve gRPC on.
     #[arg(long, env = "DATAPATH_LISTEN", default_value = "127.0.0.1:7300")]
     pub listen: SocketAddr,
-    /// etcd client URLs, comma-separated.
-    #[arg(
-        long,
-        env = "DATAPATH_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
-    )]
-    pub etcd_endpoints: Vec<String>,
-    /// Prefix of every datapath key in etcd.
-    #[arg(long, env = "DATAPATH_ETCD_PREFIX", default_value = datapath_coord::keys::DEFAULT_PREFIX)]
-    pub etcd_prefix: String,
+    /// etcd.
+    #[command(flatten)]
+    pub etcd: EtcdOptions,
     /// How long an ended job is kept before etcd deletes it (0s keeps it forever).
     #[arg(long, env = "DATAPATH_JOB_RETENTION", default_value = "1h", value_parser = humantime::parse_duration)]
     pub job_retention: Duration,
@@ -52,9 +44,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let coord = Coord::connect(&config.etcd_endpoints, &config.etcd_prefix)
-        .await
-        .context("connect to etcd")?;
+    let coord = config.etcd.connect().await.context("connect to etcd")?;
     let tracker = tracker::Tracker::new(coord.clone(), config.job_retention);
     let (reporter, health) = tonic_health::server::health_reporter();
     let flusher = tokio::spawn({
@@ -97,4 +87,20 @@ pub async fn run(
     flusher.abort();
     tracker.flush_due().await;
     served.context("serve gRPC")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::Config;
+
+    #[test]
+    fn the_example_environment_file_parses() {
+        let text = include_str!("../../../deploy/systemd/job-tracker.env.example");
+        let args = datapath_server::env_file_args(&Config::command(), text).unwrap();
+        let config = Config::try_parse_from(args).unwrap();
+        assert_eq!(config.job_retention, std::time::Duration::from_secs(3600));
+        assert!(datapath_server::env_file_args(&Config::command(), "DATAPATH_NO_SUCH=1").is_err());
+    }
 }
