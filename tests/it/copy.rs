@@ -152,6 +152,52 @@ async fn copy_on_the_second_host_through_grpcurl_and_dpctl() {
     assert!(stdout.contains(&job_id), "{stdout}");
     assert_progress_rose_to_100(&follow.await.unwrap().unwrap());
     assert_copied(&tc, &src, &dsts[1], 1, &job_id).await;
+
+    // An operator reads the same records straight from etcd.
+    let etcd_json = run(
+        "etcdctl",
+        &[
+            "--endpoints",
+            &tc.cluster.etcd_endpoints()[0],
+            "get",
+            "--prefix",
+            tc.cluster.etcd_prefix(),
+            "-w",
+            "json",
+        ],
+    )
+    .unwrap();
+    let mut decode = std::process::Command::new(
+        dpctl::local::find_binary("dpctl", &dpctl::local::search_dirs(None)).unwrap(),
+    )
+    .args(["decode", "--etcd-prefix", tc.cluster.etcd_prefix()])
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    use std::io::Write as _;
+    decode
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(etcd_json.as_bytes())
+        .unwrap();
+    let out = decode.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let job = records
+        .iter()
+        .find(|r| r["key"].as_str().is_some_and(|k| k.ends_with(&job_id)))
+        .expect("the job record");
+    assert_eq!(job["value"]["status"], "JOB_STATUS_SUCCEEDED");
+    let hosts = records
+        .iter()
+        .filter(|r| r["key"].as_str().is_some_and(|k| k.contains("/hosts/")))
+        .count();
+    assert_eq!(hosts, 2, "{records:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,33 @@ use datapath_api::{
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "/datapath/";
 
+/// The kinds of record in the keyspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// `hosts/<host_id>`.
+    Host,
+    /// `leases/volumes/<sd>/<img>/<vol>`.
+    VolumeLease,
+    /// `jobs/<job_id>`.
+    Job,
+    /// `config/<name>`: plain text.
+    Config,
+    /// Anything else under the prefix (elections, flows of later versions).
+    Other,
+}
+
+impl RecordKind {
+    /// The full name of the protobuf message stored there, if it is one.
+    pub fn message_name(self) -> Option<&'static str> {
+        match self {
+            Self::Host => Some("datapath.v1.Host"),
+            Self::VolumeLease => Some("datapath.v1.VolumeLease"),
+            Self::Job => Some("datapath.v1.Job"),
+            Self::Config | Self::Other => None,
+        }
+    }
+}
+
 /// Builds and parses keys under one prefix; tests give each cluster its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
@@ -75,6 +102,18 @@ impl Keys {
         JobId::parse("key", key.strip_prefix(&self.jobs())?).ok()
     }
 
+    /// What kind of record `key` holds, by its place in the layout; `None` outside the prefix.
+    pub fn kind_of(&self, key: &str) -> Option<RecordKind> {
+        let rest = key.strip_prefix(&self.prefix)?;
+        Some(match rest {
+            r if r.starts_with("hosts/") => RecordKind::Host,
+            r if r.starts_with("leases/volumes/") => RecordKind::VolumeLease,
+            r if r.starts_with("jobs/") => RecordKind::Job,
+            r if r.starts_with("config/") => RecordKind::Config,
+            _ => RecordKind::Other,
+        })
+    }
+
     /// `config/<name>`.
     pub fn config(&self, name: &str) -> String {
         format!("{}config/{name}", self.prefix)
@@ -92,5 +131,22 @@ mod tests {
         assert_eq!(keys.job(id), format!("/t1/jobs/{id}"));
         assert_eq!(keys.parse_job(keys.job(id).as_bytes()), Some(id));
         assert_eq!(keys.parse_job(b"/t1/hosts/x"), None);
+    }
+
+    #[test]
+    fn kinds_follow_the_layout() {
+        let keys = Keys::new("/t1/");
+        assert_eq!(
+            keys.kind_of(&keys.job(JobId::random())),
+            Some(RecordKind::Job)
+        );
+        assert_eq!(keys.kind_of("/t1/hosts/h"), Some(RecordKind::Host));
+        assert_eq!(
+            keys.kind_of("/t1/leases/volumes/a/b/c"),
+            Some(RecordKind::VolumeLease)
+        );
+        assert_eq!(keys.kind_of("/t1/config/x"), Some(RecordKind::Config));
+        assert_eq!(keys.kind_of("/other/jobs/x"), None);
+        assert_eq!(RecordKind::Job.message_name(), Some("datapath.v1.Job"));
     }
 }

@@ -31,6 +31,8 @@ enum Command {
     /// Jobs, through the job-tracker.
     #[command(subcommand)]
     Jobs(cmd::jobs::JobsCommand),
+    /// Decode etcd records: `etcdctl get --prefix /datapath/ -w json | dpctl decode`.
+    Decode(cmd::decode::DecodeArgs),
     /// A local cluster of child processes, for development.
     #[command(subcommand)]
     Local(cmd::local::LocalCommand),
@@ -47,6 +49,7 @@ impl Cli {
             Command::Image(c) => c.run(&ctx).await,
             Command::CopyData(args) => args.run(&ctx).await,
             Command::Jobs(c) => c.run(&ctx).await,
+            Command::Decode(args) => args.run(),
             Command::Local(c) => c.run().await,
         }
     }

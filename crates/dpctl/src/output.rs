@@ -52,7 +52,8 @@ proto_names!(
     ListRegisteredHostsResponse,
 );
 
-fn pool() -> anyhow::Result<&'static DescriptorPool> {
+/// The API's descriptor pool, decoded once.
+pub fn pool() -> anyhow::Result<&'static DescriptorPool> {
     static POOL: OnceLock<Result<DescriptorPool, String>> = OnceLock::new();
     POOL.get_or_init(|| {
         DescriptorPool::decode(datapath_api::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string())

@@ -10,6 +10,7 @@ use crate::{
 };
 
 pub mod copy;
+pub mod decode;
 pub mod domain;
 pub mod follow;
 pub mod hosts;
