@@ -142,7 +142,8 @@ impl Display {
 
     fn clear(&mut self) {
         if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
+            // Left on screen: the last state (e.g. "succeeded 100%") is the answer.
+            bar.finish();
         }
     }
 }
