@@ -390,8 +390,12 @@ async fn run_copier(
         }
         text
     };
+    let copier = async {
+        let ((), text) = tokio::join!(follow, errors);
+        (child.wait().await, text)
+    };
     let result = tokio::select! {
-        (status, _, text) = async { let (_, text) = tokio::join!(follow, errors); (child.wait().await, (), text) } => Ok((status, text)),
+        done = copier => Ok(done),
         reason = control.stopped() => Err(reason),
     };
     control.set_copier(None);

@@ -94,6 +94,10 @@ pub async fn run(
         .unwrap_or(listener.local_addr()?.to_string());
     let storage = storage::Storage::open(&config.storage_root)
         .with_context(|| format!("open storage root {}", config.storage_root.display()))?;
+    let swept = storage.sweep_interrupted_deletions();
+    if swept > 0 {
+        info!(swept, "finished image deletions interrupted by a crash");
+    }
     let coord = config.etcd.connect().await.context("connect to etcd")?;
     let session = Session::start(&coord, config.session_ttl);
     let worker = Arc::new(worker::Worker {
