@@ -258,3 +258,68 @@ async fn an_image_is_deleted_only_when_no_job_writes_it() {
         "the source image was touched"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preallocated_volumes_own_their_space_and_sparse_ones_do_not() {
+    let tc = TestCluster::start(1, |_| {}).await.unwrap();
+    let sd = tc.domain().await;
+    for (format, allocation) in [
+        (VolumeFormat::Raw, pb::VolumeAllocation::Preallocated),
+        (VolumeFormat::Cow, pb::VolumeAllocation::Preallocated),
+        (VolumeFormat::Raw, pb::VolumeAllocation::Sparse),
+        (VolumeFormat::Cow, pb::VolumeAllocation::Sparse),
+    ] {
+        let volume = pb::VolumeRef {
+            storage_domain_id: sd.clone(),
+            image_id: uuid::Uuid::new_v4().to_string(),
+            volume_id: uuid::Uuid::new_v4().to_string(),
+        };
+        let req = pb::CreateVolumeRequest {
+            volume: Some(volume.clone()),
+            format: format as i32,
+            allocation: allocation as i32,
+            capacity_bytes: 64 * MIB,
+            ..Default::default()
+        };
+        let info = tc
+            .host(0)
+            .await
+            .create_volume(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        let meta = info.metadata.unwrap();
+        assert_eq!(
+            (meta.format(), meta.allocation(), meta.legality()),
+            (format, allocation, Legality::Legal)
+        );
+        let preallocated = allocation == pb::VolumeAllocation::Preallocated;
+        assert_eq!(
+            info.allocated_bytes >= 64 * MIB,
+            preallocated,
+            "{format:?} {allocation:?}: {} bytes allocated",
+            info.allocated_bytes
+        );
+        let qemu = run(
+            "qemu-img",
+            &[
+                "info",
+                "--output=json",
+                tc.volume_path(&volume).to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+        let qemu: serde_json::Value = serde_json::from_str(&qemu).unwrap();
+        assert_eq!(qemu["virtual-size"], 64 * MIB);
+        assert_eq!(
+            qemu["format"],
+            if format == VolumeFormat::Cow {
+                "qcow2"
+            } else {
+                "raw"
+            }
+        );
+    }
+}
