@@ -427,3 +427,36 @@ async fn progress_writes_are_coalesced_to_about_two_a_second() {
         "{writes} etcd writes for 100 reports in {elapsed:?} (allowed {allowed})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_watch_outlives_the_request_timeouts() {
+    // The server's per-call deadline (2 s here) and the etcd client's (5 s) bound answers, not streams.
+    let tc = TestCluster::start(1, |c| {
+        c.env.push(("DATAPATH_REQUEST_TIMEOUT".into(), "2s".into()))
+    })
+    .await
+    .unwrap();
+    let mut t = tc.tracker().await;
+    let host = uuid::Uuid::new_v4().to_string();
+    let mut watch = t
+        .watch_jobs(pb::WatchJobsRequest {
+            host_id: host.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let quiet = tokio::time::timeout(Duration::from_secs(7), watch.next()).await;
+    assert!(
+        quiet.is_err(),
+        "the stream ended or sent something while nothing happened: {quiet:?}"
+    );
+    let job = new_job(&host, "q");
+    create(&mut t, &job).await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.job.unwrap().job_id, job.job_id);
+}
