@@ -27,11 +27,22 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
-    /// Starts `hosts` host-workers; `tune` adjusts the configuration first.
-    pub async fn start(
-        hosts: usize,
-        tune: impl FnOnce(&mut ClusterConfig),
-    ) -> anyhow::Result<Self> {
+    /// Starts `hosts` host-workers; `tune` adjusts the configuration first. A start is tried twice:
+    /// the launcher picks free ports before the processes bind them, and a test running beside this
+    /// one may take a port in between.
+    pub async fn start(hosts: usize, tune: impl Fn(&mut ClusterConfig)) -> anyhow::Result<Self> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_start(hosts, &tune).await {
+                Ok(tc) => return Ok(tc),
+                Err(e) if attempt < 2 => eprintln!("cluster start failed, trying again: {e:#}"),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn try_start(hosts: usize, tune: &impl Fn(&mut ClusterConfig)) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("datapath-it-").tempdir()?;
         let mut config = ClusterConfig {
             hosts,
