@@ -198,6 +198,52 @@ async fn copy_on_the_second_host_through_grpcurl_and_dpctl() {
         .filter(|r| r["key"].as_str().is_some_and(|k| k.contains("/hosts/")))
         .count();
     assert_eq!(hosts, 2, "{records:?}");
+
+    // dpctl's read commands in JSON.
+    let dpctl_json = |args: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new(
+            dpctl::local::find_binary("dpctl", &dpctl::local::search_dirs(None)).unwrap(),
+        )
+        .args([
+            "--job-tracker",
+            &tc.cluster.job_tracker_url(),
+            "--host",
+            &tc.cluster.host_url(0),
+            "-o",
+            "json",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "dpctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let jobs = dpctl_json(&["jobs", "list", "--host-id", tc.cluster.host_id(1)]);
+    let ids: Vec<&str> = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["jobId"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&job_id.as_str()), "{jobs}");
+    let volumes = dpctl_json(&[
+        "volume",
+        "list",
+        &dsts[1].storage_domain_id,
+        &dsts[1].image_id,
+    ]);
+    assert_eq!(
+        volumes["volumes"][0]["metadata"]["legality"], "LEGALITY_LEGAL",
+        "{volumes}"
+    );
+    assert_eq!(
+        volumes["volumes"][0]["metadata"]["generation"], "1",
+        "{volumes}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

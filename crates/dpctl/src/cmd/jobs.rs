@@ -3,7 +3,7 @@ use anyhow::{bail, Context as _};
 use clap::{Subcommand, ValueEnum};
 use datapath_api::pb;
 
-use super::{check_page_token, Context, PAGE_SIZE};
+use super::{all_pages, Context, PAGE_SIZE};
 use crate::{
     output::{self, Output},
     parse::uuid_arg,
@@ -90,27 +90,31 @@ impl JobsCommand {
                 status,
                 entity,
             } => {
-                let mut all = pb::ListJobsResponse::default();
-                let mut token = String::new();
-                loop {
-                    let page = jt
-                        .list_jobs(pb::ListJobsRequest {
-                            host_id: host_id.clone().unwrap_or_default(),
-                            status: status.map_or(0, |s| pb::JobStatus::from(s) as i32),
-                            entity: entity.clone().unwrap_or_default(),
-                            page_size: PAGE_SIZE,
-                            page_token: token.clone(),
-                        })
-                        .await
-                        .context("list jobs")?
-                        .into_inner();
-                    all.jobs.extend(page.jobs);
-                    check_page_token(&token, &page.next_page_token)?;
-                    if page.next_page_token.is_empty() {
-                        break;
+                let request = pb::ListJobsRequest {
+                    host_id: host_id.unwrap_or_default(),
+                    status: status.map_or(0, |s| pb::JobStatus::from(s) as i32),
+                    entity: entity.unwrap_or_default(),
+                    page_size: PAGE_SIZE,
+                    page_token: String::new(),
+                };
+                let jobs = all_pages(|page_token| {
+                    let (mut jt, req) = (
+                        jt.clone(),
+                        pb::ListJobsRequest {
+                            page_token,
+                            ..request.clone()
+                        },
+                    );
+                    async move {
+                        let page = jt.list_jobs(req).await.context("list jobs")?.into_inner();
+                        Ok((page.jobs, page.next_page_token))
                     }
-                    token = page.next_page_token;
-                }
+                })
+                .await?;
+                let all = pb::ListJobsResponse {
+                    jobs,
+                    next_page_token: String::new(),
+                };
                 if ctx.output() == Output::Json {
                     return output::print_json(&all);
                 }

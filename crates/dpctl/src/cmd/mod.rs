@@ -123,10 +123,45 @@ impl Context {
     }
 }
 
-/// Fails when a paginated list answers the same page token twice, which would loop forever.
-pub fn check_page_token(previous: &str, next: &str) -> anyhow::Result<()> {
-    if !next.is_empty() && next == previous {
-        bail!("the server answered the same page token twice: {next:?}");
+/// Fetches every page of a paginated list: `fetch(page_token)` answers one page's items and its
+/// `next_page_token`. Fails when the server answers the same token twice, which would loop forever.
+pub async fn all_pages<T, F, Fut>(mut fetch: F) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(Vec<T>, String)>>,
+{
+    let mut items = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (page, next) = fetch(token.clone()).await?;
+        items.extend(page);
+        if next.is_empty() {
+            return Ok(items);
+        }
+        if next == token {
+            bail!("the server answered the same page token twice: {next:?}");
+        }
+        token = next;
     }
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn all_pages_follows_tokens_and_stops_on_a_repeated_one() {
+        let pages = all_pages(|token| async move {
+            Ok(match token.as_str() {
+                "" => (vec![1, 2], "a".to_string()),
+                "a" => (vec![3], "b".to_string()),
+                _ => (vec![4], String::new()),
+            })
+        })
+        .await
+        .unwrap();
+        assert_eq!(pages, [1, 2, 3, 4]);
+        let stuck = all_pages(|_| async { Ok((vec![0], "same".to_string())) }).await;
+        assert!(stuck.unwrap_err().to_string().contains("same page token"));
+    }
 }

@@ -3,7 +3,7 @@ use anyhow::{bail, Context as _};
 use clap::{Subcommand, ValueEnum};
 use datapath_api::pb;
 
-use super::{check_page_token, Context, PAGE_SIZE};
+use super::{all_pages, Context, PAGE_SIZE};
 use crate::{
     output::{self, Output},
     parse::{image_id_arg, parse_size, sd_id_arg, volume_id_arg, VolumePath},
@@ -212,26 +212,28 @@ async fn info(ctx: &Context, path: &VolumePath) -> anyhow::Result<()> {
 }
 
 async fn list_images(ctx: &Context, sd: String) -> anyhow::Result<()> {
-    let mut host = ctx.host_worker().await?;
-    let mut all = pb::ListImagesResponse::default();
-    let mut token = String::new();
-    loop {
-        let page = host
-            .list_images(pb::ListImagesRequest {
+    let host = ctx.host_worker().await?;
+    let images = all_pages(|page_token| {
+        let (mut host, sd) = (host.clone(), sd.clone());
+        async move {
+            let req = pb::ListImagesRequest {
                 storage_domain_id: sd.clone(),
                 page_size: PAGE_SIZE,
-                page_token: token.clone(),
-            })
-            .await
-            .with_context(|| format!("list images of storage domain {sd}"))?
-            .into_inner();
-        all.images.extend(page.images);
-        check_page_token(&token, &page.next_page_token)?;
-        if page.next_page_token.is_empty() {
-            break;
+                page_token,
+            };
+            let page = host
+                .list_images(req)
+                .await
+                .with_context(|| format!("list images of storage domain {sd}"))?
+                .into_inner();
+            Ok((page.images, page.next_page_token))
         }
-        token = page.next_page_token;
-    }
+    })
+    .await?;
+    let all = pb::ListImagesResponse {
+        images,
+        next_page_token: String::new(),
+    };
     if ctx.output() == Output::Json {
         return output::print_json(&all);
     }
@@ -250,27 +252,29 @@ async fn list_images(ctx: &Context, sd: String) -> anyhow::Result<()> {
 }
 
 async fn list_volumes(ctx: &Context, sd: String, img: String) -> anyhow::Result<()> {
-    let mut host = ctx.host_worker().await?;
-    let mut all = pb::ListVolumesResponse::default();
-    let mut token = String::new();
-    loop {
-        let page = host
-            .list_volumes(pb::ListVolumesRequest {
+    let host = ctx.host_worker().await?;
+    let volumes = all_pages(|page_token| {
+        let (mut host, sd, img) = (host.clone(), sd.clone(), img.clone());
+        async move {
+            let req = pb::ListVolumesRequest {
                 storage_domain_id: sd.clone(),
                 image_id: img.clone(),
                 page_size: PAGE_SIZE,
-                page_token: token.clone(),
-            })
-            .await
-            .with_context(|| format!("list volumes of image {sd}/{img}"))?
-            .into_inner();
-        all.volumes.extend(page.volumes);
-        check_page_token(&token, &page.next_page_token)?;
-        if page.next_page_token.is_empty() {
-            break;
+                page_token,
+            };
+            let page = host
+                .list_volumes(req)
+                .await
+                .with_context(|| format!("list volumes of image {sd}/{img}"))?
+                .into_inner();
+            Ok((page.volumes, page.next_page_token))
         }
-        token = page.next_page_token;
-    }
+    })
+    .await?;
+    let all = pb::ListVolumesResponse {
+        volumes,
+        next_page_token: String::new(),
+    };
     if ctx.output() == Output::Json {
         return output::print_json(&all);
     }
