@@ -1,8 +1,10 @@
 //! This host's own jobs (VDSM's `Host.getJobs`): what is queued or running here, with the handle that
 //! stops each one. Stopping kills the copier at once with SIGKILL, from whatever task asks — the
-//! self-fencing path must not wait for the copy task to be scheduled.
+//! self-fencing path must not wait for the copy task to be scheduled — through a pidfd, so the
+//! signal can only ever reach that copier.
 use std::{
     collections::HashMap,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
     sync::{Arc, Mutex},
 };
 
@@ -24,14 +26,38 @@ pub enum StopReason {
 #[derive(Debug)]
 pub struct JobControl {
     stop: watch::Sender<Option<StopReason>>,
-    copier_pid: Mutex<Option<u32>>,
+    copier: Mutex<Option<Copier>>,
+}
+
+/// The running copier, killable from any task. A pidfd names exactly this process even after it
+/// exits, so a kill racing with its exit can never hit a recycled pid.
+#[derive(Debug)]
+struct Copier {
+    pid: u32,
+    pidfd: Option<OwnedFd>,
+}
+
+impl Copier {
+    fn new(pid: u32) -> Self {
+        Self {
+            pid,
+            pidfd: pidfd_open(pid),
+        }
+    }
+
+    fn kill(&self) {
+        match &self.pidfd {
+            Some(fd) => pidfd_kill(fd),
+            None => kill(self.pid),
+        }
+    }
 }
 
 impl JobControl {
     fn new() -> Arc<Self> {
         Arc::new(Self {
             stop: watch::channel(None).0,
-            copier_pid: Mutex::new(None),
+            copier: Mutex::new(None),
         })
     }
 
@@ -44,16 +70,18 @@ impl JobControl {
             }
             first
         });
-        if let Some(pid) = *self.copier_pid.lock().expect("pid lock") {
-            kill(pid);
+        if let Some(copier) = &*self.copier.lock().expect("copier lock") {
+            copier.kill();
         }
     }
 
-    /// Records the running copier; if the job was stopped meanwhile, kills it at once.
+    /// Records the running copier (call it before the copier can be reaped); if the job was
+    /// stopped meanwhile, kills it at once.
     pub fn set_copier(&self, pid: Option<u32>) {
-        *self.copier_pid.lock().expect("pid lock") = pid;
-        if let (Some(pid), Some(_)) = (pid, self.reason()) {
-            kill(pid);
+        let mut copier = self.copier.lock().expect("copier lock");
+        *copier = pid.map(Copier::new);
+        if let (Some(c), Some(_)) = (&*copier, self.reason()) {
+            c.kill();
         }
     }
 
@@ -78,9 +106,30 @@ impl JobControl {
 
 #[allow(unsafe_code)]
 fn kill(pid: u32) {
-    // SAFETY: kill(2) has no memory-safety preconditions; a stale pid is at worst ESRCH.
+    // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe {
         libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+}
+
+#[allow(unsafe_code)]
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open(2) reads no memory; on success it returns a new descriptor that we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+#[allow(unsafe_code)]
+fn pidfd_kill(fd: &OwnedFd) {
+    // SAFETY: pidfd_send_signal(2) with a null siginfo reads no memory; the fd is valid while borrowed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        );
     }
 }
 
@@ -220,5 +269,52 @@ impl HostJobs {
     /// Whether no job is here.
     pub fn is_empty(&self) -> bool {
         self.entries.lock().expect("jobs lock").is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn stopping_kills_the_copier_and_a_late_stop_is_harmless() {
+        let control = JobControl::new();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        control.set_copier(Some(child.id()));
+        control.stop(StopReason::Fenced);
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+        assert_eq!(control.reason(), Some(StopReason::Fenced));
+        // Reaped: its pid may be reused, but the pidfd still names the dead process.
+        control.stop(StopReason::Aborted);
+        assert_eq!(
+            control.reason(),
+            Some(StopReason::Fenced),
+            "the first reason wins"
+        );
+        assert!(control
+            .copier
+            .lock()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .pidfd
+            .is_some());
+    }
+
+    #[tokio::test]
+    async fn a_copier_started_after_the_stop_is_killed_at_once() {
+        let control = JobControl::new();
+        control.stop(StopReason::Aborted);
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        control.set_copier(Some(child.id()));
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
     }
 }
