@@ -19,7 +19,7 @@ use tracing::{info, instrument, warn, Instrument as _};
 
 use crate::{
     error::Error,
-    jobs::{JobControl, StopReason},
+    jobs::{JobControl, Refused, StopReason},
     qemu,
     reporter::FINAL_REPORT_DEADLINE,
     worker::Worker,
@@ -65,13 +65,26 @@ pub async fn copy_data(worker: &Arc<Worker>, req: &pb::CopyDataRequest) -> Resul
         size_bytes: size,
         ..Default::default()
     };
-    let Some(control) = worker
+    let control = match worker
         .jobs
         .insert(spec.job_id, job.clone(), spec.destination.volume)
-    else {
-        return existing(worker, &spec)
-            .await?
-            .ok_or(Error::JobExists(spec.job_id));
+    {
+        Ok(control) => control,
+        Err(Refused::SameId) => {
+            return existing(worker, &spec)
+                .await?
+                .ok_or(Error::JobExists(spec.job_id))
+        }
+        Err(Refused::DestinationBusy(other)) => {
+            return Err(Error::precondition(
+                "LEASE_HELD",
+                "destination.volume",
+                format!(
+                    "volume {} is the destination of job {other} on this host",
+                    spec.destination.volume
+                ),
+            ))
+        }
     };
     let (job, created) = match worker.reporter.create(job).await {
         Ok(r) => r,

@@ -133,6 +133,24 @@ fn pidfd_kill(fd: &OwnedFd) {
     }
 }
 
+/// Why a job could not be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// A job with this id is already here.
+    SameId,
+    /// Another job here will write the same destination.
+    DestinationBusy(JobId),
+}
+
+fn writing(entries: &HashMap<JobId, Entry>, destination: &VolumeKey) -> Option<JobId> {
+    use pb::JobStatus::{Pending, Running, Unspecified};
+    entries
+        .iter()
+        .filter(|(_, e)| matches!(e.job.status(), Pending | Running | Unspecified))
+        .find(|(_, e)| e.destination == *destination)
+        .map(|(id, _)| *id)
+}
+
 struct Entry {
     job: pb::Job,
     destination: VolumeKey,
@@ -148,16 +166,21 @@ pub struct HostJobs {
 }
 
 impl HostJobs {
-    /// Adds a job; `None` if one with that id is already here.
+    /// Adds a job, unless one with that id is here or another job here writes its destination.
     pub fn insert(
         &self,
         id: JobId,
         job: pb::Job,
         destination: VolumeKey,
-    ) -> Option<Arc<JobControl>> {
+    ) -> Result<Arc<JobControl>, Refused> {
         let mut entries = self.entries.lock().expect("jobs lock");
         if entries.contains_key(&id) {
-            return None;
+            return Err(Refused::SameId);
+        }
+        // Checked under the same lock as the insert, so two requests racing for one destination on
+        // this host cannot both be queued.
+        if let Some(other) = writing(&entries, &destination) {
+            return Err(Refused::DestinationBusy(other));
         }
         let control = JobControl::new();
         entries.insert(
@@ -170,7 +193,7 @@ impl HostJobs {
         );
         drop(entries);
         self.changed.notify_waiters();
-        Some(control)
+        Ok(control)
     }
 
     /// Updates the local view of a job. Only a status change counts as a change of the host's load:
@@ -207,13 +230,7 @@ impl HostJobs {
     /// The job here that will write or writes `destination` (queued or running), if any; a job that
     /// has ended and is only being reported does not count.
     pub fn writing(&self, destination: &VolumeKey) -> Option<JobId> {
-        use pb::JobStatus::{Pending, Running, Unspecified};
-        let entries = self.entries.lock().expect("jobs lock");
-        entries
-            .iter()
-            .filter(|(_, e)| matches!(e.job.status(), Pending | Running | Unspecified))
-            .find(|(_, e)| e.destination == *destination)
-            .map(|(id, _)| *id)
+        writing(&self.entries.lock().expect("jobs lock"), destination)
     }
 
     /// Every job here, in id order.
