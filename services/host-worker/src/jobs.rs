@@ -323,6 +323,32 @@ mod tests {
             .is_some());
     }
 
+    #[test]
+    fn one_destination_takes_one_job_until_it_ends() {
+        use datapath_api::ids::{ImageId, StorageDomainId, VolumeId};
+        let jobs = HostJobs::default();
+        let dst = VolumeKey {
+            storage_domain: StorageDomainId::random(),
+            image: ImageId::random(),
+            volume: VolumeId::random(),
+        };
+        let (a, b) = (JobId::random(), JobId::random());
+        assert!(jobs.insert(a, pb::Job::default(), dst).is_ok());
+        assert_eq!(
+            jobs.insert(a, pb::Job::default(), dst).unwrap_err(),
+            Refused::SameId
+        );
+        assert_eq!(
+            jobs.insert(b, pb::Job::default(), dst).unwrap_err(),
+            Refused::DestinationBusy(a)
+        );
+        jobs.update(a, |j| j.set_status(pb::JobStatus::Aborted));
+        assert!(
+            jobs.insert(b, pb::Job::default(), dst).is_ok(),
+            "an ended job still blocked its destination"
+        );
+    }
+
     #[tokio::test]
     async fn a_copier_started_after_the_stop_is_killed_at_once() {
         let control = JobControl::new();
