@@ -324,3 +324,35 @@ async fn images(tc: &TestCluster, sd: &str) -> Vec<pb::Image> {
         .into_inner()
         .images
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_stuck_on_a_stalled_etcd_ends_at_the_request_timeout() {
+    let mut tc = TestCluster::start(1, |c| {
+        c.env.push(("DATAPATH_REQUEST_TIMEOUT".into(), "1s".into()))
+    })
+    .await
+    .unwrap();
+    let (src, _) = tc.source_and_destination(VolumeFormat::Raw, MIB, 1).await;
+    tc.cluster.etcd_mut().signal(Signal::SIGSTOP).unwrap();
+    let started = Instant::now();
+    // Volume info reads the lease holder from etcd, which no longer answers.
+    let result = tc
+        .host(0)
+        .await
+        .get_volume_info(pb::GetVolumeInfoRequest { volume: Some(src) })
+        .await;
+    let took = started.elapsed();
+    tc.cluster.etcd_mut().signal(Signal::SIGCONT).unwrap();
+    let err = result.unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+        ),
+        "{err:?}"
+    );
+    assert!(
+        took < Duration::from_millis(2500),
+        "answered after {took:?}, not at the 1 s timeout"
+    );
+}
