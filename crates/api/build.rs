@@ -10,6 +10,7 @@ const FILES: &[&str] = &[
     "datapath/v1/job_tracker.proto",
     "datapath/v1/scheduler.proto",
     "datapath/v1/host_selector.proto",
+    "datapath/v1/flow.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -26,6 +26,29 @@ pub fn status(code: Code, reason: &str, message: impl Into<String>, field: Optio
     Status::with_error_details(code, message, details)
 }
 
+/// A status whose `ErrorInfo` carries `reason` and extra `metadata`, for errors that tell the caller
+/// where to go instead (NOT_SPM names the current SPM's host id and address).
+pub fn status_with_metadata(
+    code: Code,
+    reason: &str,
+    message: impl Into<String>,
+    metadata: &[(&str, String)],
+) -> Status {
+    let metadata: HashMap<String, String> = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
+    Status::with_error_details(code, message, details)
+}
+
+/// One `ErrorInfo` metadata value a status carries.
+pub fn metadata(status: &Status, key: &str) -> Option<String> {
+    status
+        .get_details_error_info()
+        .and_then(|info| info.metadata.get(key).cloned())
+}
+
 /// The `ErrorInfo.reason` a status carries, if any.
 pub fn reason(status: &Status) -> Option<String> {
     status.get_details_error_info().map(|info| info.reason)

@@ -80,6 +80,25 @@ uuid_id!(
     /// A host, persisted by its host-worker across restarts.
     HostId
 );
+uuid_id!(
+    /// A scheduler operation (a flow); its public name is `operations/<id>` (AIP-151).
+    OperationId
+);
+
+impl OperationId {
+    /// The resource-name prefix of an operation.
+    pub const NAME_PREFIX: &'static str = "operations/";
+
+    /// `operations/<id>`.
+    pub fn name(&self) -> String {
+        format!("{}{self}", Self::NAME_PREFIX)
+    }
+
+    /// Parses a name `operations/<id>` found at `field` (a bare id is accepted too).
+    pub fn parse_name(field: &str, name: &str) -> Result<Self, FieldViolation> {
+        Self::parse(field, name.strip_prefix(Self::NAME_PREFIX).unwrap_or(name))
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -93,6 +112,16 @@ mod tests {
         assert_eq!(
             VolumeId::parse("f", "").unwrap_err().reason,
             "MISSING_FIELD"
+        );
+    }
+
+    #[test]
+    fn operation_names_round_trip() {
+        let id = OperationId::random();
+        assert_eq!(OperationId::parse_name("name", &id.name()).unwrap(), id);
+        assert_eq!(
+            OperationId::parse_name("name", "operations/x").unwrap_err().field,
+            "name"
         );
     }
 

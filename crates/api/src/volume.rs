@@ -42,6 +42,63 @@ impl VolumeKey {
     }
 }
 
+/// A disk: one image in one storage domain (the scheduler's unit of locking).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DiskKey {
+    /// The storage domain holding the image.
+    pub storage_domain: StorageDomainId,
+    /// The image.
+    pub image: ImageId,
+}
+
+impl DiskKey {
+    /// Validates a `DiskRef` found at `field`.
+    pub fn from_pb(field: &str, r: Option<&pb::DiskRef>) -> Result<Self, FieldViolation> {
+        let r = r.ok_or_else(|| FieldViolation::missing(field))?;
+        Ok(Self {
+            storage_domain: StorageDomainId::parse(
+                &format!("{field}.storage_domain_id"),
+                &r.storage_domain_id,
+            )?,
+            image: ImageId::parse(&format!("{field}.image_id"), &r.image_id)?,
+        })
+    }
+
+    /// The wire form.
+    pub fn to_pb(&self) -> pb::DiskRef {
+        pb::DiskRef {
+            storage_domain_id: self.storage_domain.to_string(),
+            image_id: self.image.to_string(),
+        }
+    }
+
+    /// One volume of this disk.
+    pub fn volume(&self, volume: VolumeId) -> VolumeKey {
+        VolumeKey {
+            storage_domain: self.storage_domain,
+            image: self.image,
+            volume,
+        }
+    }
+}
+
+/// `<sd>/<img>`.
+impl fmt::Display for DiskKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.storage_domain, self.image)
+    }
+}
+
+impl VolumeKey {
+    /// The disk the volume belongs to.
+    pub fn disk(&self) -> DiskKey {
+        DiskKey {
+            storage_domain: self.storage_domain,
+            image: self.image,
+        }
+    }
+}
+
 /// `<sd>/<img>/<vol>`: the entity name used by the job index and lease keys.
 impl fmt::Display for VolumeKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

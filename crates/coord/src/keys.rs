@@ -3,16 +3,19 @@
 //! | key | value | life |
 //! |---|---|---|
 //! | `hosts/<host_id>` | `Host` | the host's session lease |
-//! | `spm` | election | the SPM's session lease |
+//! | `spm/<lease>` | etcd election: host id | each candidate's session lease; the oldest key is the SPM |
+//! | `scheduler/<lease>` | etcd election: scheduler address | each replica's session lease |
 //! | `leases/volumes/<sd>/<img>/<vol>` | `VolumeLease` | the holder's session lease; create-if-absent |
 //! | `jobs/<job_id>` | `Job` (job-tracker only) | until deleted, or the retention lease after it ended |
-//! | `flows/<operation_id>` | scheduler flow | until the operation ends and its retention passes |
+//! | `flows/<operation_id>` | `Flow` (scheduler leader) | until the operation ends and its retention passes |
+//! | `locks/disks/<sd>/<img>` | `DiskLock` | while an operation owns or reads the disk |
+//! | `requests/<request_id>` | operation name (text) | as long as its flow |
 //! | `config/<name>` | text | permanent |
 //!
 //! Values are protobuf messages from `proto/datapath/v1`; `dpctl decode` prints them as JSON.
 use datapath_api::{
-    ids::{HostId, JobId},
-    volume::VolumeKey,
+    ids::{HostId, JobId, OperationId},
+    volume::{DiskKey, VolumeKey},
 };
 
 /// The default key prefix.
@@ -27,7 +30,11 @@ pub enum RecordKind {
     VolumeLease,
     /// `jobs/<job_id>`.
     Job,
-    /// `config/<name>`: plain text.
+    /// `flows/<operation_id>`.
+    Flow,
+    /// `locks/disks/<sd>/<img>`.
+    DiskLock,
+    /// `config/<name>`, `requests/<id>`, election keys: plain text.
     Config,
     /// Anything else under the prefix (elections, flows of later versions).
     Other,
@@ -40,6 +47,8 @@ impl RecordKind {
             Self::Host => Some("datapath.v1.Host"),
             Self::VolumeLease => Some("datapath.v1.VolumeLease"),
             Self::Job => Some("datapath.v1.Job"),
+            Self::Flow => Some("datapath.v1.Flow"),
+            Self::DiskLock => Some("datapath.v1.DiskLock"),
             Self::Config | Self::Other => None,
         }
     }
@@ -109,7 +118,15 @@ impl Keys {
             r if r.starts_with("hosts/") => RecordKind::Host,
             r if r.starts_with("leases/volumes/") => RecordKind::VolumeLease,
             r if r.starts_with("jobs/") => RecordKind::Job,
-            r if r.starts_with("config/") => RecordKind::Config,
+            r if r.starts_with("flows/") => RecordKind::Flow,
+            r if r.starts_with("locks/disks/") => RecordKind::DiskLock,
+            r if r.starts_with("config/")
+                || r.starts_with("requests/")
+                || r.starts_with("spm/")
+                || r.starts_with("scheduler/") =>
+            {
+                RecordKind::Config
+            }
             _ => RecordKind::Other,
         })
     }
@@ -117,6 +134,38 @@ impl Keys {
     /// `config/<name>`.
     pub fn config(&self, name: &str) -> String {
         format!("{}config/{name}", self.prefix)
+    }
+
+    /// The election of a role: `spm` or `scheduler` (etcd adds `/<lease>` per candidate).
+    pub fn election(&self, role: &str) -> String {
+        format!("{}{role}", self.prefix)
+    }
+
+    /// `flows/`.
+    pub fn flows(&self) -> String {
+        format!("{}flows/", self.prefix)
+    }
+
+    /// `flows/<operation_id>`.
+    pub fn flow(&self, op: OperationId) -> String {
+        format!("{}{op}", self.flows())
+    }
+
+    /// The operation id of a `flows/<operation_id>` key.
+    pub fn parse_flow(&self, key: &[u8]) -> Option<OperationId> {
+        let key = std::str::from_utf8(key).ok()?;
+        OperationId::parse("key", key.strip_prefix(&self.flows())?).ok()
+    }
+
+    /// `locks/disks/<sd>/<img>`.
+    pub fn disk_lock(&self, disk: &DiskKey) -> String {
+        format!("{}locks/disks/{disk}", self.prefix)
+    }
+
+    /// `requests/<request_id>`; the id is the caller's text, so it is hex-encoded into the key.
+    pub fn request(&self, request_id: &str) -> String {
+        let hex: String = request_id.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("{}requests/{hex}", self.prefix)
     }
 }
 

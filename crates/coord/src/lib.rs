@@ -3,7 +3,10 @@
 //! registrations, volume leases, and job records with compare-and-swap and resumable watches.
 #![warn(missing_docs)]
 
+pub mod config;
+pub mod election;
 pub mod error;
+pub mod flows;
 pub mod hosts;
 pub mod jobs;
 pub mod keys;
@@ -48,6 +51,9 @@ impl EtcdOptions {
 #[derive(Clone)]
 pub struct Coord {
     client: Client,
+    /// A client without a request deadline, for calls that block by design (an election campaign
+    /// waits for the leader to go); cancelled by dropping the call.
+    blocking: Client,
     keys: Keys,
 }
 
@@ -57,12 +63,14 @@ impl Coord {
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self> {
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_keep_alive_while_idle(true);
-        let client = Client::connect(endpoints, Some(options)).await?;
+        let blocking = Client::connect(endpoints, Some(options.clone())).await?;
+        let client =
+            Client::connect(endpoints, Some(options.with_timeout(REQUEST_TIMEOUT))).await?;
         Ok(Self {
             client,
+            blocking,
             keys: Keys::new(prefix),
         })
     }

@@ -1,0 +1,100 @@
+//! Elections with etcd's election API: the SPM among host-workers, the acting scheduler among
+//! scheduler replicas. A candidate campaigns on its session lease, so a leader that dies or is cut off
+//! loses the role when its lease expires (and steps down earlier, when its session is declared lost).
+//! A leader's writes that must not come from a deposed leader compare its leader key in the same
+//! transaction ([`Leadership::guard`]).
+use etcd_client::{Compare, CompareOp, LeaderKey, ResignOptions};
+
+use crate::{Coord, Result};
+
+/// A role decided by election.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The Storage Pool Manager: the one host that makes structural changes.
+    Spm,
+    /// The scheduler replica that runs flows.
+    Scheduler,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Spm => "spm",
+            Self::Scheduler => "scheduler",
+        }
+    }
+}
+
+/// Proof of leadership: the candidate's key, created at `revision` under `lease`.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    key: LeaderKey,
+}
+
+impl Leadership {
+    /// The etcd lease the leadership is bound to.
+    pub fn lease(&self) -> i64 {
+        self.key.lease()
+    }
+
+    /// A transaction condition that holds only while this leadership stands.
+    pub fn guard(&self) -> Compare {
+        Compare::create_revision(self.key.key().to_vec(), CompareOp::Equal, self.key.rev())
+    }
+}
+
+/// The current holder of a role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leader {
+    /// What the leader campaigned with (a host id, an address).
+    pub value: String,
+    /// The leader's lease.
+    pub lease: i64,
+}
+
+impl Coord {
+    /// Campaigns for `role` with `value` on `lease`; returns once this candidate leads. Blocks while
+    /// another leads: run it in its own task and drop it to withdraw.
+    pub async fn campaign(&self, role: Role, value: &str, lease: i64) -> Result<Leadership> {
+        let name = self.keys().election(role.name());
+        let mut resp = self
+            .blocking
+            .clone()
+            .campaign(name, value.as_bytes(), lease)
+            .await?;
+        let key = resp.take_leader().ok_or_else(|| {
+            etcd_client::Error::ElectError("campaign answered without a leader key".into())
+        })?;
+        Ok(Leadership { key })
+    }
+
+    /// Gives the role up at once (instead of when the lease expires).
+    pub async fn resign(&self, leadership: &Leadership) -> Result<()> {
+        self.client()
+            .resign(Some(ResignOptions::new().with_leader(leadership.key.clone())))
+            .await?;
+        Ok(())
+    }
+
+    /// Who holds `role` now, if anyone.
+    pub async fn leader(&self, role: Role) -> Result<Option<Leader>> {
+        match self.client().leader(self.keys().election(role.name())).await {
+            Ok(resp) => Ok(resp.kv().map(|kv| Leader {
+                value: String::from_utf8_lossy(kv.value()).into_owned(),
+                lease: kv.lease(),
+            })),
+            // etcd 3.4 answers "election: no leader" as Unknown rather than NotFound.
+            Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("no leader") => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether `leadership` still stands in etcd.
+    pub async fn still_leads(&self, leadership: &Leadership) -> Result<bool> {
+        let resp = self.client().get(leadership.key.key(), None).await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.create_revision() == leadership.key.rev()))
+    }
+}

@@ -1,0 +1,323 @@
+//! Scheduler flows (`flows/<operation_id>`), disk locks (`locks/disks/<sd>/<img>`) and idempotency
+//! keys (`requests/<request_id>`).
+//!
+//! Invariants:
+//! - A flow, its request key and its disk locks are created in one transaction that compares every
+//!   lock's revision, so two operations can never both own a disk.
+//! - After creation a flow is changed only by compare-and-swap on its mod revision and, for the
+//!   scheduler leader's writes, under its leadership guard.
+//! - An ended flow and its request key are bound to a retention lease that is never renewed, so etcd
+//!   removes them itself.
+use datapath_api::{ids::OperationId, pb, volume::DiskKey};
+use etcd_client::{
+    Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    WatchStream,
+};
+use prost::Message;
+
+use crate::{election::Leadership, error::CoordError, hosts::decode, Coord, Keys, Result};
+
+/// A record and the etcd revision that last wrote it (0 when absent).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    /// The record.
+    pub value: T,
+    /// Its mod revision: the compare-and-swap token.
+    pub mod_revision: i64,
+}
+
+/// A disk lock to write when a flow starts, valid only if the lock is still at `expected_revision`.
+#[derive(Debug, Clone)]
+pub struct LockChange {
+    /// The disk.
+    pub disk: DiskKey,
+    /// The lock as it will be.
+    pub lock: pb::DiskLock,
+    /// The lock's mod revision when it was read (0: it did not exist).
+    pub expected_revision: i64,
+}
+
+/// The outcome of starting a flow.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FlowStart {
+    /// Written, at this revision.
+    Started(i64),
+    /// The request id already names an operation.
+    RequestExists(OperationId),
+    /// A lock changed since it was read: read again and retry.
+    LockChanged,
+}
+
+/// One change of one flow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowChange {
+    /// The operation.
+    pub operation: OperationId,
+    /// The flow after the change; `None` when it was deleted (its retention ended).
+    pub flow: Option<pb::Flow>,
+    /// The etcd revision of the change.
+    pub revision: i64,
+}
+
+fn lock_compare(key: &str, expected: i64) -> Compare {
+    if expected == 0 {
+        Compare::create_revision(key, CompareOp::Equal, 0)
+    } else {
+        Compare::mod_revision(key, CompareOp::Equal, expected)
+    }
+}
+
+impl Coord {
+    /// Creates a flow with its request key and disk locks, all or nothing.
+    pub async fn start_flow(
+        &self,
+        op: OperationId,
+        flow: &pb::Flow,
+        locks: &[LockChange],
+    ) -> Result<FlowStart> {
+        let keys = self.keys();
+        let mut when = vec![Compare::create_revision(keys.flow(op), CompareOp::Equal, 0)];
+        let mut then = vec![TxnOp::put(keys.flow(op), flow.encode_to_vec(), None)];
+        let mut otherwise = Vec::new();
+        if !flow.request_id.is_empty() {
+            let key = keys.request(&flow.request_id);
+            when.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
+            then.push(TxnOp::put(key.clone(), op.to_string(), None));
+            otherwise.push(TxnOp::get(key, None));
+        }
+        for change in locks {
+            let key = keys.disk_lock(&change.disk);
+            when.push(lock_compare(&key, change.expected_revision));
+            then.push(TxnOp::put(key, change.lock.encode_to_vec(), None));
+        }
+        let resp = self
+            .client()
+            .txn(Txn::new().when(when).and_then(then).or_else(otherwise))
+            .await?;
+        if resp.succeeded() {
+            return Ok(FlowStart::Started(
+                resp.header().map(|h| h.revision()).unwrap_or_default(),
+            ));
+        }
+        for op_resp in resp.op_responses() {
+            if let TxnOpResponse::Get(get) = op_resp {
+                if let Some(kv) = get.kvs().first() {
+                    let text = String::from_utf8_lossy(kv.value());
+                    if let Ok(existing) = OperationId::parse("request_id", &text) {
+                        return Ok(FlowStart::RequestExists(existing));
+                    }
+                }
+            }
+        }
+        Ok(FlowStart::LockChanged)
+    }
+
+    /// The operation a request id started, if any.
+    pub async fn request_operation(&self, request_id: &str) -> Result<Option<OperationId>> {
+        let resp = self
+            .client()
+            .get(self.keys().request(request_id), None)
+            .await?;
+        Ok(resp.kvs().first().and_then(|kv| {
+            OperationId::parse("request_id", &String::from_utf8_lossy(kv.value())).ok()
+        }))
+    }
+
+    /// One flow.
+    pub async fn get_flow(&self, op: OperationId) -> Result<Option<Versioned<pb::Flow>>> {
+        let resp = self.client().get(self.keys().flow(op), None).await?;
+        resp.kvs()
+            .first()
+            .map(|kv| {
+                Ok(Versioned {
+                    value: decode(kv.key(), kv.value())?,
+                    mod_revision: kv.mod_revision(),
+                })
+            })
+            .transpose()
+    }
+
+    /// Every flow, and the revision the listing was read at.
+    pub async fn list_flows(&self) -> Result<(Vec<Versioned<pb::Flow>>, i64)> {
+        let resp = self
+            .client()
+            .get(self.keys().flows(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        let flows = resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                Ok(Versioned {
+                    value: decode(kv.key(), kv.value())?,
+                    mod_revision: kv.mod_revision(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok((flows, revision))
+    }
+
+    /// Replaces a flow if it is still at `mod_revision` (and, with `leader`, while that leadership
+    /// stands). Returns the new revision, or `None` if either changed.
+    pub async fn put_flow_if(
+        &self,
+        op: OperationId,
+        flow: &pb::Flow,
+        mod_revision: i64,
+        leader: Option<&Leadership>,
+    ) -> Result<Option<i64>> {
+        self.put_flow_txn(op, flow, mod_revision, leader, None)
+            .await
+    }
+
+    /// Writes a flow's final state bound to a new retention lease of `retention_secs`, with its request
+    /// key, so etcd deletes both when the retention passes.
+    pub async fn finish_flow_if(
+        &self,
+        op: OperationId,
+        flow: &pb::Flow,
+        mod_revision: i64,
+        leader: Option<&Leadership>,
+        retention_secs: i64,
+    ) -> Result<Option<i64>> {
+        let lease = self.client().lease_grant(retention_secs, None).await?.id();
+        self.put_flow_txn(op, flow, mod_revision, leader, Some(lease))
+            .await
+    }
+
+    async fn put_flow_txn(
+        &self,
+        op: OperationId,
+        flow: &pb::Flow,
+        mod_revision: i64,
+        leader: Option<&Leadership>,
+        lease: Option<i64>,
+    ) -> Result<Option<i64>> {
+        let key = self.keys().flow(op);
+        let mut when = vec![Compare::mod_revision(
+            key.clone(),
+            CompareOp::Equal,
+            mod_revision,
+        )];
+        when.extend(leader.map(Leadership::guard));
+        let opts = lease.map(|l| PutOptions::new().with_lease(l));
+        let mut then = vec![TxnOp::put(key, flow.encode_to_vec(), opts.clone())];
+        if lease.is_some() && !flow.request_id.is_empty() {
+            then.push(TxnOp::put(
+                self.keys().request(&flow.request_id),
+                op.to_string(),
+                opts,
+            ));
+        }
+        let resp = self
+            .client()
+            .txn(Txn::new().when(when).and_then(then))
+            .await?;
+        Ok(resp
+            .succeeded()
+            .then(|| resp.header().map(|h| h.revision()).unwrap_or_default()))
+    }
+
+    /// A disk's lock; `mod_revision` 0 and a default lock when the disk is free.
+    pub async fn disk_lock(&self, disk: &DiskKey) -> Result<Versioned<pb::DiskLock>> {
+        let resp = self.client().get(self.keys().disk_lock(disk), None).await?;
+        match resp.kvs().first() {
+            Some(kv) => Ok(Versioned {
+                value: decode(kv.key(), kv.value())?,
+                mod_revision: kv.mod_revision(),
+            }),
+            None => Ok(Versioned {
+                value: pb::DiskLock::default(),
+                mod_revision: 0,
+            }),
+        }
+    }
+
+    /// Replaces a disk lock if it is still at `expected_revision`; an empty lock (no owner, no
+    /// readers) deletes the key. Returns whether it did.
+    pub async fn put_disk_lock_if(
+        &self,
+        disk: &DiskKey,
+        lock: &pb::DiskLock,
+        expected_revision: i64,
+    ) -> Result<bool> {
+        let key = self.keys().disk_lock(disk);
+        let write = if lock.owner.is_empty() && lock.readers.is_empty() {
+            TxnOp::delete(key.clone(), None)
+        } else {
+            TxnOp::put(key.clone(), lock.encode_to_vec(), None)
+        };
+        let txn = Txn::new()
+            .when([lock_compare(&key, expected_revision)])
+            .and_then([write]);
+        Ok(self.client().txn(txn).await?.succeeded())
+    }
+
+    /// Watches flow changes after `after_revision`: every flow, or just `only`.
+    pub async fn watch_flows(
+        &self,
+        after_revision: i64,
+        only: Option<OperationId>,
+    ) -> Result<FlowWatch> {
+        let mut opts = WatchOptions::new().with_start_revision(after_revision + 1);
+        let key = match only {
+            Some(op) => self.keys().flow(op),
+            None => {
+                opts = opts.with_prefix();
+                self.keys().flows()
+            }
+        };
+        let stream = self.client().watch(key, Some(opts)).await?;
+        Ok(FlowWatch {
+            stream,
+            keys: self.keys().clone(),
+            requested: after_revision + 1,
+        })
+    }
+}
+
+/// A live stream of flow changes.
+pub struct FlowWatch {
+    stream: WatchStream,
+    keys: Keys,
+    requested: i64,
+}
+
+impl FlowWatch {
+    /// The next batch of changes; `None` when etcd closed the watch.
+    pub async fn next(&mut self) -> Result<Option<Vec<FlowChange>>> {
+        loop {
+            let Some(resp) = self.stream.message().await? else {
+                return Ok(None);
+            };
+            if resp.compact_revision() > 0 {
+                return Err(CoordError::Compacted {
+                    requested: self.requested,
+                    compacted: resp.compact_revision(),
+                });
+            }
+            if resp.canceled() {
+                return Ok(None);
+            }
+            let mut changes = Vec::new();
+            for event in resp.events() {
+                let Some(kv) = event.kv() else { continue };
+                let Some(operation) = self.keys.parse_flow(kv.key()) else {
+                    continue;
+                };
+                let flow = match event.event_type() {
+                    EventType::Put => Some(decode(kv.key(), kv.value())?),
+                    EventType::Delete => None,
+                };
+                changes.push(FlowChange {
+                    operation,
+                    flow,
+                    revision: kv.mod_revision(),
+                });
+            }
+            if !changes.is_empty() {
+                return Ok(Some(changes));
+            }
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! The scheduler: the engine. Work in progress.
+#![warn(missing_docs)]

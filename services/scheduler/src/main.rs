@@ -1,0 +1,2 @@
+//! `scheduler`: the engine.
+fn main() {}
