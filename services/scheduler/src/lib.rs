@@ -1,2 +1,136 @@
-//! The scheduler: the engine. Work in progress.
+//! The scheduler: the engine. It runs disk operations (move a disk, clone a disk from a template) as
+//! flows persisted in etcd, creating structure on the SPM and spreading the data copies over every
+//! host through a pluggable placement policy. Every replica serves the API; one, elected, runs the
+//! flows, and a standby resumes them from etcd when it takes over.
 #![warn(missing_docs)]
+
+pub mod api;
+pub mod clients;
+pub mod engine;
+pub mod error;
+pub mod flow;
+pub mod leader;
+pub mod selection;
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use datapath_api::pb::scheduler_service_server::SchedulerServiceServer;
+use datapath_coord::{session::Session, EtcdOptions};
+use datapath_server::ServerOptions;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tracing::info;
+
+/// Configuration: flags, each with an environment variable.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "scheduler", about = "The datapath scheduler (the engine)")]
+pub struct Config {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "DATAPATH_LISTEN", default_value = "127.0.0.1:7302")]
+    pub listen: SocketAddr,
+    /// host:port others use to reach this replica (default: the listen address).
+    #[arg(long, env = "DATAPATH_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<String>,
+    /// etcd.
+    #[command(flatten)]
+    pub etcd: EtcdOptions,
+    /// The job-tracker's URL.
+    #[arg(
+        long,
+        env = "DATAPATH_JOB_TRACKER",
+        default_value = "http://127.0.0.1:7300"
+    )]
+    pub job_tracker: String,
+    /// How a data step's host is chosen.
+    #[arg(
+        long,
+        env = "DATAPATH_HOST_SELECTION",
+        value_enum,
+        default_value = "least-loaded"
+    )]
+    pub host_selection: selection::Policy,
+    /// The external HostSelectorService, for `--host-selection external`.
+    #[arg(long, env = "DATAPATH_HOST_SELECTOR_URL")]
+    pub host_selector_url: Option<String>,
+    /// Volumes of one chain copied at once (1: one by one, as the seed did).
+    #[arg(long, env = "DATAPATH_PARALLEL_COPIES", default_value_t = 1)]
+    pub parallel_copies: usize,
+    /// Copy attempts per volume, each on another host when one can, before the operation rolls back.
+    #[arg(long, env = "DATAPATH_COPY_ATTEMPTS", default_value_t = 3)]
+    pub copy_attempts: u32,
+    /// How long an ended operation stays visible.
+    #[arg(long, env = "DATAPATH_OPERATION_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub operation_retention: Duration,
+    /// How long a step waits for a live host reaching both domains before the operation fails.
+    #[arg(long, env = "DATAPATH_NO_HOST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub no_host_timeout: Duration,
+    /// TTL of the session lease the scheduler election is bound to; a standby takes over within it.
+    #[arg(long, env = "DATAPATH_SESSION_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub session_ttl: Duration,
+    /// Server-wide settings.
+    #[command(flatten)]
+    pub server: ServerOptions,
+}
+
+/// Serves the scheduler on `listener` until `shutdown` resolves, campaigning to run the flows.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let address = config
+        .advertise_address
+        .clone()
+        .unwrap_or(listener.local_addr()?.to_string());
+    let coord = config.etcd.connect().await.context("connect to etcd")?;
+    let engine = Arc::new(engine::Engine {
+        coord: coord.clone(),
+        clients: clients::Clients::new(&config.job_tracker)?,
+        selector: selection::build(config.host_selection, config.host_selector_url.as_deref())?,
+        settings: engine::Settings {
+            parallel_copies: config.parallel_copies.max(1),
+            copy_attempts: config.copy_attempts.max(1),
+            retention: config.operation_retention,
+            no_host_timeout: config.no_host_timeout,
+        },
+        placed: Default::default(),
+    });
+    let session = Session::start(&coord, config.session_ttl);
+    let leader = tokio::spawn({
+        let (engine, address) = (engine.clone(), address.clone());
+        let state = session.subscribe();
+        async move { leader::lead(engine, state, address).await }
+    });
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let prober = tokio::spawn(async move {
+        loop {
+            let ok = tokio::time::timeout(Duration::from_secs(3), coord.list_hosts()).await;
+            let status = match ok {
+                Ok(Ok(_)) => ServingStatus::Serving,
+                _ => ServingStatus::NotServing,
+            };
+            reporter.set_service_status("", status).await;
+            reporter
+                .set_service_status("datapath.v1.SchedulerService", status)
+                .await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+    let routes = Routes::new(health)
+        .add_service(SchedulerServiceServer::new(api::SchedulerApi::new(engine)));
+    info!(%address, policy = ?config.host_selection, "scheduler listening");
+    let served = datapath_server::serve(
+        listener,
+        &config.server,
+        &["datapath.v1.SchedulerService"],
+        routes,
+        shutdown,
+    )
+    .await;
+    leader.abort();
+    prober.abort();
+    session.close().await;
+    served.context("serve gRPC")
+}

@@ -1,0 +1,305 @@
+//! MoveDisk and CloneDisk: validate against what live hosts report, then create the flow, its
+//! request key and its disk locks in one etcd transaction. Nothing is written unless every check
+//! passes, and the acting scheduler picks the flow up from its watch.
+use std::sync::Arc;
+
+use datapath_api::{
+    error::FieldViolation,
+    ids::{ImageId, OperationId, StorageDomainId, VolumeId},
+    pb,
+    volume::{Allocation, DiskKey, Format, VolumeKey},
+};
+use datapath_coord::flows::{FlowStart, LockChange};
+use tonic::Code;
+
+use crate::{clients::HostClient, engine::Engine, error::Error, flow::plan};
+
+/// How many times a start is retried when a lock changes under it.
+const LOCK_RETRIES: usize = 5;
+
+/// The operation an earlier request with this id started, if any (AIP-155).
+async fn replay(engine: &Engine, request_id: &str) -> Result<Option<pb::Operation>, Error> {
+    if request_id.is_empty() {
+        return Ok(None);
+    }
+    let Some(op) = engine.coord.request_operation(request_id).await? else {
+        return Ok(None);
+    };
+    Ok(engine
+        .coord
+        .get_flow(op)
+        .await?
+        .and_then(|f| f.value.operation))
+}
+
+/// Every volume of `disk`, base first; `None` when the host does not have the image.
+async fn chain(
+    host: &mut HostClient,
+    disk: &DiskKey,
+) -> Result<Option<Vec<pb::VolumeInfo>>, tonic::Status> {
+    let mut volumes = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let resp = host
+            .list_volumes(pb::ListVolumesRequest {
+                storage_domain_id: disk.storage_domain.to_string(),
+                image_id: disk.image.to_string(),
+                page_size: 1000,
+                page_token,
+            })
+            .await;
+        let resp = match resp {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == Code::NotFound => return Ok(None),
+            Err(s) => return Err(s),
+        };
+        volumes.extend(resp.volumes);
+        if resp.next_page_token.is_empty() {
+            return Ok((!volumes.is_empty()).then_some(volumes));
+        }
+        page_token = resp.next_page_token;
+    }
+}
+
+fn host_error(status: tonic::Status) -> Error {
+    Error::Host {
+        host: "host-worker".into(),
+        status,
+    }
+}
+
+/// Starts a move of a disk to another storage domain.
+pub async fn move_disk(
+    engine: &Arc<Engine>,
+    req: &pb::MoveDiskRequest,
+) -> Result<pb::Operation, Error> {
+    let source = DiskKey::from_pb("image", req.image.as_ref())?;
+    let dst_sd = StorageDomainId::parse(
+        "destination_storage_domain_id",
+        &req.destination_storage_domain_id,
+    )?;
+    if dst_sd == source.storage_domain {
+        return Err(FieldViolation::new(
+            "destination_storage_domain_id",
+            "SAME_STORAGE_DOMAIN",
+            "the disk is already in this storage domain",
+        )
+        .into());
+    }
+    if let Some(op) = replay(engine, &req.request_id).await? {
+        return Ok(op);
+    }
+    let destination = DiskKey {
+        storage_domain: dst_sd,
+        image: source.image,
+    };
+    let mut src_host = engine
+        .host_reaching(
+            &source.storage_domain.to_string(),
+            "image.storage_domain_id",
+        )
+        .await?;
+    let mut dst_host = engine
+        .host_reaching(&dst_sd.to_string(), "destination_storage_domain_id")
+        .await?;
+    let volumes = chain(&mut src_host, &source)
+        .await
+        .map_err(host_error)?
+        .ok_or_else(|| Error::NotFound {
+            what: format!("disk {source}"),
+            field: "image.image_id".into(),
+            reason: "DISK_NOT_FOUND",
+        })?;
+    if let Some(v) = volumes
+        .iter()
+        .find(|v| v.metadata.as_ref().map(|m| m.legality) != Some(pb::Legality::Legal as i32))
+    {
+        let id = v
+            .volume
+            .as_ref()
+            .map(|r| r.volume_id.clone())
+            .unwrap_or_default();
+        return Err(Error::precondition(
+            "DISK_ILLEGAL",
+            "image",
+            format!("volume {id} of disk {source} is ILLEGAL: it cannot be moved"),
+        ));
+    }
+    if chain(&mut dst_host, &destination)
+        .await
+        .map_err(host_error)?
+        .is_some()
+    {
+        return Err(Error::Exists {
+            what: format!("image {} in storage domain {dst_sd}", source.image),
+            field: "destination_storage_domain_id".into(),
+        });
+    }
+    let op = OperationId::random();
+    let flow = plan::move_flow(op, &req.request_id, &source, &destination, &volumes);
+    let owned = [
+        (source, "image"),
+        (destination, "destination_storage_domain_id"),
+    ];
+    start(engine, op, flow, &owned, None).await
+}
+
+/// Starts a clone of a template volume into a new disk.
+pub async fn clone_disk(
+    engine: &Arc<Engine>,
+    req: &pb::CloneDiskRequest,
+) -> Result<pb::Operation, Error> {
+    let template = VolumeKey::from_pb("template_volume", req.template_volume.as_ref())?;
+    let dst_sd = StorageDomainId::parse(
+        "destination_storage_domain_id",
+        &req.destination_storage_domain_id,
+    )?;
+    let new = VolumeKey {
+        storage_domain: dst_sd,
+        image: optional_id(&req.new_image_id, "new_image_id")?
+            .map_or_else(ImageId::random, ImageId::from),
+        volume: optional_id(&req.new_volume_id, "new_volume_id")?
+            .map_or_else(VolumeId::random, VolumeId::from),
+    };
+    let format = (req.format != 0)
+        .then(|| Format::from_pb("format", req.format))
+        .transpose()?;
+    let allocation = Allocation::from_pb_or("allocation", req.allocation, Allocation::Sparse)?;
+    if new.image == template.image {
+        return Err(FieldViolation::new(
+            "new_image_id",
+            "INVALID_VALUE",
+            "the new disk needs an image id of its own",
+        )
+        .into());
+    }
+    if let Some(op) = replay(engine, &req.request_id).await? {
+        return Ok(op);
+    }
+    let mut src_host = engine
+        .host_reaching(
+            &template.storage_domain.to_string(),
+            "template_volume.storage_domain_id",
+        )
+        .await?;
+    let mut dst_host = engine
+        .host_reaching(&dst_sd.to_string(), "destination_storage_domain_id")
+        .await?;
+    let info = src_host
+        .get_volume_info(pb::GetVolumeInfoRequest {
+            volume: Some(template.to_pb()),
+        })
+        .await
+        .map_err(|s| match s.code() {
+            Code::NotFound => Error::NotFound {
+                what: format!("template volume {template}"),
+                field: "template_volume".into(),
+                reason: "VOLUME_NOT_FOUND",
+            },
+            _ => host_error(s),
+        })?
+        .into_inner()
+        .volume
+        .unwrap_or_default();
+    let meta = info.metadata.clone().unwrap_or_default();
+    if meta.legality != pb::Legality::Legal as i32 {
+        return Err(Error::precondition(
+            "TEMPLATE_ILLEGAL",
+            "template_volume",
+            format!("template volume {template} is ILLEGAL"),
+        ));
+    }
+    if chain(&mut dst_host, &new.disk())
+        .await
+        .map_err(host_error)?
+        .is_some()
+    {
+        return Err(Error::Exists {
+            what: format!("image {} in storage domain {dst_sd}", new.image),
+            field: "new_image_id".into(),
+        });
+    }
+    let format = format.map(Format::to_pb).unwrap_or_else(|| {
+        pb::VolumeFormat::try_from(meta.format).unwrap_or(pb::VolumeFormat::Cow)
+    });
+    let op = OperationId::random();
+    let flow = plan::clone_flow(op, &req.request_id, &info, &new, format, allocation.to_pb());
+    start(
+        engine,
+        op,
+        flow,
+        &[(new.disk(), "new_image_id")],
+        Some(template.disk()),
+    )
+    .await
+}
+
+fn optional_id(text: &str, field: &str) -> Result<Option<uuid::Uuid>, FieldViolation> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(ImageId::parse(field, text)?.uuid()))
+}
+
+/// Takes the locks and writes the flow in one transaction, re-reading the locks if one changed.
+async fn start(
+    engine: &Engine,
+    op: OperationId,
+    flow: pb::Flow,
+    owned: &[(DiskKey, &str)],
+    read: Option<DiskKey>,
+) -> Result<pb::Operation, Error> {
+    let name = op.name();
+    for _ in 0..LOCK_RETRIES {
+        let mut changes = Vec::new();
+        for (disk, field) in owned {
+            let current = engine.coord.disk_lock(disk).await?;
+            if !current.value.owner.is_empty() {
+                return Err(Error::Locked {
+                    disk: *disk,
+                    owner: current.value.owner,
+                    field: field.to_string(),
+                });
+            }
+            let mut lock = current.value;
+            lock.owner = name.clone();
+            changes.push(LockChange {
+                disk: *disk,
+                lock,
+                expected_revision: current.mod_revision,
+            });
+        }
+        if let Some(disk) = read {
+            let current = engine.coord.disk_lock(&disk).await?;
+            if current.value.deleting {
+                return Err(Error::precondition(
+                    "DISK_BEING_DELETED",
+                    "template_volume",
+                    format!("disk {disk} is being deleted by {}", current.value.owner),
+                ));
+            }
+            let mut lock = current.value;
+            lock.readers.push(name.clone());
+            changes.push(LockChange {
+                disk,
+                lock,
+                expected_revision: current.mod_revision,
+            });
+        }
+        match engine.coord.start_flow(op, &flow, &changes).await? {
+            FlowStart::Started(_) => return Ok(flow.operation.clone().unwrap_or_default()),
+            FlowStart::RequestExists(existing) => {
+                let op = engine.coord.get_flow(existing).await?;
+                return op
+                    .and_then(|f| f.value.operation)
+                    .ok_or(Error::OperationNotFound(existing));
+            }
+            FlowStart::LockChanged => continue,
+        }
+    }
+    Err(Error::precondition(
+        "DISK_BUSY",
+        "image",
+        "the disk's lock kept changing; try again",
+    ))
+}

@@ -1,0 +1,121 @@
+//! What every part of the scheduler shares: etcd, the clients of the other services, the placement
+//! policy and its bookkeeping, and the settings. The scheduler never touches storage: what it knows
+//! about a volume it learns from a live host-worker.
+use std::{sync::Arc, time::Duration};
+
+use datapath_api::pb;
+use datapath_coord::{election::Role, Coord};
+use tokio::sync::Mutex;
+use tonic::{Code, Status};
+
+use crate::{
+    clients::{Clients, HostClient},
+    error::Error,
+    selection::{HostSelector, Placed},
+};
+
+/// The runtime setting that sends every data step to the SPM when false (the seed's
+/// `DataOperationsByHSM`).
+pub const DATA_OPERATIONS_BY_HSM: &str = "data_operations_by_hsm";
+
+/// Tunables of the flows.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Volumes of one chain copied at once (the seed copied them one by one: 1).
+    pub parallel_copies: usize,
+    /// Copy attempts per volume before the operation rolls back.
+    pub copy_attempts: u32,
+    /// How long an ended operation stays visible.
+    pub retention: Duration,
+    /// How long a step waits for a host that reaches both domains before the operation fails.
+    pub no_host_timeout: Duration,
+}
+
+/// The shared context.
+pub struct Engine {
+    /// etcd.
+    pub coord: Coord,
+    /// The other services.
+    pub clients: Clients,
+    /// The placement policy.
+    pub selector: Arc<dyn HostSelector>,
+    /// Tunables.
+    pub settings: Settings,
+    /// Copies placed by this scheduler and not yet ended; held while a placement is decided, so two
+    /// steps placed at the same instant see each other.
+    pub placed: Mutex<Placed>,
+}
+
+impl Engine {
+    /// Live hosts, in id order.
+    pub async fn live_hosts(&self) -> Result<Vec<pb::Host>, Error> {
+        Ok(self.coord.list_hosts().await?)
+    }
+
+    /// The SPM's host id and registration, when one is elected and registered.
+    pub async fn spm(&self) -> Result<Option<pb::Host>, Error> {
+        let Some(leader) = self.coord.leader(Role::Spm).await? else {
+            return Ok(None);
+        };
+        let Ok(id) = datapath_api::ids::HostId::parse("spm", &leader.value) else {
+            return Ok(None);
+        };
+        Ok(self.coord.get_host(id).await?)
+    }
+
+    /// A client of the SPM, or UNAVAILABLE while none is elected.
+    pub async fn spm_client(&self) -> Result<(pb::Host, HostClient), Status> {
+        let host = self
+            .spm()
+            .await
+            .map_err(Status::from)?
+            .ok_or_else(|| Status::unavailable("no SPM is elected"))?;
+        let client = self.clients.host(&host.address)?;
+        Ok((host, client))
+    }
+
+    /// A live host that reaches storage domain `sd` (the SPM last, as it has work of its own).
+    pub async fn host_reaching(&self, sd: &str, field: &str) -> Result<HostClient, Error> {
+        let spm = self.coord.leader(Role::Spm).await?.map(|l| l.value);
+        let mut hosts: Vec<pb::Host> = self
+            .live_hosts()
+            .await?
+            .into_iter()
+            .filter(|h| crate::selection::reaches(h, sd))
+            .collect();
+        hosts.sort_by_key(|h| Some(&h.host_id) == spm.as_ref());
+        let host = hosts.first().ok_or_else(|| Error::DomainNotFound {
+            sd: sd.to_string(),
+            field: field.to_string(),
+        })?;
+        self.clients
+            .host(&host.address)
+            .map_err(|status| Error::Host {
+                host: host.address.clone(),
+                status,
+            })
+    }
+
+    /// Whether data steps may run on any host (default true).
+    pub async fn data_operations_by_hsm(&self) -> Result<bool, Error> {
+        Ok(self
+            .coord
+            .get_config(DATA_OPERATIONS_BY_HSM)
+            .await?
+            .map(|v| v != "false")
+            .unwrap_or(true))
+    }
+}
+
+/// Whether a failed call is worth repeating later (the callee or the network may recover, or the SPM
+/// role may move) rather than a verdict on the request.
+pub fn is_transient(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::Aborted
+    ) || datapath_api::error::reason(status).as_deref() == Some("NOT_SPM")
+}

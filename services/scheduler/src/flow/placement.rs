@@ -1,0 +1,112 @@
+//! Placing one copy: the candidates are the live hosts that reach both domains with a free slot; the
+//! configured policy picks one, or the SPM-only policy while `data_operations_by_hsm` is false (read
+//! at every placement, so a change applies to the next step). With no candidate the step waits; with
+//! no host reaching both domains for too long it fails.
+use std::time::{Duration, Instant};
+
+use datapath_api::pb;
+use tracing::debug;
+
+use super::{runner::Run, Stop};
+use crate::selection::{self, HostSelector as _, SpmOnly, Step};
+
+/// Where a copy goes.
+pub enum Placement {
+    /// This host.
+    Host(pb::Host),
+    /// The flow is stopping.
+    Stopped,
+    /// No live host reaches both domains.
+    NoHost(String),
+}
+
+const WAIT: Duration = Duration::from_millis(200);
+
+/// Chooses the host for `v`'s next attempt and counts it as placed.
+pub async fn place(run: &Run, v: &pb::FlowVolume) -> Result<Placement, Stop> {
+    let src = v.source.clone().unwrap_or_default().storage_domain_id;
+    let dst = v.destination.clone().unwrap_or_default().storage_domain_id;
+    let since = Instant::now();
+    loop {
+        if run.stopping() {
+            return Ok(Placement::Stopped);
+        }
+        if let Some(host) = try_place(run, v, &src, &dst).await {
+            return Ok(Placement::Host(host));
+        }
+        let hosts = run.engine.live_hosts().await.unwrap_or_default();
+        let reachable = hosts
+            .iter()
+            .any(|h| selection::reaches(h, &src) && selection::reaches(h, &dst));
+        if !reachable && since.elapsed() > run.engine.settings.no_host_timeout {
+            return Ok(Placement::NoHost(format!(
+                "no live host reaches both storage domain {src} and {dst}"
+            )));
+        }
+        tokio::time::sleep(WAIT).await;
+    }
+}
+
+async fn try_place(run: &Run, v: &pb::FlowVolume, src: &str, dst: &str) -> Option<pb::Host> {
+    let engine = &run.engine;
+    let hosts = engine.live_hosts().await.ok()?;
+    let spm = engine
+        .coord
+        .leader(datapath_coord::election::Role::Spm)
+        .await
+        .ok()?
+        .map(|l| l.value);
+    let by_hsm = engine.data_operations_by_hsm().await.ok()?;
+    let mut placed = engine.placed.lock().await;
+    let mut candidates = selection::candidates(&hosts, &placed, src, dst);
+    // A retry prefers a host that has not failed this volume, when there is one.
+    if candidates
+        .iter()
+        .any(|c| !v.failed_hosts.contains(&c.host.host_id))
+    {
+        candidates.retain(|c| !v.failed_hosts.contains(&c.host.host_id));
+    }
+    let step = Step {
+        candidates,
+        spm,
+        params: pb::CopyDataParams {
+            source: Some(pb::CopyDataEndpoint {
+                volume: v.source.clone(),
+                generation: None,
+            }),
+            destination: Some(pb::CopyDataEndpoint {
+                volume: v.destination.clone(),
+                generation: None,
+            }),
+        },
+        size_bytes: v.size_bytes,
+    };
+    let chosen = if by_hsm {
+        engine.selector.select(&step).await
+    } else {
+        SpmOnly.select(&step).await
+    }?;
+    let host = step
+        .candidates
+        .iter()
+        .find(|c| c.host.host_id == chosen)?
+        .host
+        .clone();
+    let entry = placed.entry(chosen.clone()).or_default();
+    entry.0 += 1;
+    entry.1 += v.size_bytes;
+    debug!(host = %chosen, policy = if by_hsm { engine.selector.name() } else { "spm-only" }, "copy placed");
+    Some(host)
+}
+
+/// Forgets a placement once its attempt ended (or never started).
+pub async fn unplace(run: &Run, v: &pb::FlowVolume) {
+    let mut placed = run.engine.placed.lock().await;
+    if let Some(entry) = placed.get_mut(&v.host_id) {
+        entry.0 = entry.0.saturating_sub(1);
+        entry.1 = entry.1.saturating_sub(v.size_bytes);
+        if entry.0 == 0 {
+            placed.remove(&v.host_id);
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! Runs one flow from wherever its record says it is: clone the structure on the SPM, copy every
+//! volume on selected hosts, delete the source on the SPM (a move), and end; on a failure or a cancel,
+//! roll back (abort the copies, delete the destination on the SPM) and end with the error. Each step
+//! is persisted before it acts and each action is idempotent, so running a step twice is harmless.
+use std::{sync::Arc, time::Duration};
+
+use datapath_api::{
+    ids::OperationId,
+    pb::{self, FlowVolumeState, OperationKind, OperationStep},
+    volume::DiskKey,
+};
+use datapath_coord::election::Leadership;
+use futures::{stream, StreamExt as _};
+use tokio::sync::watch;
+use tonic::Code;
+use tracing::{error, info, warn};
+
+use super::{
+    copy::{copy_volume, Outcome},
+    locks,
+    state::{meta, meta_mut, FlowRecord},
+    Stop,
+};
+use crate::engine::{is_transient, Engine};
+
+/// A flow being run.
+pub struct Run {
+    /// The shared context.
+    pub engine: Arc<Engine>,
+    /// The flow's record.
+    pub record: FlowRecord,
+    cancel: watch::Receiver<bool>,
+    abandon: watch::Sender<bool>,
+}
+
+impl Run {
+    /// Whether the flow's copies must stop: cancelled, or another volume failed.
+    pub fn stopping(&self) -> bool {
+        *self.cancel.borrow() || *self.abandon.borrow()
+    }
+
+    /// Changes whenever [`Run::stopping`] may have become true.
+    pub fn stop_signal(&self) -> StopSignal {
+        StopSignal {
+            cancel: self.cancel.clone(),
+            abandon: self.abandon.subscribe(),
+        }
+    }
+}
+
+/// See [`Run::stop_signal`].
+pub struct StopSignal {
+    cancel: watch::Receiver<bool>,
+    abandon: watch::Receiver<bool>,
+}
+
+impl StopSignal {
+    /// Resolves on the next change (or never, once both senders are gone).
+    pub async fn changed(&mut self) {
+        tokio::select! {
+            Ok(()) = self.cancel.changed() => {}
+            Ok(()) = self.abandon.changed() => {}
+            else => std::future::pending().await,
+        }
+    }
+}
+
+/// Pause before a structural call is tried again (the SPM may be moving).
+const SPM_RETRY: Duration = Duration::from_secs(1);
+
+/// Runs flow `op` until it ends (Ok) or this runner must stop (Err).
+pub async fn run(
+    engine: Arc<Engine>,
+    leader: Leadership,
+    op: OperationId,
+    cancel: watch::Receiver<bool>,
+) -> Result<(), Stop> {
+    let Some(record) = FlowRecord::load(engine.clone(), leader, op).await? else {
+        return Ok(());
+    };
+    let (abandon, _) = watch::channel(false);
+    let run = Run {
+        engine,
+        record,
+        cancel,
+        abandon,
+    };
+    loop {
+        let flow = run.record.get().await;
+        if flow.operation.as_ref().is_some_and(|o| o.done) {
+            return Ok(());
+        }
+        if meta(&flow).cancel_requested {
+            run.record.note_cancel().await;
+        }
+        let step = OperationStep::try_from(meta(&flow).step).unwrap_or_default();
+        let cancelled = *run.cancel.borrow() || meta(&flow).cancel_requested;
+        match step {
+            OperationStep::Rollback => return rollback(&run).await,
+            OperationStep::Done => return finish(&run, None).await,
+            _ if cancelled && step != OperationStep::DeleteSource => {
+                return start_rollback(&run, cancelled_error()).await
+            }
+            OperationStep::Unspecified | OperationStep::CloneStructure => {
+                match clone_structure(&run, &flow).await? {
+                    Ok(()) => set_step(&run, OperationStep::CopyData).await?,
+                    Err(e) => return start_rollback(&run, e).await,
+                }
+            }
+            OperationStep::CopyData => match copy_all(&run, &flow).await? {
+                Outcome::Copied if is_move(&flow) => {
+                    set_step(&run, OperationStep::DeleteSource).await?
+                }
+                Outcome::Copied => return finish(&run, None).await,
+                Outcome::Cancelled => return start_rollback(&run, cancelled_error()).await,
+                Outcome::Failed(e) => return start_rollback(&run, e).await,
+            },
+            OperationStep::DeleteSource => match delete_source(&run, &flow).await? {
+                true => return finish(&run, None).await,
+                false => return start_rollback(&run, cancelled_error()).await,
+            },
+        }
+    }
+}
+
+fn is_move(flow: &pb::Flow) -> bool {
+    meta(flow).kind == OperationKind::MoveDisk as i32
+}
+
+fn cancelled_error() -> pb::OperationError {
+    pb::OperationError {
+        code: Code::Cancelled as i32,
+        message: "the operation was cancelled".into(),
+        reason: "CANCELLED".into(),
+    }
+}
+
+async fn set_step(run: &Run, step: OperationStep) -> Result<(), Stop> {
+    info!(op = %run.record.op, ?step, "flow step");
+    run.record
+        .update(|f| meta_mut(f).step = step as i32)
+        .await
+        .map(drop)
+}
+
+/// `CloneImageGroupVolumesStructure`: every destination volume created on the SPM, ILLEGAL, base
+/// first (a layer needs its parent). A volume that already exists was created by an earlier run of
+/// this step: the destination disk is locked by this operation.
+async fn clone_structure(
+    run: &Run,
+    flow: &pb::Flow,
+) -> Result<Result<(), pb::OperationError>, Stop> {
+    for v in &flow.volumes {
+        let req = pb::CreateVolumeRequest {
+            volume: v.destination.clone(),
+            format: v.format,
+            allocation: v.allocation,
+            capacity_bytes: v.capacity_bytes,
+            parent_volume_id: v.parent_volume_id.clone(),
+            role: v.role,
+            legality: pb::Legality::Illegal as i32,
+            description: format!("created by {}", run.record.op.name()),
+        };
+        let created = spm_call(run, "CreateVolume", |mut c| {
+            let req = req.clone();
+            async move { c.create_volume(req).await.map(drop) }
+        })
+        .await;
+        match created {
+            Ok(()) => {}
+            Err(s) if s.code() == Code::AlreadyExists => {}
+            Err(s) => return Ok(Err(status_error(&s))),
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// `CopyImageGroupVolumesData`: every volume, up to `parallel_copies` at once, in chain order. The
+/// first failure stops the others (they abort their jobs) and is the flow's outcome.
+async fn copy_all(run: &Run, flow: &pb::Flow) -> Result<Outcome, Stop> {
+    let parallel = run.engine.settings.parallel_copies.max(1);
+    let mut copies = stream::iter(0..flow.volumes.len())
+        .map(|i| copy_volume(run, i))
+        .buffered(parallel);
+    let mut outcome = Outcome::Copied;
+    while let Some(result) = copies.next().await {
+        match result? {
+            Outcome::Copied => {}
+            Outcome::Failed(e) => {
+                run.abandon.send_replace(true);
+                if !matches!(outcome, Outcome::Failed(_)) {
+                    outcome = Outcome::Failed(e);
+                }
+            }
+            Outcome::Cancelled if outcome == Outcome::Copied => outcome = Outcome::Cancelled,
+            Outcome::Cancelled => {}
+        }
+    }
+    Ok(outcome)
+}
+
+/// Deletes the source image on the SPM once no clone reads it. Returns false if cancelled while
+/// waiting for readers (the source is still intact then).
+async fn delete_source(run: &Run, flow: &pb::Flow) -> Result<bool, Stop> {
+    let source = disk_of(meta(flow).disk.as_ref());
+    let name = run.record.op.name();
+    loop {
+        if locks::mark_deleting(&run.engine.coord, &source, &name).await? {
+            break;
+        }
+        if run.stopping() || run.record.cancel_requested().await {
+            return Ok(false);
+        }
+        tokio::time::sleep(locks::LOCK_POLL).await;
+    }
+    delete_image(run, &source).await;
+    Ok(true)
+}
+
+/// Deletes an image on the SPM, waiting out leases still held by ending copies; NOT_FOUND is done.
+async fn delete_image(run: &Run, disk: &DiskKey) {
+    let req = pb::DeleteImageRequest {
+        storage_domain_id: disk.storage_domain.to_string(),
+        image_id: disk.image.to_string(),
+    };
+    loop {
+        let r = spm_call(run, "DeleteImage", |mut c| {
+            let req = req.clone();
+            async move { c.delete_image(req).await.map(drop) }
+        })
+        .await;
+        match r {
+            Ok(()) => return,
+            Err(s) if s.code() == Code::NotFound => return,
+            Err(s) => {
+                warn!(op = %run.record.op, %disk, error = %s, "could not delete the image yet; retrying");
+                tokio::time::sleep(SPM_RETRY).await;
+            }
+        }
+    }
+}
+
+async fn start_rollback(run: &Run, failure: pb::OperationError) -> Result<(), Stop> {
+    warn!(op = %run.record.op, reason = %failure.reason, message = %failure.message, "rolling back");
+    run.record
+        .update(|f| {
+            f.failure = Some(failure);
+            meta_mut(f).step = OperationStep::Rollback as i32;
+        })
+        .await?;
+    rollback(run).await
+}
+
+/// Aborts the copies still running, deletes the destination (never the source) and ends the flow
+/// with its failure.
+async fn rollback(run: &Run) -> Result<(), Stop> {
+    run.abandon.send_replace(true);
+    let flow = run.record.get().await;
+    for v in &flow.volumes {
+        if v.state == FlowVolumeState::Copying as i32 && !v.job_id.is_empty() {
+            let _ = run
+                .engine
+                .clients
+                .tracker()
+                .abort_job(pb::AbortJobRequest {
+                    job_id: v.job_id.clone(),
+                })
+                .await;
+        }
+    }
+    let destination = disk_of(flow.destination.as_ref());
+    delete_image(run, &destination).await;
+    let failure = flow.failure.clone().unwrap_or_else(cancelled_error);
+    finish(run, Some(failure)).await
+}
+
+/// Releases the flow's locks, then marks it done (in that order: a crash in between re-runs the
+/// idempotent release instead of leaving a done flow holding locks).
+async fn finish(run: &Run, failure: Option<pb::OperationError>) -> Result<(), Stop> {
+    let flow = run.record.get().await;
+    let name = run.record.op.name();
+    for d in flow.exclusive_locks.iter().chain(&flow.shared_locks) {
+        locks::release(&run.engine.coord, &disk_of(Some(d)), &name).await?;
+    }
+    let failure = failure.or_else(|| {
+        (meta(&flow).step == OperationStep::Rollback as i32)
+            .then(|| flow.failure.clone().unwrap_or_else(cancelled_error))
+    });
+    let result = match &failure {
+        Some(e) => pb::operation::Result::Error(e.clone()),
+        None => pb::operation::Result::Response(flow.destination.clone().unwrap_or_default()),
+    };
+    run.record
+        .finish(|f| {
+            let op = f.operation.get_or_insert_with(Default::default);
+            op.done = true;
+            op.result = Some(result);
+            meta_mut(f).step = OperationStep::Done as i32;
+        })
+        .await?;
+    match failure {
+        None => info!(op = %run.record.op, "operation succeeded"),
+        Some(e) => info!(op = %run.record.op, reason = %e.reason, "operation ended with an error"),
+    }
+    Ok(())
+}
+
+/// Calls the SPM, following the role when it moves; gives up on a verdict (non-transient status) or
+/// after two minutes without an SPM.
+async fn spm_call<F, Fut>(run: &Run, what: &str, call: F) -> Result<(), tonic::Status>
+where
+    F: Fn(crate::clients::HostClient) -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let result = match run.engine.spm_client().await {
+            Ok((_, client)) => call(client).await,
+            Err(s) => Err(s),
+        };
+        match result {
+            Err(s) if is_transient(&s) && tokio::time::Instant::now() < deadline => {
+                warn!(op = %run.record.op, what, error = %s, "SPM call failed; retrying");
+                tokio::time::sleep(SPM_RETRY).await;
+            }
+            Err(s) if is_transient(&s) => {
+                error!(op = %run.record.op, what, error = %s, "no SPM answered in time");
+                return Err(s);
+            }
+            other => return other,
+        }
+    }
+}
+
+fn status_error(s: &tonic::Status) -> pb::OperationError {
+    pb::OperationError {
+        code: s.code() as i32,
+        message: s.message().to_string(),
+        reason: datapath_api::error::reason(s).unwrap_or_else(|| "STRUCTURE_FAILED".into()),
+    }
+}
+
+/// The disk a stored `DiskRef` names (written by this scheduler, so well-formed).
+pub fn disk_of(d: Option<&pb::DiskRef>) -> DiskKey {
+    DiskKey::from_pb("disk", d).unwrap_or_else(|_| DiskKey {
+        storage_domain: uuid::Uuid::nil().into(),
+        image: uuid::Uuid::nil().into(),
+    })
+}
