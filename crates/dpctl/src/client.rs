@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use datapath_api::pb::{
     host_worker_service_client::HostWorkerServiceClient,
     job_tracker_service_client::JobTrackerServiceClient,
+    scheduler_service_client::SchedulerServiceClient,
 };
 use datapath_telemetry::{traced, TracedChannel};
 use tonic::transport::{Channel, Endpoint};
@@ -17,6 +18,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub type JobTrackerClient = JobTrackerServiceClient<TracedChannel>;
 /// A host-worker client.
 pub type HostWorkerClient = HostWorkerServiceClient<TracedChannel>;
+/// A scheduler client.
+pub type SchedulerClient = SchedulerServiceClient<TracedChannel>;
 
 /// `addr` as a URL: `host:port` gets `http://`; a URL is kept as it is.
 pub fn normalize_url(addr: &str) -> String {
@@ -48,6 +51,12 @@ pub async fn job_tracker(url: &str) -> anyhow::Result<JobTrackerClient> {
 pub async fn host_worker(url: &str) -> anyhow::Result<HostWorkerClient> {
     let channel = channel(url).await.context("reach the host-worker")?;
     Ok(HostWorkerServiceClient::new(traced(channel)))
+}
+
+/// A client of the scheduler at `url`.
+pub async fn scheduler(url: &str) -> anyhow::Result<SchedulerClient> {
+    let channel = channel(url).await.context("reach the scheduler")?;
+    Ok(SchedulerServiceClient::new(traced(channel)))
 }
 
 #[cfg(test)]

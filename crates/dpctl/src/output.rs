@@ -50,6 +50,17 @@ proto_names!(
     AbortJobResponse,
     WatchJobsResponse,
     ListRegisteredHostsResponse,
+    Operation,
+    MoveDiskResponse,
+    CloneDiskResponse,
+    GetOperationResponse,
+    ListOperationsResponse,
+    WatchOperationResponse,
+    CancelOperationResponse,
+    GetDiskStatusResponse,
+    ListHostsResponse,
+    GetConfigResponse,
+    SetConfigResponse,
 );
 
 /// The API's descriptor pool, decoded once.
@@ -143,6 +154,30 @@ pub fn event_type(value: i32) -> String {
     pb::JobEventType::try_from(value).map_or_else(
         |_| value.to_string(),
         |s| short(s.as_str_name(), "JOB_EVENT_TYPE_"),
+    )
+}
+
+/// An operation kind for humans (`move_disk`, `clone_disk`).
+pub fn operation_kind(value: i32) -> String {
+    pb::OperationKind::try_from(value).map_or_else(
+        |_| value.to_string(),
+        |s| short(s.as_str_name(), "OPERATION_KIND_"),
+    )
+}
+
+/// An operation step for humans (`clone_structure`, `copy_data`, `delete_source`, …).
+pub fn operation_step(value: i32) -> String {
+    pb::OperationStep::try_from(value).map_or_else(
+        |_| value.to_string(),
+        |s| short(s.as_str_name(), "OPERATION_STEP_"),
+    )
+}
+
+/// A disk status for humans (`ok`, `locked`, `illegal`).
+pub fn disk_status(value: i32) -> String {
+    pb::DiskStatus::try_from(value).map_or_else(
+        |_| value.to_string(),
+        |s| short(s.as_str_name(), "DISK_STATUS_"),
     )
 }
 
@@ -260,9 +295,51 @@ mod tests {
         assert_eq!(job_status(pb::JobStatus::Running as i32), "running");
         assert_eq!(job_status(99), "99");
         assert_eq!(volume_format(pb::VolumeFormat::Cow as i32), "cow");
+        assert_eq!(
+            operation_step(pb::OperationStep::CopyData as i32),
+            "copy_data"
+        );
+        assert_eq!(
+            operation_kind(pb::OperationKind::MoveDisk as i32),
+            "move_disk"
+        );
+        assert_eq!(disk_status(pb::DiskStatus::Locked as i32), "locked");
         assert_eq!(bytes(512), "512B");
         assert_eq!(bytes(1 << 30), "1G");
         assert_eq!(bytes(1536), "1.5K");
+    }
+
+    #[test]
+    fn an_operation_renders_as_proto3_json() {
+        let op = pb::Operation {
+            name: "operations/0b9b1c2e-1d2f-4a3b-8c4d-5e6f7a8b9c0d".into(),
+            metadata: Some(pb::OperationMetadata {
+                kind: pb::OperationKind::MoveDisk as i32,
+                step: pb::OperationStep::CopyData as i32,
+                progress: 40,
+                volumes: vec![pb::VolumeProgress {
+                    volume_id: "v".into(),
+                    size_bytes: 1 << 30,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            done: true,
+            result: Some(pb::operation::Result::Error(pb::OperationError {
+                code: 9,
+                message: "no host reaches both domains".into(),
+                reason: "NO_HOST".into(),
+            })),
+        };
+        let json = to_json(&pb::WatchOperationResponse {
+            operation: Some(op),
+        })
+        .unwrap();
+        let op = &json["operation"];
+        assert_eq!(op["metadata"]["step"], "OPERATION_STEP_COPY_DATA");
+        assert_eq!(op["metadata"]["volumes"][0]["sizeBytes"], "1073741824");
+        assert_eq!(op["error"]["reason"], "NO_HOST");
+        assert_eq!(op["done"], true);
     }
 
     #[test]

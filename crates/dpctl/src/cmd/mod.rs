@@ -1,22 +1,29 @@
 //! The subcommands, one file per group, and the [`Context`] they share: the global flags and how to
-//! reach the job-tracker and the chosen host-worker.
+//! reach the scheduler, the job-tracker and the chosen host-worker.
 use anyhow::{bail, Context as _};
 use clap::Args;
 use datapath_api::pb;
 
 use crate::{
-    client::{self, HostWorkerClient, JobTrackerClient},
+    client::{self, HostWorkerClient, JobTrackerClient, SchedulerClient},
     output::Output,
 };
 
+pub mod config;
 pub mod copy;
 pub mod decode;
+pub mod disk;
 pub mod domain;
+#[cfg(test)]
+pub(crate) mod fake_scheduler;
 pub mod follow;
 pub mod hosts;
 pub mod image;
 pub mod jobs;
 pub mod local;
+pub mod op_follow;
+pub mod op_view;
+pub mod ops;
 pub mod volume;
 
 /// Page size asked of paginated list calls (the servers' maximum).
@@ -33,6 +40,14 @@ pub struct GlobalArgs {
         default_value = "http://127.0.0.1:7300"
     )]
     pub job_tracker: String,
+    /// The scheduler's URL (disk operations, hosts as it sees them, runtime configuration).
+    #[arg(
+        long,
+        global = true,
+        env = "DATAPATH_SCHEDULER",
+        default_value = "http://127.0.0.1:7302"
+    )]
+    pub scheduler: String,
     /// The host-worker to talk to: its URL or host:port, or a host id looked up among the hosts
     /// registered with the job-tracker. Default: the first registered host.
     #[arg(long, global = true, env = "DATAPATH_HOST")]
@@ -74,6 +89,16 @@ impl Context {
     /// A client of the job-tracker.
     pub async fn job_tracker(&self) -> anyhow::Result<JobTrackerClient> {
         client::job_tracker(&self.job_tracker_url()).await
+    }
+
+    /// The scheduler's URL.
+    pub fn scheduler_url(&self) -> String {
+        client::normalize_url(&self.global.scheduler)
+    }
+
+    /// A client of the scheduler.
+    pub async fn scheduler(&self) -> anyhow::Result<SchedulerClient> {
+        client::scheduler(&self.scheduler_url()).await
     }
 
     /// A client of the chosen host-worker.
