@@ -159,7 +159,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
     }
     // An unknown enum value.
     let err = tc
-        .host(0)
+        .spm_host()
         .await
         .create_volume(pb::CreateVolumeRequest {
             volume: Some(pb::VolumeRef {

@@ -1,7 +1,8 @@
 //! The end-to-end harness: a real etcd, the real job-tracker and host-worker binaries as processes
 //! (started by the same launcher as `dpctl local up`), gRPC clients to them, and helpers that read
 //! the storage and etcd the way an operator would. Every test gets its own directory and key prefix;
-//! a failing test prints the tail of every process log.
+//! a failing test prints the tail of every process log. Structural verbs go to the SPM host
+//! ([`TestCluster::spm_host`]); everything else may go to any host.
 use std::{
     future::Future,
     path::PathBuf,
@@ -69,6 +70,16 @@ impl TestCluster {
             .expect("connect host-worker")
     }
 
+    /// The index of the SPM host, waiting (bounded) until there is one.
+    pub async fn spm(&self) -> usize {
+        self.cluster.wait_spm().await.expect("an SPM host")
+    }
+
+    /// A client of the SPM host: structural verbs (CreateVolume, DeleteImage) go there.
+    pub async fn spm_host(&self) -> HostWorkerServiceClient<Channel> {
+        self.host(self.spm().await).await
+    }
+
     /// A client of the job-tracker.
     pub async fn tracker(&self) -> JobTrackerServiceClient<Channel> {
         JobTrackerServiceClient::connect(self.cluster.job_tracker_url())
@@ -130,7 +141,7 @@ impl TestCluster {
         id
     }
 
-    /// Creates a volume through host 0.
+    /// Creates a volume through the SPM.
     pub async fn volume(
         &self,
         sd: &str,
@@ -144,7 +155,7 @@ impl TestCluster {
             image_id: img.into(),
             volume_id: uuid::Uuid::new_v4().to_string(),
         };
-        self.host(0)
+        self.spm_host()
             .await
             .create_volume(pb::CreateVolumeRequest {
                 volume: Some(volume.clone()),

@@ -5,5 +5,6 @@ mod copy;
 mod faults;
 mod harness;
 mod job_tracker;
+mod spm;
 mod storage;
 mod telemetry;

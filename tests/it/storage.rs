@@ -14,7 +14,7 @@ async fn child(tc: &TestCluster, parent: &pb::VolumeRef, legality: Legality) -> 
         volume_id: uuid::Uuid::new_v4().to_string(),
         ..parent.clone()
     };
-    tc.host(0)
+    tc.spm_host()
         .await
         .create_volume(pb::CreateVolumeRequest {
             volume: Some(volume.clone()),
@@ -112,7 +112,7 @@ async fn a_chain_is_listed_base_first_and_copied_layer_by_layer() {
         storage_domain_id: b.clone(),
         ..base.clone()
     };
-    tc.host(0)
+    tc.spm_host()
         .await
         .create_volume(pb::CreateVolumeRequest {
             volume: Some(dst_base.clone()),
@@ -132,7 +132,7 @@ async fn a_chain_is_listed_base_first_and_copied_layer_by_layer() {
         ..top.clone()
     };
     for (parent, v) in [(&dst_base, &dst_mid), (&dst_mid, &dst_top)] {
-        tc.host(0)
+        tc.spm_host()
             .await
             .create_volume(pb::CreateVolumeRequest {
                 volume: Some(v.clone()),
@@ -192,7 +192,12 @@ async fn an_image_is_deleted_only_when_no_job_writes_it() {
         storage_domain_id: sd.into(),
         image_id: img.clone(),
     };
-    let err = tc.host(0).await.delete_image(delete(&b)).await.unwrap_err();
+    let err = tc
+        .spm_host()
+        .await
+        .delete_image(delete(&b))
+        .await
+        .unwrap_err();
     assert_eq!(
         (err.code(), datapath_api::error::reason(&err).as_deref()),
         (Code::FailedPrecondition, Some("IMAGE_IN_USE"))
@@ -227,7 +232,7 @@ async fn an_image_is_deleted_only_when_no_job_writes_it() {
     )
     .await
     .unwrap();
-    tc.host(0).await.delete_image(delete(&b)).await.unwrap();
+    tc.spm_host().await.delete_image(delete(&b)).await.unwrap();
     assert!(!tc.volume_path(&dst).exists());
     let images = tc
         .host(0)
@@ -250,7 +255,12 @@ async fn an_image_is_deleted_only_when_no_job_writes_it() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let err = tc.host(0).await.delete_image(delete(&b)).await.unwrap_err();
+    let err = tc
+        .spm_host()
+        .await
+        .delete_image(delete(&b))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert_eq!(
         tc.meta(&src, "LEGALITY"),
@@ -282,7 +292,7 @@ async fn preallocated_volumes_own_their_space_and_sparse_ones_do_not() {
             ..Default::default()
         };
         let info = tc
-            .host(0)
+            .spm_host()
             .await
             .create_volume(req)
             .await

@@ -71,14 +71,20 @@ impl Coord {
     /// Gives the role up at once (instead of when the lease expires).
     pub async fn resign(&self, leadership: &Leadership) -> Result<()> {
         self.client()
-            .resign(Some(ResignOptions::new().with_leader(leadership.key.clone())))
+            .resign(Some(
+                ResignOptions::new().with_leader(leadership.key.clone()),
+            ))
             .await?;
         Ok(())
     }
 
     /// Who holds `role` now, if anyone.
     pub async fn leader(&self, role: Role) -> Result<Option<Leader>> {
-        match self.client().leader(self.keys().election(role.name())).await {
+        match self
+            .client()
+            .leader(self.keys().election(role.name()))
+            .await
+        {
             Ok(resp) => Ok(resp.kv().map(|kv| Leader {
                 value: String::from_utf8_lossy(kv.value()).into_owned(),
                 lease: kv.lease(),

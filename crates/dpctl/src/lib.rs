@@ -10,5 +10,6 @@ pub mod error;
 pub mod local;
 pub mod output;
 pub mod parse;
+pub mod spm;
 
 pub use cli::Cli;

@@ -2,8 +2,8 @@
 use std::path::Path;
 
 use datapath_api::{
-    error::{status, FieldViolation},
-    ids::{ImageId, JobId, StorageDomainId},
+    error::{status, status_with_metadata, FieldViolation},
+    ids::{HostId, ImageId, JobId, StorageDomainId},
     volume::VolumeKey,
 };
 use datapath_coord::CoordError;
@@ -64,6 +64,18 @@ pub enum Error {
     /// The host holds no valid session lease: it must not start work.
     #[error("this host holds no valid etcd session lease")]
     SessionLost,
+    /// A structural verb sent to a host that is not the SPM; the caller should send it to `address`.
+    #[error("this host is not the SPM; the SPM is host {host_id} at {address}")]
+    NotSpm {
+        /// The current SPM.
+        host_id: HostId,
+        /// Where the SPM serves gRPC.
+        address: String,
+    },
+    /// A structural verb while no host can act as SPM (none elected yet, or the role is changing
+    /// hands): the caller should retry shortly.
+    #[error("no SPM to make structural changes: {0}")]
+    NoSpm(String),
     /// A filesystem call failed.
     #[error("{what} {path}: {source}")]
     Io {
@@ -141,6 +153,16 @@ impl From<Error> for Status {
             Error::JobExists(_) => status(Code::AlreadyExists, "JOB_EXISTS", msg, Some("job_id")),
             Error::JobNotFound(_) => status(Code::NotFound, "JOB_NOT_FOUND", msg, Some("job_id")),
             Error::SessionLost => status(Code::Unavailable, "SESSION_LOST", msg, None),
+            Error::NotSpm { host_id, address } => status_with_metadata(
+                Code::FailedPrecondition,
+                "NOT_SPM",
+                msg,
+                &[
+                    ("spm_host_id", host_id.to_string()),
+                    ("spm_address", address),
+                ],
+            ),
+            Error::NoSpm(_) => status(Code::Unavailable, "NO_SPM", msg, None),
             Error::Io { .. } => status(Code::Internal, "STORAGE_IO_ERROR", msg, None),
             Error::Qemu(_) => status(Code::Internal, "QEMU_IMG_FAILED", msg, None),
             Error::Coord(_) => status(Code::Unavailable, "ETCD_UNAVAILABLE", msg, None),
@@ -153,5 +175,41 @@ impl From<Error> for Status {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datapath_api::error::{metadata, reason};
+
+    use super::*;
+
+    #[test]
+    fn not_spm_names_the_spm_and_where_to_find_it() {
+        let host_id = HostId::random();
+        let status = Status::from(Error::NotSpm {
+            host_id,
+            address: "10.0.0.7:7301".into(),
+        });
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(reason(&status).as_deref(), Some("NOT_SPM"));
+        assert_eq!(metadata(&status, "spm_host_id"), Some(host_id.to_string()));
+        assert_eq!(
+            metadata(&status, "spm_address").as_deref(),
+            Some("10.0.0.7:7301")
+        );
+        assert!(
+            status.message().contains(&host_id.to_string()),
+            "{status:?}"
+        );
+        assert!(status.message().contains("10.0.0.7:7301"), "{status:?}");
+    }
+
+    #[test]
+    fn no_spm_is_unavailable_so_callers_retry() {
+        let status = Status::from(Error::NoSpm("no host is elected SPM yet".into()));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(reason(&status).as_deref(), Some("NO_SPM"));
+        assert_eq!(metadata(&status, "spm_address"), None);
     }
 }

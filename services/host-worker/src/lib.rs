@@ -12,6 +12,7 @@ pub mod reconcile;
 pub mod registration;
 pub mod reporter;
 pub mod service;
+pub mod spm;
 pub mod storage;
 pub mod worker;
 
@@ -80,8 +81,9 @@ pub struct Config {
     pub server: ServerOptions,
 }
 
-/// Serves the host on `listener` until `shutdown` resolves; then stops its copies and revokes its
-/// session lease so its registration and volume leases disappear at once.
+/// Serves the host on `listener` until `shutdown` resolves; then resigns the SPM role if it holds it,
+/// stops its copies and revokes its session lease so its registration and volume leases disappear at
+/// once.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -105,6 +107,7 @@ pub async fn run(
         storage,
         coord,
         session: session.subscribe(),
+        spm: spm::Spm::default(),
         reporter: reporter::Reporter::new(&config.job_tracker, host_id)?,
         jobs: jobs::HostJobs::default(),
         slots: Arc::new(Semaphore::new(config.job_slots.max(1) as usize)),
@@ -127,6 +130,7 @@ pub async fn run(
         address.clone(),
         health_reporter,
     ));
+    let elector = tokio::spawn(spm::campaign(worker.clone()));
     let routes = Routes::new(health).add_service(HostWorkerServiceServer::new(
         service::HostWorkerApi::new(worker.clone()),
     ));
@@ -139,6 +143,8 @@ pub async fn run(
         shutdown,
     )
     .await;
+    elector.abort();
+    spm::resign(&worker).await;
     registrar.abort();
     fencer.abort();
     let stopped = worker.jobs.stop_all(jobs::StopReason::Shutdown);

@@ -1,5 +1,7 @@
 //! The gRPC face of the host: converts requests into domain types, calls storage or the copy
-//! protocol, maps errors once (see `error.rs`).
+//! protocol, maps errors once (see `error.rs`). Structural verbs (CreateVolume, DeleteImage) are the
+//! SPM's alone (see `spm.rs`); they validate the request first, then check the role, and only then
+//! touch storage, so a refused call changes nothing.
 use std::sync::Arc;
 
 use datapath_api::{
@@ -12,7 +14,9 @@ use datapath_api::{
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use crate::{copy, error::Error, jobs::StopReason, storage::volume::NewVolume, worker::Worker};
+use crate::{
+    copy, error::Error, jobs::StopReason, spm, storage::volume::NewVolume, worker::Worker,
+};
 
 /// The HostWorkerService implementation.
 pub struct HostWorkerApi {
@@ -111,6 +115,7 @@ impl HostWorkerService for HostWorkerApi {
         req: Request<pb::CreateVolumeRequest>,
     ) -> Result<Response<pb::CreateVolumeResponse>, Status> {
         let new = new_volume(req.get_ref())?;
+        spm::require(&self.worker).await?;
         self.worker.storage.create_volume(&new).await?;
         info!(volume = %new.volume, format = ?new.format, capacity = new.capacity, "volume created");
         let volume = self.volume_info(&new.volume, "volume").await?;
@@ -195,6 +200,7 @@ impl HostWorkerService for HostWorkerApi {
         let req = req.into_inner();
         let sd = StorageDomainId::parse("storage_domain_id", &req.storage_domain_id)?;
         let img = ImageId::parse("image_id", &req.image_id)?;
+        spm::require(&self.worker).await?;
         self.worker.storage.domain(sd, "storage_domain_id")?;
         for vol in self.worker.storage.volume_ids(sd, img)? {
             let key = VolumeKey {

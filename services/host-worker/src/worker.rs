@@ -1,11 +1,11 @@
-//! The host's shared state: storage, etcd, its session, its jobs and their slots.
+//! The host's shared state: storage, etcd, its session, its SPM role, its jobs and their slots.
 use std::sync::Arc;
 
 use datapath_api::ids::HostId;
 use datapath_coord::{session::SessionState, Coord};
 use tokio::sync::{watch, Semaphore};
 
-use crate::{error::Error, jobs::HostJobs, reporter::Reporter, storage::Storage};
+use crate::{error::Error, jobs::HostJobs, reporter::Reporter, spm::Spm, storage::Storage};
 
 /// Everything a request handler or a job needs.
 pub struct Worker {
@@ -17,6 +17,8 @@ pub struct Worker {
     pub coord: Coord,
     /// The session lease state.
     pub session: watch::Receiver<SessionState>,
+    /// This host's standing in the SPM election (only the SPM makes structural changes).
+    pub spm: Spm,
     /// The job-tracker.
     pub reporter: Reporter,
     /// This host's jobs.

@@ -11,7 +11,7 @@ use crate::local::{Cluster, ClusterConfig, ManagedProcess};
 /// Local cluster commands.
 #[derive(Debug, Subcommand)]
 pub enum LocalCommand {
-    /// Start etcd, a job-tracker and N host-workers; run until interrupted.
+    /// Start etcd, a job-tracker, N host-workers and a scheduler; run until interrupted.
     Up(UpArgs),
 }
 
@@ -36,7 +36,19 @@ pub struct UpArgs {
     /// The etcd key prefix.
     #[arg(long, env = "DATAPATH_ETCD_PREFIX", default_value = "/datapath/")]
     etcd_prefix: String,
-    /// Where the job-tracker and host-worker binaries are (default: beside dpctl, then PATH).
+    /// The scheduler's host-selection policy.
+    #[arg(long, env = "DATAPATH_HOST_SELECTION", default_value = "least-loaded")]
+    host_selection: String,
+    /// The external HostSelectorService (for `--host-selection external`).
+    #[arg(long, env = "DATAPATH_HOST_SELECTOR_URL")]
+    host_selector_url: Option<String>,
+    /// Volumes of one chain the scheduler copies at once.
+    #[arg(long, env = "DATAPATH_PARALLEL_COPIES", default_value_t = 1)]
+    parallel_copies: usize,
+    /// Each host-worker's bandwidth limit in bytes per second (0: unlimited).
+    #[arg(long, env = "DATAPATH_HOST_BANDWIDTH_LIMIT", default_value_t = 0)]
+    host_bandwidth_limit: u64,
+    /// Where the service binaries are (default: beside dpctl, then PATH).
     #[arg(long, env = "DATAPATH_BIN_DIR")]
     bin_dir: Option<PathBuf>,
 }
@@ -61,6 +73,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         job_retention: args.job_retention,
         etcd_prefix: args.etcd_prefix,
         env: Vec::new(),
+        host_selection: args.host_selection,
+        host_selector_url: args.host_selector_url,
+        parallel_copies: args.parallel_copies,
+        host_bandwidth_limit: args.host_bandwidth_limit,
+        host_worker_extra_args: Vec::new(),
         own_process_groups: true,
     };
     let mut interrupt = signal(SignalKind::interrupt()).context("listen for SIGINT")?;
@@ -73,6 +90,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let env_path = dir.join("cluster.env");
     cluster.write_env(&env_path)?;
     println!("etcd         {}", cluster.etcd_endpoints().join(","));
+    println!("scheduler    {}", cluster.scheduler_url());
     println!("job-tracker  {}", cluster.job_tracker_url());
     for (i, (url, id)) in cluster
         .host_urls()

@@ -1,4 +1,5 @@
-//! `dpctl volume create|info|list`: volumes of a storage domain, through the chosen host.
+//! `dpctl volume create|info|list`: volumes of a storage domain, through the chosen host (creation
+//! through the SPM, which the chosen host names when it is not the SPM itself).
 use anyhow::{bail, Context as _};
 use clap::{Subcommand, ValueEnum};
 use datapath_api::pb;
@@ -7,6 +8,7 @@ use super::{all_pages, Context, PAGE_SIZE};
 use crate::{
     output::{self, Output},
     parse::{image_id_arg, parse_size, sd_id_arg, volume_id_arg, VolumePath},
+    spm,
 };
 
 /// Volume commands.
@@ -133,21 +135,24 @@ async fn create(ctx: &Context, args: CreateArgs) -> anyhow::Result<()> {
     } else {
         pb::Legality::Unspecified
     };
-    let mut host = ctx.host_worker().await?;
-    let response = host
-        .create_volume(pb::CreateVolumeRequest {
-            volume: Some(path.to_ref()),
-            format: format as i32,
-            allocation: allocation as i32,
-            capacity_bytes: args.size,
-            parent_volume_id: args.parent.unwrap_or_default(),
-            role: role as i32,
-            legality: legality as i32,
-            description: args.description,
-        })
-        .await
-        .with_context(|| format!("create volume {path}"))?
-        .into_inner();
+    let request = pb::CreateVolumeRequest {
+        volume: Some(path.to_ref()),
+        format: format as i32,
+        allocation: allocation as i32,
+        capacity_bytes: args.size,
+        parent_volume_id: args.parent.unwrap_or_default(),
+        role: role as i32,
+        legality: legality as i32,
+        description: args.description,
+    };
+    let host = ctx.host_worker().await?;
+    // Only the SPM creates volumes: a NOT_SPM answer is followed to the SPM it names.
+    let response = spm::follow(host, |mut h| {
+        let request = request.clone();
+        async move { h.create_volume(request).await }
+    })
+    .await
+    .with_context(|| format!("create volume {path}"))?;
     match ctx.output() {
         Output::Json => output::print_json(&response)?,
         Output::Text => println!("{path}"),

@@ -1,6 +1,6 @@
 //! A running local cluster: start-up in dependency order (etcd, job-tracker, host-workers), each
-//! waited on until ready; accessors for endpoints and processes; restarts that wait for SERVING
-//! again; the `cluster.env` file; the orderly stop.
+//! waited on until ready, then until one host is elected SPM; accessors for endpoints and processes;
+//! restarts that wait for SERVING (and an SPM) again; the `cluster.env` file; the orderly stop.
 use std::{
     fmt::Write as _,
     fs,
@@ -9,7 +9,8 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use datapath_api::pb;
+use datapath_api::{ids::HostId, pb};
+use datapath_coord::{election::Role, Coord};
 
 use super::{
     config::{host_worker_args, job_tracker_args, ClusterConfig},
@@ -55,7 +56,8 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts etcd (with empty data), the job-tracker, then `config.hosts` host-workers sharing one
-    /// storage root, and waits until each is ready (etcd healthy, services SERVING).
+    /// storage root, and waits until each is ready (etcd healthy, services SERVING) and one host is
+    /// SPM.
     pub async fn start(config: ClusterConfig) -> anyhow::Result<Self> {
         let dirs = search_dirs(config.bin_dir.as_deref());
         let job_tracker_bin = find_binary("job-tracker", &dirs)?;
@@ -115,6 +117,9 @@ impl Cluster {
             .enumerate()
             .map(|(i, host)| wait_host(host, i, &job_tracker_url));
         futures::future::try_join_all(waits).await?;
+        if cluster.host_count() > 0 {
+            cluster.wait_spm().await?;
+        }
         Ok(cluster)
     }
 
@@ -212,7 +217,8 @@ impl Cluster {
     }
 
     /// Restarts host `i` (stopping it first if it runs; kill it first to simulate a crash); waits
-    /// until SERVING and reads its host id again. Panics when `i` is out of range.
+    /// until SERVING, reads its host id again, and waits until some host is SPM. Panics when `i` is
+    /// out of range.
     pub async fn restart_host(&mut self, i: usize) -> anyhow::Result<()> {
         let host = &mut self.hosts[i];
         host.service
@@ -220,7 +226,49 @@ impl Cluster {
             .restart()
             .await
             .with_context(|| format!("restart host-{i}"))?;
-        self.wait_host(i).await
+        self.wait_host(i).await?;
+        self.wait_spm().await.map(drop)
+    }
+
+    /// The index of the host that is SPM now: the one etcd's `spm` election names, on the session
+    /// lease it is registered with (a leader key left by a killed host's old lease does not count).
+    pub async fn spm_index(&self) -> anyhow::Result<Option<usize>> {
+        let coord = Coord::connect(&self.etcd_endpoints(), self.etcd_prefix())
+            .await
+            .context("connect to etcd")?;
+        let Some(leader) = coord.leader(Role::Spm).await.context("read the SPM")? else {
+            return Ok(None);
+        };
+        let Some(i) = self.hosts.iter().position(|h| h.host_id == leader.value) else {
+            return Ok(None);
+        };
+        let host_id = HostId::parse("spm", &leader.value)?;
+        let live = coord
+            .get_host(host_id)
+            .await
+            .context("read the SPM's registration")?
+            .is_some_and(|h| h.session_lease_id == leader.lease);
+        Ok(live.then_some(i))
+    }
+
+    /// Waits (up to [`SERVING_TIMEOUT`]) until some host is SPM; returns its index. Structural verbs
+    /// (CreateVolume, DeleteImage) need one.
+    pub async fn wait_spm(&self) -> anyhow::Result<usize> {
+        let until = Instant::now() + SERVING_TIMEOUT;
+        loop {
+            let last = match self.spm_index().await {
+                Ok(Some(i)) => return Ok(i),
+                Ok(None) => "none yet".to_string(),
+                Err(e) => format!("{e:#}"),
+            };
+            if Instant::now() >= until {
+                bail!(
+                    "no host-worker became SPM within {} (last: {last})",
+                    humantime::format_duration(SERVING_TIMEOUT)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits until host `i` is SERVING (e.g. after SIGCONT) and reads its host id. Panics when `i`

@@ -23,6 +23,16 @@ pub struct ClusterConfig {
     /// Extra environment for every process (e.g. `RUST_LOG`). Inherited `DATAPATH_*` variables are
     /// removed from the services' environment, so that only the launcher's flags configure them.
     pub env: Vec<(String, String)>,
+    /// The scheduler's `--host-selection` policy.
+    pub host_selection: String,
+    /// The scheduler's `--host-selector-url` (for the `external` policy).
+    pub host_selector_url: Option<String>,
+    /// The scheduler's `--parallel-copies`.
+    pub parallel_copies: usize,
+    /// The host-workers' `--host-bandwidth-limit` in bytes per second (0: unlimited).
+    pub host_bandwidth_limit: u64,
+    /// More flags for every host-worker (e.g. `--copy-bandwidth-limit`).
+    pub host_worker_extra_args: Vec<String>,
     /// Start every process in its own process group, so a terminal's Ctrl-C reaches only the
     /// launcher, which then stops the cluster in order (`dpctl local up` does). Off by default, so
     /// that interrupting a test run also interrupts its processes.
@@ -40,6 +50,11 @@ impl Default for ClusterConfig {
             job_retention: Duration::from_secs(3600),
             etcd_prefix: "/datapath/".to_string(),
             env: Vec::new(),
+            host_selection: "least-loaded".to_string(),
+            host_selector_url: None,
+            parallel_copies: 1,
+            host_bandwidth_limit: 0,
+            host_worker_extra_args: Vec::new(),
             own_process_groups: false,
         }
     }
@@ -76,6 +91,35 @@ pub(super) fn job_tracker_args(config: &ClusterConfig, port: u16, etcd: &str) ->
     ]
 }
 
+/// The scheduler's flags.
+pub(super) fn scheduler_args(
+    config: &ClusterConfig,
+    port: u16,
+    etcd: &str,
+    job_tracker: &str,
+) -> Vec<String> {
+    let mut args = vec![
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--etcd-endpoints".into(),
+        etcd.into(),
+        "--etcd-prefix".into(),
+        config.etcd_prefix.clone(),
+        "--job-tracker".into(),
+        job_tracker.into(),
+        "--host-selection".into(),
+        config.host_selection.clone(),
+        "--parallel-copies".into(),
+        config.parallel_copies.to_string(),
+        "--session-ttl".into(),
+        humantime::format_duration(config.session_ttl).to_string(),
+    ];
+    if let Some(url) = &config.host_selector_url {
+        args.extend(["--host-selector-url".into(), url.clone()]);
+    }
+    args
+}
+
 /// Host `i`'s flags.
 pub(super) fn host_worker_args(
     config: &ClusterConfig,
@@ -84,7 +128,7 @@ pub(super) fn host_worker_args(
     etcd: &str,
     job_tracker: &str,
 ) -> Vec<String> {
-    vec![
+    let mut args = vec![
         "--listen".into(),
         format!("127.0.0.1:{port}"),
         "--state-dir".into(),
@@ -101,7 +145,15 @@ pub(super) fn host_worker_args(
         humantime::format_duration(config.session_ttl).to_string(),
         "--job-tracker".into(),
         job_tracker.into(),
-    ]
+    ];
+    if config.host_bandwidth_limit > 0 {
+        args.extend([
+            "--host-bandwidth-limit".into(),
+            config.host_bandwidth_limit.to_string(),
+        ]);
+    }
+    args.extend(config.host_worker_extra_args.iter().cloned());
+    args
 }
 
 #[cfg(test)]
