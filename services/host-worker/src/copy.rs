@@ -333,6 +333,7 @@ async fn copy_under_lease(
         dst_format: dmeta.format,
         dst_backing: backing,
         rate_limit: worker.copy_bandwidth_limit,
+        preallocated: dmeta.allocation == datapath_api::volume::Allocation::Preallocated,
     };
     run_copier(worker, spec.job_id, control, &convert).await?;
 

@@ -98,6 +98,9 @@ pub struct Convert<'a> {
     pub dst_backing: Option<(String, Format)>,
     /// Bytes per second, 0 for no limit.
     pub rate_limit: u64,
+    /// The destination is PREALLOCATED: write every block (`-S 0`), so zero areas of the source
+    /// do not become holes in it.
+    pub preallocated: bool,
 }
 
 /// Whether `path` can be opened with O_DIRECT (not on tmpfs, for one).
@@ -128,6 +131,9 @@ pub fn spawn_convert(c: &Convert<'_>) -> Result<Child, Error> {
         .arg(c.dst_format.qemu_name());
     if c.rate_limit > 0 {
         cmd.arg("-r").arg(c.rate_limit.to_string());
+    }
+    if c.preallocated {
+        cmd.args(["-S", "0"]);
     }
     if let Some((file, fmt)) = &c.dst_backing {
         cmd.arg("-B").arg(file).arg("-F").arg(fmt.qemu_name());

@@ -1,0 +1,109 @@
+//! CloneDisk end to end: a template's volume collapsed into a new disk of the chosen format and
+//! allocation, on any host; the template never modified.
+use std::time::Duration;
+
+use datapath_api::pb;
+
+use crate::{
+    disks::{content_sha256, error_of, follow, scheduler, template},
+    harness::{sha256, TestCluster},
+};
+
+const MIB: u64 = 1 << 20;
+
+async fn clone(
+    tc: &TestCluster,
+    tpl: &pb::VolumeRef,
+    to: &str,
+    format: pb::VolumeFormat,
+    allocation: pb::VolumeAllocation,
+) -> pb::VolumeRef {
+    let op = scheduler(tc)
+        .await
+        .clone_disk(pb::CloneDiskRequest {
+            template_volume: Some(tpl.clone()),
+            destination_storage_domain_id: to.into(),
+            format: format as i32,
+            allocation: allocation as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("CloneDisk")
+        .into_inner()
+        .operation
+        .unwrap();
+    let seen = follow(tc, &op.name, Duration::from_secs(60)).await;
+    if seen.is_err() {
+        tc.dump_logs();
+    }
+    let last = seen.unwrap().pop().unwrap();
+    assert!(error_of(&last).is_none(), "{last:#?}");
+    let disk = match last.result {
+        Some(pb::operation::Result::Response(d)) => d,
+        other => panic!("no disk in the result: {other:?}"),
+    };
+    let vol = &last.metadata.unwrap().volumes[0];
+    pb::VolumeRef {
+        storage_domain_id: disk.storage_domain_id,
+        image_id: disk.image_id,
+        volume_id: vol.volume_id.clone(),
+    }
+}
+
+#[tokio::test]
+async fn a_template_clones_into_qcow2_sparse_and_raw_preallocated_and_stays_unchanged() {
+    let tc = TestCluster::start(3, |_| {}).await.unwrap();
+    let (a, b) = (tc.domain().await, tc.domain().await);
+    let capacity = 48 * MIB;
+    let tpl = template(&tc, &a, capacity).await;
+    let tpl_path = tc.volume_path(&tpl);
+    let tpl_sum = sha256(&tpl_path);
+    let tpl_meta = std::fs::read_to_string(tpl_path.with_extension("meta")).unwrap();
+
+    let cow = clone(
+        &tc,
+        &tpl,
+        &b,
+        pb::VolumeFormat::Cow,
+        pb::VolumeAllocation::Sparse,
+    )
+    .await;
+    let raw = clone(
+        &tc,
+        &tpl,
+        &b,
+        pb::VolumeFormat::Raw,
+        pb::VolumeAllocation::Preallocated,
+    )
+    .await;
+
+    assert_eq!(content_sha256(&tc.volume_path(&cow), "qcow2"), tpl_sum);
+    assert_eq!(sha256(&tc.volume_path(&raw)), tpl_sum);
+    assert_eq!(tc.meta(&cow, "FORMAT"), "COW");
+    assert_eq!(tc.meta(&cow, "TYPE"), "SPARSE");
+    assert_eq!(tc.meta(&raw, "FORMAT"), "RAW");
+    assert_eq!(tc.meta(&raw, "TYPE"), "PREALLOCATED");
+    for v in [&cow, &raw] {
+        assert_eq!(tc.meta(v, "LEGALITY"), "LEGAL");
+        assert_eq!(
+            tc.meta(v, "PUUID"),
+            "",
+            "a clone is independent of its template"
+        );
+    }
+    // A qcow2 sparse clone holds data only; a preallocated raw one has every block.
+    let allocated = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(p).unwrap().blocks() * 512
+    };
+    assert!(allocated(&tc.volume_path(&raw)) >= capacity);
+    assert!(allocated(&tc.volume_path(&cow)) < capacity);
+
+    assert_eq!(sha256(&tpl_path), tpl_sum, "the template's data changed");
+    assert_eq!(
+        std::fs::read_to_string(tpl_path.with_extension("meta")).unwrap(),
+        tpl_meta,
+        "the template's metadata changed"
+    );
+    assert!(tc.keys("locks/").await.is_empty());
+}
