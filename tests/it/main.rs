@@ -1,10 +1,15 @@
 //! End-to-end tests: real etcd, the real job-tracker and host-worker binaries as separate processes,
 //! real qemu-img on real files. Build the binaries first (`cargo build --workspace --bins`).
 mod bad_input;
+mod clone_disk;
 mod copy;
+mod disks;
 mod faults;
 mod harness;
 mod job_tracker;
+mod move_disk;
+mod placement;
+mod scheduler_faults;
 mod spm;
 mod storage;
 mod telemetry;

@@ -69,6 +69,11 @@ pub struct Config {
     /// `volume_copy_bps_limit`; 0 is unlimited.
     #[arg(long, env = "DATAPATH_COPY_BANDWIDTH_LIMIT", default_value_t = 0)]
     pub copy_bandwidth_limit: u64,
+    /// Bandwidth limit of the whole host in bytes per second (its storage link), like Proxmox's
+    /// `bwlimit`: each of the job slots gets an equal share, so the host's copies together never
+    /// exceed it; 0 is unlimited.
+    #[arg(long, env = "DATAPATH_HOST_BANDWIDTH_LIMIT", default_value_t = 0)]
+    pub host_bandwidth_limit: u64,
     /// The job-tracker's URL.
     #[arg(
         long,
@@ -112,7 +117,7 @@ pub async fn run(
         jobs: jobs::HostJobs::default(),
         slots: Arc::new(Semaphore::new(config.job_slots.max(1) as usize)),
         job_slots: config.job_slots.max(1),
-        copy_bandwidth_limit: config.copy_bandwidth_limit,
+        copy_bandwidth_limit: copy_limit(&config),
     });
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -159,11 +164,42 @@ pub async fn run(
     served.context("serve gRPC")
 }
 
+/// The limit of one copy: the per-copy limit and the host's share per slot, whichever is tighter.
+fn copy_limit(config: &Config) -> u64 {
+    let share = config.host_bandwidth_limit / u64::from(config.job_slots.max(1));
+    match (config.copy_bandwidth_limit, share) {
+        (0, s) => s,
+        (c, 0) => c,
+        (c, s) => c.min(s),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::{CommandFactory as _, Parser as _};
 
     use super::Config;
+
+    #[test]
+    fn the_host_limit_is_shared_by_the_slots() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["host-worker", "--job-slots", "2"];
+            all.extend_from_slice(args);
+            super::copy_limit(&Config::try_parse_from(all).unwrap())
+        };
+        assert_eq!(parse(&[]), 0);
+        assert_eq!(parse(&["--host-bandwidth-limit", "100"]), 50);
+        assert_eq!(
+            parse(&[
+                "--host-bandwidth-limit",
+                "100",
+                "--copy-bandwidth-limit",
+                "30"
+            ]),
+            30
+        );
+        assert_eq!(parse(&["--copy-bandwidth-limit", "30"]), 30);
+    }
 
     #[test]
     fn the_example_environment_file_parses() {

@@ -1,4 +1,4 @@
-//! A running local cluster: start-up in dependency order (etcd, job-tracker, host-workers), each
+//! A running local cluster: start-up in dependency order (etcd, job-tracker, host-workers, scheduler), each
 //! waited on until ready, then until one host is elected SPM; accessors for endpoints and processes;
 //! restarts that wait for SERVING (and an SPM) again; the `cluster.env` file; the orderly stop.
 use std::{
@@ -13,7 +13,7 @@ use datapath_api::{ids::HostId, pb};
 use datapath_coord::{election::Role, Coord};
 
 use super::{
-    config::{host_worker_args, job_tracker_args, ClusterConfig},
+    config::{host_worker_args, job_tracker_args, scheduler_args, ClusterConfig},
     etcd::Etcd,
     process::{ManagedProcess, ProcessSpec},
     support::{find_binary, free_ports, search_dirs, wait_serving},
@@ -52,6 +52,7 @@ pub struct Cluster {
     etcd: Etcd,
     job_tracker: Service,
     hosts: Vec<Host>,
+    scheduler: Service,
 }
 
 impl Cluster {
@@ -62,13 +63,14 @@ impl Cluster {
         let dirs = search_dirs(config.bin_dir.as_deref());
         let job_tracker_bin = find_binary("job-tracker", &dirs)?;
         let host_worker_bin = find_binary("host-worker", &dirs)?;
+        let scheduler_bin = find_binary("scheduler", &dirs)?;
         let etcd_bin = find_binary("etcd", &dirs)?;
 
         prepare_dirs(&config)?;
         let etcd = Etcd::start_with(&etcd_bin, &config.dir, base_spec(&config)).await?;
         let etcd_url = etcd.client_url();
 
-        let ports = free_ports(config.hosts + 1)?;
+        let ports = free_ports(config.hosts + 2)?;
         let spec = ProcessSpec {
             name: "job-tracker".into(),
             program: job_tracker_bin,
@@ -83,7 +85,7 @@ impl Cluster {
         wait_serving(&mut job_tracker.process, &job_tracker_url, SERVING_TIMEOUT).await?;
 
         let mut hosts = Vec::with_capacity(config.hosts);
-        for (i, &port) in ports[1..].iter().enumerate() {
+        for (i, &port) in ports[1..=config.hosts].iter().enumerate() {
             let spec = ProcessSpec {
                 name: format!("host-{i}"),
                 program: host_worker_bin.clone(),
@@ -105,11 +107,28 @@ impl Cluster {
                 host_id: String::new(),
             });
         }
+        let scheduler_port = ports[config.hosts + 1];
+        let spec = ProcessSpec {
+            name: "scheduler".into(),
+            program: scheduler_bin,
+            ..base_spec(&config)
+        }
+        .args(scheduler_args(
+            &config,
+            scheduler_port,
+            &etcd_url,
+            &job_tracker_url,
+        ));
+        let scheduler = Service {
+            process: ManagedProcess::start(spec, &config.log_dir())?,
+            port: scheduler_port,
+        };
         let mut cluster = Self {
             config,
             etcd,
             job_tracker,
             hosts,
+            scheduler,
         };
         let waits = cluster
             .hosts
@@ -120,6 +139,8 @@ impl Cluster {
         if cluster.host_count() > 0 {
             cluster.wait_spm().await?;
         }
+        let url = cluster.scheduler.url();
+        wait_serving(&mut cluster.scheduler.process, &url, SERVING_TIMEOUT).await?;
         Ok(cluster)
     }
 
@@ -146,6 +167,25 @@ impl Cluster {
     /// The job-tracker's URL.
     pub fn job_tracker_url(&self) -> String {
         self.job_tracker.url()
+    }
+
+    /// The scheduler's URL.
+    pub fn scheduler_url(&self) -> String {
+        self.scheduler.url()
+    }
+
+    /// The scheduler's process.
+    pub fn scheduler_mut(&mut self) -> &mut ManagedProcess {
+        &mut self.scheduler.process
+    }
+
+    /// Restarts the scheduler (stopping it first if it runs; kill it first to simulate a crash);
+    /// waits until SERVING.
+    pub async fn restart_scheduler(&mut self) -> anyhow::Result<()> {
+        let url = self.scheduler.url();
+        let process = &mut self.scheduler.process;
+        process.restart().await.context("restart scheduler")?;
+        wait_serving(process, &url, SERVING_TIMEOUT).await
     }
 
     /// Number of host-workers.
@@ -292,6 +332,7 @@ impl Cluster {
                 self.config.etcd_prefix.clone(),
             ),
             ("DATAPATH_JOB_TRACKER".into(), self.job_tracker_url()),
+            ("DATAPATH_SCHEDULER".into(), self.scheduler_url()),
             (
                 "DATAPATH_STORAGE_ROOT".into(),
                 self.storage_root().display().to_string(),
@@ -314,7 +355,7 @@ impl Cluster {
         fs::write(path, text).with_context(|| format!("write {}", path.display()))
     }
 
-    /// Stops the host-workers, then the job-tracker, then etcd: each SIGTERM, then SIGKILL after
+    /// Stops the scheduler, then the host-workers, then the job-tracker, then etcd: each SIGTERM, then SIGKILL after
     /// [`STOP_DEADLINE`]. Goes on past a failure and reports the first.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         let mut first_error = None;
@@ -324,6 +365,7 @@ impl Cluster {
                 first_error.get_or_insert(e);
             }
         };
+        note(self.scheduler.process.stop(STOP_DEADLINE).await);
         let hosts = self
             .hosts
             .iter_mut()

@@ -1,0 +1,265 @@
+//! The scheduler under faults: a cancel mid-move, the scheduler killed at each flow step and
+//! restarted, the SPM killed mid-move. Every move must end moved or rolled back, never half.
+use std::time::Duration;
+
+use datapath_api::pb::{self, FlowVolumeState, OperationStep};
+use nix::sys::signal::Signal;
+use prost::Message as _;
+
+use crate::{
+    disks::{chain_disk, content_sha256, error_of, follow, moved, scheduler, start_move},
+    harness::{throttle, wait_for, TestCluster},
+};
+
+const MIB: u64 = 1 << 20;
+const FORMATS: [&str; 3] = ["raw", "qcow2", "qcow2"];
+
+/// The flow record of an operation, read straight from etcd.
+async fn flow(tc: &TestCluster, name: &str) -> Option<pb::Flow> {
+    let id = name.trim_start_matches("operations/");
+    let key = format!("{}flows/{id}", tc.cluster.etcd_prefix());
+    let resp = tc.etcd.clone().get(key, None).await.ok()?;
+    let kv = resp.kvs().first()?;
+    pb::Flow::decode(kv.value()).ok()
+}
+
+fn step(f: &pb::Flow) -> OperationStep {
+    f.operation
+        .as_ref()
+        .and_then(|o| o.metadata.as_ref())
+        .map(|m| m.step())
+        .unwrap_or_default()
+}
+
+/// Checksums of what a guest sees through each volume.
+fn sums(tc: &TestCluster, vols: &[pb::VolumeRef]) -> Vec<String> {
+    vols.iter()
+        .zip(FORMATS)
+        .map(|(v, f)| content_sha256(&tc.volume_path(v), f))
+        .collect()
+}
+
+/// Whether every volume exists and is LEGAL.
+fn all_legal(tc: &TestCluster, vols: &[pb::VolumeRef]) -> bool {
+    vols.iter()
+        .all(|v| tc.volume_path(v).exists() && tc.meta(v, "LEGALITY") == "LEGAL")
+}
+
+fn image_dir(tc: &TestCluster, v: &pb::VolumeRef) -> std::path::PathBuf {
+    tc.volume_path(v).parent().unwrap().to_path_buf()
+}
+
+/// Asserts the move ended whole: moved (and then the source is gone) or rolled back (and then the
+/// destination is gone and the source intact); no lock left. Returns whether it moved.
+async fn assert_whole(
+    tc: &TestCluster,
+    src: &[pb::VolumeRef],
+    dst_sd: &str,
+    before: &[String],
+    last: &pb::Operation,
+) -> bool {
+    let dst: Vec<_> = src.iter().map(|v| moved(v, dst_sd)).collect();
+    let moved_ok = error_of(last).is_none();
+    let (kept, gone): (&[pb::VolumeRef], &[pb::VolumeRef]) =
+        if moved_ok { (&dst, src) } else { (src, &dst) };
+    assert!(all_legal(tc, kept), "kept side not LEGAL: {last:#?}");
+    assert_eq!(sums(tc, kept), before, "data differs: {last:#?}");
+    assert!(
+        !image_dir(tc, &gone[0]).exists(),
+        "the other side remains: {last:#?}"
+    );
+    assert!(tc.keys("locks/").await.is_empty(), "locks left");
+    moved_ok
+}
+
+#[tokio::test]
+async fn cancel_mid_move_rolls_back_and_aborts_the_job() {
+    let tc = TestCluster::start(3, |c| throttle(c, 4 * MIB))
+        .await
+        .unwrap();
+    let (a, b) = (tc.domain().await, tc.domain().await);
+    let src = chain_disk(&tc, &a, 32 * MIB).await;
+    let before = sums(&tc, &src);
+    let name = start_move(&tc, &a, &src[0].image_id, &b).await;
+    let job = wait_for(Duration::from_secs(20), "a running copy", || async {
+        let f = flow(&tc, &name).await?;
+        let v = f
+            .volumes
+            .iter()
+            .find(|v| v.state() == FlowVolumeState::Copying)?;
+        (v.job_status() == pb::JobStatus::Running).then(|| v.job_id.clone())
+    })
+    .await
+    .unwrap();
+    let answer = scheduler(&tc)
+        .await
+        .cancel_operation(pb::CancelOperationRequest { name: name.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    assert!(answer.metadata.unwrap().cancel_requested);
+    let seen = follow(&tc, &name, Duration::from_secs(60)).await.unwrap();
+    let last = seen.last().unwrap();
+    let err = error_of(last).expect("a cancelled move ends with an error");
+    assert_eq!(err.code, tonic::Code::Cancelled as i32, "{err:?}");
+    assert!(!assert_whole(&tc, &src, &b, &before, last).await);
+    let job = tc
+        .tracker()
+        .await
+        .get_job(pb::GetJobRequest { job_id: job })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(job.status(), pb::JobStatus::Aborted);
+    // Still visible, and the disk is unlocked: it can be moved again.
+    let again = scheduler(&tc)
+        .await
+        .get_operation(pb::GetOperationRequest { name: name.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    assert!(again.done);
+    let status = scheduler(&tc)
+        .await
+        .get_disk_status(pb::GetDiskStatusRequest {
+            disk: Some(pb::DiskRef {
+                storage_domain_id: a.clone(),
+                image_id: src[0].image_id.clone(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.status(), pb::DiskStatus::Ok);
+}
+
+/// Where the scheduler is killed.
+#[derive(Debug, Clone, Copy)]
+enum KillPoint {
+    AfterStructure,
+    MidCopy,
+    BeforeSourceDeletion,
+}
+
+/// Adds (or removes) a reader to a disk's lock, as a clone of it holds the disk: the move's source
+/// deletion then waits, which makes "before source deletion" a point a test can stop at.
+async fn hold_as_reader(tc: &TestCluster, sd: &str, img: &str, reader: &str, hold: bool) {
+    let key = format!("{}locks/disks/{sd}/{img}", tc.cluster.etcd_prefix());
+    let mut etcd = tc.etcd.clone();
+    let resp = etcd.get(key.clone(), None).await.unwrap();
+    let mut lock = resp
+        .kvs()
+        .first()
+        .map(|kv| pb::DiskLock::decode(kv.value()).unwrap())
+        .unwrap_or_default();
+    lock.readers.retain(|r| r != reader);
+    if hold {
+        lock.readers.push(reader.to_string());
+    }
+    etcd.put(key, lock.encode_to_vec(), None).await.unwrap();
+}
+
+async fn kill_scheduler_at(point: KillPoint) {
+    let mut tc = TestCluster::start(3, |c| throttle(c, 8 * MIB))
+        .await
+        .unwrap();
+    let (a, b) = (tc.domain().await, tc.domain().await);
+    let src = chain_disk(&tc, &a, 16 * MIB).await;
+    let img = src[0].image_id.clone();
+    let before = sums(&tc, &src);
+    let name = start_move(&tc, &a, &img, &b).await;
+    let reader = format!("operations/{}", uuid::Uuid::new_v4());
+    if matches!(point, KillPoint::BeforeSourceDeletion) {
+        hold_as_reader(&tc, &a, &img, &reader, true).await;
+    }
+    let what = format!("{point:?}");
+    wait_for(Duration::from_secs(60), &what, || async {
+        let f = flow(&tc, &name).await?;
+        let copying = f.volumes.iter().any(|v| {
+            v.state() == FlowVolumeState::Copying && v.job_status() == pb::JobStatus::Running
+        });
+        let hit = match point {
+            KillPoint::AfterStructure => step(&f) == OperationStep::CopyData,
+            KillPoint::MidCopy => copying,
+            // The move waits in its last step for the reader; the source is still there.
+            KillPoint::BeforeSourceDeletion => step(&f) == OperationStep::DeleteSource,
+        };
+        hit.then_some(())
+    })
+    .await
+    .unwrap();
+    tc.cluster.scheduler_mut().signal(Signal::SIGKILL).unwrap();
+    if matches!(point, KillPoint::BeforeSourceDeletion) {
+        assert!(image_dir(&tc, &src[0]).exists(), "deleted under a reader");
+        hold_as_reader(&tc, &a, &img, &reader, false).await;
+    }
+    tc.cluster.restart_scheduler().await.unwrap();
+    let seen = follow(&tc, &name, Duration::from_secs(120)).await;
+    if seen.is_err() {
+        tc.dump_logs();
+    }
+    let last = seen.unwrap().pop().unwrap();
+    assert!(last.done);
+    let moved = assert_whole(&tc, &src, &b, &before, &last).await;
+    assert!(
+        moved,
+        "a resumed move with healthy hosts should finish: {last:#?}"
+    );
+}
+
+#[tokio::test]
+async fn scheduler_killed_after_structure_resumes_the_move() {
+    kill_scheduler_at(KillPoint::AfterStructure).await;
+}
+
+#[tokio::test]
+async fn scheduler_killed_mid_copy_resumes_the_move() {
+    kill_scheduler_at(KillPoint::MidCopy).await;
+}
+
+#[tokio::test]
+async fn scheduler_killed_before_source_deletion_resumes_the_move() {
+    kill_scheduler_at(KillPoint::BeforeSourceDeletion).await;
+}
+
+#[tokio::test]
+async fn spm_killed_mid_move_a_new_spm_finishes_it() {
+    let mut tc = TestCluster::start(3, |c| throttle(c, 8 * MIB))
+        .await
+        .unwrap();
+    let (a, b) = (tc.domain().await, tc.domain().await);
+    let src = chain_disk(&tc, &a, 16 * MIB).await;
+    let before = sums(&tc, &src);
+    let old_spm = tc.spm().await;
+    let name = start_move(&tc, &a, &src[0].image_id, &b).await;
+    wait_for(Duration::from_secs(30), "a running copy", || async {
+        let f = flow(&tc, &name).await?;
+        f.volumes
+            .iter()
+            .any(|v| v.job_status() == pb::JobStatus::Running)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    tc.cluster
+        .host_mut(old_spm)
+        .signal(Signal::SIGKILL)
+        .unwrap();
+    let seen = follow(&tc, &name, Duration::from_secs(120)).await;
+    if seen.is_err() {
+        tc.dump_logs();
+    }
+    let last = seen.unwrap().pop().unwrap();
+    let new_spm = tc.cluster.wait_spm().await.unwrap();
+    assert_ne!(new_spm, old_spm);
+    assert!(
+        assert_whole(&tc, &src, &b, &before, &last).await,
+        "the move should finish on the new SPM: {last:#?}"
+    );
+}
