@@ -120,7 +120,9 @@ mod tests {
         let id = OperationId::random();
         assert_eq!(OperationId::parse_name("name", &id.name()).unwrap(), id);
         assert_eq!(
-            OperationId::parse_name("name", "operations/x").unwrap_err().field,
+            OperationId::parse_name("name", "operations/x")
+                .unwrap_err()
+                .field,
             "name"
         );
     }
