@@ -134,3 +134,23 @@ pub async fn run(
     session.close().await;
     served.context("serve gRPC")
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::Config;
+
+    #[test]
+    fn the_example_environment_file_parses() {
+        let text = include_str!("../../../deploy/systemd/scheduler.env.example");
+        let args = datapath_server::env_file_args(&Config::command(), text).unwrap();
+        let config = Config::try_parse_from(args).unwrap();
+        assert_eq!(config.parallel_copies, 2);
+        assert_eq!(config.host_selection, crate::selection::Policy::LeastLoaded);
+        assert_eq!(
+            config.operation_retention,
+            std::time::Duration::from_secs(24 * 3600)
+        );
+    }
+}
