@@ -164,8 +164,17 @@ pub async fn follow(
     name: &str,
     deadline: Duration,
 ) -> anyhow::Result<Vec<pb::Operation>> {
-    let mut stream = scheduler(tc)
-        .await
+    follow_at(&tc.cluster.scheduler_url(), name, deadline).await
+}
+
+/// [`follow`] on the scheduler replica at `url`.
+pub async fn follow_at(
+    url: &str,
+    name: &str,
+    deadline: Duration,
+) -> anyhow::Result<Vec<pb::Operation>> {
+    let mut stream = SchedulerServiceClient::connect(url.to_string())
+        .await?
         .watch_operation(pb::WatchOperationRequest { name: name.into() })
         .await?
         .into_inner();

@@ -10,6 +10,7 @@ mod job_tracker;
 mod move_disk;
 mod placement;
 mod scheduler_faults;
+mod scheduler_ha;
 mod spm;
 mod storage;
 mod telemetry;
