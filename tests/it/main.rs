@@ -4,6 +4,7 @@ mod bad_input;
 mod clone_disk;
 mod copy;
 mod disks;
+mod dpctl_disks;
 mod faults;
 mod harness;
 mod job_tracker;
