@@ -91,6 +91,22 @@ async fn cancel_mid_move_rolls_back_and_aborts_the_job() {
     })
     .await
     .unwrap();
+    // While it runs the disk is LOCKED by it, with its progress from the job index.
+    let disk = pb::DiskRef {
+        storage_domain_id: a.clone(),
+        image_id: src[0].image_id.clone(),
+    };
+    let locked = scheduler(&tc)
+        .await
+        .get_disk_status(pb::GetDiskStatusRequest {
+            disk: Some(disk.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(locked.status(), pb::DiskStatus::Locked);
+    assert_eq!(locked.operation_name, name);
+    assert!((10..100).contains(&locked.progress), "{locked:?}");
     let answer = scheduler(&tc)
         .await
         .cancel_operation(pb::CancelOperationRequest { name: name.clone() })
@@ -127,12 +143,7 @@ async fn cancel_mid_move_rolls_back_and_aborts_the_job() {
     assert!(again.done);
     let status = scheduler(&tc)
         .await
-        .get_disk_status(pb::GetDiskStatusRequest {
-            disk: Some(pb::DiskRef {
-                storage_domain_id: a.clone(),
-                image_id: src[0].image_id.clone(),
-            }),
-        })
+        .get_disk_status(pb::GetDiskStatusRequest { disk: Some(disk) })
         .await
         .unwrap()
         .into_inner();
