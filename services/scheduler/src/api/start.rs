@@ -1,6 +1,7 @@
-//! MoveDisk and CloneDisk: validate against what live hosts report, then create the flow, its
-//! request key and its disk locks in one etcd transaction. Nothing is written unless every check
-//! passes, and the acting scheduler picks the flow up from its watch.
+//! MoveDisk and CloneDisk: validate the request, refuse a locked disk, check what live hosts report,
+//! then create the flow, its request key and its disk locks in one etcd transaction. Nothing is
+//! written unless every check passes, and the acting scheduler picks the flow up from its watch. A
+//! request id names one operation however its retries race (AIP-155).
 use std::sync::Arc;
 
 use datapath_api::{
@@ -68,8 +69,45 @@ fn host_error(status: tonic::Status) -> Error {
     }
 }
 
+/// A request that failed while a concurrent retry of it (the same request id) started its
+/// operation answers that operation: retries racing each other all get the one operation (AIP-155),
+/// where the losers would otherwise see the winner's disk lock (or its half-created destination).
+/// A malformed request stays refused, as it is before its id is looked at.
+async fn settle(
+    engine: &Engine,
+    request_id: &str,
+    result: Result<pb::Operation, Error>,
+) -> Result<pb::Operation, Error> {
+    match result {
+        Err(e) if !request_id.is_empty() && !matches!(e, Error::Invalid(_)) => {
+            match replay(engine, request_id).await {
+                Ok(Some(op)) => Ok(op),
+                _ => Err(e),
+            }
+        }
+        other => other,
+    }
+}
+
 /// Starts a move of a disk to another storage domain.
 pub async fn move_disk(
+    engine: &Arc<Engine>,
+    req: &pb::MoveDiskRequest,
+) -> Result<pb::Operation, Error> {
+    let result = try_move_disk(engine, req).await;
+    settle(engine, &req.request_id, result).await
+}
+
+/// Starts a clone of a template volume into a new disk.
+pub async fn clone_disk(
+    engine: &Arc<Engine>,
+    req: &pb::CloneDiskRequest,
+) -> Result<pb::Operation, Error> {
+    let result = try_clone_disk(engine, req).await;
+    settle(engine, &req.request_id, result).await
+}
+
+async fn try_move_disk(
     engine: &Arc<Engine>,
     req: &pb::MoveDiskRequest,
 ) -> Result<pb::Operation, Error> {
@@ -93,6 +131,11 @@ pub async fn move_disk(
         storage_domain: dst_sd,
         image: source.image,
     };
+    let owned = [
+        (source, "image"),
+        (destination, "destination_storage_domain_id"),
+    ];
+    refuse_locked(engine, &owned, None).await?;
     let mut src_host = engine
         .host_reaching(
             &source.storage_domain.to_string(),
@@ -137,15 +180,10 @@ pub async fn move_disk(
     }
     let op = OperationId::random();
     let flow = plan::move_flow(op, &req.request_id, &source, &destination, &volumes);
-    let owned = [
-        (source, "image"),
-        (destination, "destination_storage_domain_id"),
-    ];
     start(engine, op, flow, &owned, None).await
 }
 
-/// Starts a clone of a template volume into a new disk.
-pub async fn clone_disk(
+async fn try_clone_disk(
     engine: &Arc<Engine>,
     req: &pb::CloneDiskRequest,
 ) -> Result<pb::Operation, Error> {
@@ -176,6 +214,12 @@ pub async fn clone_disk(
     if let Some(op) = replay(engine, &req.request_id).await? {
         return Ok(op);
     }
+    refuse_locked(
+        engine,
+        &[(new.disk(), "new_image_id")],
+        Some(template.disk()),
+    )
+    .await?;
     let mut src_host = engine
         .host_reaching(
             &template.storage_domain.to_string(),
@@ -241,6 +285,41 @@ fn optional_id(text: &str, field: &str) -> Result<Option<uuid::Uuid>, FieldViola
     Ok(Some(ImageId::parse(field, text)?.uuid()))
 }
 
+/// Refuses a request whose disks are locked before any host is asked about them: a disk another
+/// operation owns is LOCKED whatever its volumes look like meanwhile (half created in a destination,
+/// half deleted in a source), and [`start`] checks again in its transaction.
+async fn refuse_locked(
+    engine: &Engine,
+    owned: &[(DiskKey, &str)],
+    read: Option<DiskKey>,
+) -> Result<(), Error> {
+    for (disk, field) in owned {
+        let owner = engine.coord.disk_lock(disk).await?.value.owner;
+        if !owner.is_empty() {
+            return Err(Error::Locked {
+                disk: *disk,
+                owner,
+                field: field.to_string(),
+            });
+        }
+    }
+    if let Some(disk) = read {
+        let lock = engine.coord.disk_lock(&disk).await?.value;
+        if lock.deleting {
+            return Err(being_deleted(&disk, &lock.owner));
+        }
+    }
+    Ok(())
+}
+
+fn being_deleted(disk: &DiskKey, owner: &str) -> Error {
+    Error::precondition(
+        "DISK_BEING_DELETED",
+        "template_volume",
+        format!("disk {disk} is being deleted by {owner}"),
+    )
+}
+
 /// Takes the locks and writes the flow in one transaction, re-reading the locks if one changed.
 async fn start(
     engine: &Engine,
@@ -272,11 +351,7 @@ async fn start(
         if let Some(disk) = read {
             let current = engine.coord.disk_lock(&disk).await?;
             if current.value.deleting {
-                return Err(Error::precondition(
-                    "DISK_BEING_DELETED",
-                    "template_volume",
-                    format!("disk {disk} is being deleted by {}", current.value.owner),
-                ));
+                return Err(being_deleted(&disk, &current.value.owner));
             }
             let mut lock = current.value;
             lock.readers.push(name.clone());
