@@ -10,6 +10,7 @@ mod harness;
 mod job_tracker;
 mod move_disk;
 mod placement;
+mod scheduler_bad_input;
 mod scheduler_faults;
 mod scheduler_ha;
 mod spm;

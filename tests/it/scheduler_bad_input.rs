@@ -1,0 +1,744 @@
+//! Bad input to the scheduler: each refused request answers the right code with an `ErrorInfo`
+//! naming its reason and field, and changes nothing — no flow, lock, request, config, job or lease
+//! key in etcd, no file on storage. Also what must be accepted: the same request id twice (one
+//! operation, AIP-155), and a template moved while a clone of it runs.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Debug,
+    path::Path,
+    time::Duration,
+};
+
+use datapath_api::{
+    error::{field, reason},
+    pb::{self, OperationStep, VolumeFormat},
+};
+use futures::future::join_all;
+use nix::sys::signal::Signal;
+use tonic::{Code, Status};
+
+use crate::{
+    disks::{content_sha256, moved, scheduler, template},
+    harness::{children_named, file_state, throttle, wait_for, TestCluster},
+    placement::{single_disk, succeeded, wait_hosts_reach},
+};
+
+const MIB: u64 = 1 << 20;
+
+/// Every file under the storage root (size, blocks, mtime; the text of metadata files) and every
+/// key a scheduler call could write, with its mod revision.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    files: BTreeMap<String, String>,
+    keys: Vec<(String, i64)>,
+}
+
+const KEYS: [&str; 6] = [
+    "flows/",
+    "locks/",
+    "requests/",
+    "config/",
+    "jobs/",
+    "leases/",
+];
+
+async fn snapshot(tc: &TestCluster) -> Snapshot {
+    fn walk(dir: &Path, out: &mut BTreeMap<String, String>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.insert(p.display().to_string(), "dir".into());
+                walk(&p, out);
+            } else {
+                let text = if p.extension().is_some_and(|x| x == "meta") {
+                    std::fs::read_to_string(&p).unwrap()
+                } else {
+                    String::new()
+                };
+                out.insert(
+                    p.display().to_string(),
+                    format!("{:?} {text}", file_state(&p)),
+                );
+            }
+        }
+    }
+    let mut files = BTreeMap::new();
+    walk(&tc.cluster.storage_root(), &mut files);
+    let mut keys = Vec::new();
+    for sub in KEYS {
+        keys.extend(tc.keys(sub).await);
+    }
+    Snapshot { files, keys }
+}
+
+/// Asserts `err` has `code` and an `ErrorInfo` with `want_reason` naming `want_field`.
+fn assert_status(what: &str, err: &Status, code: Code, want_reason: &str, want_field: &str) {
+    assert_eq!(err.code(), code, "{what}: {err:?}");
+    assert_eq!(reason(err).as_deref(), Some(want_reason), "{what}: {err:?}");
+    assert_eq!(field(err).as_deref(), Some(want_field), "{what}: {err:?}");
+}
+
+/// Asserts a call was refused as expected and that nothing changed since `before`.
+async fn refused<T: Debug>(
+    tc: &TestCluster,
+    before: &Snapshot,
+    what: &str,
+    result: Result<T, Status>,
+    (code, want_reason, want_field): (Code, &str, &str),
+) {
+    let err = match result {
+        Ok(v) => panic!("{what} was accepted: {v:?}"),
+        Err(e) => e,
+    };
+    assert_status(what, &err, code, want_reason, want_field);
+    assert_eq!(&snapshot(tc).await, before, "{what} changed something");
+}
+
+fn disk(sd: &str, img: &str) -> Option<pb::DiskRef> {
+    Some(pb::DiskRef {
+        storage_domain_id: sd.into(),
+        image_id: img.into(),
+    })
+}
+
+fn move_req(sd: &str, img: &str, to: &str, request_id: &str) -> pb::MoveDiskRequest {
+    pb::MoveDiskRequest {
+        image: disk(sd, img),
+        destination_storage_domain_id: to.into(),
+        request_id: request_id.into(),
+    }
+}
+
+fn clone_req(template: &pb::VolumeRef, to: &str) -> pb::CloneDiskRequest {
+    pb::CloneDiskRequest {
+        template_volume: Some(template.clone()),
+        destination_storage_domain_id: to.into(),
+        ..Default::default()
+    }
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_malformed_and_conflicting_requests_are_refused_and_change_nothing() {
+    use Code::{AlreadyExists, FailedPrecondition, InvalidArgument, NotFound};
+    let tc = TestCluster::start(1, |_| {}).await.unwrap();
+    let (a, b) = (tc.domain().await, tc.domain().await);
+    wait_hosts_reach(&tc, &[&a, &b]).await;
+    let ok = single_disk(&tc, &a, MIB, 1).await;
+    let tpl = template(&tc, &a, 6 * MIB).await;
+    let raw = VolumeFormat::Raw;
+    let illegal = tc
+        .volume(&a, &new_id(), raw, MIB, pb::Legality::Illegal)
+        .await;
+    // The same image in both domains: its move would overwrite the destination's.
+    let both = new_id();
+    tc.volume(&a, &both, raw, MIB, pb::Legality::Legal).await;
+    tc.volume(&b, &both, raw, MIB, pb::Legality::Legal).await;
+    let mut s = scheduler(&tc).await;
+    let before = snapshot(&tc).await;
+    let (img, unknown) = (ok.image_id.as_str(), new_id());
+
+    // MoveDisk.
+    let cases = [
+        (
+            "move of an unknown disk",
+            move_req(&a, &unknown, &b, ""),
+            (NotFound, "DISK_NOT_FOUND", "image.image_id"),
+        ),
+        (
+            "move from an unknown domain",
+            move_req(&unknown, img, &b, ""),
+            (
+                NotFound,
+                "STORAGE_DOMAIN_NOT_FOUND",
+                "image.storage_domain_id",
+            ),
+        ),
+        (
+            "move to an unknown domain",
+            move_req(&a, img, &unknown, ""),
+            (
+                NotFound,
+                "STORAGE_DOMAIN_NOT_FOUND",
+                "destination_storage_domain_id",
+            ),
+        ),
+        (
+            "move to the disk's own domain",
+            move_req(&a, img, &a, ""),
+            (
+                InvalidArgument,
+                "SAME_STORAGE_DOMAIN",
+                "destination_storage_domain_id",
+            ),
+        ),
+        (
+            "move without a disk",
+            pb::MoveDiskRequest {
+                image: None,
+                ..move_req(&a, img, &b, "")
+            },
+            (InvalidArgument, "MISSING_FIELD", "image"),
+        ),
+        (
+            "move of a malformed image id",
+            move_req(&a, "../../etc", &b, ""),
+            (InvalidArgument, "MALFORMED_ID", "image.image_id"),
+        ),
+        (
+            "move from a malformed domain id",
+            move_req("a", img, &b, ""),
+            (InvalidArgument, "MALFORMED_ID", "image.storage_domain_id"),
+        ),
+        (
+            "move to a malformed domain id",
+            move_req(&a, img, "b", ""),
+            (
+                InvalidArgument,
+                "MALFORMED_ID",
+                "destination_storage_domain_id",
+            ),
+        ),
+        (
+            "move to no domain",
+            move_req(&a, img, "", ""),
+            (
+                InvalidArgument,
+                "MISSING_FIELD",
+                "destination_storage_domain_id",
+            ),
+        ),
+        (
+            "move of an ILLEGAL disk",
+            move_req(&a, &illegal.image_id, &b, ""),
+            (FailedPrecondition, "DISK_ILLEGAL", "image"),
+        ),
+        (
+            "move onto the same image in the destination",
+            move_req(&a, &both, &b, ""),
+            (
+                AlreadyExists,
+                "DISK_EXISTS",
+                "destination_storage_domain_id",
+            ),
+        ),
+    ];
+    for (what, req, want) in cases {
+        refused(&tc, &before, what, s.move_disk(req).await, want).await;
+    }
+
+    // CloneDisk.
+    let cases = [
+        (
+            "clone of an unknown volume",
+            clone_req(
+                &pb::VolumeRef {
+                    volume_id: unknown.clone(),
+                    ..tpl.clone()
+                },
+                &b,
+            ),
+            (NotFound, "VOLUME_NOT_FOUND", "template_volume"),
+        ),
+        (
+            "clone from an unknown domain",
+            clone_req(
+                &pb::VolumeRef {
+                    storage_domain_id: unknown.clone(),
+                    ..tpl.clone()
+                },
+                &b,
+            ),
+            (
+                NotFound,
+                "STORAGE_DOMAIN_NOT_FOUND",
+                "template_volume.storage_domain_id",
+            ),
+        ),
+        (
+            "clone to an unknown domain",
+            clone_req(&tpl, &unknown),
+            (
+                NotFound,
+                "STORAGE_DOMAIN_NOT_FOUND",
+                "destination_storage_domain_id",
+            ),
+        ),
+        (
+            "clone of a malformed volume id",
+            clone_req(
+                &pb::VolumeRef {
+                    volume_id: "v1".into(),
+                    ..tpl.clone()
+                },
+                &b,
+            ),
+            (InvalidArgument, "MALFORMED_ID", "template_volume.volume_id"),
+        ),
+        (
+            "clone without a template",
+            pb::CloneDiskRequest {
+                template_volume: None,
+                ..clone_req(&tpl, &b)
+            },
+            (InvalidArgument, "MISSING_FIELD", "template_volume"),
+        ),
+        (
+            "clone into the template's own image",
+            pb::CloneDiskRequest {
+                new_image_id: tpl.image_id.clone(),
+                ..clone_req(&tpl, &b)
+            },
+            (InvalidArgument, "INVALID_VALUE", "new_image_id"),
+        ),
+        (
+            "clone with a malformed new volume id",
+            pb::CloneDiskRequest {
+                new_volume_id: "x".into(),
+                ..clone_req(&tpl, &b)
+            },
+            (InvalidArgument, "MALFORMED_ID", "new_volume_id"),
+        ),
+        (
+            "clone to an unknown format",
+            pb::CloneDiskRequest {
+                format: 99,
+                ..clone_req(&tpl, &b)
+            },
+            (InvalidArgument, "UNKNOWN_ENUM_VALUE", "format"),
+        ),
+        (
+            "clone onto an existing image",
+            pb::CloneDiskRequest {
+                new_image_id: both.clone(),
+                ..clone_req(&tpl, &b)
+            },
+            (AlreadyExists, "DISK_EXISTS", "new_image_id"),
+        ),
+        (
+            "clone of an ILLEGAL volume",
+            clone_req(&illegal, &b),
+            (FailedPrecondition, "TEMPLATE_ILLEGAL", "template_volume"),
+        ),
+    ];
+    for (what, req, want) in cases {
+        refused(&tc, &before, what, s.clone_disk(req).await, want).await;
+    }
+
+    // Operations: unknown, malformed, missing.
+    let absent = format!("operations/{unknown}");
+    let names = [
+        (absent.as_str(), (NotFound, "OPERATION_NOT_FOUND", "name")),
+        ("operations/x", (InvalidArgument, "MALFORMED_ID", "name")),
+        ("flows/x", (InvalidArgument, "MALFORMED_ID", "name")),
+        ("", (InvalidArgument, "MISSING_FIELD", "name")),
+    ];
+    for (name, want) in names {
+        let get = s
+            .get_operation(pb::GetOperationRequest { name: name.into() })
+            .await;
+        refused(&tc, &before, &format!("get {name:?}"), get, want).await;
+        let watch = s
+            .watch_operation(pb::WatchOperationRequest { name: name.into() })
+            .await
+            .map(drop);
+        refused(&tc, &before, &format!("watch {name:?}"), watch, want).await;
+        let cancel = s
+            .cancel_operation(pb::CancelOperationRequest { name: name.into() })
+            .await;
+        refused(&tc, &before, &format!("cancel {name:?}"), cancel, want).await;
+    }
+    let list = s
+        .list_operations(pb::ListOperationsRequest {
+            image_id: "img".into(),
+            ..Default::default()
+        })
+        .await;
+    let want = (InvalidArgument, "MALFORMED_ID", "image_id");
+    refused(&tc, &before, "list by a malformed image id", list, want).await;
+
+    // GetDiskStatus.
+    let cases = [
+        (
+            "status of an unknown disk",
+            disk(&a, &unknown),
+            (NotFound, "DISK_NOT_FOUND", "disk.image_id"),
+        ),
+        (
+            "status in an unknown domain",
+            disk(&unknown, img),
+            (
+                NotFound,
+                "STORAGE_DOMAIN_NOT_FOUND",
+                "disk.storage_domain_id",
+            ),
+        ),
+        (
+            "status of a malformed image id",
+            disk(&a, "img"),
+            (InvalidArgument, "MALFORMED_ID", "disk.image_id"),
+        ),
+        (
+            "status of no disk",
+            None,
+            (InvalidArgument, "MISSING_FIELD", "disk"),
+        ),
+    ];
+    for (what, d, want) in cases {
+        let status = s
+            .get_disk_status(pb::GetDiskStatusRequest { disk: d })
+            .await;
+        refused(&tc, &before, what, status, want).await;
+    }
+
+    // SetConfig and GetConfig.
+    let setting = "data_operations_by_hsm";
+    let cases = [
+        (
+            "unknown_setting",
+            "true",
+            (InvalidArgument, "UNKNOWN_SETTING", "key"),
+        ),
+        ("", "true", (InvalidArgument, "MISSING_FIELD", "key")),
+        (
+            setting,
+            "maybe",
+            (InvalidArgument, "INVALID_VALUE", "value"),
+        ),
+        (setting, "", (InvalidArgument, "INVALID_VALUE", "value")),
+    ];
+    for (key, value, want) in cases {
+        let set = s
+            .set_config(pb::SetConfigRequest {
+                key: key.into(),
+                value: value.into(),
+            })
+            .await;
+        refused(&tc, &before, &format!("set {key:?} = {value:?}"), set, want).await;
+    }
+    let get = s
+        .get_config(pb::GetConfigRequest {
+            key: "unknown_setting".into(),
+        })
+        .await;
+    let want = (InvalidArgument, "UNKNOWN_SETTING", "key");
+    refused(&tc, &before, "get an unknown setting", get, want).await;
+    let value = s
+        .get_config(pb::GetConfigRequest {
+            key: setting.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .value;
+    assert_eq!(value, "true");
+}
+
+/// The names of the keys under `sub`.
+async fn key_names(tc: &TestCluster, sub: &str) -> Vec<String> {
+    tc.keys(sub).await.into_iter().map(|(k, _)| k).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_disk_refuses_another_move_and_one_request_id_starts_one_operation() {
+    // 6 MiB at 2 MiB/s: the move runs about three seconds.
+    let tc = TestCluster::start(2, |c| throttle(c, 2 * MIB))
+        .await
+        .unwrap();
+    let (a, b, c) = (tc.domain().await, tc.domain().await, tc.domain().await);
+    wait_hosts_reach(&tc, &[&a, &b, &c]).await;
+    let d = single_disk(&tc, &a, 6 * MIB, 6).await;
+    let img = d.image_id.as_str();
+    let mut s = scheduler(&tc).await;
+    let request_id = new_id();
+
+    let first = s
+        .move_disk(move_req(&a, img, &b, &request_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    let flows = key_names(&tc, "flows/").await;
+    let locks = key_names(&tc, "locks/").await;
+    let requests = key_names(&tc, "requests/").await;
+    assert_eq!((flows.len(), locks.len(), requests.len()), (1, 2, 1));
+
+    // Another move of the locked disk, to the same or another domain: refused, nothing added.
+    for to in [&b, &c] {
+        let err = s.move_disk(move_req(&a, img, to, "")).await.unwrap_err();
+        assert_status(
+            "a second move",
+            &err,
+            Code::FailedPrecondition,
+            "DISK_LOCKED",
+            "image",
+        );
+        assert!(err.message().contains(&first.name), "{err:?}");
+    }
+    let status = s
+        .get_disk_status(pb::GetDiskStatusRequest {
+            disk: disk(&a, img),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.status(), pb::DiskStatus::Locked);
+    assert_eq!(status.operation_name, first.name);
+
+    // The same request again, once and then several times at once: the same operation (AIP-155).
+    let again = s
+        .move_disk(move_req(&a, img, &b, &request_id))
+        .await
+        .unwrap();
+    assert_eq!(again.into_inner().operation.unwrap().name, first.name);
+    let retries = join_all((0..4).map(|_| {
+        let mut s = s.clone();
+        let req = move_req(&a, img, &b, &request_id);
+        async move { s.move_disk(req).await }
+    }))
+    .await;
+    for r in retries {
+        let op = r
+            .expect("a concurrent retry of the same request")
+            .into_inner();
+        assert_eq!(op.operation.unwrap().name, first.name);
+    }
+    assert_eq!(key_names(&tc, "flows/").await, flows);
+    assert_eq!(key_names(&tc, "locks/").await, locks);
+    assert_eq!(key_names(&tc, "requests/").await, requests);
+
+    let done = succeeded(&tc, &first.name).await;
+    // One copy job only: the retries started nothing.
+    let jobs = crate::placement::copy_jobs(&tc, &done).await;
+    assert_eq!(jobs.len(), 1);
+    assert!(tc.keys("locks/").await.is_empty());
+
+    // After the end: the request id still answers the same (done) operation and starts nothing;
+    // cancelling it is refused.
+    let before = snapshot(&tc).await;
+    let replay = s
+        .move_disk(move_req(&a, img, &b, &request_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    assert_eq!(replay.name, first.name);
+    assert!(replay.done);
+    assert_eq!(snapshot(&tc).await, before, "a replay changed something");
+    let cancel = s
+        .cancel_operation(pb::CancelOperationRequest {
+            name: first.name.clone(),
+        })
+        .await;
+    let want = (Code::FailedPrecondition, "OPERATION_DONE", "name");
+    refused(&tc, &before, "cancel of a done operation", cancel, want).await;
+}
+
+/// Sends `n` copies of `req` at once.
+async fn at_once(
+    tc: &TestCluster,
+    n: usize,
+    req: pb::MoveDiskRequest,
+) -> Vec<Result<tonic::Response<pb::MoveDiskResponse>, Status>> {
+    let s = scheduler(tc).await;
+    join_all((0..n).map(|_| {
+        let (mut s, req) = (s.clone(), req.clone());
+        async move { s.move_disk(req).await }
+    }))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_moves_of_one_disk_start_one_operation() {
+    let tc = TestCluster::start(1, |c| throttle(c, 2 * MIB))
+        .await
+        .unwrap();
+    let (a, b) = (tc.domain().await, tc.domain().await);
+    wait_hosts_reach(&tc, &[&a, &b]).await;
+    let (d1, d2) = (
+        single_disk(&tc, &a, 2 * MIB, 2).await,
+        single_disk(&tc, &a, 2 * MIB, 2).await,
+    );
+
+    // Different requests racing for one disk: one wins, the others find it LOCKED (by its source
+    // or its destination, whichever lock they read first after the winner took both).
+    let results = at_once(&tc, 4, move_req(&a, &d1.image_id, &b, "")).await;
+    let (started, lost): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+    assert_eq!(started.len(), 1, "{started:?} {lost:?}");
+    for err in lost.into_iter().map(Result::unwrap_err) {
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert_eq!(reason(&err).as_deref(), Some("DISK_LOCKED"), "{err:?}");
+        let f = field(&err).unwrap_or_default();
+        assert!(
+            ["image", "destination_storage_domain_id"].contains(&f.as_str()),
+            "{err:?}"
+        );
+    }
+    assert_eq!(key_names(&tc, "flows/").await.len(), 1);
+    let first = started[0].as_ref().unwrap().get_ref().operation.clone();
+    succeeded(&tc, &first.unwrap().name).await;
+
+    // Retries of one request racing each other (a client that timed out and sent it again while
+    // the first was still being answered): every one answers the same operation (AIP-155).
+    let request_id = new_id();
+    let results = at_once(&tc, 4, move_req(&a, &d2.image_id, &b, &request_id)).await;
+    let names: BTreeSet<String> = results
+        .into_iter()
+        .map(|r| {
+            r.expect("a retry of the same request")
+                .into_inner()
+                .operation
+                .unwrap()
+                .name
+        })
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert_eq!(key_names(&tc, "flows/").await.len(), 2);
+    succeeded(&tc, names.first().unwrap()).await;
+}
+
+/// The operation `name` now.
+async fn operation(tc: &TestCluster, name: &str) -> pb::Operation {
+    scheduler(tc)
+        .await
+        .get_operation(pb::GetOperationRequest { name: name.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap()
+}
+
+fn step(op: &pb::Operation) -> OperationStep {
+    op.metadata.as_ref().map(|m| m.step()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_moves_while_a_clone_of_it_runs() {
+    // 8 MiB at 2 MiB/s: each copy of the template takes about four seconds.
+    let mut tc = TestCluster::start(2, |c| throttle(c, 2 * MIB))
+        .await
+        .unwrap();
+    let (a, b, c) = (tc.domain().await, tc.domain().await, tc.domain().await);
+    wait_hosts_reach(&tc, &[&a, &b, &c]).await;
+    let tpl = template(&tc, &a, 8 * MIB).await;
+    let tpl_path = tc.volume_path(&tpl);
+    let original = content_sha256(&tpl_path, "raw");
+    let mut s = scheduler(&tc).await;
+
+    let clone = s
+        .clone_disk(clone_req(&tpl, &b))
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    // Hold the clone's copy still, so that the move's copy ends first and the move must wait.
+    let host = wait_for(
+        Duration::from_secs(20),
+        "the clone's copy to run",
+        || async {
+            let op = operation(&tc, &clone.name).await;
+            let v = op.metadata?.volumes.first().cloned()?;
+            (v.status() == pb::JobStatus::Running).then_some(v.host_id)
+        },
+    )
+    .await
+    .unwrap();
+    let i = tc
+        .cluster
+        .host_ids()
+        .iter()
+        .position(|h| *h == host)
+        .unwrap();
+    let worker = tc.cluster.host_mut(i).pid().unwrap();
+    let copier = wait_for(Duration::from_secs(10), "the clone's qemu-img", || async {
+        children_named(worker, "qemu-img").first().copied()
+    })
+    .await
+    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(copier as i32), Signal::SIGSTOP).unwrap();
+
+    let moving = s
+        .move_disk(move_req(&a, &tpl.image_id, &c, ""))
+        .await
+        .expect("a template is moved while a clone reads it")
+        .into_inner()
+        .operation
+        .unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "the move to reach its source deletion",
+        || async {
+            (step(&operation(&tc, &moving.name).await) == OperationStep::DeleteSource).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    // It waits there, the source intact, as long as the clone reads it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (m, cl) = (
+        operation(&tc, &moving.name).await,
+        operation(&tc, &clone.name).await,
+    );
+    assert!(!m.done && step(&m) == OperationStep::DeleteSource, "{m:#?}");
+    assert!(!cl.done, "{cl:#?}");
+    assert_eq!(content_sha256(&tpl_path, "raw"), original);
+    let status = s
+        .get_disk_status(pb::GetDiskStatusRequest {
+            disk: disk(&a, &tpl.image_id),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.status(), pb::DiskStatus::Locked);
+    assert_eq!(status.operation_name, moving.name);
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(copier as i32), Signal::SIGCONT).unwrap();
+    let cl = succeeded(&tc, &clone.name).await;
+    let m = succeeded(&tc, &moving.name).await;
+    let at = |op: &pb::Operation| {
+        let t = op.metadata.as_ref().unwrap().updated_at.unwrap();
+        (t.seconds, t.nanos)
+    };
+    assert!(
+        at(&cl) <= at(&m),
+        "the move ended before the clone it waited for"
+    );
+
+    // The clone holds the template's data; the template is whole in its new domain, and gone
+    // from the old one.
+    let Some(pb::operation::Result::Response(new)) = &cl.result else {
+        panic!("{cl:#?}")
+    };
+    let new = pb::VolumeRef {
+        storage_domain_id: new.storage_domain_id.clone(),
+        image_id: new.image_id.clone(),
+        volume_id: cl.metadata.as_ref().unwrap().volumes[0].volume_id.clone(),
+    };
+    let format = if tc.meta(&new, "FORMAT") == "COW" {
+        "qcow2"
+    } else {
+        "raw"
+    };
+    assert_eq!(content_sha256(&tc.volume_path(&new), format), original);
+    let there = moved(&tpl, &c);
+    assert_eq!(content_sha256(&tc.volume_path(&there), "raw"), original);
+    assert_eq!(tc.meta(&there, "LEGALITY"), "LEGAL");
+    assert_eq!(tc.meta(&there, "VOLTYPE"), "SHARED");
+    assert_eq!(tc.meta(&new, "VOLTYPE"), "LEAF");
+    assert!(
+        !tpl_path.parent().unwrap().exists(),
+        "the template's source is still there"
+    );
+    assert!(
+        tc.keys("locks/").await.is_empty(),
+        "{:?}",
+        tc.keys("locks/").await
+    );
+}
