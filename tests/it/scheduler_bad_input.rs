@@ -698,6 +698,15 @@ async fn a_template_moves_while_a_clone_of_it_runs() {
         .into_inner();
     assert_eq!(status.status(), pb::DiskStatus::Locked);
     assert_eq!(status.operation_name, moving.name);
+    // No new clone may start from a template that waits to be deleted (else a stream of clones could
+    // keep the move waiting forever).
+    let late = s.clone_disk(clone_req(&tpl, &b)).await.unwrap_err();
+    assert_eq!(late.code(), tonic::Code::FailedPrecondition, "{late:?}");
+    assert_eq!(
+        reason(&late).as_deref(),
+        Some("DISK_BEING_DELETED"),
+        "{late:?}"
+    );
 
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(copier as i32), Signal::SIGCONT).unwrap();
     let cl = succeeded(&tc, &clone.name).await;

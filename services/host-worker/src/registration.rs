@@ -2,7 +2,10 @@
 //! domains and load) and SERVING; the moment it is lost, every copy is killed (self-fencing) and the
 //! host is NOT_SERVING until a new lease is granted and the host registered again. Fencing and
 //! registration are separate tasks so that a registration stuck on a dead etcd cannot delay fencing.
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use datapath_api::pb;
 use datapath_coord::session::SessionState;
@@ -42,7 +45,9 @@ pub async fn fence_on_loss(worker: Arc<Worker>, health: HealthReporter) {
 }
 
 /// Keeps `hosts/<host_id>` current while the session is valid: written at each new lease, when the
-/// jobs change, and every few seconds; SERVING once written.
+/// jobs change, when the storage domains it reaches change (looked at every second, so a domain created
+/// through another host becomes usable here within a second), and at least every few seconds; SERVING
+/// once written.
 pub async fn register(worker: Arc<Worker>, address: String, health: HealthReporter) {
     let mut session = worker.session.clone();
     loop {
@@ -51,28 +56,35 @@ pub async fn register(worker: Arc<Worker>, address: String, health: HealthReport
             let registered_at = Some(datapath_api::time::now());
             info!(lease_id, "registering the host");
             let mut reconciled = false;
+            let mut written: Option<(pb::Host, Instant)> = None;
             loop {
                 let changed = worker.jobs.changed.notified();
                 let host = record(&worker, &address, lease_id, registered_at);
-                match worker
-                    .coord
-                    .register_host(worker.host_id, &host, lease_id)
-                    .await
-                {
-                    Ok(()) if *worker.session.borrow() == state => {
-                        set_health(&health, ServingStatus::Serving).await;
-                        if !reconciled {
-                            reconciled = true;
-                            tokio::spawn(crate::reconcile::reconcile(worker.clone()));
+                let due = written
+                    .as_ref()
+                    .is_none_or(|(last, at)| *last != host || at.elapsed() >= REFRESH);
+                if due {
+                    match worker
+                        .coord
+                        .register_host(worker.host_id, &host, lease_id)
+                        .await
+                    {
+                        Ok(()) if *worker.session.borrow() == state => {
+                            written = Some((host, Instant::now()));
+                            set_health(&health, ServingStatus::Serving).await;
+                            if !reconciled {
+                                reconciled = true;
+                                tokio::spawn(crate::reconcile::reconcile(worker.clone()));
+                            }
                         }
+                        Ok(()) => {}
+                        Err(e) => warn!(error = %e, "could not register the host; retrying"),
                     }
-                    Ok(()) => {}
-                    Err(e) => warn!(error = %e, "could not register the host; retrying"),
                 }
                 tokio::select! {
                     _ = session.changed() => break,
                     _ = changed => {}
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = tokio::time::sleep(LOOK_AGAIN) => {}
                 }
             }
         } else if session.changed().await.is_err() {
@@ -80,6 +92,11 @@ pub async fn register(worker: Arc<Worker>, address: String, health: HealthReport
         }
     }
 }
+
+/// How often the host looks at its storage domains.
+const LOOK_AGAIN: Duration = Duration::from_secs(1);
+/// How often the record is written even when nothing changed.
+const REFRESH: Duration = Duration::from_secs(5);
 
 fn record(
     worker: &Worker,

@@ -96,17 +96,55 @@ impl Storage {
 /// Replaces `path` with `contents` atomically and durably.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-    }
+    let tmp = write_temp(path, contents)?;
     fs::rename(&tmp, path)?;
     fs::File::open(dir)?.sync_all()
+}
+
+/// Creates `path` holding `contents`, failing with `AlreadyExists` if it exists: the file appears
+/// whole (a hard link to a durable temporary file), so no reader ever sees it empty or half written.
+pub fn create_exclusive(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = write_temp(path, contents)?;
+    let linked = fs::hard_link(&tmp, path);
+    fs::remove_file(&tmp)?;
+    linked?;
+    fs::File::open(dir)?.sync_all()
+}
+
+/// A durable temporary file beside `path`, with a name no other writer uses.
+fn write_temp(path: &Path, contents: &[u8]) -> std::io::Result<std::path::PathBuf> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    Ok(tmp)
 }
 
 /// Makes `path`'s directory entry durable.
 pub fn sync_dir(path: &Path) -> std::io::Result<()> {
     fs::File::open(path)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exclusive_create_appears_whole_once_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.meta");
+        create_exclusive(&path, b"FORMAT=RAW\n").unwrap();
+        let again = create_exclusive(&path, b"FORMAT=COW\n").unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "FORMAT=RAW\n");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["v.meta"]);
+    }
 }

@@ -59,8 +59,9 @@ impl Storage {
             .unwrap_or(0)
     }
 
-    /// Creates a volume: metadata first (ILLEGAL, exclusively, so a taken id fails without touching
-    /// anything), then the data file, then the requested legality. A crash in between leaves an
+    /// Creates a volume: metadata first (ILLEGAL, created whole and exclusively, so a taken id fails
+    /// without touching anything and a reader never sees it half written), then the data file, then
+    /// the requested legality. A crash in between leaves an
     /// ILLEGAL volume that can be deleted, never a LEGAL one without data.
     pub async fn create_volume(&self, new: &NewVolume) -> Result<VolumeMeta, Error> {
         let v = &new.volume;
@@ -98,18 +99,13 @@ impl Storage {
         let img_dir = self.image_dir(v.storage_domain, v.image);
         fs::create_dir_all(&img_dir).map_err(|e| Error::io("create", &img_dir, e))?;
         let meta_path = self.meta_path(v);
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&meta_path)
-        {
-            Ok(_) => {}
+        match super::create_exclusive(&meta_path, meta.render().as_bytes()) {
+            Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(Error::VolumeExists(*v))
             }
             Err(e) => return Err(Error::io("create", &meta_path, e)),
         }
-        self.write_meta(v, &meta)?;
         let parent = new.parent.map(|p| {
             let pmeta = self.read_meta(&VolumeKey { volume: p, ..*v }, "parent_volume_id");
             (

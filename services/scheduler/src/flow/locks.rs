@@ -1,7 +1,8 @@
 //! Disk locks as flows use them: an operation owns the disks it writes (a move's source and
-//! destination, a clone's new disk) and reads a template under a shared hold. A move deletes its source
-//! only after marking the lock `deleting` at a moment without readers, so a clone never loses its
-//! template mid-copy and no clone starts from a template being deleted.
+//! destination, a clone's new disk) and reads a template under a shared hold. A move marks its source
+//! `deleting` (no new clone may start from it) and deletes it only once no reader is left, so a clone
+//! never loses its template mid-copy. The mark comes first and the wait for the readers after, so new
+//! clones cannot keep a move waiting forever.
 use std::time::Duration;
 
 use datapath_api::{pb, volume::DiskKey};
@@ -29,8 +30,9 @@ pub async fn release(coord: &Coord, disk: &DiskKey, op_name: &str) -> Result<(),
     }
 }
 
-/// Marks `disk` (owned by `op_name`) as being deleted once no reader holds it. Returns false while
-/// readers remain; the caller waits and asks again.
+/// Marks `disk` (owned by `op_name`) as being deleted: from then on no new clone may read it. Returns
+/// whether no reader holds it any more; the caller waits for the readers there were and asks again.
+/// (Marking first and waiting after means a steady stream of clones cannot postpone a move forever.)
 pub async fn mark_deleting(
     coord: &Coord,
     disk: &DiskKey,
@@ -39,21 +41,18 @@ pub async fn mark_deleting(
     loop {
         let current = coord.disk_lock(disk).await?;
         if current.value.deleting && current.value.owner == op_name {
-            return Ok(true);
-        }
-        if !current.value.readers.is_empty() {
-            return Ok(false);
+            return Ok(current.value.readers.is_empty());
         }
         let lock = pb::DiskLock {
             owner: op_name.to_string(),
-            readers: Vec::new(),
+            readers: current.value.readers.clone(),
             deleting: true,
         };
         if coord
             .put_disk_lock_if(disk, &lock, current.mod_revision)
             .await?
         {
-            return Ok(true);
+            return Ok(lock.readers.is_empty());
         }
     }
 }
