@@ -13,6 +13,7 @@ mod placement;
 mod scheduler_bad_input;
 mod scheduler_faults;
 mod scheduler_ha;
+mod scheduler_locks;
 mod spm;
 mod storage;
 mod telemetry;
