@@ -1,5 +1,9 @@
 //! A benchmark cluster: release binaries, helpers to make volumes and run one copy to its end.
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context as _};
 use datapath_api::pb::{
@@ -13,6 +17,8 @@ use tonic::transport::Channel;
 /// A running cluster in its own directory.
 pub struct Bench {
     pub cluster: Cluster,
+    /// The SPM host: structural verbs (CreateStorageDomain, CreateVolume, DeleteImage) go there;
+    /// with one host, that host.
     pub host: HostWorkerServiceClient<Channel>,
     pub tracker: JobTrackerServiceClient<Channel>,
     _dir: tempfile::TempDir,
@@ -25,27 +31,45 @@ impl Bench {
         slots: u32,
         env: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
+        Self::start_with(
+            base,
+            ClusterConfig {
+                job_slots: slots,
+                env,
+                ..ClusterConfig::default()
+            },
+        )
+        .await
+    }
+
+    /// A cluster shaped by `config` (hosts, slots, limits, extra environment); its directory,
+    /// binaries and log level are the benchmark's.
+    pub async fn start_with(base: &Path, config: ClusterConfig) -> anyhow::Result<Self> {
+        let mut dir = tempfile::Builder::new()
             .prefix("datapath-bench-")
             .tempdir_in(base)?;
+        // DATAPATH_BENCH_KEEP=1 keeps the cluster's directory (logs, etcd data) for a look after.
+        if std::env::var_os("DATAPATH_BENCH_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping {}", dir.path().display());
+        }
         let exe = std::env::current_exe()?;
         let config = ClusterConfig {
-            hosts: 1,
             dir: dir.path().to_path_buf(),
             bin_dir: exe.parent().map(Path::to_path_buf),
-            job_slots: slots,
             env: [
                 vec![(
                     "RUST_LOG".to_string(),
                     std::env::var("DATAPATH_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
                 )],
-                env,
+                config.env,
             ]
             .concat(),
-            ..ClusterConfig::default()
+            ..config
         };
         let cluster = Cluster::start(config).await.context("start cluster")?;
-        let host = HostWorkerServiceClient::connect(cluster.host_url(0)).await?;
+        let spm = cluster.wait_spm().await?;
+        let host = HostWorkerServiceClient::connect(cluster.host_url(spm)).await?;
         let tracker = JobTrackerServiceClient::connect(cluster.job_tracker_url()).await?;
         Ok(Self {
             cluster,
@@ -164,4 +188,53 @@ pub fn fill_raw(path: &Path, random: u64) -> anyhow::Result<()> {
 pub fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
+}
+
+/// The nearest-rank percentile `p` (0 < p ≤ 1) of `sorted` (ascending, not empty).
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// Starts each run alike: no dirty pages left by the previous run, the source read from disk, and
+/// the disks idle. The root filesystem here is mounted with `discard`, so deleting the last run's
+/// files sends TRIMs that would otherwise land inside the next timed run. Dropping the page cache
+/// needs root; without it both sides still start after a full sync.
+pub fn settle() -> anyhow::Result<()> {
+    settle_with(true)
+}
+
+/// [`settle`], dropping the page cache or not: a latency measurement keeps it, or the first
+/// `qemu-img` run after the drop would time reading its own binary and libraries from disk.
+pub fn settle_with(drop_caches: bool) -> anyhow::Result<()> {
+    Command::new("sync").status()?;
+    if drop_caches {
+        let _ = std::fs::write("/proc/sys/vm/drop_caches", "3\n");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut idle_since = Instant::now();
+    while Instant::now() < deadline {
+        if in_flight() > 0 {
+            idle_since = Instant::now();
+        } else if idle_since.elapsed() >= Duration::from_millis(500) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Requests in flight on every block device (`/sys/block/*/inflight`).
+fn in_flight() -> u64 {
+    let Ok(devices) = std::fs::read_dir("/sys/block") else {
+        return 0;
+    };
+    devices
+        .flatten()
+        .filter_map(|d| std::fs::read_to_string(d.path().join("inflight")).ok())
+        .flat_map(|t| {
+            t.split_whitespace()
+                .filter_map(|n| n.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }

@@ -8,7 +8,7 @@ use std::{
 use anyhow::bail;
 use datapath_api::pb::{DeleteImageRequest, Legality};
 
-use crate::cluster::{fill_raw, median, Bench};
+use crate::cluster::{fill_raw, median, settle, Bench};
 
 const SIZE: u64 = 2 << 30;
 
@@ -118,40 +118,4 @@ fn qemu_img_alone(src: &Path, dst: &Path) -> anyhow::Result<Duration> {
         bail!("qemu-img convert failed");
     }
     Ok(elapsed)
-}
-
-/// Starts each run alike: no dirty pages left by the previous run, the source read from disk, and
-/// the disks idle. The root filesystem here is mounted with `discard`, so deleting the last run's
-/// files sends TRIMs that would otherwise land inside the next timed run. Dropping the page cache
-/// needs root; without it both sides still start after a full sync.
-fn settle() -> anyhow::Result<()> {
-    Command::new("sync").status()?;
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3\n");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut idle_since = Instant::now();
-    while Instant::now() < deadline {
-        if in_flight() > 0 {
-            idle_since = Instant::now();
-        } else if idle_since.elapsed() >= Duration::from_millis(500) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-/// Requests in flight on every block device (`/sys/block/*/inflight`).
-fn in_flight() -> u64 {
-    let Ok(devices) = std::fs::read_dir("/sys/block") else {
-        return 0;
-    };
-    devices
-        .flatten()
-        .filter_map(|d| std::fs::read_to_string(d.path().join("inflight")).ok())
-        .flat_map(|t| {
-            t.split_whitespace()
-                .filter_map(|n| n.parse::<u64>().ok())
-                .collect::<Vec<_>>()
-        })
-        .sum()
 }

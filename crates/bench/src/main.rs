@@ -5,22 +5,32 @@
 //!   `qemu-img convert` run directly; median of N rounds, alternating which goes first.
 //! - `accept`: CopyData's answer time while ≥ 50 jobs wait in the host's queue.
 //! - `etcd-writes`: etcd writes one copy job causes, for growing volume sizes.
+//! - `spread`: six disks moved at once over three bandwidth-limited hosts, against the same moves
+//!   with every copy on the SPM (`data_operations_by_hsm=false`); then the scheduling overhead,
+//!   MoveDisk's answer → the first byte copied.
 mod accept;
 mod cluster;
 mod copy;
 mod etcd_writes;
+mod spread;
 
 use clap::Parser;
 
 #[derive(Parser)]
 #[command(about = "datapath benchmarks")]
 struct Args {
-    /// Which benchmark: copy, accept, etcd-writes or all.
+    /// Which benchmark: copy, accept, etcd-writes, spread or all.
     #[arg(default_value = "all")]
     which: String,
-    /// Rounds of the copy benchmark.
-    #[arg(long, default_value_t = 5)]
-    rounds: usize,
+    /// Rounds of the copy benchmark (default 5) and of the spread benchmark (default 3).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Single moves timed for the spread benchmark's scheduling overhead.
+    #[arg(long, default_value_t = 30)]
+    moves: usize,
+    /// The spread benchmark's per-host bandwidth limit in MiB/s (0: none).
+    #[arg(long, default_value_t = 32)]
+    host_limit_mib: u64,
     /// Where the clusters keep their files (needs ~6 GiB free for `copy`).
     #[arg(long, env = "DATAPATH_BENCH_DIR")]
     dir: Option<std::path::PathBuf>,
@@ -34,14 +44,26 @@ async fn main() -> anyhow::Result<()> {
         None => std::env::temp_dir(),
     };
     let all = args.which == "all";
+    if !["all", "copy", "accept", "etcd-writes", "spread"].contains(&args.which.as_str()) {
+        anyhow::bail!("unknown benchmark {:?}", args.which);
+    }
     if all || args.which == "copy" {
-        copy::run(&base, args.rounds).await?;
+        copy::run(&base, args.rounds.unwrap_or(5)).await?;
     }
     if all || args.which == "accept" {
         accept::run(&base).await?;
     }
     if all || args.which == "etcd-writes" {
         etcd_writes::run(&base).await?;
+    }
+    if all || args.which == "spread" {
+        spread::run(
+            &base,
+            args.rounds.unwrap_or(3),
+            args.moves,
+            args.host_limit_mib << 20,
+        )
+        .await?;
     }
     Ok(())
 }
