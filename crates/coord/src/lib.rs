@@ -24,6 +24,9 @@ pub use keys::Keys;
 /// hanging a caller forever.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often an idle connection to etcd is pinged: no more often than etcd allows by default.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(6);
+
 /// Where etcd is and which prefix is ours: the flags every etcd-using service shares.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EtcdOptions {
@@ -63,7 +66,9 @@ impl Coord {
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self> {
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            // etcd (3.4 default --grpc-keepalive-min-time 5s) answers pings sent more often than every
+            // 5 s with GOAWAY, which cut long campaigns and quiet watches every few seconds.
+            .with_keep_alive(KEEP_ALIVE_INTERVAL, Duration::from_secs(3))
             .with_keep_alive_while_idle(true);
         let blocking = Client::connect(endpoints, Some(options.clone())).await?;
         let client =
