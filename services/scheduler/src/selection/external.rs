@@ -54,6 +54,6 @@ impl HostSelector for External {
             }
             Err(e) => warn!(error = %e, "external host selector failed; using least-loaded"),
         }
-        least_loaded::pick(&step.candidates, step.spm.as_deref()).map(|c| c.host.host_id.clone())
+        least_loaded::pick(&step.candidates, step.spm.as_deref(), 0).map(|c| c.host.host_id.clone())
     }
 }

@@ -1,22 +1,35 @@
 //! `least-loaded`: the most free slots, then the fewest bytes in flight, then a host that is not the
-//! SPM (it has structural work of its own), then the host id for a stable choice.
-use std::cmp::Reverse;
+//! SPM (it has structural work of its own). Hosts equally loaded take turns, so copies one after
+//! another on an idle cluster spread too instead of all landing on the lowest host id.
+use std::{
+    cmp::Reverse,
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
 use super::{Candidate, HostSelector, Step};
 
 /// Spreads copies by load.
-pub struct LeastLoaded;
+#[derive(Default)]
+pub struct LeastLoaded {
+    turn: AtomicUsize,
+}
 
-/// The pure choice.
-pub fn pick<'a>(candidates: &'a [Candidate], spm: Option<&str>) -> Option<&'a Candidate> {
-    candidates.iter().min_by_key(|c| {
+/// The pure choice: among the least loaded (candidates in host-id order), the one at `turn`.
+pub fn pick<'a>(
+    candidates: &'a [Candidate],
+    spm: Option<&str>,
+    turn: usize,
+) -> Option<&'a Candidate> {
+    let load = |c: &Candidate| {
         (
             Reverse(c.free_slots),
             c.bytes_in_flight,
             Some(c.host.host_id.as_str()) == spm,
-            c.host.host_id.clone(),
         )
-    })
+    };
+    let least = candidates.iter().map(load).min()?;
+    let tied: Vec<&Candidate> = candidates.iter().filter(|c| load(c) == least).collect();
+    Some(tied[turn % tied.len()])
 }
 
 #[tonic::async_trait]
@@ -26,7 +39,8 @@ impl HostSelector for LeastLoaded {
     }
 
     async fn select(&self, step: &Step) -> Option<String> {
-        pick(&step.candidates, step.spm.as_deref()).map(|c| c.host.host_id.clone())
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        pick(&step.candidates, step.spm.as_deref(), turn).map(|c| c.host.host_id.clone())
     }
 }
 
@@ -72,7 +86,7 @@ mod tests {
                 Some("h1"),
             ),
             (
-                "then the host id",
+                "ties: the first by host id at turn 0",
                 vec![host("h2", 2, 0, 0), host("h1", 2, 0, 0)],
                 None,
                 Some("h1"),
@@ -80,8 +94,23 @@ mod tests {
         ];
         for (name, hosts, spm, want) in cases {
             let s = step(hosts, *spm);
-            let got = pick(&s.candidates, s.spm.as_deref()).map(|c| c.host.host_id.as_str());
+            let got = pick(&s.candidates, s.spm.as_deref(), 0).map(|c| c.host.host_id.as_str());
             assert_eq!(got, *want, "{name}");
         }
+    }
+
+    #[tokio::test]
+    async fn equally_loaded_hosts_take_turns_and_a_busier_one_waits() {
+        let hosts = [
+            host("h1", 2, 0, 0),
+            host("h2", 2, 0, 0),
+            host("h3", 2, 1, 0),
+        ];
+        let policy = LeastLoaded::default();
+        let mut picks = Vec::new();
+        for _ in 0..4 {
+            picks.push(policy.select(&step(&hosts, None)).await.unwrap());
+        }
+        assert_eq!(picks, ["h1", "h2", "h1", "h2"]);
     }
 }

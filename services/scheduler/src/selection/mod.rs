@@ -58,7 +58,7 @@ pub enum Policy {
     Random,
     /// Candidates in turn.
     RoundRobin,
-    /// Most free slots, then fewest bytes in flight, then a host that is not the SPM.
+    /// Most free slots, then fewest bytes in flight, then a host that is not the SPM; equals take turns.
     LeastLoaded,
     /// Only the SPM, as before the feature.
     SpmOnly,
@@ -71,7 +71,7 @@ pub fn build(policy: Policy, external_url: Option<&str>) -> anyhow::Result<Arc<d
     Ok(match policy {
         Policy::Random => Arc::new(Random),
         Policy::RoundRobin => Arc::new(RoundRobin::default()),
-        Policy::LeastLoaded => Arc::new(LeastLoaded),
+        Policy::LeastLoaded => Arc::new(LeastLoaded::default()),
         Policy::SpmOnly => Arc::new(SpmOnly),
         Policy::External => {
             let url = external_url.ok_or_else(|| {
