@@ -107,3 +107,60 @@ async fn a_template_clones_into_qcow2_sparse_and_raw_preallocated_and_stays_unch
     );
     assert!(tc.keys("locks/").await.is_empty());
 }
+
+#[tokio::test]
+async fn a_cancelled_clone_removes_the_new_disk_and_leaves_the_template() {
+    let tc = TestCluster::start(2, |c| crate::harness::throttle(c, 4 * MIB))
+        .await
+        .unwrap();
+    let (a, b) = (tc.domain().await, tc.domain().await);
+    let tpl = template(&tc, &a, 32 * MIB).await;
+    let tpl_sum = sha256(&tc.volume_path(&tpl));
+    let new_img = uuid::Uuid::new_v4().to_string();
+    let op = scheduler(&tc)
+        .await
+        .clone_disk(pb::CloneDiskRequest {
+            template_volume: Some(tpl.clone()),
+            destination_storage_domain_id: b.clone(),
+            new_image_id: new_img.clone(),
+            format: pb::VolumeFormat::Cow as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    crate::harness::wait_for(Duration::from_secs(20), "the clone's copy", || async {
+        (!tc.keys("leases/").await.is_empty()).then_some(())
+    })
+    .await
+    .unwrap();
+    scheduler(&tc)
+        .await
+        .cancel_operation(pb::CancelOperationRequest {
+            name: op.name.clone(),
+        })
+        .await
+        .unwrap();
+    let last = follow(&tc, &op.name, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        error_of(&last).map(|e| e.reason.as_str()),
+        Some("CANCELLED"),
+        "{last:#?}"
+    );
+    let new_dir = tc
+        .cluster
+        .storage_root()
+        .join(&b)
+        .join("images")
+        .join(&new_img);
+    assert!(!new_dir.exists(), "the new disk is still there");
+    assert_eq!(sha256(&tc.volume_path(&tpl)), tpl_sum);
+    assert_eq!(tc.meta(&tpl, "LEGALITY"), "LEGAL");
+    assert!(tc.keys("locks/").await.is_empty());
+}

@@ -114,6 +114,41 @@ async fn dpctl_moves_and_clones_disks_and_shows_operations() {
 
     let ops = ok(dpctl(&tc, &["-o", "json", "ops", "list"]));
     assert_eq!(ops.matches("\"name\"").count(), 3, "{ops}");
+    // The API pages newest first (AIP-158).
+    let mut s = crate::disks::scheduler(&tc).await;
+    let list = |token: String| datapath_api::pb::ListOperationsRequest {
+        page_size: 2,
+        page_token: token,
+        ..Default::default()
+    };
+    let p1 = s
+        .list_operations(list(String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p1.operations.len(), 2);
+    assert!(!p1.next_page_token.is_empty());
+    let p2 = s
+        .list_operations(list(p1.next_page_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p2.operations.len(), 1);
+    assert!(p2.next_page_token.is_empty());
+    let created = |o: &datapath_api::pb::Operation| {
+        let t = o.metadata.as_ref().unwrap().created_at.unwrap();
+        (t.seconds, t.nanos)
+    };
+    let all: Vec<_> = p1
+        .operations
+        .iter()
+        .chain(&p2.operations)
+        .map(created)
+        .collect();
+    assert!(
+        all.windows(2).all(|w| w[0] >= w[1]),
+        "not newest first: {all:?}"
+    );
     let got = ok(dpctl(&tc, &["ops", "get", &name(&first)]));
     assert!(got.contains(&name(&first)), "{got}");
 

@@ -274,3 +274,53 @@ async fn spm_killed_mid_move_a_new_spm_finishes_it() {
         "the move should finish on the new SPM: {last:#?}"
     );
 }
+
+#[tokio::test]
+async fn a_host_killed_mid_copy_the_copy_is_retried_on_another_and_the_move_finishes() {
+    let mut tc = TestCluster::start(3, |c| throttle(c, 4 * MIB))
+        .await
+        .unwrap();
+    let (a, b) = (tc.domain().await, tc.domain().await);
+    let src = chain_disk(&tc, &a, 16 * MIB).await;
+    let before = sums(&tc, &src);
+    let spm = tc.spm().await;
+    let name = start_move(&tc, &a, &src[0].image_id, &b).await;
+    // The first copy runs on a host that is not the SPM (least-loaded prefers those).
+    let (victim, job) = wait_for(Duration::from_secs(20), "a running copy", || async {
+        let f = flow(&tc, &name).await?;
+        let v = f
+            .volumes
+            .iter()
+            .find(|v| v.state() == FlowVolumeState::Copying)?;
+        (v.job_status() == pb::JobStatus::Running).then(|| (v.host_id.clone(), v.job_id.clone()))
+    })
+    .await
+    .unwrap();
+    let i = tc
+        .cluster
+        .host_ids()
+        .iter()
+        .position(|h| *h == victim)
+        .unwrap();
+    assert_ne!(i, spm, "least-loaded put the copy on the SPM");
+    tc.cluster.host_mut(i).signal(Signal::SIGKILL).unwrap();
+
+    // Its job never ends (the host is gone for good); the scheduler concludes from the destination
+    // once the host's leases expire, and copies again elsewhere.
+    let seen = follow(&tc, &name, Duration::from_secs(90)).await;
+    if seen.is_err() {
+        tc.dump_logs();
+    }
+    let last = seen.unwrap().pop().unwrap();
+    assert!(
+        assert_whole(&tc, &src, &b, &before, &last).await,
+        "{last:#?}"
+    );
+    let volumes = last.metadata.unwrap().volumes;
+    let retried = volumes
+        .iter()
+        .find(|v| v.attempts == 2)
+        .expect("a second attempt");
+    assert_ne!(retried.host_id, victim);
+    assert_ne!(retried.job_id, job);
+}
