@@ -138,7 +138,34 @@ impl TestCluster {
             })
             .await
             .expect("create storage domain");
+        self.wait_live_hosts_reach(&id).await;
         id
+    }
+
+    /// Waits until every live host's registration lists storage domain `sd` (a host notices a new
+    /// domain within a second), so that placement can use every host for it.
+    pub async fn wait_live_hosts_reach(&self, sd: &str) {
+        use prost::Message as _;
+        let prefix = format!("{}hosts/", self.cluster.etcd_prefix());
+        wait_for(
+            Duration::from_secs(15),
+            "every live host to reach the domain",
+            || async {
+                let resp = self
+                    .etcd
+                    .clone()
+                    .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+                    .await
+                    .ok()?;
+                resp.kvs()
+                    .iter()
+                    .filter_map(|kv| pb::Host::decode(kv.value()).ok())
+                    .all(|h| h.storage_domain_ids.iter().any(|d| d == sd))
+                    .then_some(())
+            },
+        )
+        .await
+        .expect("hosts reach the new domain");
     }
 
     /// Creates a volume through the SPM.
