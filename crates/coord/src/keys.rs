@@ -6,6 +6,7 @@
 //! | `spm/<lease>` | etcd election: host id | each candidate's session lease; the oldest key is the SPM |
 //! | `scheduler/<lease>` | etcd election: scheduler address | each replica's session lease |
 //! | `leases/volumes/<sd>/<img>/<vol>` | `VolumeLease` | the holder's session lease; create-if-absent |
+//! | `generations/<sd>/<img>/<vol>` | generation (text) | permanent; deleted with the image |
 //! | `jobs/<job_id>` | `Job` (job-tracker only) | until deleted, or the retention lease after it ended |
 //! | `flows/<operation_id>` | `Flow` (scheduler leader) | until the operation ends and its retention passes |
 //! | `locks/disks/<sd>/<img>` | `DiskLock` | while an operation owns or reads the disk |
@@ -95,6 +96,16 @@ impl Keys {
         format!("{}{volume}", self.volume_leases())
     }
 
+    /// `generations/<sd>/<img>/<vol>`.
+    pub fn generation(&self, volume: &VolumeKey) -> String {
+        format!("{}generations/{volume}", self.prefix)
+    }
+
+    /// `generations/<sd>/<img>/`: every generation record of one image.
+    pub fn image_generations(&self, disk: &DiskKey) -> String {
+        format!("{}generations/{disk}/", self.prefix)
+    }
+
     /// `jobs/`.
     pub fn jobs(&self) -> String {
         format!("{}jobs/", self.prefix)
@@ -122,6 +133,7 @@ impl Keys {
             r if r.starts_with("locks/disks/") => RecordKind::DiskLock,
             r if r.starts_with("config/")
                 || r.starts_with("requests/")
+                || r.starts_with("generations/")
                 || r.starts_with("spm/")
                 || r.starts_with("scheduler/") =>
             {

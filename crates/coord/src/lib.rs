@@ -7,6 +7,7 @@ pub mod config;
 pub mod election;
 pub mod error;
 pub mod flows;
+pub mod generations;
 pub mod hosts;
 pub mod jobs;
 pub mod keys;

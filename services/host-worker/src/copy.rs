@@ -13,7 +13,7 @@ use datapath_api::{
     pb::{self, JobStatus},
     volume::{CopyDataSpec, Legality, VolumeKey},
 };
-use datapath_coord::CoordError;
+use datapath_coord::{generations::Refused as CommitRefused, CoordError};
 use tokio::sync::watch;
 use tracing::{info, instrument, warn, Instrument as _};
 
@@ -302,6 +302,13 @@ async fn copy_under_lease(
     let io = |e: Error| Failure::failed("STORAGE_ERROR", e.to_string());
     let mut dmeta = storage.read_meta(&dst, "destination.volume").map_err(io)?;
     let smeta = storage.read_meta(&src, "source.volume").map_err(io)?;
+    // A commit recorded in etcd whose metadata write was lost (a crash in between) counts: the
+    // volume is at the recorded generation, and not LEGAL.
+    match worker.coord.generation(&dst).await {
+        Ok(Some((recorded, _))) if recorded > dmeta.generation => dmeta.generation = recorded,
+        Ok(_) => {}
+        Err(e) => return Err(Failure::failed("ETCD_UNAVAILABLE", e.to_string())),
+    }
     if let Some(g) = spec
         .destination
         .generation
@@ -350,12 +357,6 @@ async fn copy_under_lease(
     if let Some(reason) = control.reason() {
         return Err(Failure::Stopped(reason));
     }
-    // The fencing check: only the holder of this very lease may commit the copy.
-    match worker.coord.holds_volume_lease(&dst, token).await {
-        Ok(true) => {}
-        Ok(false) => return Err(Failure::Stopped(StopReason::Fenced)),
-        Err(e) => return Err(Failure::failed("ETCD_UNAVAILABLE", e.to_string())),
-    }
     let mut now = storage.read_meta(&dst, "destination.volume").map_err(io)?;
     if now.generation != generation {
         return Err(Failure::failed(
@@ -365,6 +366,23 @@ async fn copy_under_lease(
                 now.generation
             ),
         ));
+    }
+    // The fencing check, in one etcd transaction: only the holder of this very lease, and only from
+    // the generation the copy started at, may commit it.
+    match worker
+        .coord
+        .commit_generation(&dst, token, generation)
+        .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(CommitRefused::LeaseLost)) => return Err(Failure::Stopped(StopReason::Fenced)),
+        Ok(Err(CommitRefused::GenerationMoved { found })) => {
+            return Err(Failure::failed(
+                "GENERATION_MISMATCH",
+                format!("destination generation moved from {generation} to {found} (fenced)"),
+            ))
+        }
+        Err(e) => return Err(Failure::failed("ETCD_UNAVAILABLE", e.to_string())),
     }
     now.generation = generation + 1;
     now.legality = Legality::Legal;

@@ -5,6 +5,7 @@
 
 pub mod copy;
 pub mod error;
+pub mod fence;
 pub mod identity;
 pub mod jobs;
 pub mod qemu;

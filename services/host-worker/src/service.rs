@@ -12,7 +12,7 @@ use datapath_api::{
     volume::{Allocation, Format, Legality, Role, VolumeKey},
 };
 use tonic::{Request, Response, Status};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     copy, error::Error, jobs::StopReason, spm, storage::volume::NewVolume, worker::Worker,
@@ -29,8 +29,16 @@ impl HostWorkerApi {
         Self { worker }
     }
 
+    /// A volume as readers must see it: a generation recorded in etcd above the metadata's (a commit
+    /// or a fence whose metadata write was lost) counts, and such a volume is not LEGAL.
     async fn volume_info(&self, key: &VolumeKey, field: &str) -> Result<pb::VolumeInfo, Error> {
-        let meta = self.worker.storage.read_meta(key, field)?;
+        let mut meta = self.worker.storage.read_meta(key, field)?;
+        if let Some((recorded, _)) = self.worker.coord.generation(key).await? {
+            if recorded > meta.generation {
+                meta.generation = recorded;
+                meta.legality = datapath_api::volume::Legality::Illegal;
+            }
+        }
         let lease = self.worker.coord.volume_lease(key).await?;
         Ok(pb::VolumeInfo {
             volume: Some(key.to_pb()),
@@ -224,6 +232,15 @@ impl HostWorkerService for HostWorkerApi {
             }
         }
         self.worker.storage.delete_image(sd, img)?;
+        let disk = datapath_api::volume::DiskKey {
+            storage_domain: sd,
+            image: img,
+        };
+        if let Err(e) = self.worker.coord.delete_image_generations(&disk).await {
+            // Harmless if left: a volume created again under the same ids is read, copied into and
+            // committed at the recorded generation, which only ever rises.
+            warn!(%sd, %img, error = %e, "could not forget the image's generations");
+        }
         info!(%sd, %img, "image deleted");
         Ok(Response::new(pb::DeleteImageResponse {}))
     }
@@ -234,6 +251,19 @@ impl HostWorkerService for HostWorkerApi {
     ) -> Result<Response<pb::CopyDataResponse>, Status> {
         let job = copy::copy_data(&self.worker, req.get_ref()).await?;
         Ok(Response::new(pb::CopyDataResponse { job: Some(job) }))
+    }
+
+    async fn fence_volume(
+        &self,
+        req: Request<pb::FenceVolumeRequest>,
+    ) -> Result<Response<pb::FenceVolumeResponse>, Status> {
+        let fenced = crate::fence::fence_volume(&self.worker, req.get_ref()).await?;
+        let key = VolumeKey::from_pb("volume", req.get_ref().volume.as_ref())?;
+        let volume = self.volume_info(&key, "volume").await?;
+        Ok(Response::new(pb::FenceVolumeResponse {
+            volume: Some(volume),
+            fenced,
+        }))
     }
 
     async fn list_host_jobs(

@@ -2,9 +2,7 @@
 //! persist the attempt (job id, host, the destination's generation G), send CopyData, follow the job
 //! through the job-tracker's watch, and retry a failed copy on another host (bounded).
 //!
-//! When the job is missing or its host has gone, the destination volume decides, as oVirt's engine
-//! does: a held lease means the copy may still run (wait); a free lease with generation G + 1 and
-//! LEGAL means it succeeded; anything else means it failed.
+//! When the job is missing or its host has gone, the destination volume decides (`conclude.rs`).
 use std::time::Duration;
 
 use datapath_api::pb::{self, FlowVolumeState, JobStatus};
@@ -12,6 +10,7 @@ use tonic::Code;
 use tracing::{info, warn};
 
 use super::{
+    conclude::conclude,
     placement::{place, unplace, Placement},
     runner::Run,
     Stop,
@@ -31,7 +30,7 @@ pub enum Outcome {
 
 /// How one attempt's job ended.
 #[derive(Debug, Clone, PartialEq)]
-enum JobEnd {
+pub(super) enum JobEnd {
     Succeeded,
     Failed { code: String, message: String },
     Aborted,
@@ -335,57 +334,6 @@ async fn host_live(run: &Run, host_id: &str) -> bool {
         .get_host(id)
         .await
         .map_or(true, |h| h.is_some())
-}
-
-/// Decides a lost attempt from the destination volume (see the module header).
-async fn conclude(run: &Run, v: &pb::FlowVolume) -> Result<JobEnd, Stop> {
-    let dst = v.destination.clone().unwrap_or_default();
-    loop {
-        let client = run
-            .engine
-            .host_reaching(&dst.storage_domain_id, "destination")
-            .await;
-        let info = match client {
-            Ok(mut c) => {
-                c.get_volume_info(pb::GetVolumeInfoRequest {
-                    volume: Some(dst.clone()),
-                })
-                .await
-            }
-            Err(e) => Err(tonic::Status::from(e)),
-        };
-        match info {
-            Ok(resp) => {
-                let info = resp.into_inner().volume.unwrap_or_default();
-                if info.lease.is_some() {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-                let meta = info.metadata.unwrap_or_default();
-                if meta.generation == v.expected_generation + 1
-                    && meta.legality == pb::Legality::Legal as i32
-                {
-                    return Ok(JobEnd::Succeeded);
-                }
-                return Ok(JobEnd::Failed {
-                    code: "COPY_LOST".into(),
-                    message: format!(
-                        "job {} was lost and the destination is at generation {}, not {}",
-                        v.job_id,
-                        meta.generation,
-                        v.expected_generation + 1
-                    ),
-                });
-            }
-            Err(s) if s.code() == Code::NotFound => {
-                return Ok(JobEnd::Failed {
-                    code: "DESTINATION_MISSING".into(),
-                    message: s.message().to_string(),
-                })
-            }
-            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
-        }
-    }
 }
 
 /// Records how the attempt ended; returns the volume's outcome when it is final.

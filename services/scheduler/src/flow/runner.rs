@@ -307,10 +307,10 @@ async fn finish(run: &Run, failure: Option<pb::OperationError>) -> Result<(), St
 
 /// Calls the SPM, following the role when it moves; gives up on a verdict (non-transient status) or
 /// after two minutes without an SPM.
-async fn spm_call<F, Fut>(run: &Run, what: &str, call: F) -> Result<(), tonic::Status>
+pub(super) async fn spm_call<T, F, Fut>(run: &Run, what: &str, call: F) -> Result<T, tonic::Status>
 where
     F: Fn(crate::clients::HostClient) -> Fut,
-    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {

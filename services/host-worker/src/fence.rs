@@ -1,0 +1,98 @@
+//! FenceVolume: the SPM's half of the engine's fallback. When a copy's job or host is lost and the
+//! destination's lease is free but its generation undecided, the engine asks the SPM to fence the
+//! volume: under the volume's lease, the generation is raised past every attempt that may still be
+//! out there (a job queued on a partitioned host, say), first in etcd — in one transaction with the
+//! lease — then in the metadata, and the volume stays ILLEGAL. Any such attempt then fails its
+//! generation check instead of committing over a retry.
+use std::sync::Arc;
+
+use datapath_api::{
+    ids::JobId,
+    pb,
+    volume::{Legality, VolumeKey},
+};
+use datapath_coord::{generations::Refused, CoordError};
+use tracing::{info, warn};
+
+use crate::{error::Error, spm, worker::Worker};
+
+/// Fences `req.volume` if its copy from `req.generation` did not commit; returns whether it did.
+pub async fn fence_volume(
+    worker: &Arc<Worker>,
+    req: &pb::FenceVolumeRequest,
+) -> Result<bool, Error> {
+    let volume = VolumeKey::from_pb("volume", req.volume.as_ref())?;
+    worker.storage.read_meta(&volume, "volume")?;
+    spm::require(worker).await?;
+    let lease_id = worker.lease_id()?;
+    if worker.jobs.writing(&volume).is_some() {
+        return Err(lease_held(&volume, "a job of this host"));
+    }
+    let fencer = JobId::random();
+    let token = match worker
+        .coord
+        .acquire_volume_lease(&volume, worker.host_id, fencer, lease_id)
+        .await
+    {
+        Ok(token) => token,
+        Err(CoordError::LeaseHeld(h)) => {
+            return Err(lease_held(
+                &volume,
+                &format!("job {} on host {}", h.job_id, h.host_id),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let result = fence_under_lease(worker, &volume, token, req.generation).await;
+    if !matches!(
+        worker.coord.release_volume_lease(&volume, token).await,
+        Ok(true)
+    ) {
+        warn!(%volume, "fence lease not released; it expires with the session");
+    }
+    result
+}
+
+fn lease_held(volume: &VolumeKey, holder: &str) -> Error {
+    Error::precondition(
+        "LEASE_HELD",
+        "volume",
+        format!("volume {volume} is leased by {holder}: its copy may still run"),
+    )
+}
+
+async fn fence_under_lease(
+    worker: &Worker,
+    volume: &VolumeKey,
+    token: i64,
+    from: u64,
+) -> Result<bool, Error> {
+    let mut meta = worker.storage.read_meta(volume, "volume")?;
+    let recorded = worker.coord.generation(volume).await?;
+    let current = meta.generation.max(recorded.map_or(0, |(g, _)| g));
+    if current == from + 1 && meta.generation == from + 1 && meta.legality == Legality::Legal {
+        info!(%volume, generation = current, "not fenced: the copy did commit");
+        return Ok(false);
+    }
+    let fenced = current.max(from + 1) + 1;
+    match worker
+        .coord
+        .fence_generation(volume, token, recorded, fenced)
+        .await?
+    {
+        Ok(()) => {}
+        Err(Refused::LeaseLost) => return Err(Error::SessionLost),
+        Err(Refused::GenerationMoved { found }) => {
+            return Err(Error::precondition(
+                "GENERATION_MOVED",
+                "generation",
+                format!("the recorded generation moved to {found} while fencing; retry"),
+            ))
+        }
+    }
+    meta.generation = fenced;
+    meta.legality = Legality::Illegal;
+    worker.storage.write_meta(volume, &meta)?;
+    info!(%volume, from, fenced, "volume fenced");
+    Ok(true)
+}
