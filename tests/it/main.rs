@@ -6,6 +6,7 @@ mod copy;
 mod disks;
 mod dpctl_disks;
 mod faults;
+mod fence;
 mod harness;
 mod job_tracker;
 mod move_disk;

@@ -1,0 +1,136 @@
+//! Fencing by generation: the SPM's FenceVolume raises a volume's generation past a lost copy under
+//! the volume's lease, in etcd and in its metadata; a copy that started from the old generation can
+//! then never commit, and a volume whose copy did commit is left alone.
+use std::time::Duration;
+
+use datapath_api::{error::reason, pb};
+use tonic::Code;
+
+use crate::harness::{copy_request, follow_job, throttle, wait_for, TestCluster};
+
+const MIB: u64 = 1 << 20;
+
+fn fence_req(v: &pb::VolumeRef, generation: u64) -> pb::FenceVolumeRequest {
+    pb::FenceVolumeRequest {
+        volume: Some(v.clone()),
+        generation,
+    }
+}
+
+/// The generation etcd records for a volume, if any.
+async fn recorded(tc: &TestCluster, v: &pb::VolumeRef) -> Option<String> {
+    let key = format!(
+        "{}generations/{}/{}/{}",
+        tc.cluster.etcd_prefix(),
+        v.storage_domain_id,
+        v.image_id,
+        v.volume_id
+    );
+    let resp = tc.etcd.clone().get(key, None).await.unwrap();
+    resp.kvs()
+        .first()
+        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+}
+
+#[tokio::test]
+async fn a_fenced_volume_refuses_the_old_generation_and_a_committed_one_is_left_alone() {
+    let tc = TestCluster::start(2, |c| throttle(c, 4 * MIB))
+        .await
+        .unwrap();
+    let (src, dst) = tc
+        .source_and_destination(pb::VolumeFormat::Raw, 16 * MIB, 4)
+        .await;
+    let spm = tc.spm().await;
+    let other = 1 - spm;
+
+    // Only the SPM fences; another host refuses and changes nothing.
+    let err = tc
+        .host(other)
+        .await
+        .fence_volume(fence_req(&dst, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(reason(&err).as_deref(), Some("NOT_SPM"));
+    assert_eq!(tc.meta(&dst, "GEN"), "0");
+    assert_eq!(recorded(&tc, &dst).await, None);
+
+    // While a copy holds the lease, the volume cannot be fenced: the copy may still commit.
+    let job = tc.start_copy(other, &src, &dst).await;
+    tc.wait_for_lease().await;
+    let err = tc
+        .spm_host()
+        .await
+        .fence_volume(fence_req(&dst, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(reason(&err).as_deref(), Some("LEASE_HELD"));
+    let seen = follow_job(tc.tracker().await, job)
+        .await
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.last().unwrap().0, pb::JobStatus::Succeeded);
+    assert_eq!(tc.meta(&dst, "GEN"), "1");
+    assert_eq!(recorded(&tc, &dst).await.as_deref(), Some("1"));
+
+    // The copy from generation 0 did commit (1, LEGAL): fencing it changes nothing.
+    let resp = tc
+        .spm_host()
+        .await
+        .fence_volume(fence_req(&dst, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!resp.fenced);
+    assert_eq!(tc.meta(&dst, "LEGALITY"), "LEGAL");
+
+    // A lost copy from generation 1: fenced to 3, ILLEGAL, recorded in etcd, no lease left.
+    let resp = tc
+        .spm_host()
+        .await
+        .fence_volume(fence_req(&dst, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(resp.fenced);
+    let meta = resp.volume.unwrap().metadata.unwrap();
+    assert_eq!(
+        (meta.generation, meta.legality()),
+        (3, pb::Legality::Illegal)
+    );
+    assert_eq!(tc.meta(&dst, "GEN"), "3");
+    assert_eq!(recorded(&tc, &dst).await.as_deref(), Some("3"));
+    assert!(tc.keys("leases/").await.is_empty());
+
+    // An attempt that still expects generation 1 is refused and changes nothing.
+    let job_id = uuid::Uuid::new_v4().to_string();
+    let err = tc
+        .host(other)
+        .await
+        .copy_data(copy_request(&job_id, &src, &dst, Some(1)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(reason(&err).as_deref(), Some("GENERATION_MISMATCH"));
+    assert_eq!(tc.meta(&dst, "GEN"), "3");
+
+    // A copy from the fenced generation commits at 4.
+    let job_id = uuid::Uuid::new_v4().to_string();
+    let follow = follow_job(tc.tracker().await, job_id.clone()).await;
+    tc.host(other)
+        .await
+        .copy_data(copy_request(&job_id, &src, &dst, Some(3)))
+        .await
+        .unwrap();
+    let seen = follow.await.unwrap().unwrap();
+    assert_eq!(seen.last().unwrap().0, pb::JobStatus::Succeeded);
+    wait_for(Duration::from_secs(5), "generation 4", || async {
+        (recorded(&tc, &dst).await.as_deref() == Some("4")).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(tc.meta(&dst, "GEN"), "4");
+    assert_eq!(tc.meta(&dst, "LEGALITY"), "LEGAL");
+}
