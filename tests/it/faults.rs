@@ -17,7 +17,7 @@ async fn slow_copy(tc: &mut TestCluster) -> (pb::VolumeRef, pb::VolumeRef, Strin
     let job_id = tc.start_copy(0, &src, &dst).await;
     let worker = tc.cluster.host_mut(0).pid().unwrap();
     let qemu = wait_for(Duration::from_secs(20), "qemu-img to run", || async {
-        children_named(worker, "qemu-img").first().copied()
+        descendants_named(worker, "qemu-img").first().copied()
     })
     .await
     .unwrap();
@@ -355,4 +355,49 @@ async fn a_call_stuck_on_a_stalled_etcd_ends_at_the_request_timeout() {
         took < Duration::from_millis(2500),
         "answered after {took:?}, not at the 1 s timeout"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_host_worker_has_its_copier_killed_before_its_lease_expires() {
+    // A stopped worker cannot fence itself; its copier's watchdog kills the copier when the
+    // heartbeats stop, before etcd can hand the volume to anyone else.
+    let mut tc = TestCluster::start(1, with_slow_copies).await.unwrap();
+    let (_src, dst, job_id, qemu) = slow_copy(&mut tc).await;
+    let stopped = Instant::now();
+    tc.cluster.host_mut(0).signal(Signal::SIGSTOP).unwrap();
+    wait_for(TTL, "the copier to be killed", || async {
+        (!alive(qemu)).then_some(())
+    })
+    .await
+    .unwrap();
+    let quiet_since = wait_quiet(&tc.volume_path(&dst), Duration::from_secs(1), TTL * 2)
+        .await
+        .unwrap();
+    let lease_gone = wait_for(TTL * 2, "the volume lease to expire", || async {
+        tc.keys("leases/").await.is_empty().then(Instant::now)
+    })
+    .await
+    .unwrap();
+    assert!(
+        quiet_since < lease_gone,
+        "written until {:?} after the stop, lease gone after {:?}",
+        quiet_since - stopped,
+        lease_gone - stopped
+    );
+    assert!(
+        quiet_since - stopped < TTL * 2 / 3,
+        "{:?}",
+        quiet_since - stopped
+    );
+
+    // Woken up, the worker finds its session lost and never resumes the copy.
+    tc.cluster.host_mut(0).signal(Signal::SIGCONT).unwrap();
+    let ended = wait_for(Duration::from_secs(20), "the job to end", || async {
+        let j = job(&tc, &job_id).await;
+        (j.status() != JobStatus::Running && j.status() != JobStatus::Pending).then_some(j)
+    })
+    .await
+    .unwrap();
+    assert_eq!(ended.status(), JobStatus::Failed, "{ended:?}");
+    assert_eq!(tc.meta(&dst, "LEGALITY"), "ILLEGAL");
 }

@@ -438,9 +438,9 @@ pub fn copy_request(
     }
 }
 
-/// The pids of processes whose parent is `ppid` and whose command name is `comm`.
-pub fn children_named(ppid: u32, comm: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
+/// Every process whose parent is `ppid`: (pid, command name).
+pub fn children(ppid: u32) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
@@ -452,16 +452,31 @@ pub fn children_named(ppid: u32, comm: &str) -> Vec<u32> {
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
             continue;
         };
-        let name = &stat[open + 1..close];
         let ppid_here = stat[close + 2..]
             .split_whitespace()
             .nth(1)
             .and_then(|p| p.parse::<u32>().ok());
-        if name == comm && ppid_here == Some(ppid) {
-            pids.push(pid);
+        if ppid_here == Some(ppid) {
+            found.push((pid, stat[open + 1..close].to_string()));
         }
     }
-    pids
+    found
+}
+
+/// The pids of processes below `pid` (children, their children, …) whose command name is `comm`:
+/// a copier runs as qemu-img under its watchdog, under the host-worker.
+pub fn descendants_named(pid: u32, comm: &str) -> Vec<u32> {
+    let mut named = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for (child, name) in children(p) {
+            if name == comm {
+                named.push(child);
+            }
+            todo.push(child);
+        }
+    }
+    named
 }
 
 /// Whether a process exists (and is not a zombie).

@@ -13,7 +13,7 @@ use tonic::{Code, Status};
 
 use crate::{
     disks::{content_sha256, moved, scheduler, template},
-    harness::{children_named, throttle, wait_for, TestCluster},
+    harness::{descendants_named, throttle, wait_for, TestCluster},
     placement::{single_disk, succeeded, wait_hosts_reach},
     scheduler_bad_input::{assert_status, clone_req, disk, move_req, new_id, refused, snapshot},
 };
@@ -241,7 +241,7 @@ async fn a_template_moves_while_a_clone_of_it_runs() {
         .unwrap();
     let worker = tc.cluster.host_mut(i).pid().unwrap();
     let copier = wait_for(Duration::from_secs(10), "the clone's qemu-img", || async {
-        children_named(worker, "qemu-img").first().copied()
+        descendants_named(worker, "qemu-img").first().copied()
     })
     .await
     .unwrap();

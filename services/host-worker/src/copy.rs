@@ -341,6 +341,7 @@ async fn copy_under_lease(
         dst_backing: backing,
         rate_limit: worker.copy_bandwidth_limit,
         preallocated: dmeta.allocation == datapath_api::volume::Allocation::Preallocated,
+        watchdog: Some(crate::watchdog::timing(worker.session_ttl).0),
     };
     run_copier(worker, spec.job_id, control, &convert).await?;
 
@@ -401,6 +402,10 @@ async fn run_copier(
     let mut child =
         qemu::spawn_convert(convert).map_err(|e| Failure::failed("COPY_FAILED", e.to_string()))?;
     control.set_copier(child.id());
+    let heartbeats = child
+        .stdin
+        .take()
+        .map(|stdin| tokio::spawn(heartbeat(worker.clone(), stdin)));
     let (progress_tx, progress_rx) = watch::channel(0u32);
     let sender = tokio::spawn(send_progress(worker.clone(), id, progress_rx));
     let stdout = child.stdout.take();
@@ -432,6 +437,9 @@ async fn run_copier(
     };
     control.set_copier(None);
     sender.abort();
+    if let Some(h) = heartbeats {
+        h.abort();
+    }
     match result {
         Err(reason) => {
             let _ = child.kill().await;
@@ -445,6 +453,19 @@ async fn run_copier(
             "COPY_FAILED",
             format!("qemu-img convert failed ({status:?}): {}", text.trim()),
         )),
+    }
+}
+
+/// Tells the copier's watchdog that this worker is alive, while its session lease is valid. Runs on
+/// the runtime like everything else, so a stopped or wedged worker falls silent and its copier dies.
+async fn heartbeat(worker: Arc<Worker>, mut stdin: tokio::process::ChildStdin) {
+    use tokio::io::AsyncWriteExt as _;
+    let (_, every) = crate::watchdog::timing(worker.session_ttl);
+    loop {
+        if worker.lease_id().is_ok() && stdin.write_all(b".").await.is_err() {
+            return;
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

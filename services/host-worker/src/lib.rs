@@ -15,6 +15,7 @@ pub mod reporter;
 pub mod service;
 pub mod spm;
 pub mod storage;
+pub mod watchdog;
 pub mod worker;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -119,6 +120,7 @@ pub async fn run(
         slots: Arc::new(Semaphore::new(config.job_slots.max(1) as usize)),
         job_slots: config.job_slots.max(1),
         copy_bandwidth_limit: copy_limit(&config),
+        session_ttl: config.session_ttl,
     });
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter

@@ -1,9 +1,18 @@
-//! `host-worker`: the datapath agent on one host.
+//! `host-worker`: the datapath agent on one host (and, as `host-worker copier-watchdog`, the watchdog
+//! its copiers run under).
 use anyhow::Context as _;
 use clap::Parser as _;
 
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(datapath_host_worker::watchdog::SUBCOMMAND) {
+        std::process::exit(datapath_host_worker::watchdog::main(&args[2..]));
+    }
+    serve()
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn serve() -> anyhow::Result<()> {
     let config = datapath_host_worker::Config::parse();
     let _telemetry = datapath_telemetry::init("host-worker")?;
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -14,14 +14,16 @@ use crate::error::Error;
 fn command() -> Command {
     let mut cmd = Command::new("qemu-img");
     cmd.kill_on_drop(true).stdin(Stdio::null());
-    set_parent_death_signal(&mut cmd);
+    die_with_parent(cmd.as_std_mut());
     cmd
 }
 
+/// Makes the child die (SIGKILL) when its parent does.
 #[allow(unsafe_code)]
-fn set_parent_death_signal(cmd: &mut Command) {
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
     // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
-    // prctl(2) and getppid(2).
+    // prctl(2), getppid(2) and _exit(2).
     unsafe {
         cmd.pre_exec(|| {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
@@ -101,6 +103,8 @@ pub struct Convert<'a> {
     /// The destination is PREALLOCATED: write every block (`-S 0`), so zero areas of the source
     /// do not become holes in it.
     pub preallocated: bool,
+    /// Run qemu-img under the copier watchdog with this heartbeat deadline (see `watchdog.rs`).
+    pub watchdog: Option<std::time::Duration>,
 }
 
 /// Whether `path` can be opened with O_DIRECT (not on tmpfs, for one).
@@ -124,7 +128,10 @@ pub fn spawn_convert(c: &Convert<'_>) -> Result<Child, Error> {
     } else {
         ("writeback", "writeback")
     };
-    let mut cmd = command();
+    let mut cmd = match c.watchdog {
+        Some(deadline) => watched(deadline)?,
+        None => command(),
+    };
     cmd.args(["convert", "-p", "-n", "-t", target, "-T", source, "-f"])
         .arg(c.src_format.qemu_name())
         .arg("-O")
@@ -142,6 +149,19 @@ pub fn spawn_convert(c: &Convert<'_>) -> Result<Child, Error> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.spawn()
         .map_err(|e| Error::Qemu(format!("cannot run qemu-img: {e}")))
+}
+
+/// `host-worker copier-watchdog <deadline> qemu-img`, with a pipe on its stdin for heartbeats.
+fn watched(deadline: std::time::Duration) -> Result<Command, Error> {
+    let me = std::env::current_exe()
+        .map_err(|e| Error::Qemu(format!("cannot find the host-worker binary: {e}")))?;
+    let mut cmd = Command::new(me);
+    cmd.kill_on_drop(true).stdin(Stdio::piped());
+    cmd.arg(crate::watchdog::SUBCOMMAND)
+        .arg(deadline.as_millis().to_string())
+        .arg("qemu-img");
+    die_with_parent(cmd.as_std_mut());
+    Ok(cmd)
 }
 
 /// Parses qemu-img's `-p` output, `    (12.34/100%)` separated by carriage returns, calling `report`

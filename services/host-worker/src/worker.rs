@@ -29,6 +29,8 @@ pub struct Worker {
     pub job_slots: u32,
     /// Bytes per second one copy may move; 0 is unlimited.
     pub copy_bandwidth_limit: u64,
+    /// The session lease's TTL, which the copier watchdog's deadline is derived from.
+    pub session_ttl: std::time::Duration,
 }
 
 impl Worker {
