@@ -12,6 +12,7 @@ mod job_tracker;
 mod move_disk;
 mod placement;
 mod scheduler_bad_input;
+mod scheduler_failpoints;
 mod scheduler_faults;
 mod scheduler_ha;
 mod scheduler_locks;

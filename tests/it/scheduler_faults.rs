@@ -15,7 +15,7 @@ const MIB: u64 = 1 << 20;
 const FORMATS: [&str; 3] = ["raw", "qcow2", "qcow2"];
 
 /// The flow record of an operation, read straight from etcd.
-async fn flow(tc: &TestCluster, name: &str) -> Option<pb::Flow> {
+pub(crate) async fn flow(tc: &TestCluster, name: &str) -> Option<pb::Flow> {
     let id = name.trim_start_matches("operations/");
     let key = format!("{}flows/{id}", tc.cluster.etcd_prefix());
     let resp = tc.etcd.clone().get(key, None).await.ok()?;
@@ -32,7 +32,7 @@ fn step(f: &pb::Flow) -> OperationStep {
 }
 
 /// Checksums of what a guest sees through each volume.
-fn sums(tc: &TestCluster, vols: &[pb::VolumeRef]) -> Vec<String> {
+pub(crate) fn sums(tc: &TestCluster, vols: &[pb::VolumeRef]) -> Vec<String> {
     vols.iter()
         .zip(FORMATS)
         .map(|(v, f)| content_sha256(&tc.volume_path(v), f))
@@ -51,7 +51,7 @@ fn image_dir(tc: &TestCluster, v: &pb::VolumeRef) -> std::path::PathBuf {
 
 /// Asserts the move ended whole: moved (and then the source is gone) or rolled back (and then the
 /// destination is gone and the source intact); no lock left. Returns whether it moved.
-async fn assert_whole(
+pub(crate) async fn assert_whole(
     tc: &TestCluster,
     src: &[pb::VolumeRef],
     dst_sd: &str,

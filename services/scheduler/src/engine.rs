@@ -29,6 +29,8 @@ pub struct Settings {
     pub retention: Duration,
     /// How long a step waits for a host that reaches both domains before the operation fails.
     pub no_host_timeout: Duration,
+    /// The flow point at which this scheduler kills itself, for fault tests (see [`Engine::failpoint`]).
+    pub failpoint: Option<String>,
 }
 
 /// The shared context.
@@ -94,6 +96,18 @@ impl Engine {
                 host: host.address.clone(),
                 status,
             })
+    }
+
+    /// A failpoint: when the configured one is `name`, the scheduler kills itself (SIGKILL) right
+    /// here, so a test can crash it at an exact flow step. Off unless `--failpoint` is set.
+    pub fn failpoint(&self, name: &str) {
+        if self.settings.failpoint.as_deref() == Some(name) {
+            tracing::error!(
+                failpoint = name,
+                "failpoint reached: killing this scheduler"
+            );
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
     }
 
     /// Whether data steps may run on any host (default true).

@@ -66,6 +66,11 @@ pub struct Config {
     /// How long a step waits for a live host reaching both domains before the operation fails.
     #[arg(long, env = "DATAPATH_NO_HOST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub no_host_timeout: Duration,
+    /// Fault tests only: kill this scheduler (SIGKILL) when a flow reaches this point, one of
+    /// before-structure, after-structure, after-copy-persisted, after-copy-sent, before-delete-source,
+    /// after-delete-source, before-rollback-delete, before-finish.
+    #[arg(long, env = "DATAPATH_FAILPOINT", hide = true)]
+    pub failpoint: Option<String>,
     /// TTL of the session lease the scheduler election is bound to; a standby takes over within it.
     #[arg(long, env = "DATAPATH_SESSION_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub session_ttl: Duration,
@@ -94,6 +99,7 @@ pub async fn run(
             copy_attempts: config.copy_attempts.max(1),
             retention: config.operation_retention,
             no_host_timeout: config.no_host_timeout,
+            failpoint: config.failpoint.clone(),
         },
         placed: Default::default(),
     });

@@ -134,6 +134,11 @@ impl ManagedProcess {
         Ok(())
     }
 
+    /// What the next (re)start runs: tests change a flag or variable here, then restart.
+    pub fn spec_mut(&mut self) -> &mut ProcessSpec {
+        &mut self.spec
+    }
+
     /// Its name.
     pub fn name(&self) -> &str {
         &self.spec.name

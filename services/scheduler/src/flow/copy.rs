@@ -149,10 +149,12 @@ async fn start_attempt(
         })
         .await?;
     info!(op = %run.record.op, %job_id, host = %host.host_id, attempt = flow.volumes[idx].attempts, "copy placed");
+    run.engine.failpoint("after-copy-persisted");
     if let Err(s) = send_copy(run, &flow.volumes[idx]).await {
         // follow() sees the job missing and decides: send again, or ask the destination.
         warn!(op = %run.record.op, %job_id, error = %s, "CopyData was not accepted");
     }
+    run.engine.failpoint("after-copy-sent");
     Ok(())
 }
 

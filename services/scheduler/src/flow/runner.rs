@@ -102,8 +102,12 @@ pub async fn run(
                 return start_rollback(&run, cancelled_error()).await
             }
             OperationStep::Unspecified | OperationStep::CloneStructure => {
+                run.engine.failpoint("before-structure");
                 match clone_structure(&run, &flow).await? {
-                    Ok(()) => set_step(&run, OperationStep::CopyData).await?,
+                    Ok(()) => {
+                        run.engine.failpoint("after-structure");
+                        set_step(&run, OperationStep::CopyData).await?
+                    }
                     Err(e) => return start_rollback(&run, e).await,
                 }
             }
@@ -204,6 +208,7 @@ async fn copy_all(run: &Run, flow: &pb::Flow) -> Result<Outcome, Stop> {
 async fn delete_source(run: &Run, flow: &pb::Flow) -> Result<bool, Stop> {
     let source = disk_of(meta(flow).disk.as_ref());
     let name = run.record.op.name();
+    run.engine.failpoint("before-delete-source");
     loop {
         if locks::mark_deleting(&run.engine.coord, &source, &name).await? {
             break;
@@ -214,6 +219,7 @@ async fn delete_source(run: &Run, flow: &pb::Flow) -> Result<bool, Stop> {
         tokio::time::sleep(locks::LOCK_POLL).await;
     }
     delete_image(run, &source).await;
+    run.engine.failpoint("after-delete-source");
     Ok(true)
 }
 
@@ -269,6 +275,7 @@ async fn rollback(run: &Run) -> Result<(), Stop> {
         }
     }
     let destination = disk_of(flow.destination.as_ref());
+    run.engine.failpoint("before-rollback-delete");
     delete_image(run, &destination).await;
     let failure = flow.failure.clone().unwrap_or_else(cancelled_error);
     finish(run, Some(failure)).await
@@ -286,6 +293,7 @@ async fn finish(run: &Run, failure: Option<pb::OperationError>) -> Result<(), St
         (meta(&flow).step == OperationStep::Rollback as i32)
             .then(|| flow.failure.clone().unwrap_or_else(cancelled_error))
     });
+    run.engine.failpoint("before-finish");
     let result = match &failure {
         Some(e) => pb::operation::Result::Error(e.clone()),
         None => pb::operation::Result::Response(flow.destination.clone().unwrap_or_default()),
