@@ -10,6 +10,7 @@ mod fence;
 mod harness;
 mod job_tracker;
 mod move_disk;
+mod network;
 mod placement;
 mod scheduler_bad_input;
 mod scheduler_failpoints;

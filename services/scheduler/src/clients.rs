@@ -16,7 +16,7 @@ pub type HostClient = HostWorkerServiceClient<TracedChannel>;
 pub type TrackerClient = JobTrackerServiceClient<TracedChannel>;
 
 /// Deadline of one call to another service.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The scheduler's clients.
 pub struct Clients {

@@ -46,6 +46,9 @@ pub struct Engine {
     /// Copies placed by this scheduler and not yet ended; held while a placement is decided, so two
     /// steps placed at the same instant see each other.
     pub placed: Mutex<Placed>,
+    /// Turns among the hosts that reach a domain, for reads: a host that does not answer is not
+    /// asked again and again.
+    pub read_turn: std::sync::atomic::AtomicUsize,
 }
 
 impl Engine {
@@ -76,7 +79,9 @@ impl Engine {
         Ok((host, client))
     }
 
-    /// A live host that reaches storage domain `sd` (the SPM last, as it has work of its own).
+    /// A live host that reaches storage domain `sd`, to read from: the hosts take turns (the SPM
+    /// last in each round, as it has work of its own), so a caller that retries after a host did not
+    /// answer asks another.
     pub async fn host_reaching(&self, sd: &str, field: &str) -> Result<HostClient, Error> {
         let spm = self.coord.leader(Role::Spm).await?.map(|l| l.value);
         let mut hosts: Vec<pb::Host> = self
@@ -85,11 +90,17 @@ impl Engine {
             .into_iter()
             .filter(|h| crate::selection::reaches(h, sd))
             .collect();
+        if hosts.is_empty() {
+            return Err(Error::DomainNotFound {
+                sd: sd.to_string(),
+                field: field.to_string(),
+            });
+        }
         hosts.sort_by_key(|h| Some(&h.host_id) == spm.as_ref());
-        let host = hosts.first().ok_or_else(|| Error::DomainNotFound {
-            sd: sd.to_string(),
-            field: field.to_string(),
-        })?;
+        let turn = self
+            .read_turn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let host = &hosts[turn % hosts.len()];
         self.clients
             .host(&host.address)
             .map_err(|status| Error::Host {

@@ -102,6 +102,7 @@ pub async fn run(
             failpoint: config.failpoint.clone(),
         },
         placed: Default::default(),
+        read_turn: Default::default(),
     });
     let session = Session::start(&coord, config.session_ttl);
     let leader = tokio::spawn({

@@ -4,6 +4,7 @@
 use std::{
     fmt::Write as _,
     fs,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -15,6 +16,7 @@ use datapath_coord::{election::Role, Coord};
 use super::{
     config::{host_worker_args, job_tracker_args, scheduler_args, ClusterConfig},
     etcd::Etcd,
+    netns::NetworkLab,
     process::{ManagedProcess, ProcessSpec},
     support::{find_binary, free_ports, search_dirs, wait_serving},
 };
@@ -28,12 +30,12 @@ pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 struct Service {
     process: ManagedProcess,
-    port: u16,
+    addr: SocketAddr,
 }
 
 impl Service {
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", self.addr)
     }
 }
 
@@ -53,6 +55,8 @@ pub struct Cluster {
     job_tracker: Service,
     hosts: Vec<Host>,
     scheduler: Service,
+    /// Declared last: dropped after every process is killed.
+    lab: Option<NetworkLab>,
 }
 
 impl Cluster {
@@ -67,8 +71,17 @@ impl Cluster {
         let etcd_bin = find_binary("etcd", &dirs)?;
 
         prepare_dirs(&config)?;
-        let etcd = Etcd::start_with(&etcd_bin, &config.dir, base_spec(&config)).await?;
+        let lab = match config.isolate_hosts {
+            true => Some(NetworkLab::create(config.hosts)?),
+            false => None,
+        };
+        let gateway = lab.as_ref().map(NetworkLab::gateway);
+        let etcd = Etcd::start_with(&etcd_bin, &config.dir, base_spec(&config), gateway).await?;
         let etcd_url = etcd.client_url();
+        let etcd_for_hosts = gateway.map_or(etcd_url.clone(), |ip| etcd.client_url_on(ip));
+        let local = |ip: Option<Ipv4Addr>, port| {
+            SocketAddr::from((ip.unwrap_or(Ipv4Addr::LOCALHOST), port))
+        };
 
         let ports = free_ports(config.hosts + 2)?;
         let spec = ProcessSpec {
@@ -76,32 +89,42 @@ impl Cluster {
             program: job_tracker_bin,
             ..base_spec(&config)
         }
-        .args(job_tracker_args(&config, ports[0], &etcd_url));
+        .args(job_tracker_args(
+            &config,
+            local(gateway, ports[0]),
+            &etcd_url,
+        ));
         let mut job_tracker = Service {
             process: ManagedProcess::start(spec, &config.log_dir())?,
-            port: ports[0],
+            addr: local(gateway, ports[0]),
         };
         let job_tracker_url = job_tracker.url();
         wait_serving(&mut job_tracker.process, &job_tracker_url, SERVING_TIMEOUT).await?;
 
         let mut hosts = Vec::with_capacity(config.hosts);
         for (i, &port) in ports[1..=config.hosts].iter().enumerate() {
-            let spec = ProcessSpec {
-                name: format!("host-{i}"),
-                program: host_worker_bin.clone(),
-                ..base_spec(&config)
+            let addr = local(lab.as_ref().map(|l| l.host_addr(i)), port);
+            let args = host_worker_args(&config, i, addr, &etcd_for_hosts, &job_tracker.url());
+            let spec = match &lab {
+                // `ip netns exec` execs the worker in place: the pid stays the worker's.
+                Some(lab) => ProcessSpec {
+                    name: format!("host-{i}"),
+                    program: "ip".into(),
+                    ..base_spec(&config)
+                }
+                .args(lab.exec_prefix(i))
+                .args([host_worker_bin.display().to_string()]),
+                None => ProcessSpec {
+                    name: format!("host-{i}"),
+                    program: host_worker_bin.clone(),
+                    ..base_spec(&config)
+                },
             }
-            .args(host_worker_args(
-                &config,
-                i,
-                port,
-                &etcd_url,
-                &job_tracker.url(),
-            ));
+            .args(args);
             hosts.push(Host {
                 service: Service {
                     process: ManagedProcess::start(spec, &config.log_dir())?,
-                    port,
+                    addr,
                 },
                 state_dir: config.host_state_dir(i),
                 host_id: String::new(),
@@ -121,7 +144,7 @@ impl Cluster {
         ));
         let scheduler = Service {
             process: ManagedProcess::start(spec, &config.log_dir())?,
-            port: scheduler_port,
+            addr: local(None, scheduler_port),
         };
         let mut cluster = Self {
             config,
@@ -129,6 +152,7 @@ impl Cluster {
             job_tracker,
             hosts,
             scheduler,
+            lab,
         };
         let waits = cluster
             .hosts
@@ -167,6 +191,11 @@ impl Cluster {
     /// The job-tracker's URL.
     pub fn job_tracker_url(&self) -> String {
         self.job_tracker.url()
+    }
+
+    /// The network lab the hosts run in, when `isolate_hosts` is set: cut and restore their links.
+    pub fn network(&self) -> Option<&NetworkLab> {
+        self.lab.as_ref()
     }
 
     /// The scheduler's URL.
@@ -396,7 +425,7 @@ fn base_spec(config: &ClusterConfig) -> ProcessSpec {
 async fn wait_host(host: &mut Host, i: usize, job_tracker_url: &str) -> anyhow::Result<()> {
     let url = host.service.url();
     wait_serving(&mut host.service.process, &url, SERVING_TIMEOUT).await?;
-    let addr = format!("127.0.0.1:{}", host.service.port);
+    let addr = host.service.addr.to_string();
     host.host_id = read_host_id(&host.state_dir, job_tracker_url, &addr)
         .await
         .with_context(|| format!("read the host id of host-{i}"))?;

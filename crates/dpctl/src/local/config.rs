@@ -1,6 +1,6 @@
 //! What a local cluster looks like: how many hosts, where its files go, which binaries, and the
 //! service settings worth varying in tests (session TTL, job slots, retention, key prefix).
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 /// The shape of a local cluster; see [`super::Cluster::start`].
 #[derive(Debug, Clone)]
@@ -33,6 +33,9 @@ pub struct ClusterConfig {
     pub host_bandwidth_limit: u64,
     /// More flags for every host-worker (e.g. `--copy-bandwidth-limit`).
     pub host_worker_extra_args: Vec<String>,
+    /// Run every host-worker in its own network namespace behind a veth pair (see
+    /// [`super::NetworkLab`]), so a test can cut its link. Needs root.
+    pub isolate_hosts: bool,
     /// Start every process in its own process group, so a terminal's Ctrl-C reaches only the
     /// launcher, which then stops the cluster in order (`dpctl local up` does). Off by default, so
     /// that interrupting a test run also interrupts its processes.
@@ -55,6 +58,7 @@ impl Default for ClusterConfig {
             parallel_copies: 1,
             host_bandwidth_limit: 0,
             host_worker_extra_args: Vec::new(),
+            isolate_hosts: false,
             own_process_groups: false,
         }
     }
@@ -78,10 +82,14 @@ impl ClusterConfig {
 }
 
 /// The job-tracker's flags.
-pub(super) fn job_tracker_args(config: &ClusterConfig, port: u16, etcd: &str) -> Vec<String> {
+pub(super) fn job_tracker_args(
+    config: &ClusterConfig,
+    listen: SocketAddr,
+    etcd: &str,
+) -> Vec<String> {
     vec![
         "--listen".into(),
-        format!("127.0.0.1:{port}"),
+        listen.to_string(),
         "--etcd-endpoints".into(),
         etcd.into(),
         "--etcd-prefix".into(),
@@ -124,13 +132,13 @@ pub(super) fn scheduler_args(
 pub(super) fn host_worker_args(
     config: &ClusterConfig,
     i: usize,
-    port: u16,
+    listen: SocketAddr,
     etcd: &str,
     job_tracker: &str,
 ) -> Vec<String> {
     let mut args = vec![
         "--listen".into(),
-        format!("127.0.0.1:{port}"),
+        listen.to_string(),
         "--state-dir".into(),
         config.host_state_dir(i).display().to_string(),
         "--etcd-endpoints".into(),
@@ -168,7 +176,8 @@ mod tests {
             job_slots: 3,
             ..ClusterConfig::default()
         };
-        let args = host_worker_args(&config, 1, 7401, "http://e", "http://j").join(" ");
+        let listen = SocketAddr::from(([127, 0, 0, 1], 7401));
+        let args = host_worker_args(&config, 1, listen, "http://e", "http://j").join(" ");
         assert_eq!(
             args,
             "--listen 127.0.0.1:7401 --state-dir /d/hosts/host-1 --etcd-endpoints http://e \

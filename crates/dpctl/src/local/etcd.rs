@@ -36,15 +36,25 @@ impl Etcd {
     /// `<dir>/logs/etcd.log`, and waits until it is healthy.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
         let program = find_binary("etcd", &[])?;
-        Self::start_with(&program, dir, ProcessSpec::default()).await
+        Self::start_with(&program, dir, ProcessSpec::default(), None).await
     }
 
     /// Starts `program` as [`Etcd::start`] does; `base` supplies the environment and process-group
-    /// choice (its name, program and arguments are replaced).
-    pub async fn start_with(program: &Path, dir: &Path, base: ProcessSpec) -> anyhow::Result<Self> {
+    /// choice (its name, program and arguments are replaced). With `also_listen`, clients may also
+    /// connect on that address (a network lab's gateway), on the same port.
+    pub async fn start_with(
+        program: &Path,
+        dir: &Path,
+        base: ProcessSpec,
+        also_listen: Option<Ipv4Addr>,
+    ) -> anyhow::Result<Self> {
         let ports = free_ports(2)?;
         let client_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[0]));
         let client_url = format!("http://{client_addr}");
+        let listen_urls = match also_listen {
+            Some(ip) => format!("{client_url},http://{ip}:{}", ports[0]),
+            None => client_url.clone(),
+        };
         let peer_url = format!("http://127.0.0.1:{}", ports[1]);
         let data_dir = dir.join("etcd");
         let name = "datapath-local";
@@ -60,7 +70,7 @@ impl Etcd {
             "--data-dir",
             &data_dir.display().to_string(),
             "--listen-client-urls",
-            &client_url,
+            &listen_urls,
             "--advertise-client-urls",
             &client_url,
             "--listen-peer-urls",
@@ -87,6 +97,11 @@ impl Etcd {
     /// Its client URL, e.g. `http://127.0.0.1:40123`.
     pub fn client_url(&self) -> String {
         format!("http://{}", self.client_addr)
+    }
+
+    /// Its client URL on another address it listens on (see [`Etcd::start_with`]).
+    pub fn client_url_on(&self, ip: Ipv4Addr) -> String {
+        format!("http://{ip}:{}", self.client_addr.port())
     }
 
     /// Its client URLs, as the services' `--etcd-endpoints` takes them.

@@ -16,11 +16,13 @@
 mod cluster;
 mod config;
 mod etcd;
+mod netns;
 mod process;
 mod support;
 
 pub use cluster::{Cluster, SERVING_TIMEOUT, STOP_DEADLINE};
 pub use config::ClusterConfig;
 pub use etcd::{Etcd, ETCD_READY_TIMEOUT};
+pub use netns::NetworkLab;
 pub use process::{log_tail, ManagedProcess, ProcessSpec, RESTART_STOP_DEADLINE};
 pub use support::{check_serving, find_binary, free_ports, search_dirs, wait_serving};

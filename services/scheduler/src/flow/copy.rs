@@ -5,7 +5,10 @@
 //! When the job is missing or its host has gone, the destination volume decides (`conclude.rs`).
 use std::time::Duration;
 
-use datapath_api::pb::{self, FlowVolumeState, JobStatus};
+use datapath_api::{
+    pb::{self, FlowVolumeState, JobStatus},
+    volume::VolumeKey,
+};
 use tonic::Code;
 use tracing::{info, warn};
 
@@ -128,8 +131,12 @@ async fn start_attempt(
             .and_then(|i| i.metadata)
             .map(|m| m.generation),
         Err(s) => {
-            warn!(op = %run.record.op, host = %host.host_id, error = %s, "could not read the destination's generation");
+            warn!(op = %run.record.op, host = %host.host_id, error = %s, "could not read the destination's generation; trying another host");
             unplace(run, &attempt).await;
+            let failed = host.host_id.clone();
+            run.record
+                .update(|f| f.volumes[idx].failed_hosts.push(failed))
+                .await?;
             tokio::time::sleep(RETRY).await;
             return Ok(());
         }
@@ -256,6 +263,7 @@ async fn watch_job(
     };
     let mut stop = run.stop_signal();
     let mut host_check = tokio::time::interval(HOST_CHECK);
+    let mut lease = LeaseSeen::default();
     loop {
         tokio::select! {
             msg = stream.message() => {
@@ -279,7 +287,34 @@ async fn watch_job(
                     warn!(op = %run.record.op, host = %v.host_id, "the copy's host is gone; asking the destination");
                     return conclude(run, v).await.map(Some);
                 }
+                if lease.released(run, v).await {
+                    warn!(op = %run.record.op, job_id = %v.job_id, "the copy released its lease but its job never ended; asking the destination");
+                    return conclude(run, v).await.map(Some);
+                }
             }
+        }
+    }
+}
+
+/// Whether an attempt's destination lease was seen held by its job and is free now: the worker
+/// committed or gave up, yet its job's end never reached the job-tracker (a worker that reaches etcd
+/// but not the job-tracker). Only a lease seen held counts: a job is RUNNING a moment before it takes
+/// its lease, and concluding then would fence a copy about to start.
+#[derive(Default)]
+struct LeaseSeen(bool);
+
+impl LeaseSeen {
+    async fn released(&mut self, run: &Run, v: &pb::FlowVolume) -> bool {
+        let Ok(key) = VolumeKey::from_pb("destination", v.destination.as_ref()) else {
+            return false;
+        };
+        match run.engine.coord.volume_lease(&key).await {
+            Ok(Some(l)) => {
+                self.0 |= l.job_id == v.job_id;
+                false
+            }
+            Ok(None) => self.0,
+            Err(_) => false,
         }
     }
 }
