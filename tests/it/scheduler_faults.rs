@@ -324,3 +324,64 @@ async fn a_host_killed_mid_copy_the_copy_is_retried_on_another_and_the_move_fini
     assert_ne!(retried.host_id, victim);
     assert_ne!(retried.job_id, job);
 }
+
+#[tokio::test]
+async fn a_copy_that_ended_while_the_scheduler_was_down_and_whose_job_expired_is_concluded() {
+    // Ended jobs are kept one second: by the time the scheduler is back, the job record is gone.
+    let mut tc = TestCluster::start(3, |c| {
+        throttle(c, 8 * MIB);
+        c.job_retention = Duration::from_secs(1);
+    })
+    .await
+    .unwrap();
+    let (a, b) = (tc.domain().await, tc.domain().await);
+    let src = chain_disk(&tc, &a, 16 * MIB).await;
+    let before = sums(&tc, &src);
+    let name = start_move(&tc, &a, &src[0].image_id, &b).await;
+    let (idx, job_id, generation) = wait_for(Duration::from_secs(20), "a running copy", || async {
+        let f = flow(&tc, &name).await?;
+        let (i, v) = f
+            .volumes
+            .iter()
+            .enumerate()
+            .find(|(_, v)| v.state() == FlowVolumeState::Copying)?;
+        (v.job_status() == pb::JobStatus::Running)
+            .then(|| (i, v.job_id.clone(), v.expected_generation))
+    })
+    .await
+    .unwrap();
+    tc.cluster.scheduler_mut().signal(Signal::SIGKILL).unwrap();
+    // The copy ends on its own, and retention removes its record.
+    let tracker = tc.tracker().await;
+    wait_for(Duration::from_secs(30), "the job record to expire", || {
+        let mut t = tracker.clone();
+        let id = job_id.clone();
+        async move {
+            let r = t.get_job(pb::GetJobRequest { job_id: id }).await;
+            matches!(r, Err(s) if s.code() == tonic::Code::NotFound).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    tc.cluster.restart_scheduler().await.unwrap();
+    let seen = follow(&tc, &name, Duration::from_secs(90)).await;
+    if seen.is_err() {
+        tc.dump_logs();
+    }
+    let last = seen.unwrap().pop().unwrap();
+    assert!(
+        assert_whole(&tc, &src, &b, &before, &last).await,
+        "{last:#?}"
+    );
+    // Concluded from the volume (LEGAL at generation + 1), not copied again.
+    let v = last
+        .metadata
+        .unwrap()
+        .volumes
+        .into_iter()
+        .find(|v| v.job_id == job_id)
+        .expect("the first attempt's job stands as the volume's copy");
+    assert_eq!(v.attempts, 1);
+    let dst = moved(&src[idx], &b);
+    assert_eq!(tc.meta(&dst, "GEN"), (generation + 1).to_string());
+}
