@@ -84,13 +84,8 @@ async fn a_host_worker_killed_mid_copy_takes_its_copier_with_it() {
     assert_eq!(tc.meta(&dst, "LEGALITY"), "ILLEGAL");
     assert_eq!(sha256(&tc.volume_path(&src)), before);
 
-    // Back again, the host marks the job it lost as FENCED and never resumes writing.
-    let running = job(&tc, &job_id).await;
-    assert_eq!(
-        running.status(),
-        JobStatus::Running,
-        "nobody else may end the job"
-    );
+    // The job ends FENCED — by the job-tracker once the host's registration has expired, or by the
+    // host itself when it is back — and the host never resumes writing.
     tc.cluster.restart_host(0).await.unwrap();
     let ended = wait_for(
         Duration::from_secs(20),

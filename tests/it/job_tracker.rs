@@ -10,6 +10,8 @@ use tonic::{transport::Channel, Code};
 
 use crate::harness::*;
 
+const MIB: u64 = 1 << 20;
+
 fn new_job(host: &str, entity: &str) -> pb::Job {
     let vref = pb::VolumeRef {
         storage_domain_id: uuid::Uuid::new_v4().to_string(),
@@ -459,4 +461,44 @@ async fn a_quiet_watch_outlives_the_request_timeouts() {
         .unwrap()
         .unwrap();
     assert_eq!(event.job.unwrap().job_id, job.job_id);
+}
+
+#[tokio::test]
+async fn the_jobs_of_a_host_gone_for_good_end_fenced() {
+    use nix::sys::signal::Signal;
+    let mut tc = TestCluster::start(2, |c| throttle(c, 2 * MIB))
+        .await
+        .unwrap();
+    let (src, dst) = tc
+        .source_and_destination(pb::VolumeFormat::Raw, 32 * MIB, 8)
+        .await;
+    let job_id = tc.start_copy(1, &src, &dst).await;
+    tc.wait_for_lease().await;
+    let gone = tc.cluster.host_id(1).to_string();
+    tc.cluster.host_mut(1).signal(Signal::SIGKILL).unwrap();
+    // Its registration expires with its session (TTL 4 s), then the job-tracker ends its job.
+    let ended = wait_for(
+        Duration::from_secs(20),
+        "the lost host's job to end",
+        || async {
+            let j = tc
+                .tracker()
+                .await
+                .get_job(pb::GetJobRequest {
+                    job_id: job_id.clone(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .job?;
+            (j.status() != pb::JobStatus::Running).then_some(j)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(ended.status(), pb::JobStatus::Failed);
+    let error = ended.error.unwrap();
+    assert_eq!(error.code, "FENCED");
+    assert!(error.message.contains(&gone), "{error:?}");
+    assert!(tc.keys(&format!("hosts/{gone}")).await.is_empty());
 }

@@ -8,6 +8,7 @@ mod dpctl_disks;
 mod faults;
 mod fence;
 mod harness;
+mod invariants;
 mod job_tracker;
 mod move_disk;
 mod network;

@@ -8,7 +8,7 @@ use datapath_api::pb::{self, FlowVolumeState, JobStatus};
 use crate::{
     disks::{chain_disk, follow, start_move},
     harness::{alive, descendants_named, throttle, wait_for, TestCluster},
-    scheduler_faults::{assert_whole, flow, sums},
+    invariants::{assert_whole, check_invariants, flow, sums},
 };
 
 const MIB: u64 = 1 << 20;
@@ -85,6 +85,7 @@ async fn a_link_cut_shorter_than_the_fencing_deadline_changes_nothing() {
         "copied more than once: {volumes:#?}"
     );
     assert_eq!(job(&tc, &job_id).await.status(), JobStatus::Succeeded);
+    check_invariants(&tc).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,6 +151,7 @@ async fn a_link_cut_past_the_lease_fences_the_host_and_the_copy_is_redone_elsewh
     .unwrap();
     assert_eq!(stale.status(), JobStatus::Failed, "{stale:?}");
     assert_eq!(stale.error.unwrap().code, "FENCED");
+    check_invariants(&tc).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,6 +181,7 @@ async fn a_host_cut_off_for_good_the_move_completes_on_another() {
     assert!(volumes.iter().all(|v| v.host_id != lost), "{volumes:#?}");
     // TTL, then at most one full copy of the chain (16 MiB layers at 4 MiB/s), plus slack.
     assert!(took < TTL + Duration::from_secs(4 * 3 + 6), "took {took:?}");
+    check_invariants(&tc).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,4 +241,5 @@ async fn a_host_cut_from_the_engine_but_not_from_etcd_finishes_its_copy_once() {
     )
     .await
     .unwrap();
+    check_invariants(&tc).await;
 }

@@ -7,7 +7,7 @@ use datapath_api::pb;
 use crate::{
     disks::{chain_disk, follow, scheduler, start_move},
     harness::{throttle, TestCluster},
-    scheduler_faults::{assert_whole, sums},
+    invariants::{assert_whole, check_invariants, sums},
 };
 
 const MIB: u64 = 1 << 20;
@@ -62,7 +62,7 @@ async fn crash_at(point: &str, cancel: bool) {
     let last = seen.unwrap().pop().unwrap();
     let moved = assert_whole(&tc, &src, &b, &before, &last).await;
     assert_eq!(moved, !cancel, "{point}: {last:#?}");
-    assert!(tc.keys("leases/").await.is_empty());
+    check_invariants(&tc).await;
 }
 
 #[tokio::test]

@@ -7,21 +7,12 @@ use nix::sys::signal::Signal;
 use prost::Message as _;
 
 use crate::{
-    disks::{chain_disk, content_sha256, error_of, follow, moved, scheduler, start_move},
+    disks::{chain_disk, error_of, follow, moved, scheduler, start_move},
     harness::{throttle, wait_for, TestCluster},
+    invariants::{assert_whole, check_invariants, flow, image_dir, sums},
 };
 
 const MIB: u64 = 1 << 20;
-const FORMATS: [&str; 3] = ["raw", "qcow2", "qcow2"];
-
-/// The flow record of an operation, read straight from etcd.
-pub(crate) async fn flow(tc: &TestCluster, name: &str) -> Option<pb::Flow> {
-    let id = name.trim_start_matches("operations/");
-    let key = format!("{}flows/{id}", tc.cluster.etcd_prefix());
-    let resp = tc.etcd.clone().get(key, None).await.ok()?;
-    let kv = resp.kvs().first()?;
-    pb::Flow::decode(kv.value()).ok()
-}
 
 fn step(f: &pb::Flow) -> OperationStep {
     f.operation
@@ -29,47 +20,6 @@ fn step(f: &pb::Flow) -> OperationStep {
         .and_then(|o| o.metadata.as_ref())
         .map(|m| m.step())
         .unwrap_or_default()
-}
-
-/// Checksums of what a guest sees through each volume.
-pub(crate) fn sums(tc: &TestCluster, vols: &[pb::VolumeRef]) -> Vec<String> {
-    vols.iter()
-        .zip(FORMATS)
-        .map(|(v, f)| content_sha256(&tc.volume_path(v), f))
-        .collect()
-}
-
-/// Whether every volume exists and is LEGAL.
-fn all_legal(tc: &TestCluster, vols: &[pb::VolumeRef]) -> bool {
-    vols.iter()
-        .all(|v| tc.volume_path(v).exists() && tc.meta(v, "LEGALITY") == "LEGAL")
-}
-
-fn image_dir(tc: &TestCluster, v: &pb::VolumeRef) -> std::path::PathBuf {
-    tc.volume_path(v).parent().unwrap().to_path_buf()
-}
-
-/// Asserts the move ended whole: moved (and then the source is gone) or rolled back (and then the
-/// destination is gone and the source intact); no lock left. Returns whether it moved.
-pub(crate) async fn assert_whole(
-    tc: &TestCluster,
-    src: &[pb::VolumeRef],
-    dst_sd: &str,
-    before: &[String],
-    last: &pb::Operation,
-) -> bool {
-    let dst: Vec<_> = src.iter().map(|v| moved(v, dst_sd)).collect();
-    let moved_ok = error_of(last).is_none();
-    let (kept, gone): (&[pb::VolumeRef], &[pb::VolumeRef]) =
-        if moved_ok { (&dst, src) } else { (src, &dst) };
-    assert!(all_legal(tc, kept), "kept side not LEGAL: {last:#?}");
-    assert_eq!(sums(tc, kept), before, "data differs: {last:#?}");
-    assert!(
-        !image_dir(tc, &gone[0]).exists(),
-        "the other side remains: {last:#?}"
-    );
-    assert!(tc.keys("locks/").await.is_empty(), "locks left");
-    moved_ok
 }
 
 #[tokio::test]
@@ -222,6 +172,7 @@ async fn kill_scheduler_at(point: KillPoint) {
         moved,
         "a resumed move with healthy hosts should finish: {last:#?}"
     );
+    check_invariants(&tc).await;
 }
 
 #[tokio::test]
@@ -273,6 +224,7 @@ async fn spm_killed_mid_move_a_new_spm_finishes_it() {
         assert_whole(&tc, &src, &b, &before, &last).await,
         "the move should finish on the new SPM: {last:#?}"
     );
+    check_invariants(&tc).await;
 }
 
 #[tokio::test]
@@ -323,6 +275,7 @@ async fn a_host_killed_mid_copy_the_copy_is_retried_on_another_and_the_move_fini
         .expect("a second attempt");
     assert_ne!(retried.host_id, victim);
     assert_ne!(retried.job_id, job);
+    check_invariants(&tc).await;
 }
 
 #[tokio::test]
@@ -384,4 +337,56 @@ async fn a_copy_that_ended_while_the_scheduler_was_down_and_whose_job_expired_is
     assert_eq!(v.attempts, 1);
     let dst = moved(&src[idx], &b);
     assert_eq!(tc.meta(&dst, "GEN"), (generation + 1).to_string());
+    check_invariants(&tc).await;
+}
+
+#[tokio::test]
+async fn etcd_restarted_mid_move_the_move_ends_whole() {
+    let mut tc = TestCluster::start(3, |c| throttle(c, 8 * MIB))
+        .await
+        .unwrap();
+    let (a, b) = (tc.domain().await, tc.domain().await);
+    let src = chain_disk(&tc, &a, 16 * MIB).await;
+    let before = sums(&tc, &src);
+    let name = start_move(&tc, &a, &src[0].image_id, &b).await;
+    wait_for(Duration::from_secs(20), "a running copy", || async {
+        let f = flow(&tc, &name).await?;
+        f.volumes
+            .iter()
+            .any(|v| v.job_status() == pb::JobStatus::Running)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    tc.cluster.etcd_mut().signal(Signal::SIGKILL).unwrap();
+    tc.cluster.restart_etcd().await.unwrap();
+    let seen = follow(&tc, &name, Duration::from_secs(120)).await;
+    if seen.is_err() {
+        tc.dump_logs();
+    }
+    let last = seen.unwrap().pop().unwrap();
+    assert!(last.done);
+    assert_whole(&tc, &src, &b, &before, &last).await;
+    // No lease outlives its owner, and every job ended.
+    wait_for(Duration::from_secs(10), "no lease left", || async {
+        tc.keys("leases/").await.is_empty().then_some(())
+    })
+    .await
+    .unwrap();
+    let jobs = tc
+        .tracker()
+        .await
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert!(
+        jobs.iter().all(|j| matches!(
+            j.status(),
+            pb::JobStatus::Succeeded | pb::JobStatus::Failed | pb::JobStatus::Aborted
+        )),
+        "{jobs:#?}"
+    );
+    check_invariants(&tc).await;
 }

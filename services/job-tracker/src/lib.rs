@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod lost;
 pub mod service;
 pub mod tracker;
 pub mod transition;
@@ -33,6 +34,10 @@ pub struct Config {
     /// How long an ended job is kept before etcd deletes it (0s keeps it forever).
     #[arg(long, env = "DATAPATH_JOB_RETENTION", default_value = "1h", value_parser = humantime::parse_duration)]
     pub job_retention: Duration,
+    /// How long a host's registration must have been gone before its unfinished jobs are ended
+    /// FAILED (FENCED): it expired with the host's session lease, so the host fenced itself already.
+    #[arg(long, env = "DATAPATH_LOST_HOST_GRACE", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub lost_host_grace: Duration,
     /// Server-wide settings.
     #[command(flatten)]
     pub server: ServerOptions,
@@ -57,6 +62,7 @@ pub async fn run(
             }
         }
     });
+    let sweeper = tokio::spawn(lost::sweep(tracker.clone(), config.lost_host_grace));
     let prober = tokio::spawn(async move {
         loop {
             let ok = tokio::time::timeout(Duration::from_secs(3), coord.list_hosts()).await;
@@ -84,6 +90,7 @@ pub async fn run(
     )
     .await;
     prober.abort();
+    sweeper.abort();
     flusher.abort();
     tracker.flush_due().await;
     served.context("serve gRPC")

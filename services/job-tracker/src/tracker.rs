@@ -157,6 +157,17 @@ impl Tracker {
         self.write(job_id, |job| apply(job_id, job, &update)).await
     }
 
+    /// Applies an update decided by the job-tracker itself (a lost host's job), unless the job has
+    /// ended meanwhile.
+    pub async fn write_as_tracker(
+        &self,
+        job_id: JobId,
+        update: &crate::transition::Update,
+    ) -> Result<pb::Job, Error> {
+        self.write(job_id, |job| crate::lost::unless_ended(job_id, job, update))
+            .await
+    }
+
     /// Marks a job as asked to abort; the caller forwards the request to its host.
     pub async fn request_abort(&self, job_id: JobId) -> Result<pb::Job, Error> {
         self.write(job_id, |job| {

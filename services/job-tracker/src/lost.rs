@@ -1,0 +1,83 @@
+//! Jobs of hosts that are gone. A host's registration (`hosts/<id>`) is bound to its session lease;
+//! once it has expired the host can no longer be copying anything — it fenced itself (killed its
+//! copies) before its lease could expire, and a stopped host's copier was killed by its watchdog — so
+//! its jobs still PENDING or RUNNING are ended FAILED with cause FENCED, as oVirt's engine ends the
+//! jobs of a non-responsive host. Without this, the job of a host that never comes back would stay
+//! RUNNING forever. A host that does come back finds them ended already.
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use datapath_api::{ids::JobId, pb};
+use tracing::{info, warn};
+
+use crate::{
+    tracker::Tracker,
+    transition::{apply, is_terminal, Update},
+};
+
+/// How often registrations and jobs are compared.
+const EVERY: Duration = Duration::from_secs(1);
+
+/// Ends the jobs of hosts whose registration has been gone for `grace`. Runs until dropped.
+pub async fn sweep(tracker: Arc<Tracker>, grace: Duration) {
+    let mut missing: HashMap<String, Instant> = HashMap::new();
+    loop {
+        tokio::time::sleep(EVERY).await;
+        // An etcd error is no evidence that a host is gone: skip the round.
+        let (Ok(hosts), Ok((jobs, _))) = (
+            tracker.coord().list_hosts().await,
+            tracker.coord().list_jobs().await,
+        ) else {
+            continue;
+        };
+        let live: Vec<&str> = hosts.iter().map(|h| h.host_id.as_str()).collect();
+        missing.retain(|h, _| !live.contains(&h.as_str()));
+        for job in jobs.iter().filter(|j| !is_terminal(j.status())) {
+            if live.contains(&job.host_id.as_str()) {
+                continue;
+            }
+            let since = *missing
+                .entry(job.host_id.clone())
+                .or_insert_with(Instant::now);
+            if since.elapsed() >= grace {
+                end(&tracker, job).await;
+            }
+        }
+    }
+}
+
+async fn end(tracker: &Tracker, job: &pb::Job) {
+    let Ok(job_id) = JobId::parse("job_id", &job.job_id) else {
+        return;
+    };
+    let update = Update {
+        status: Some(pb::JobStatus::Failed),
+        progress: None,
+        error: Some(pb::JobError {
+            code: "FENCED".into(),
+            message: format!(
+                "host {} lost its session lease: it fenced itself and no longer runs this job",
+                job.host_id
+            ),
+        }),
+    };
+    match tracker.write_as_tracker(job_id, &update).await {
+        Ok(_) => info!(%job_id, host = %job.host_id, "job of a lost host ended FENCED"),
+        Err(e) => warn!(%job_id, error = %e, "could not end the job of a lost host"),
+    }
+}
+
+/// For [`Tracker::write_as_tracker`]: the update, unless the job has ended meanwhile.
+pub(crate) fn unless_ended(
+    job_id: JobId,
+    job: &pb::Job,
+    update: &Update,
+) -> Result<Option<pb::Job>, crate::error::Error> {
+    if is_terminal(job.status()) {
+        return Ok(None);
+    }
+    apply(job_id, job, update)
+}
