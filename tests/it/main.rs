@@ -1,6 +1,7 @@
 //! End-to-end tests: real etcd, the real job-tracker and host-worker binaries as separate processes,
 //! real qemu-img on real files. Build the binaries first (`cargo build --workspace --bins`).
 mod bad_input;
+mod chaos;
 mod clone_disk;
 mod copy;
 mod disks;

@@ -70,11 +70,16 @@ async fn a_link_cut_shorter_than_the_fencing_deadline_changes_nothing() {
     // The fault lasts one second, well inside the 3 s before the host would fence itself.
     tokio::time::sleep(Duration::from_secs(1)).await;
     lab.restore(i).unwrap();
+    let restored = Instant::now();
     let last = follow(&tc, &name, Duration::from_secs(90))
         .await
         .unwrap()
         .pop()
         .unwrap();
+    eprintln!(
+        "FIGURE scenario 1 (1 s cut): restore to done {:?}",
+        restored.elapsed()
+    );
     assert!(
         assert_whole(&tc, &src, &b, &before, &last).await,
         "{last:#?}"
@@ -129,12 +134,18 @@ async fn a_link_cut_past_the_lease_fences_the_host_and_the_copy_is_redone_elsewh
     })
     .await
     .unwrap();
+    let decided = cut.elapsed();
     lab.restore(i).unwrap();
     let last = follow(&tc, &name, Duration::from_secs(90))
         .await
         .unwrap()
         .pop()
         .unwrap();
+    eprintln!(
+        "FIGURE scenario 2 (cut past the TTL): copier killed {killed:?}, lease expired \
+         {lease_gone:?}, retry placed {decided:?}, done {:?} after the cut",
+        cut.elapsed()
+    );
     assert!(
         assert_whole(&tc, &src, &b, &before, &last).await,
         "{last:#?}"
@@ -166,12 +177,24 @@ async fn a_host_cut_off_for_good_the_move_completes_on_another() {
     assert_ne!(i, spm, "least-loaded put the copy on the SPM");
     let cut = Instant::now();
     tc.cluster.network().unwrap().cut(i).unwrap();
+    let decided = wait_for(Duration::from_secs(30), "a second attempt", || async {
+        let f = flow(&tc, &name).await?;
+        f.volumes
+            .iter()
+            .any(|v| v.attempts >= 2)
+            .then(|| cut.elapsed())
+    })
+    .await
+    .unwrap();
     let last = follow(&tc, &name, Duration::from_secs(90))
         .await
         .unwrap()
         .pop()
         .unwrap();
     let took = cut.elapsed();
+    eprintln!(
+        "FIGURE scenario 3 (cut for good): retry placed {decided:?}, done {took:?} after the cut"
+    );
     assert!(
         assert_whole(&tc, &src, &b, &before, &last).await,
         "{last:#?}"
@@ -210,6 +233,7 @@ async fn a_host_cut_from_the_engine_but_not_from_etcd_finishes_its_copy_once() {
         .unwrap();
     let lab = tc.cluster.network().unwrap();
     lab.block(i, tracker, serving).unwrap();
+    let blocked = Instant::now();
 
     // The engine waits while the lease is held, then learns the outcome from the volume itself:
     // lease free, LEGAL, generation + 1. No second copy starts.
@@ -218,6 +242,10 @@ async fn a_host_cut_from_the_engine_but_not_from_etcd_finishes_its_copy_once() {
         .unwrap()
         .pop()
         .unwrap();
+    eprintln!(
+        "FIGURE scenario 4 (engine and job-tracker cut off, etcd not): done {:?} after the block",
+        blocked.elapsed()
+    );
     assert!(
         assert_whole(&tc, &src, &b, &before, &last).await,
         "{last:#?}"

@@ -317,11 +317,16 @@ async fn a_copy_that_ended_while_the_scheduler_was_down_and_whose_job_expired_is
     .await
     .unwrap();
     tc.cluster.restart_scheduler().await.unwrap();
+    let back = std::time::Instant::now();
     let seen = follow(&tc, &name, Duration::from_secs(90)).await;
     if seen.is_err() {
         tc.dump_logs();
     }
     let last = seen.unwrap().pop().unwrap();
+    eprintln!(
+        "FIGURE scenario 5 (job expired while the scheduler was down): restart to done {:?}",
+        back.elapsed()
+    );
     assert!(
         assert_whole(&tc, &src, &b, &before, &last).await,
         "{last:#?}"
@@ -358,6 +363,7 @@ async fn etcd_restarted_mid_move_the_move_ends_whole() {
     })
     .await
     .unwrap();
+    let killed = std::time::Instant::now();
     tc.cluster.etcd_mut().signal(Signal::SIGKILL).unwrap();
     tc.cluster.restart_etcd().await.unwrap();
     let seen = follow(&tc, &name, Duration::from_secs(120)).await;
@@ -365,6 +371,15 @@ async fn etcd_restarted_mid_move_the_move_ends_whole() {
         tc.dump_logs();
     }
     let last = seen.unwrap().pop().unwrap();
+    eprintln!(
+        "FIGURE scenario 6 (etcd killed and restarted): done {:?} after the kill, {}",
+        killed.elapsed(),
+        if error_of(&last).is_none() {
+            "moved"
+        } else {
+            "rolled back"
+        }
+    );
     assert!(last.done);
     assert_whole(&tc, &src, &b, &before, &last).await;
     // No lease outlives its owner, and every job ended.
