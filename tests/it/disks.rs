@@ -167,30 +167,57 @@ pub async fn follow(
     follow_at(&tc.cluster.scheduler_url(), name, deadline).await
 }
 
-/// [`follow`] on the scheduler replica at `url`.
+/// [`follow`] on the scheduler replica at `url`. Like any client, it opens the watch again when the
+/// scheduler answers UNAVAILABLE (etcd electing a leader, the scheduler restarting) or the stream
+/// breaks, until `deadline`; any other error ends it.
 pub async fn follow_at(
     url: &str,
     name: &str,
     deadline: Duration,
 ) -> anyhow::Result<Vec<pb::Operation>> {
-    let mut stream = SchedulerServiceClient::connect(url.to_string())
-        .await?
+    let until = tokio::time::Instant::now() + deadline;
+    let mut seen = Vec::new();
+    loop {
+        if tokio::time::Instant::now() > until {
+            bail!("{name} not done within {deadline:?}: {seen:#?}");
+        }
+        match watch_until_done(url, name, until, &mut seen).await {
+            Ok(true) => return Ok(seen),
+            Ok(false) => {}
+            Err(s) if s.code() == tonic::Code::Unavailable => {}
+            Err(s) => bail!("watch of {name} failed: {s}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One WatchOperation stream; `Ok(true)` once the operation is done, `Ok(false)` if the stream
+/// ended before.
+async fn watch_until_done(
+    url: &str,
+    name: &str,
+    until: tokio::time::Instant,
+    seen: &mut Vec<pb::Operation>,
+) -> Result<bool, tonic::Status> {
+    let mut client = SchedulerServiceClient::connect(url.to_string())
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut stream = client
         .watch_operation(pb::WatchOperationRequest { name: name.into() })
         .await?
         .into_inner();
-    let mut seen = Vec::new();
     loop {
-        let next = tokio::time::timeout(deadline, stream.next())
-            .await
-            .with_context(|| format!("{name} not done within {deadline:?}: {seen:#?}"))?;
-        let Some(event) = next else {
-            bail!("watch of {name} ended before it was done: {seen:#?}")
+        let Ok(next) = tokio::time::timeout_at(until, stream.next()).await else {
+            return Ok(false);
         };
-        let op = event?.operation.context("an operation")?;
+        let Some(event) = next else { return Ok(false) };
+        let op = event?
+            .operation
+            .ok_or_else(|| tonic::Status::internal("no operation"))?;
         let done = op.done;
         seen.push(op);
         if done {
-            return Ok(seen);
+            return Ok(true);
         }
     }
 }

@@ -405,3 +405,59 @@ async fn etcd_restarted_mid_move_the_move_ends_whole() {
     );
     check_invariants(&tc).await;
 }
+
+/// Known failure, kept to be fixed next: measured 94 s to completion and one failed copy (retried),
+/// where the issue asks for no failure. The services' etcd clients keep sending to the dead member
+/// (one balanced channel over every endpoint), so session renewals stall until the hosts fence.
+#[tokio::test]
+#[ignore = "known issue: etcd clients keep using a dead member (see the doc comment)"]
+async fn the_etcd_leader_killed_mid_move_the_move_completes_without_a_failure() {
+    let mut tc = TestCluster::start(3, |c| {
+        throttle(c, 8 * MIB);
+        c.etcd_members = 3;
+    })
+    .await
+    .unwrap();
+    let (a, b) = (tc.domain().await, tc.domain().await);
+    let src = chain_disk(&tc, &a, 16 * MIB).await;
+    let before = sums(&tc, &src);
+    let name = start_move(&tc, &a, &src[0].image_id, &b).await;
+    wait_for(Duration::from_secs(20), "a running copy", || async {
+        let f = flow(&tc, &name).await?;
+        f.volumes
+            .iter()
+            .any(|v| v.job_status() == pb::JobStatus::Running)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let leader = wait_for(Duration::from_secs(10), "an etcd leader", || async {
+        tc.cluster.etcd_leader().await
+    })
+    .await
+    .unwrap();
+    let killed = std::time::Instant::now();
+    tc.cluster
+        .etcd_member_mut(leader)
+        .signal(Signal::SIGKILL)
+        .unwrap();
+    let seen = follow(&tc, &name, Duration::from_secs(120)).await;
+    if seen.is_err() {
+        tc.dump_logs();
+    }
+    let last = seen.unwrap().pop().unwrap();
+    eprintln!(
+        "FIGURE scenario 6b (etcd leader killed, 3 members): done {:?} after the kill",
+        killed.elapsed()
+    );
+    assert!(
+        assert_whole(&tc, &src, &b, &before, &last).await,
+        "{last:#?}"
+    );
+    let volumes = last.metadata.unwrap().volumes;
+    assert!(
+        volumes.iter().all(|v| v.attempts == 1),
+        "a copy failed: {volumes:#?}"
+    );
+    check_invariants(&tc).await;
+}

@@ -78,6 +78,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         parallel_copies: args.parallel_copies,
         host_bandwidth_limit: args.host_bandwidth_limit,
         host_worker_extra_args: Vec::new(),
+        etcd_members: 1,
         isolate_hosts: false,
         own_process_groups: true,
     };

@@ -76,9 +76,16 @@ impl Cluster {
             false => None,
         };
         let gateway = lab.as_ref().map(NetworkLab::gateway);
-        let etcd = Etcd::start_with(&etcd_bin, &config.dir, base_spec(&config), gateway).await?;
-        let etcd_url = etcd.client_url();
-        let etcd_for_hosts = gateway.map_or(etcd_url.clone(), |ip| etcd.client_url_on(ip));
+        let etcd = Etcd::start_with(
+            &etcd_bin,
+            &config.dir,
+            base_spec(&config),
+            gateway,
+            config.etcd_members,
+        )
+        .await?;
+        let etcd_url = etcd.endpoints().join(",");
+        let etcd_for_hosts = gateway.map_or(etcd_url.clone(), |ip| etcd.endpoints_on(ip).join(","));
         let local = |ip: Option<Ipv4Addr>, port| {
             SocketAddr::from((ip.unwrap_or(Ipv4Addr::LOCALHOST), port))
         };
@@ -272,6 +279,16 @@ impl Cluster {
         &mut self.hosts[i].service.process
     }
 
+    /// etcd member `i`'s process. Panics when `i` is out of range.
+    pub fn etcd_member_mut(&mut self, i: usize) -> &mut ManagedProcess {
+        self.etcd.member_mut(i)
+    }
+
+    /// Which etcd member leads now, if any.
+    pub async fn etcd_leader(&self) -> Option<usize> {
+        self.etcd.leader().await
+    }
+
     /// Restarts etcd on the same ports and data (stopping it first if it runs); waits until healthy.
     pub async fn restart_etcd(&mut self) -> anyhow::Result<()> {
         self.etcd.restart().await
@@ -433,10 +450,15 @@ async fn wait_host(host: &mut Host, i: usize, job_tracker_url: &str) -> anyhow::
 }
 
 fn prepare_dirs(config: &ClusterConfig) -> anyhow::Result<()> {
-    let etcd_dir = config.dir.join("etcd");
-    if etcd_dir.exists() {
-        fs::remove_dir_all(&etcd_dir)
-            .with_context(|| format!("remove old etcd data {}", etcd_dir.display()))?;
+    for m in 0..config.etcd_members.max(1) {
+        let etcd_dir = match m {
+            0 => config.dir.join("etcd"),
+            m => config.dir.join(format!("etcd-{m}")),
+        };
+        if etcd_dir.exists() {
+            fs::remove_dir_all(&etcd_dir)
+                .with_context(|| format!("remove old etcd data {}", etcd_dir.display()))?;
+        }
     }
     let mut dirs = vec![config.log_dir(), config.storage_root()];
     dirs.extend((0..config.hosts).map(|i| config.host_state_dir(i)));

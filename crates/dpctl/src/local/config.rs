@@ -33,6 +33,8 @@ pub struct ClusterConfig {
     pub host_bandwidth_limit: u64,
     /// More flags for every host-worker (e.g. `--copy-bandwidth-limit`).
     pub host_worker_extra_args: Vec<String>,
+    /// etcd members: 1, or 3 on loopback as production runs it (a test can then kill the leader).
+    pub etcd_members: usize,
     /// Run every host-worker in its own network namespace behind a veth pair (see
     /// [`super::NetworkLab`]), so a test can cut its link. Needs root.
     pub isolate_hosts: bool,
@@ -58,6 +60,7 @@ impl Default for ClusterConfig {
             parallel_copies: 1,
             host_bandwidth_limit: 0,
             host_worker_extra_args: Vec::new(),
+            etcd_members: 1,
             isolate_hosts: false,
             own_process_groups: false,
         }

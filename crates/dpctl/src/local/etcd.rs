@@ -1,5 +1,6 @@
-//! A single-member etcd for a local cluster: data under `<dir>/etcd`, client and peer URLs on free
-//! loopback ports, ready when its `/health` endpoint answers `"health":"true"`.
+//! etcd for a local cluster: one member (data under `<dir>/etcd`), or three on loopback as users run
+//! it in production (the others under `<dir>/etcd-<i>`), client and peer URLs on free loopback
+//! ports, ready when member 0's `/health` answers `"health":"true"` (which needs a quorum).
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
@@ -23,12 +24,14 @@ pub const ETCD_READY_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(100);
 const HEALTH_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A running etcd server, killed on drop.
+/// A running etcd server (member 0, and any other members), killed on drop.
 #[derive(Debug)]
 pub struct Etcd {
     process: ManagedProcess,
     client_addr: SocketAddr,
     data_dir: PathBuf,
+    /// Members 1.. of a multi-member cluster: process and client address.
+    others: Vec<(ManagedProcess, SocketAddr)>,
 }
 
 impl Etcd {
@@ -36,62 +39,113 @@ impl Etcd {
     /// `<dir>/logs/etcd.log`, and waits until it is healthy.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
         let program = find_binary("etcd", &[])?;
-        Self::start_with(&program, dir, ProcessSpec::default(), None).await
+        Self::start_with(&program, dir, ProcessSpec::default(), None, 1).await
     }
 
-    /// Starts `program` as [`Etcd::start`] does; `base` supplies the environment and process-group
-    /// choice (its name, program and arguments are replaced). With `also_listen`, clients may also
-    /// connect on that address (a network lab's gateway), on the same port.
+    /// Starts `program` as [`Etcd::start`] does, with `members` members (1 or more); `base` supplies
+    /// the environment and process-group choice (its name, program and arguments are replaced).
+    /// With `also_listen`, clients may also connect on that address (a network lab's gateway), on
+    /// the same ports.
     pub async fn start_with(
         program: &Path,
         dir: &Path,
         base: ProcessSpec,
         also_listen: Option<Ipv4Addr>,
+        members: usize,
     ) -> anyhow::Result<Self> {
-        let ports = free_ports(2)?;
-        let client_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[0]));
-        let client_url = format!("http://{client_addr}");
-        let listen_urls = match also_listen {
-            Some(ip) => format!("{client_url},http://{ip}:{}", ports[0]),
-            None => client_url.clone(),
+        let members = members.max(1);
+        let ports = free_ports(2 * members)?;
+        let name = |i: usize| match i {
+            0 => "datapath-local".to_string(),
+            i => format!("datapath-local-{i}"),
         };
-        let peer_url = format!("http://127.0.0.1:{}", ports[1]);
-        let data_dir = dir.join("etcd");
-        let name = "datapath-local";
-        let spec = ProcessSpec {
-            name: "etcd".to_string(),
-            program: program.to_path_buf(),
-            args: Vec::new(),
-            ..base
+        let peer_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i + 1]);
+        let initial_cluster = (0..members)
+            .map(|i| format!("{}={}", name(i), peer_url(i)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut started = Vec::new();
+        for i in 0..members {
+            let client_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[2 * i]));
+            let client_url = format!("http://{client_addr}");
+            let listen_urls = match also_listen {
+                Some(ip) => format!("{client_url},http://{ip}:{}", ports[2 * i]),
+                None => client_url.clone(),
+            };
+            let data_dir = match i {
+                0 => dir.join("etcd"),
+                i => dir.join(format!("etcd-{i}")),
+            };
+            let spec = ProcessSpec {
+                name: match i {
+                    0 => "etcd".to_string(),
+                    i => format!("etcd-{i}"),
+                },
+                program: program.to_path_buf(),
+                args: Vec::new(),
+                ..base.clone()
+            }
+            .args([
+                "--name",
+                &name(i),
+                "--data-dir",
+                &data_dir.display().to_string(),
+                "--listen-client-urls",
+                &listen_urls,
+                "--advertise-client-urls",
+                &client_url,
+                "--listen-peer-urls",
+                &peer_url(i),
+                "--initial-advertise-peer-urls",
+                &peer_url(i),
+                "--initial-cluster",
+                &initial_cluster,
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+            ]);
+            let process = ManagedProcess::start(spec, &dir.join("logs"))?;
+            started.push((process, client_addr, data_dir));
         }
-        .args([
-            "--name",
-            name,
-            "--data-dir",
-            &data_dir.display().to_string(),
-            "--listen-client-urls",
-            &listen_urls,
-            "--advertise-client-urls",
-            &client_url,
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-            "--initial-cluster",
-            &format!("{name}={peer_url}"),
-            "--logger",
-            "zap",
-            "--log-outputs",
-            "stderr",
-        ]);
-        let process = ManagedProcess::start(spec, &dir.join("logs"))?;
+        let mut rest = started.into_iter();
+        let (process, client_addr, data_dir) = rest.next().context("member 0")?;
         let mut etcd = Self {
             process,
             client_addr,
             data_dir,
+            others: rest.map(|(p, a, _)| (p, a)).collect(),
         };
         etcd.wait_ready(ETCD_READY_TIMEOUT).await?;
         Ok(etcd)
+    }
+
+    /// How many members it has.
+    pub fn member_count(&self) -> usize {
+        1 + self.others.len()
+    }
+
+    /// Member `i`'s process. Panics when `i` is out of range.
+    pub fn member_mut(&mut self, i: usize) -> &mut ManagedProcess {
+        match i {
+            0 => &mut self.process,
+            i => &mut self.others[i - 1].0,
+        }
+    }
+
+    /// The index of the member that is leader now, from each member's `/metrics`
+    /// (`etcd_server_is_leader 1`); `None` while there is none (or none answers).
+    pub async fn leader(&self) -> Option<usize> {
+        let addrs = std::iter::once(self.client_addr).chain(self.others.iter().map(|(_, a)| *a));
+        for (i, addr) in addrs.enumerate() {
+            if http_get(addr, "/metrics")
+                .await
+                .is_some_and(|m| m.lines().any(|l| l == "etcd_server_is_leader 1"))
+            {
+                return Some(i);
+            }
+        }
+        None
     }
 
     /// Its client URL, e.g. `http://127.0.0.1:40123`.
@@ -99,14 +153,19 @@ impl Etcd {
         format!("http://{}", self.client_addr)
     }
 
-    /// Its client URL on another address it listens on (see [`Etcd::start_with`]).
-    pub fn client_url_on(&self, ip: Ipv4Addr) -> String {
-        format!("http://{ip}:{}", self.client_addr.port())
+    /// Its client URLs (every member's), as the services' `--etcd-endpoints` takes them.
+    pub fn endpoints(&self) -> Vec<String> {
+        std::iter::once(self.client_url())
+            .chain(self.others.iter().map(|(_, a)| format!("http://{a}")))
+            .collect()
     }
 
-    /// Its client URLs, as the services' `--etcd-endpoints` takes them.
-    pub fn endpoints(&self) -> Vec<String> {
-        vec![self.client_url()]
+    /// Its client URLs on another address they listen on (see [`Etcd::start_with`]).
+    pub fn endpoints_on(&self, ip: Ipv4Addr) -> Vec<String> {
+        std::iter::once(self.client_addr.port())
+            .chain(self.others.iter().map(|(_, a)| a.port()))
+            .map(|port| format!("http://{ip}:{port}"))
+            .collect()
     }
 
     /// Its data directory.
@@ -158,26 +217,36 @@ impl Etcd {
         self.wait_ready(ETCD_READY_TIMEOUT).await
     }
 
-    /// SIGTERM, then SIGKILL after `deadline`.
+    /// SIGTERM, then SIGKILL after `deadline`, every member; returns member 0's status.
     pub async fn stop(&mut self, deadline: Duration) -> anyhow::Result<Option<ExitStatus>> {
+        for (p, _) in &mut self.others {
+            p.stop(deadline).await.context("stop etcd member")?;
+        }
         self.process.stop(deadline).await.context("stop etcd")
     }
 }
 
 /// One `GET /health` over plain HTTP/1.1; false on any error.
 async fn is_healthy(addr: SocketAddr) -> bool {
+    http_get(addr, "/health")
+        .await
+        .is_some_and(|r| r.contains("\"health\":\"true\""))
+}
+
+/// One plain HTTP/1.1 GET; the whole response, or `None` on any error.
+async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let call = async {
         let mut stream = TcpStream::connect(addr).await?;
-        let request = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await?;
-        std::io::Result::Ok(String::from_utf8_lossy(&response).contains("\"health\":\"true\""))
+        std::io::Result::Ok(String::from_utf8_lossy(&response).into_owned())
     };
-    matches!(
-        tokio::time::timeout(HEALTH_CALL_TIMEOUT, call).await,
-        Ok(Ok(true))
-    )
+    tokio::time::timeout(HEALTH_CALL_TIMEOUT, call)
+        .await
+        .ok()?
+        .ok()
 }
 
 #[cfg(test)]
