@@ -58,8 +58,7 @@ impl Coord {
     pub async fn campaign(&self, role: Role, value: &str, lease: i64) -> Result<Leadership> {
         let name = self.keys().election(role.name());
         let mut resp = self
-            .blocking
-            .clone()
+            .blocking()
             .campaign(name, value.as_bytes(), lease)
             .await?;
         let key = resp.take_leader().ok_or_else(|| {

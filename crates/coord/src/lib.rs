@@ -14,7 +14,13 @@ pub mod keys;
 pub mod session;
 pub mod volume_leases;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Weak,
+    },
+    time::Duration,
+};
 
 use etcd_client::{Client, ConnectOptions};
 
@@ -52,14 +58,42 @@ impl EtcdOptions {
 }
 
 /// A connection to etcd plus the key layout under one prefix. Cheap to clone.
+///
+/// With several endpoints (an etcd cluster), calls go to one member at a time; a background check
+/// moves them to another member as soon as that one stops answering or loses its leader. One channel
+/// balanced over every member would keep sending a share of the calls — session renewals among them —
+/// to a dead member, until hosts fence themselves for nothing.
 #[derive(Clone)]
 pub struct Coord {
+    members: Arc<Members>,
+    keys: Keys,
+}
+
+/// The members' clients and the one in use.
+struct Members {
+    clients: Vec<Member>,
+    current: AtomicUsize,
+    checker: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for Members {
+    fn drop(&mut self) {
+        if let Some(c) = &self.checker {
+            c.abort();
+        }
+    }
+}
+
+struct Member {
+    endpoint: String,
     client: Client,
     /// A client without a request deadline, for calls that block by design (an election campaign
     /// waits for the leader to go); cancelled by dropping the call.
     blocking: Client,
-    keys: Keys,
 }
+
+/// How often the member in use is checked, and how long it may take to answer.
+const MEMBER_CHECK: Duration = Duration::from_millis(500);
 
 impl Coord {
     /// Connects to `endpoints` (lazily: an etcd that is down now is retried on each call) and scopes
@@ -71,12 +105,36 @@ impl Coord {
             // 5 s with GOAWAY, which cut long campaigns and quiet watches every few seconds.
             .with_keep_alive(KEEP_ALIVE_INTERVAL, Duration::from_secs(3))
             .with_keep_alive_while_idle(true);
-        let blocking = Client::connect(endpoints, Some(options.clone())).await?;
-        let client =
-            Client::connect(endpoints, Some(options.with_timeout(REQUEST_TIMEOUT))).await?;
+        let mut clients = Vec::with_capacity(endpoints.len());
+        for endpoint in endpoints {
+            clients.push(Member {
+                endpoint: endpoint.clone(),
+                blocking: Client::connect([endpoint], Some(options.clone())).await?,
+                client: Client::connect(
+                    [endpoint],
+                    Some(options.clone().with_timeout(REQUEST_TIMEOUT)),
+                )
+                .await?,
+            });
+        }
+        if clients.is_empty() {
+            return Err(etcd_client::Error::InvalidArgs("no etcd endpoint".into()).into());
+        }
+        let several = clients.len() > 1;
+        let mut members = Arc::new(Members {
+            clients,
+            current: AtomicUsize::new(0),
+            checker: None,
+        });
+        if several {
+            let weak = Arc::downgrade(&members);
+            let task = tokio::spawn(check_members(weak)).abort_handle();
+            if let Some(m) = Arc::get_mut(&mut members) {
+                m.checker = Some(task);
+            }
+        }
         Ok(Self {
-            client,
-            blocking,
+            members,
             keys: Keys::new(prefix),
         })
     }
@@ -86,8 +144,52 @@ impl Coord {
         &self.keys
     }
 
-    /// A handle on the raw client, for this crate's modules.
+    /// A handle on the raw client of the member in use, for this crate's modules.
     pub(crate) fn client(&self) -> Client {
-        self.client.clone()
+        self.member().client.clone()
     }
+
+    /// The member in use's client without a request deadline.
+    pub(crate) fn blocking(&self) -> Client {
+        self.member().blocking.clone()
+    }
+
+    fn member(&self) -> &Member {
+        let i = self.members.current.load(Ordering::Relaxed);
+        &self.members.clients[i % self.members.clients.len()]
+    }
+}
+
+/// Keeps calls on a member that answers and knows a leader; runs while the clients exist.
+async fn check_members(members: Weak<Members>) {
+    loop {
+        tokio::time::sleep(MEMBER_CHECK).await;
+        let Some(m) = members.upgrade() else { return };
+        let n = m.clients.len();
+        let current = m.current.load(Ordering::Relaxed) % n;
+        if healthy(&m.clients[current]).await {
+            continue;
+        }
+        for step in 1..n {
+            let next = (current + step) % n;
+            if healthy(&m.clients[next]).await {
+                m.current.store(next, Ordering::Relaxed);
+                tracing::warn!(
+                    from = %m.clients[current].endpoint,
+                    to = %m.clients[next].endpoint,
+                    "etcd member not answering; calls moved to another member"
+                );
+                break;
+            }
+        }
+    }
+}
+
+/// Whether a member answers its status quickly and knows a leader.
+async fn healthy(member: &Member) -> bool {
+    let mut client = member.client.clone();
+    matches!(
+        tokio::time::timeout(MEMBER_CHECK, client.status()).await,
+        Ok(Ok(status)) if status.leader() != 0
+    )
 }
