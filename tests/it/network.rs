@@ -271,3 +271,23 @@ async fn a_host_cut_from_the_engine_but_not_from_etcd_finishes_its_copy_once() {
     .unwrap();
     check_invariants(&tc).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lossy_link_on_the_copying_host_the_move_still_ends_whole() {
+    let tc = isolated().await;
+    let (a, b) = (tc.domain().await, tc.domain().await);
+    let src = chain_disk(&tc, &a, 16 * MIB).await;
+    let before = sums(&tc, &src);
+    let name = start_move(&tc, &a, &src[0].image_id, &b).await;
+    let (i, _) = running_copy(&tc, &name).await;
+    // A fifth of its packets lost both ways, for the rest of the move.
+    tc.cluster.network().unwrap().lossy(i, 20, false).unwrap();
+    let last = follow(&tc, &name, Duration::from_secs(120))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    tc.cluster.network().unwrap().heal(i).unwrap();
+    assert_whole(&tc, &src, &b, &before, &last).await;
+    check_invariants(&tc).await;
+}

@@ -150,6 +150,33 @@ impl NetworkLab {
         ))
     }
 
+    /// Drops (`reject`: refuses with a TCP reset) a random `percent` of every packet host `i` sends
+    /// or receives, with nftables inside its namespace; undone by [`NetworkLab::heal`].
+    pub fn lossy(&self, i: usize, percent: u32, reject: bool) -> anyhow::Result<()> {
+        let ns = self.namespace(i);
+        let nft = |args: &str| {
+            let mut all = vec!["netns", "exec", &ns, "nft"];
+            all.extend(args.split(' '));
+            run("ip", &all)
+        };
+        let verdict = if reject {
+            "reject with tcp reset"
+        } else {
+            "drop"
+        };
+        let protocol = if reject { "meta l4proto tcp " } else { "" };
+        nft("add table inet datapath_lab")?;
+        for hook in ["output", "input"] {
+            nft(&format!(
+                "add chain inet datapath_lab {hook} {{ type filter hook {hook} priority 0 ; }}"
+            ))?;
+            nft(&format!(
+                "add rule inet datapath_lab {hook} {protocol}iifname != lo numgen random mod 100 < {percent} {verdict}"
+            ))?;
+        }
+        Ok(())
+    }
+
     /// Removes every nftables rule [`NetworkLab::block`] added in host `i`'s namespace.
     pub fn heal(&self, i: usize) -> anyhow::Result<()> {
         let ns = self.namespace(i);
