@@ -5,7 +5,7 @@
 //! replaced by a new lease as soon as etcd answers again; the old one is revoked.
 use std::time::Duration;
 
-use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper};
+use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 use tokio::{
     sync::watch,
     task::JoinHandle,
@@ -63,7 +63,7 @@ impl Session {
     /// Starts keeping a session for `ttl`; the state starts `Lost` until the first grant.
     pub fn start(coord: &Coord, ttl: Duration) -> Self {
         let (tx, state) = watch::channel(SessionState::Lost);
-        let task = tokio::spawn(keep(coord.client(), SessionTiming::new(ttl), tx));
+        let task = tokio::spawn(keep(coord.clone(), SessionTiming::new(ttl), tx));
         Self {
             state,
             coord: coord.clone(),
@@ -97,10 +97,13 @@ impl Session {
     }
 }
 
-async fn keep(mut client: Client, timing: SessionTiming, tx: watch::Sender<SessionState>) {
+/// Keeps the session. Every grant and every new keep-alive stream asks `coord` for its client anew, so
+/// they follow it to another etcd member when the one in use dies.
+async fn keep(coord: Coord, timing: SessionTiming, tx: watch::Sender<SessionState>) {
     let mut stale: Option<i64> = None;
     loop {
         let sent = Instant::now();
+        let mut client = coord.client();
         let grant = timeout(
             timing.renew_every,
             client.lease_grant(timing.ttl.as_secs() as i64, None),
@@ -119,7 +122,7 @@ async fn keep(mut client: Client, timing: SessionTiming, tx: watch::Sender<Sessi
         }
         info!(lease_id, ttl = ?timing.ttl, "session lease granted");
         tx.send_replace(SessionState::Valid { lease_id });
-        hold(&mut client, lease_id, timing, sent).await;
+        hold(&coord, lease_id, timing, sent).await;
         tx.send_replace(SessionState::Lost);
         warn!(
             lease_id,
@@ -130,14 +133,14 @@ async fn keep(mut client: Client, timing: SessionTiming, tx: watch::Sender<Sessi
 }
 
 /// Renews `lease_id` until a renewal fails to land before the fencing deadline.
-async fn hold(client: &mut Client, lease_id: i64, timing: SessionTiming, granted_at: Instant) {
+async fn hold(coord: &Coord, lease_id: i64, timing: SessionTiming, granted_at: Instant) {
     let mut last_ok = granted_at;
     let mut keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
     loop {
         sleep_until(last_ok + timing.renew_every).await;
         let deadline = last_ok + timing.fence_after;
         let sent = Instant::now();
-        match timeout_at(deadline, renew(client, lease_id, &mut keeper)).await {
+        match timeout_at(deadline, renew(coord, lease_id, &mut keeper)).await {
             Err(_) => return,
             Ok(Ok(ttl)) if ttl > 0 => last_ok = sent,
             Ok(Ok(_)) => {
@@ -159,12 +162,12 @@ async fn hold(client: &mut Client, lease_id: i64, timing: SessionTiming, granted
 }
 
 async fn renew(
-    client: &mut Client,
+    coord: &Coord,
     lease_id: i64,
     keeper: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
 ) -> Result<i64, etcd_client::Error> {
     if keeper.is_none() {
-        *keeper = Some(client.lease_keep_alive(lease_id).await?);
+        *keeper = Some(coord.client().lease_keep_alive(lease_id).await?);
     }
     let Some((k, stream)) = keeper.as_mut() else {
         unreachable!("keeper set above")
