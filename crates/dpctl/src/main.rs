@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let _telemetry = match datapath_telemetry::init("dpctl") {
+        let _telemetry = match datapath_telemetry::init("dpctl", Default::default()) {
             Ok(guard) => Some(guard),
             Err(e) => {
                 eprintln!("dpctl: warning: telemetry is off: {e:#}");

@@ -62,7 +62,7 @@ pub async fn serve(
         .expect("embedded descriptor sets are valid");
     Server::builder()
         .timeout(options.request_timeout)
-        .trace_fn(datapath_telemetry::server_span)
+        .layer(datapath_telemetry::GrpcTraceLayer)
         .layer(GlobalConcurrencyLimitLayer::new(options.concurrency_limit))
         .add_routes(routes)
         .add_service(v1)

@@ -1,10 +1,14 @@
-//! One trace crosses a gRPC hop: a call made through a `traced` channel inside a span arrives at a
-//! datapath server whose span is that span's child, with the same trace id — the tower layers on
-//! both sides, no handler code involved.
+//! One trace crosses a gRPC hop: a call made through a `traced` channel inside a span is a client
+//! span, the caller's child, and arrives at a datapath server whose span is the client span's child,
+//! with the same trace id and the RPC attributes — the tower layers on both sides, no handler code
+//! involved.
 use std::time::Duration;
 
 use datapath_server::{serve, ServerOptions};
-use opentelemetry::{global, trace::TraceContextExt as _, trace::TracerProvider as _};
+use opentelemetry::{
+    global,
+    trace::{SpanKind, TraceContextExt as _, TracerProvider as _},
+};
 use opentelemetry_sdk::{
     propagation::TraceContextPropagator,
     trace::{InMemorySpanExporter, SdkTracerProvider},
@@ -63,16 +67,24 @@ async fn the_server_span_continues_the_callers_trace() {
     provider.force_flush().unwrap();
 
     let spans = exporter.get_finished_spans().unwrap();
-    let served = spans
-        .iter()
-        .find(|s| s.name == "/grpc.health.v1.Health/Check")
-        .unwrap_or_else(|| {
-            panic!(
-                "no server span among {:?}",
-                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
-            )
-        });
+    let find = |kind: SpanKind| {
+        spans
+            .iter()
+            .find(|s| s.name == "grpc.health.v1.Health/Check" && s.span_kind == kind)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {kind:?} span among {:?}",
+                    spans
+                        .iter()
+                        .map(|s| (&s.name, &s.span_kind))
+                        .collect::<Vec<_>>()
+                )
+            })
+    };
+    let (sent, served) = (find(SpanKind::Client), find(SpanKind::Server));
     assert!(caller.is_valid());
+    assert_eq!(sent.span_context.trace_id(), caller.trace_id());
+    assert_eq!(sent.parent_span_id, caller.span_id());
     assert_eq!(
         served.span_context.trace_id(),
         caller.trace_id(),
@@ -80,7 +92,22 @@ async fn the_server_span_continues_the_callers_trace() {
     );
     assert_eq!(
         served.parent_span_id,
-        caller.span_id(),
-        "the server span is not the caller's child"
+        sent.span_context.span_id(),
+        "the server span is not the client span's child"
     );
+    for span in [sent, served] {
+        let attr = |k: &str| {
+            span.attributes
+                .iter()
+                .find(|a| a.key.as_str() == k)
+                .map(|a| a.value.to_string())
+        };
+        assert_eq!(attr("rpc.system").as_deref(), Some("grpc"));
+        assert_eq!(
+            attr("rpc.service").as_deref(),
+            Some("grpc.health.v1.Health")
+        );
+        assert_eq!(attr("rpc.method").as_deref(), Some("Check"));
+        assert_eq!(attr("rpc.grpc.status_code").as_deref(), Some("0"));
+    }
 }

@@ -1,13 +1,27 @@
-//! One telemetry set-up for every datapath binary: `tracing` logs filtered by `RUST_LOG`, OpenTelemetry
-//! traces exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and W3C `traceparent`
-//! propagation on every gRPC hop — extracted by [`server_span`] (a tonic `trace_fn`, i.e. a tower layer
-//! around every handler) and injected by [`traced`] (a tower layer around every client channel).
+//! One telemetry set-up for every datapath binary: `tracing` logs filtered by `RUST_LOG`, and
+//! OpenTelemetry traces configured only by the standard `OTEL_*` variables — exported over OTLP/gRPC
+//! when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, sampled by
+//! `OTEL_TRACES_SAMPLER`, named by `OTEL_SERVICE_NAME`, and off with `OTEL_SDK_DISABLED=true`.
+//!
+//! Every gRPC hop is traced on both sides by tower layers ([`GrpcTraceLayer`] on servers, [`traced`]
+//! on client channels) that carry the W3C `traceparent`; records that outlive a call (flows, jobs)
+//! keep it too ([`current_carrier`], [`continue_from`]). Spans follow OpenTelemetry's semantic
+//! conventions v1.27.0 for RPC.
 #![warn(missing_docs)]
 
-mod propagation;
+mod carrier;
+mod client;
+pub mod grpc;
+mod server;
 
-use opentelemetry::{global, trace::TracerProvider as _};
-use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider, Resource};
+use std::time::Duration;
+
+use opentelemetry::{global, trace::TracerProvider as _, KeyValue};
+use opentelemetry_sdk::{
+    propagation::TraceContextPropagator,
+    trace::{Sampler, SdkTracerProvider},
+    Resource,
+};
 use tracing::Level;
 use tracing_subscriber::{
     filter::{filter_fn, EnvFilter},
@@ -16,31 +30,82 @@ use tracing_subscriber::{
     Layer,
 };
 
-pub use propagation::{server_span, traced, TracedChannel};
+pub use carrier::{carrier_of, context_from, continue_from, current_carrier};
+pub use client::{traced, traced_to, TracedChannel};
+pub use server::{server_span, GrpcTrace, GrpcTraceLayer};
 
-/// Keeps the tracer provider alive; flushes pending spans when dropped.
+/// How long shutdown waits for the last spans to leave: an unreachable collector must not hold up a
+/// stopping service.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Keeps the tracer provider alive; flushes pending spans (for at most two seconds) when dropped.
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        let _ = self.provider.shutdown();
+        let _ = self.provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT);
     }
 }
 
+/// Who is emitting: the resource every span carries.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// The datapath host id (host-workers): `host.id` and `service.instance.id`.
+    pub host_id: Option<String>,
+}
+
+fn truthy(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+fn exporting() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|v| std::env::var(v).is_ok_and(|s| !s.trim().is_empty()))
+}
+
+/// The resource: `service.name` (`OTEL_SERVICE_NAME` wins over `service`), the host id, the version,
+/// and `OTEL_RESOURCE_ATTRIBUTES`.
+fn resource(service: &'static str, identity: &Identity) -> Resource {
+    let mut builder = Resource::builder();
+    if std::env::var("OTEL_SERVICE_NAME").is_err() {
+        builder = builder.with_service_name(service);
+    }
+    let mut attrs = vec![
+        KeyValue::new("service.namespace", "datapath"),
+        KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+    ];
+    if let Some(host) = &identity.host_id {
+        attrs.push(KeyValue::new("host.id", host.clone()));
+        attrs.push(KeyValue::new("service.instance.id", host.clone()));
+    }
+    if let Ok(name) = nix_hostname() {
+        attrs.push(KeyValue::new("host.name", name));
+    }
+    builder.with_attributes(attrs).build()
+}
+
+fn nix_hostname() -> std::io::Result<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string())
+}
+
 /// Installs logging and tracing for `service`. Must be called inside a Tokio runtime (the OTLP
-/// exporter needs one). Spans always get trace ids, so `traceparent` propagates even when nothing is
-/// exported.
-pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
+/// exporter needs one). Spans get trace ids even when nothing is exported, so `traceparent`
+/// propagates through a service that does not export.
+pub fn init(service: &'static str, identity: Identity) -> anyhow::Result<TelemetryGuard> {
     global::set_text_map_propagator(TraceContextPropagator::new());
-    let mut builder = SdkTracerProvider::builder()
-        .with_resource(Resource::builder().with_service_name(service).build());
-    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        use opentelemetry_otlp::WithExportConfig as _;
+    let disabled = truthy("OTEL_SDK_DISABLED");
+    let mut builder = SdkTracerProvider::builder().with_resource(resource(service, &identity));
+    if disabled {
+        builder = builder.with_sampler(Sampler::AlwaysOff);
+    } else if exporting() {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
-            .with_protocol(opentelemetry_otlp::Protocol::Grpc)
             .build()?;
         builder = builder.with_batch_exporter(exporter);
     }

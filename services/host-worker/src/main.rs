@@ -13,8 +13,15 @@ fn main() -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn serve() -> anyhow::Result<()> {
-    let config = datapath_host_worker::Config::parse();
-    let _telemetry = datapath_telemetry::init("host-worker")?;
+    let mut config = datapath_host_worker::Config::parse();
+    // The host id is known before telemetry starts, so every span names its host.
+    let host_id =
+        datapath_host_worker::identity::load_or_create(&config.state_dir, config.host_id)?;
+    config.host_id = Some(host_id);
+    let identity = datapath_telemetry::Identity {
+        host_id: Some(host_id.to_string()),
+    };
+    let _telemetry = datapath_telemetry::init("host-worker", identity)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("bind {}", config.listen))?;

@@ -31,7 +31,7 @@ impl Reporter {
             .timeout(Duration::from_secs(10))
             .connect_lazy();
         Ok(Self {
-            client: JobTrackerServiceClient::new(datapath_telemetry::traced(channel)),
+            client: JobTrackerServiceClient::new(datapath_telemetry::traced_to(channel, url)),
             host_id,
         })
     }

@@ -51,7 +51,7 @@ impl JobTrackerApi {
                 .connect()
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
-            HostWorkerServiceClient::new(datapath_telemetry::traced(channel))
+            HostWorkerServiceClient::new(datapath_telemetry::traced_to(channel, &host.address))
                 .abort_host_job(pb::AbortHostJobRequest {
                     job_id: job.job_id.clone(),
                 })

@@ -31,7 +31,7 @@ fn channel(url: &str, timeout: Option<Duration>) -> anyhow::Result<TracedChannel
     if let Some(t) = timeout {
         endpoint = endpoint.timeout(t);
     }
-    Ok(datapath_telemetry::traced(endpoint.connect_lazy()))
+    Ok(datapath_telemetry::traced_to(endpoint.connect_lazy(), url))
 }
 
 impl Clients {

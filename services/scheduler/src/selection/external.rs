@@ -23,7 +23,7 @@ impl External {
             .timeout(Duration::from_secs(2))
             .connect_lazy();
         Ok(Self {
-            client: HostSelectorServiceClient::new(datapath_telemetry::traced(channel)),
+            client: HostSelectorServiceClient::new(datapath_telemetry::traced_to(channel, url)),
         })
     }
 }
