@@ -15,13 +15,14 @@ use datapath_api::{
 };
 use datapath_coord::{generations::Refused as CommitRefused, CoordError};
 use tokio::sync::watch;
-use tracing::{info, instrument, warn, Instrument as _};
+use tracing::{info, instrument, warn, Instrument as _, Span};
 
 use crate::{
     error::Error,
     jobs::{JobControl, Refused, StopReason},
     qemu,
     reporter::FINAL_REPORT_DEADLINE,
+    spans,
     worker::Worker,
 };
 
@@ -50,6 +51,9 @@ pub async fn copy_data(worker: &Arc<Worker>, req: &pb::CopyDataRequest) -> Resul
     }
     let size = validate(worker, &spec).await?;
     worker.lease_id()?;
+    // The job's span, a child of this call's; its context is stored in the job record so reports
+    // made later (after a reconnect or a restart) join the same trace.
+    let span = spans::job(&spec, size);
     let job = pb::Job {
         job_id: spec.job_id.to_string(),
         host_id: worker.host_id.to_string(),
@@ -63,6 +67,7 @@ pub async fn copy_data(worker: &Arc<Worker>, req: &pb::CopyDataRequest) -> Resul
         ),
         params: Some(pb::job::Params::CopyData(spec.params())),
         size_bytes: size,
+        trace_context: datapath_telemetry::carrier_of(&span),
         ..Default::default()
     };
     let control = match worker
@@ -98,7 +103,6 @@ pub async fn copy_data(worker: &Arc<Worker>, req: &pb::CopyDataRequest) -> Resul
         return Ok(job);
     }
     worker.jobs.update(spec.job_id, |j| *j = job.clone());
-    let span = tracing::info_span!("copy_data.job", job_id = %spec.job_id);
     tokio::spawn(run(worker.clone(), spec, control).instrument(span));
     Ok(job)
 }
@@ -343,7 +347,9 @@ async fn copy_under_lease(
         preallocated: dmeta.allocation == datapath_api::volume::Allocation::Preallocated,
         watchdog: Some(crate::watchdog::timing(worker.session_ttl).0),
     };
-    run_copier(worker, spec.job_id, control, &convert).await?;
+    run_copier(worker, spec.job_id, control, &convert)
+        .instrument(spans::qemu_img(&convert))
+        .await?;
 
     let synced = tokio::task::spawn_blocking(move || {
         std::fs::File::open(&dst_path).and_then(|f| f.sync_all())
@@ -407,7 +413,7 @@ async fn run_copier(
         .take()
         .map(|stdin| tokio::spawn(heartbeat(worker.clone(), stdin)));
     let (progress_tx, progress_rx) = watch::channel(0u32);
-    let sender = tokio::spawn(send_progress(worker.clone(), id, progress_rx));
+    let sender = tokio::spawn(send_progress(worker.clone(), id, progress_rx).in_current_span());
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let follow = async {
@@ -435,6 +441,7 @@ async fn run_copier(
         done = copier => Ok(done),
         reason = control.stopped() => Err(reason),
     };
+    spans::copier_ended(&Span::current(), &result);
     control.set_copier(None);
     sender.abort();
     if let Some(h) = heartbeats {

@@ -13,6 +13,7 @@ pub mod reconcile;
 pub mod registration;
 pub mod reporter;
 pub mod service;
+pub mod spans;
 pub mod spm;
 pub mod storage;
 pub mod watchdog;

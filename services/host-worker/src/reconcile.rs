@@ -8,7 +8,7 @@ use datapath_api::{
     ids::JobId,
     pb::{self, JobStatus},
 };
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument as _};
 
 use crate::worker::Worker;
 
@@ -44,10 +44,17 @@ pub async fn reconcile(worker: Arc<Worker>) {
             code: FENCED.into(),
             message: "the host lost the job (restart or expired session lease); its copy was stopped and is not resumed".into(),
         };
-        worker
-            .reporter
-            .status(id, JobStatus::Failed, Some(error), Duration::from_secs(30))
-            .await;
-        info!(job_id = %id, was = ?job.status(), "job this host no longer runs marked FAILED (FENCED)");
+        // A decision about the job's copy: it belongs in the job's trace.
+        let span = tracing::info_span!("job.reconcile", otel.name = "ReconcileLostJob", datapath.job.id = %id);
+        datapath_telemetry::continue_from(&span, &job.trace_context);
+        async {
+            worker
+                .reporter
+                .status(id, JobStatus::Failed, Some(error), Duration::from_secs(30))
+                .await;
+            info!(job_id = %id, was = ?job.status(), "job this host no longer runs marked FAILED (FENCED)");
+        }
+        .instrument(span)
+        .await;
     }
 }

@@ -11,7 +11,7 @@ use std::{
 };
 
 use datapath_api::{ids::JobId, pb};
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument as _};
 
 use crate::{
     tracker::Tracker,
@@ -64,7 +64,19 @@ async fn end(tracker: &Tracker, job: &pb::Job) {
             ),
         }),
     };
-    match tracker.write_as_tracker(job_id, &update).await {
+    // A decision about the job's copy: it belongs in the job's trace.
+    let span = tracing::info_span!(
+        "job.end_lost",
+        otel.name = "EndJobOfLostHost",
+        datapath.job.id = %job_id,
+        datapath.host.id = %job.host_id,
+    );
+    datapath_telemetry::continue_from(&span, &job.trace_context);
+    match tracker
+        .write_as_tracker(job_id, &update)
+        .instrument(span)
+        .await
+    {
         Ok(_) => info!(%job_id, host = %job.host_id, "job of a lost host ended FENCED"),
         Err(e) => warn!(%job_id, error = %e, "could not end the job of a lost host"),
     }

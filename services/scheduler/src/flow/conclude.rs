@@ -8,23 +8,35 @@ use std::time::Duration;
 
 use datapath_api::pb;
 use tonic::Code;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument as _, Span};
 
-use super::{copy::JobEnd, runner::Run, Stop};
+use super::{copy::JobEnd, runner::Run, spans, Stop};
 
 /// Decides a lost attempt from the destination volume (see the module header); fences it through the
 /// SPM when its state is undetermined.
 pub(super) async fn conclude(run: &Run, v: &pb::FlowVolume) -> Result<JobEnd, Stop> {
+    let span = spans::conclude(v);
+    decide_from_destination(run, v, &span)
+        .instrument(span.clone())
+        .await
+}
+
+async fn decide_from_destination(
+    run: &Run,
+    v: &pb::FlowVolume,
+    span: &Span,
+) -> Result<JobEnd, Stop> {
     let dst = v.destination.clone().unwrap_or_default();
     let g = v.expected_generation;
     loop {
         let info = match read_volume(run, &dst).await {
             Ok(info) => info,
             Err(s) if s.code() == Code::NotFound => {
+                span.record("datapath.recovery.decision", "destination_missing");
                 return Ok(JobEnd::Failed {
                     code: "DESTINATION_MISSING".into(),
                     message: s.message().to_string(),
-                })
+                });
             }
             Err(_) => {
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -36,12 +48,26 @@ pub(super) async fn conclude(run: &Run, v: &pb::FlowVolume) -> Result<JobEnd, St
             continue;
         }
         let meta = info.metadata.unwrap_or_default();
-        match decide(&meta, g) {
-            Decision::Succeeded => return Ok(JobEnd::Succeeded),
-            Decision::Failed => return Ok(lost(v, meta.generation)),
+        let decision = decide(&meta, g);
+        info!(op = %run.record.op, volume = %dst.volume_id, generation = meta.generation, ?decision, "the destination decides the lost attempt");
+        match decision {
+            Decision::Succeeded => {
+                span.record("datapath.recovery.decision", "committed");
+                return Ok(JobEnd::Succeeded);
+            }
+            Decision::Failed => {
+                span.record("datapath.recovery.decision", "already_fenced");
+                return Ok(lost(v, meta.generation));
+            }
             Decision::Fence => match fence(run, &dst, g).await {
-                Ok(true) => return Ok(lost(v, g + 2)),
-                Ok(false) => return Ok(JobEnd::Succeeded),
+                Ok(true) => {
+                    span.record("datapath.recovery.decision", "fenced");
+                    return Ok(lost(v, g + 2));
+                }
+                Ok(false) => {
+                    span.record("datapath.recovery.decision", "committed_before_fence");
+                    return Ok(JobEnd::Succeeded);
+                }
                 Err(s) => {
                     warn!(op = %run.record.op, volume = %dst.volume_id, error = %s, "could not fence the destination yet");
                     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -10,13 +10,13 @@ use datapath_api::{
     volume::VolumeKey,
 };
 use tonic::Code;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument as _, Span};
 
 use super::{
     conclude::conclude,
     placement::{place, unplace, Placement},
     runner::Run,
-    Stop,
+    spans, Stop,
 };
 use crate::engine::is_transient;
 
@@ -46,6 +46,9 @@ const RETRY: Duration = Duration::from_millis(500);
 
 /// Copies volume `idx` of the flow, resuming wherever its persisted state says.
 pub async fn copy_volume(run: &Run, idx: usize) -> Result<Outcome, Stop> {
+    // The attempt placed in this run, whose span the following continues; a resumed attempt gets a
+    // new one.
+    let mut placed: Option<Span> = None;
     loop {
         let flow = run.record.get().await;
         let v = flow.volumes[idx].clone();
@@ -55,9 +58,12 @@ pub async fn copy_volume(run: &Run, idx: usize) -> Result<Outcome, Stop> {
                 return Ok(Outcome::Failed(failed(&v, "every attempt failed")))
             }
             FlowVolumeState::Copying => {
-                let end = follow(run, idx, &v).await?;
+                let span = placed.take().unwrap_or_else(|| spans::attempt(&v));
+                let end = follow(run, idx, &v).instrument(span.clone()).await?;
+                span.record("datapath.copy.outcome", end.name());
                 unplace(run, &v).await;
-                if let Some(outcome) = end_attempt(run, idx, &v, end).await? {
+                let outcome = end_attempt(run, idx, &v, end).instrument(span).await?;
+                if let Some(outcome) = outcome {
                     return Ok(outcome);
                 }
             }
@@ -66,7 +72,7 @@ pub async fn copy_volume(run: &Run, idx: usize) -> Result<Outcome, Stop> {
                     return Ok(Outcome::Cancelled);
                 }
                 match place(run, &v).await? {
-                    Placement::Host(host) => start_attempt(run, idx, &v, host).await?,
+                    Placement::Host(host) => placed = start_attempt(run, idx, &v, host).await?,
                     Placement::Stopped => return Ok(Outcome::Cancelled),
                     Placement::NoHost(message) => {
                         run.record
@@ -100,13 +106,14 @@ fn failed(v: &pb::FlowVolume, why: &str) -> pb::OperationError {
     }
 }
 
-/// Reads the destination's generation, persists the attempt, then sends CopyData.
+/// Reads the destination's generation, persists the attempt, then sends CopyData; returns the
+/// attempt's span when it was persisted.
 async fn start_attempt(
     run: &Run,
     idx: usize,
     v: &pb::FlowVolume,
     host: pb::Host,
-) -> Result<(), Stop> {
+) -> Result<Option<Span>, Stop> {
     let attempt = pb::FlowVolume {
         host_id: host.host_id.clone(),
         ..v.clone()
@@ -115,7 +122,7 @@ async fn start_attempt(
         Ok(c) => c,
         Err(_) => {
             unplace(run, &attempt).await;
-            return Ok(());
+            return Ok(None);
         }
     };
     let info = client
@@ -138,7 +145,7 @@ async fn start_attempt(
                 .update(|f| f.volumes[idx].failed_hosts.push(failed))
                 .await?;
             tokio::time::sleep(RETRY).await;
-            return Ok(());
+            return Ok(None);
         }
     };
     let job_id = datapath_api::ids::JobId::random().to_string();
@@ -155,14 +162,19 @@ async fn start_attempt(
             v.job_status = JobStatus::Pending as i32;
         })
         .await?;
-    info!(op = %run.record.op, %job_id, host = %host.host_id, attempt = flow.volumes[idx].attempts, "copy placed");
-    run.engine.failpoint("after-copy-persisted");
-    if let Err(s) = send_copy(run, &flow.volumes[idx]).await {
-        // follow() sees the job missing and decides: send again, or ask the destination.
-        warn!(op = %run.record.op, %job_id, error = %s, "CopyData was not accepted");
+    let span = spans::attempt(&flow.volumes[idx]);
+    async {
+        info!(op = %run.record.op, %job_id, host = %host.host_id, attempt = flow.volumes[idx].attempts, "copy placed");
+        run.engine.failpoint("after-copy-persisted");
+        if let Err(s) = send_copy(run, &flow.volumes[idx]).await {
+            // follow() sees the job missing and decides: send again, or ask the destination.
+            warn!(op = %run.record.op, %job_id, error = %s, "CopyData was not accepted");
+        }
+        run.engine.failpoint("after-copy-sent");
     }
-    run.engine.failpoint("after-copy-sent");
-    Ok(())
+    .instrument(span.clone())
+    .await;
+    Ok(Some(span))
 }
 
 async fn send_copy(run: &Run, v: &pb::FlowVolume) -> Result<(), tonic::Status> {
@@ -329,6 +341,17 @@ async fn note(run: &Run, idx: usize, job: &pb::Job) -> Result<(), Stop> {
             v.job_status = status;
         })
         .await
+}
+
+impl JobEnd {
+    /// The attempt's outcome as a span attribute.
+    fn name(&self) -> &'static str {
+        match self {
+            JobEnd::Succeeded => "succeeded",
+            JobEnd::Failed { .. } => "failed",
+            JobEnd::Aborted => "aborted",
+        }
+    }
 }
 
 fn ended(job: &pb::Job) -> Option<JobEnd> {

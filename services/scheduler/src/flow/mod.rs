@@ -9,6 +9,7 @@ pub mod placement;
 pub mod plan;
 pub mod progress;
 pub mod runner;
+mod spans;
 pub mod state;
 
 /// Why a flow runner stopped before its flow ended.

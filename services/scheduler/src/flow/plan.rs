@@ -68,6 +68,8 @@ pub fn move_flow(
         failure: None,
         exclusive_locks: vec![source.to_pb(), destination.to_pb()],
         shared_locks: Vec::new(),
+        trace_context: datapath_telemetry::current_carrier(),
+        runs: 0,
     }
 }
 
@@ -106,5 +108,7 @@ pub fn clone_flow(
         failure: None,
         exclusive_locks: vec![new.disk().to_pb()],
         shared_locks: vec![template_disk],
+        trace_context: datapath_telemetry::current_carrier(),
+        runs: 0,
     }
 }

@@ -13,11 +13,11 @@ use datapath_coord::election::Leadership;
 use futures::{stream, StreamExt as _};
 use tokio::sync::watch;
 use tonic::Code;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument as _};
 
 use super::{
     copy::{copy_volume, Outcome},
-    locks,
+    locks, spans,
     state::{meta, meta_mut, FlowRecord},
     Stop,
 };
@@ -78,13 +78,24 @@ pub async fn run(
     let Some(record) = FlowRecord::load(engine.clone(), leader, op).await? else {
         return Ok(());
     };
+    if record.get().await.operation.is_some_and(|o| o.done) {
+        // Ended; its record is bound to its retention lease and must not be rewritten.
+        return Ok(());
+    }
     let (abandon, _) = watch::channel(false);
+    let flow = record.update(|f| f.runs += 1).await?;
+    let span = spans::flow(&op.name(), &flow);
     let run = Run {
         engine,
         record,
         cancel,
         abandon,
     };
+    drive(&run).instrument(span).await
+}
+
+/// The flow's steps, from wherever its record says it is.
+async fn drive(run: &Run) -> Result<(), Stop> {
     loop {
         let flow = run.record.get().await;
         if flow.operation.as_ref().is_some_and(|o| o.done) {
@@ -96,33 +107,48 @@ pub async fn run(
         let step = OperationStep::try_from(meta(&flow).step).unwrap_or_default();
         let cancelled = *run.cancel.borrow() || meta(&flow).cancel_requested;
         match step {
-            OperationStep::Rollback => return rollback(&run).await,
-            OperationStep::Done => return finish(&run, None).await,
+            OperationStep::Rollback => {
+                return rollback(run).instrument(spans::step("Rollback")).await
+            }
+            OperationStep::Done => return finish(run, None).await,
             _ if cancelled && step != OperationStep::DeleteSource => {
-                return start_rollback(&run, cancelled_error()).await
+                return start_rollback(run, cancelled_error()).await
             }
             OperationStep::Unspecified | OperationStep::CloneStructure => {
                 run.engine.failpoint("before-structure");
-                match clone_structure(&run, &flow).await? {
+                let structure = clone_structure(run, &flow)
+                    .instrument(spans::step("CloneImageGroupVolumesStructure"))
+                    .await?;
+                match structure {
                     Ok(()) => {
                         run.engine.failpoint("after-structure");
-                        set_step(&run, OperationStep::CopyData).await?
+                        set_step(run, OperationStep::CopyData).await?
                     }
-                    Err(e) => return start_rollback(&run, e).await,
+                    Err(e) => return start_rollback(run, e).await,
                 }
             }
-            OperationStep::CopyData => match copy_all(&run, &flow).await? {
-                Outcome::Copied if is_move(&flow) => {
-                    set_step(&run, OperationStep::DeleteSource).await?
+            OperationStep::CopyData => {
+                let copied = copy_all(run, &flow)
+                    .instrument(spans::step("CopyImageGroupVolumesData"))
+                    .await?;
+                match copied {
+                    Outcome::Copied if is_move(&flow) => {
+                        set_step(run, OperationStep::DeleteSource).await?
+                    }
+                    Outcome::Copied => return finish(run, None).await,
+                    Outcome::Cancelled => return start_rollback(run, cancelled_error()).await,
+                    Outcome::Failed(e) => return start_rollback(run, e).await,
                 }
-                Outcome::Copied => return finish(&run, None).await,
-                Outcome::Cancelled => return start_rollback(&run, cancelled_error()).await,
-                Outcome::Failed(e) => return start_rollback(&run, e).await,
-            },
-            OperationStep::DeleteSource => match delete_source(&run, &flow).await? {
-                true => return finish(&run, None).await,
-                false => return start_rollback(&run, cancelled_error()).await,
-            },
+            }
+            OperationStep::DeleteSource => {
+                let deleted = delete_source(run, &flow)
+                    .instrument(spans::step("RemoveSourceImage"))
+                    .await?;
+                match deleted {
+                    true => return finish(run, None).await,
+                    false => return start_rollback(run, cancelled_error()).await,
+                }
+            }
         }
     }
 }
@@ -184,7 +210,7 @@ async fn clone_structure(
 async fn copy_all(run: &Run, flow: &pb::Flow) -> Result<Outcome, Stop> {
     let parallel = run.engine.settings.parallel_copies.max(1);
     let mut copies = stream::iter(0..flow.volumes.len())
-        .map(|i| copy_volume(run, i))
+        .map(|i| copy_volume(run, i).instrument(spans::volume(&flow.volumes[i])))
         .buffered(parallel);
     let mut outcome = Outcome::Copied;
     while let Some(result) = copies.next().await {
@@ -254,7 +280,7 @@ async fn start_rollback(run: &Run, failure: pb::OperationError) -> Result<(), St
             meta_mut(f).step = OperationStep::Rollback as i32;
         })
         .await?;
-    rollback(run).await
+    rollback(run).instrument(spans::step("Rollback")).await
 }
 
 /// Aborts the copies still running, deletes the destination (never the source) and ends the flow
@@ -284,6 +310,12 @@ async fn rollback(run: &Run) -> Result<(), Stop> {
 /// Releases the flow's locks, then marks it done (in that order: a crash in between re-runs the
 /// idempotent release instead of leaving a done flow holding locks).
 async fn finish(run: &Run, failure: Option<pb::OperationError>) -> Result<(), Stop> {
+    end_operation(run, failure)
+        .instrument(spans::step("EndOperation"))
+        .await
+}
+
+async fn end_operation(run: &Run, failure: Option<pb::OperationError>) -> Result<(), Stop> {
     let flow = run.record.get().await;
     let name = run.record.op.name();
     for d in flow.exclusive_locks.iter().chain(&flow.shared_locks) {

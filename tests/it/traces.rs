@@ -1,0 +1,207 @@
+//! One trace per operation, read back from a real OTLP receiver (Phoenix): a MoveDisk's trace holds
+//! spans of all three services and the qemu-img run, forming one tree under the scheduler's MoveDisk
+//! span; and when the scheduler is killed mid-move, the restarted one's flow joins the same trace.
+use std::{collections::HashMap, time::Duration};
+
+use serde_json::Value;
+
+use crate::{
+    disks::{chain_disk, follow, start_move},
+    harness::{throttle, wait_for, TestCluster},
+    invariants::flow,
+    phoenix::Phoenix,
+};
+
+const MIB: u64 = 1 << 20;
+
+/// A stored span, as much of it as the tests read.
+#[derive(Debug, Clone)]
+struct Span {
+    name: String,
+    id: String,
+    parent: String,
+    attributes: HashMap<String, Value>,
+}
+
+fn parse(v: &Value) -> Span {
+    let attributes = v["attributes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| {
+            let value = a["value"]
+                .as_object()?
+                .values()
+                .find(|v| !v.is_null())?
+                .clone();
+            Some((a["key"].as_str()?.to_string(), value))
+        })
+        .collect();
+    Span {
+        name: v["name"].as_str().unwrap_or_default().to_string(),
+        id: v["span_id"].as_str().unwrap_or_default().to_string(),
+        parent: v["parent_span_id"].as_str().unwrap_or_default().to_string(),
+        attributes,
+    }
+}
+
+/// The trace id the operation's flow record carries.
+async fn trace_of(tc: &TestCluster, name: &str) -> String {
+    let f = flow(tc, name).await.expect("the flow record");
+    let tp = f
+        .trace_context
+        .get("traceparent")
+        .expect("a traceparent in the flow");
+    tp.split('-').nth(1).expect("a trace id").to_string()
+}
+
+/// The spans of `trace` once they form one whole tree (every parent stored) that holds `wanted`.
+async fn whole_trace(phoenix: &Phoenix, trace: &str, wanted: &[&str]) -> Vec<Span> {
+    let got = wait_for(Duration::from_secs(30), "the whole trace", || {
+        let spans: Vec<Span> = phoenix
+            .spans(trace)
+            .unwrap_or_default()
+            .iter()
+            .map(parse)
+            .collect();
+        let ids: Vec<&str> = spans.iter().map(|s| s.id.as_str()).collect();
+        let whole = spans
+            .iter()
+            .all(|s| s.parent.is_empty() || ids.contains(&s.parent.as_str()));
+        let complete = wanted.iter().all(|w| spans.iter().any(|s| s.name == *w));
+        let done = (whole && complete).then_some(spans);
+        async move { done }
+    })
+    .await;
+    match got {
+        Ok(spans) => spans,
+        Err(e) => {
+            let names: Vec<(String, String, String)> = phoenix
+                .spans(trace)
+                .unwrap_or_default()
+                .iter()
+                .map(parse)
+                .map(|s| (s.name, s.id, s.parent))
+                .collect();
+            panic!("{e}: {names:#?}");
+        }
+    }
+}
+
+/// A server span: the RPC conventions put the caller's address on it (Phoenix keeps no span kind).
+fn served(s: &Span) -> bool {
+    s.attributes.contains_key("network.peer.address")
+}
+
+fn attr<'a>(s: &'a Span, key: &str) -> Option<&'a Value> {
+    s.attributes.get(key)
+}
+
+/// The names from `s` up to the root.
+fn ancestry(spans: &[Span], s: &Span) -> Vec<String> {
+    let mut names = vec![s.name.clone()];
+    let mut at = s;
+    while let Some(p) = spans.iter().find(|p| p.id == at.parent) {
+        names.push(p.name.clone());
+        at = p;
+    }
+    names
+}
+
+/// The RPC attributes on every gRPC span, client and server.
+fn assert_rpc_attributes(spans: &[Span]) {
+    let rpcs: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.name.contains("Service/"))
+        .collect();
+    assert!(rpcs.len() > 5, "too few RPC spans: {}", rpcs.len());
+    for s in rpcs {
+        let (service, method) = s.name.split_once('/').unwrap();
+        assert_eq!(attr(s, "rpc.system"), Some(&Value::from("grpc")), "{s:?}");
+        assert_eq!(attr(s, "rpc.service"), Some(&Value::from(service)), "{s:?}");
+        assert_eq!(attr(s, "rpc.method"), Some(&Value::from(method)), "{s:?}");
+        assert!(attr(s, "rpc.grpc.status_code").is_some(), "{s:?}");
+        assert!(attr(s, "server.port").is_some(), "{s:?}");
+    }
+}
+
+/// The qemu-img spans, each a descendant of a host's CopyData call made by the flow.
+fn assert_qemu_spans(spans: &[Span], copies: usize) {
+    let qemu: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.name == "qemu-img convert")
+        .collect();
+    assert_eq!(qemu.len(), copies, "one qemu-img span per volume copied");
+    for q in &qemu {
+        assert_eq!(attr(q, "process.exit.code"), Some(&Value::from(0)), "{q:?}");
+        for a in [
+            "datapath.copy.source_format",
+            "datapath.copy.destination_format",
+        ] {
+            assert!(attr(q, a).is_some(), "{a} missing on {q:?}");
+        }
+        let path = ancestry(spans, q);
+        for hop in [
+            "CopyData job",
+            "datapath.v1.HostWorkerService/CopyData",
+            "CopyAttempt",
+            "CopyVolume",
+            "CopyImageGroupVolumesData",
+            "flow MoveDisk",
+        ] {
+            assert!(
+                path.iter().any(|n| n == hop),
+                "{hop} is not above qemu-img: {path:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_is_one_trace_across_every_service() {
+    let phoenix = Phoenix::start().await.unwrap();
+    let tc = TestCluster::start(2, |c| {
+        c.env
+            .push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), phoenix.otlp.clone()));
+        c.env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()));
+    })
+    .await
+    .unwrap();
+    let (a, b) = (tc.domain().await, tc.domain().await);
+    let src = chain_disk(&tc, &a, 16 * MIB).await;
+    let name = start_move(&tc, &a, &src[0].image_id, &b).await;
+    follow(&tc, &name, Duration::from_secs(90)).await.unwrap();
+    let trace = trace_of(&tc, &name).await;
+    let spans = whole_trace(
+        &phoenix,
+        &trace,
+        &["EndOperation", "RemoveSourceImage", "qemu-img convert"],
+    )
+    .await;
+
+    let roots: Vec<&Span> = spans.iter().filter(|s| s.parent.is_empty()).collect();
+    assert_eq!(roots.len(), 1, "one tree: {roots:?}");
+    assert_eq!(roots[0].name, "datapath.v1.SchedulerService/MoveDisk");
+    // Each service's own server spans are in the trace.
+    for rpc in [
+        "datapath.v1.SchedulerService/MoveDisk",
+        "datapath.v1.HostWorkerService/CreateVolume",
+        "datapath.v1.HostWorkerService/CopyData",
+        "datapath.v1.HostWorkerService/DeleteImage",
+        "datapath.v1.JobTrackerService/CreateJob",
+        "datapath.v1.JobTrackerService/UpdateJob",
+    ] {
+        assert!(
+            spans.iter().any(|s| s.name == rpc && served(s)),
+            "no server span of {rpc}"
+        );
+    }
+    let flows: Vec<&Span> = spans.iter().filter(|s| s.name == "flow MoveDisk").collect();
+    assert_eq!(flows.len(), 1);
+    assert_eq!(
+        attr(flows[0], "datapath.flow.resumed"),
+        Some(&Value::from(false))
+    );
+    assert_rpc_attributes(&spans);
+    assert_qemu_spans(&spans, src.len());
+}
