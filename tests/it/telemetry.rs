@@ -32,14 +32,15 @@ impl TraceService for Collector {
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let mut spans = self.spans.lock().unwrap();
         for rs in req.into_inner().resource_spans {
+            // The resource as `service.name=… host.id=…` (what names the emitter).
             let service = rs
                 .resource
                 .iter()
                 .flat_map(|r| &r.attributes)
-                .find(|a| a.key == "service.name")
-                .and_then(|a| a.value.as_ref())
-                .map(|v| format!("{:?}", v.value))
-                .unwrap_or_default();
+                .filter(|a| a.key == "service.name" || a.key == "host.id")
+                .map(|a| format!("{}={:?}", a.key, a.value.as_ref().map(|v| &v.value)))
+                .collect::<Vec<_>>()
+                .join(" ");
             for span in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
                 spans.push((service.clone(), span.trace_id, span.name));
             }
@@ -107,10 +108,10 @@ async fn one_trace_crosses_the_services_and_reaches_the_collector() {
                 in_trace.sort();
                 let both = in_trace.iter().any(|s| {
                     s.contains("host-worker")
-                        && s.contains("/datapath.v1.HostWorkerService/CopyData")
+                        && s.contains("datapath.v1.HostWorkerService/CopyData")
                 }) && in_trace.iter().any(|s| {
                     s.contains("job-tracker")
-                        && s.contains("/datapath.v1.JobTrackerService/CreateJob")
+                        && s.contains("datapath.v1.JobTrackerService/CreateJob")
                 });
                 both.then_some(in_trace)
             }
@@ -119,7 +120,14 @@ async fn one_trace_crosses_the_services_and_reaches_the_collector() {
     .await
     .unwrap();
     assert!(
-        services.iter().any(|s| s.contains("copy_data.job")),
+        services
+            .iter()
+            .filter(|s| s.contains("host-worker"))
+            .all(|s| s.contains("host.id=")),
+        "a host-worker's resource lacks its host id: {services:?}"
+    );
+    assert!(
+        services.iter().any(|s| s.contains("CopyData job")),
         "the copy job's own span is missing: {services:?}"
     );
     server.abort();

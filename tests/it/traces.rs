@@ -20,6 +20,8 @@ struct Span {
     name: String,
     id: String,
     parent: String,
+    /// Start, in nanoseconds since the epoch.
+    start: u64,
     attributes: HashMap<String, Value>,
 }
 
@@ -41,6 +43,7 @@ fn parse(v: &Value) -> Span {
         name: v["name"].as_str().unwrap_or_default().to_string(),
         id: v["span_id"].as_str().unwrap_or_default().to_string(),
         parent: v["parent_span_id"].as_str().unwrap_or_default().to_string(),
+        start: v["start_time_unix_nano"].as_u64().unwrap_or_default(),
         attributes,
     }
 }
@@ -97,6 +100,15 @@ fn attr<'a>(s: &'a Span, key: &str) -> Option<&'a Value> {
     s.attributes.get(key)
 }
 
+/// An integer attribute (OTLP's JSON may carry 64-bit integers as strings).
+fn int(s: &Span, key: &str) -> Option<i64> {
+    match attr(s, key)? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(t) => t.parse().ok(),
+        _ => None,
+    }
+}
+
 /// The names from `s` up to the root.
 fn ancestry(spans: &[Span], s: &Span) -> Vec<String> {
     let mut names = vec![s.name.clone()];
@@ -133,7 +145,7 @@ fn assert_qemu_spans(spans: &[Span], copies: usize) {
         .collect();
     assert_eq!(qemu.len(), copies, "one qemu-img span per volume copied");
     for q in &qemu {
-        assert_eq!(attr(q, "process.exit.code"), Some(&Value::from(0)), "{q:?}");
+        assert_eq!(int(q, "process.exit.code"), Some(0), "{q:?}");
         for a in [
             "datapath.copy.source_format",
             "datapath.copy.destination_format",
@@ -204,4 +216,126 @@ async fn a_move_is_one_trace_across_every_service() {
     );
     assert_rpc_attributes(&spans);
     assert_qemu_spans(&spans, src.len());
+}
+
+/// The scheduler is SIGKILLed mid-move and restarted: its second run of the flow continues the
+/// operation's trace (a child of the MoveDisk call, through the flow record's trace context). Spans
+/// that were still open in the killed process are lost with it, so the children they had already
+/// exported (its own client calls) are stored without their parent: those are the only gaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_resumed_by_a_restarted_scheduler_stays_in_its_trace() {
+    let phoenix = Phoenix::start().await.unwrap();
+    let mut tc = TestCluster::start(2, |c| {
+        c.env
+            .push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), phoenix.otlp.clone()));
+        c.env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()));
+        throttle(c, MIB);
+    })
+    .await
+    .unwrap();
+    let (a, b) = (tc.domain().await, tc.domain().await);
+    let src = chain_disk(&tc, &a, 16 * MIB).await;
+    let name = start_move(&tc, &a, &src[0].image_id, &b).await;
+    let trace = trace_of(&tc, &name).await;
+    // The first run's call and its first copy have reached the receiver: kill it mid-copy.
+    wait_for(Duration::from_secs(30), "the first copy's span", || {
+        let spans = phoenix.spans(&trace).unwrap_or_default();
+        let sent = spans
+            .iter()
+            .map(parse)
+            .any(|s| s.name == "datapath.v1.HostWorkerService/CopyData" && served(&s));
+        async move { sent.then_some(()) }
+    })
+    .await
+    .unwrap();
+    let killed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    tc.cluster
+        .scheduler_mut()
+        .signal(nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    tc.cluster.restart_scheduler().await.unwrap();
+    follow(&tc, &name, Duration::from_secs(90)).await.unwrap();
+
+    let spans = wait_for(Duration::from_secs(30), "the resumed run's spans", || {
+        let spans: Vec<Span> = phoenix
+            .spans(&trace)
+            .unwrap_or_default()
+            .iter()
+            .map(parse)
+            .collect();
+        let done = spans
+            .iter()
+            .any(|s| s.name == "flow MoveDisk" && int(s, "datapath.flow.runs") == Some(2))
+            && spans
+                .iter()
+                .filter(|s| s.name == "qemu-img convert")
+                .count()
+                == src.len();
+        async move { done.then_some(spans) }
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let seen: Vec<(String, Option<Value>)> = phoenix
+            .spans(&trace)
+            .unwrap_or_default()
+            .iter()
+            .map(parse)
+            .map(|s| (s.name.clone(), attr(&s, "datapath.flow.runs").cloned()))
+            .collect();
+        tc.dump_logs();
+        panic!("{e}: {seen:?}")
+    });
+    let root = spans
+        .iter()
+        .find(|s| s.name == "datapath.v1.SchedulerService/MoveDisk")
+        .expect("the MoveDisk span");
+    assert!(root.parent.is_empty());
+    let resumed: Vec<&Span> = spans.iter().filter(|s| s.name == "flow MoveDisk").collect();
+    assert_eq!(
+        resumed.len(),
+        1,
+        "only the second run's flow span ended: {resumed:#?}"
+    );
+    let resumed = resumed[0];
+    assert_eq!(
+        attr(resumed, "datapath.flow.resumed"),
+        Some(&Value::from(true))
+    );
+    assert_eq!(int(resumed, "datapath.flow.runs"), Some(2));
+    assert_eq!(
+        resumed.parent, root.id,
+        "the resumed flow hangs under MoveDisk"
+    );
+    // The resumed run's work is in the tree under it: its steps, and the copies it started.
+    for step in ["RemoveSourceImage", "EndOperation"] {
+        let s = spans.iter().find(|s| s.name == step).unwrap();
+        assert!(ancestry(&spans, s).contains(&"flow MoveDisk".to_string()));
+    }
+    let under_resumed = spans
+        .iter()
+        .filter(|s| s.name == "qemu-img convert")
+        .filter(|s| ancestry(&spans, s).contains(&"flow MoveDisk".to_string()))
+        .count();
+    assert!(
+        under_resumed >= 1,
+        "no copy of the resumed run is in its tree"
+    );
+    // The only gaps are the spans that were open in the killed scheduler: whatever lost its parent
+    // started before the kill; everything after it forms one tree.
+    let ids: Vec<&str> = spans.iter().map(|s| s.id.as_str()).collect();
+    let orphans: Vec<&Span> = spans
+        .iter()
+        .filter(|s| !s.parent.is_empty() && !ids.contains(&s.parent.as_str()))
+        .collect();
+    assert!(!orphans.is_empty(), "the killed run lost no open span?");
+    for o in &orphans {
+        assert!(
+            o.start < killed_at,
+            "a span started after the kill lost its parent: {o:?}"
+        );
+    }
+    assert_rpc_attributes(&spans);
 }

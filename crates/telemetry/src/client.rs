@@ -17,7 +17,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{
     carrier::HeaderInjector,
-    grpc::{method_of, status_in, Observed},
+    grpc::{method_of, status_in, Observed, Pending},
 };
 
 /// A channel whose every call is a client span, carried to the server as `traceparent`.
@@ -93,8 +93,12 @@ impl Service<Request<Body>> for TracedChannel {
         let call = self.inner.call(req);
         Box::pin(
             async move {
-                let span = Span::current();
-                match call.await {
+                // A caller that gives up before the answer (a timeout, an aborted task) drops this
+                // future: the span then ends CANCELLED.
+                let pending = Pending::new(Span::current(), end);
+                let result = call.await;
+                let span = pending.answered();
+                match result {
                     Ok(resp) => {
                         let (parts, body) = resp.into_parts();
                         let body = match status_in(&parts.headers) {

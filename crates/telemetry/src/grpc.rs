@@ -27,6 +27,35 @@ pub fn status_in(headers: &HeaderMap) -> Option<Code> {
 
 type OnEnd = Box<dyn FnOnce(Code) + Send>;
 
+/// The span of a call not answered yet: ended with `CANCELLED` (through `end`) if dropped before
+/// [`Pending::answered`], as when the caller gives up first.
+pub(crate) struct Pending {
+    span: Option<tracing::Span>,
+    end: fn(&tracing::Span, Code),
+}
+
+impl Pending {
+    pub(crate) fn new(span: tracing::Span, end: fn(&tracing::Span, Code)) -> Self {
+        Self {
+            span: Some(span),
+            end,
+        }
+    }
+
+    /// The answer came: the span is the caller's to end.
+    pub(crate) fn answered(mut self) -> tracing::Span {
+        self.span.take().unwrap_or_else(tracing::Span::none)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(span) = self.span.take() {
+            (self.end)(&span, Code::Cancelled);
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A response body that calls its `on_end` once: with the status in its trailers, with `OK` when
     /// it ends without any (a trailers-only answer was already read from the headers), with

@@ -16,7 +16,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{
     carrier::HeaderExtractor,
-    grpc::{method_of, status_in, Observed},
+    grpc::{method_of, status_in, Observed, Pending},
 };
 
 /// Gives every call a server span; see the module.
@@ -103,8 +103,11 @@ where
         let call = self.inner.call(req);
         Box::pin(
             async move {
-                let span = Span::current();
-                match call.await {
+                // A call the client gives up on before the answer drops this future: CANCELLED.
+                let pending = Pending::new(Span::current(), end);
+                let result = call.await;
+                let span = pending.answered();
+                match result {
                     Ok(resp) => {
                         let (parts, body) = resp.into_parts();
                         let body = match status_in(&parts.headers) {
