@@ -12,6 +12,7 @@
 mod carrier;
 mod client;
 pub mod grpc;
+mod logfmt;
 mod server;
 
 use std::time::Duration;
@@ -116,12 +117,15 @@ pub fn init(service: &'static str, identity: Identity) -> anyhow::Result<Telemet
     // Only our own spans are exported: h2 and hyper would otherwise add one span per frame.
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
+        .with_tracked_inactivity(false)
+        .with_threads(false)
         .with_filter(filter_fn(|meta| {
             *meta.level() <= Level::INFO
                 && (meta.target().starts_with("datapath") || meta.target().starts_with("dpctl"))
         }));
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer()
+        .fmt_fields(logfmt::LogFields)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_filter(env);
