@@ -1,7 +1,7 @@
 //! Log lines in the operator's words: the span attributes meant for traces (every dotted name:
 //! `otel.*`, `rpc.*`, `datapath.*`, …) stay out of the text, where they would repeat on every line
 //! of a call; the event's own fields and message stay.
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::{
