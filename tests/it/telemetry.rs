@@ -132,3 +132,108 @@ async fn one_trace_crosses_the_services_and_reaches_the_collector() {
     );
     server.abort();
 }
+
+/// A collector this test runs, and its endpoint.
+async fn start_collector() -> (Collector, String, tokio::task::JoinHandle<()>) {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn({
+        let collector = collector.clone();
+        async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(collector))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        }
+    });
+    (collector, endpoint, server)
+}
+
+/// Copies a 16 MiB volume with 4 MiB of data on host 0; returns the job's record in etcd once it
+/// succeeded.
+async fn copy_to_the_end(tc: &TestCluster) -> datapath_api::pb::Job {
+    use prost::Message as _;
+    let (src, dst) = tc
+        .source_and_destination(VolumeFormat::Raw, 16 << 20, 4)
+        .await;
+    let job_id = tc.start_copy(0, &src, &dst).await;
+    let seen = follow_job(tc.tracker().await, job_id.clone())
+        .await
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        seen.last().map(|s| s.0),
+        Some(datapath_api::pb::JobStatus::Succeeded)
+    );
+    let key = format!("{}jobs/{job_id}", tc.cluster.etcd_prefix());
+    let resp = tc.etcd.clone().get(key, None).await.unwrap();
+    datapath_api::pb::Job::decode(resp.kvs()[0].value()).unwrap()
+}
+
+/// `OTEL_SDK_DISABLED=true` turns tracing off even with an endpoint set: the job's stored context is
+/// not sampled, and after the services stop (which flushes whatever they hold) the collector has
+/// received nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_sdk_exports_nothing() {
+    let (collector, endpoint, server) = start_collector().await;
+    let mut tc = TestCluster::start(1, |c| {
+        c.env
+            .push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()));
+        c.env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()));
+        c.env.push(("OTEL_SDK_DISABLED".into(), "true".into()));
+    })
+    .await
+    .unwrap();
+    let job = copy_to_the_end(&tc).await;
+    let traceparent = job
+        .trace_context
+        .get("traceparent")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        traceparent.is_empty() || traceparent.ends_with("-00"),
+        "a sampled context with the SDK disabled: {traceparent}"
+    );
+    tc.cluster
+        .host_mut(0)
+        .stop(Duration::from_secs(10))
+        .await
+        .unwrap();
+    tc.cluster
+        .job_tracker_mut()
+        .stop(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(collector.spans.lock().unwrap().is_empty());
+    server.abort();
+}
+
+/// A collector that accepts connections and never answers (the worst kind of unreachable) slows no
+/// copy, and a service still stops promptly: its last flush gives up after two seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_blocks_nothing() {
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", hole.local_addr().unwrap());
+    let mut tc = TestCluster::start(1, |c| {
+        c.env
+            .push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()));
+        c.env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
+    })
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        let job = copy_to_the_end(&tc).await;
+        assert!(job.trace_context.contains_key("traceparent"));
+    }
+    let started = std::time::Instant::now();
+    tc.cluster
+        .host_mut(0)
+        .stop(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "stopping took {took:?}");
+    drop(hole);
+}
