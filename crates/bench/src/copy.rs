@@ -103,7 +103,7 @@ fn fmt(v: &[Duration]) -> String {
 }
 
 /// The host-worker's own command line, run directly.
-fn qemu_img_alone(src: &Path, dst: &Path) -> anyhow::Result<Duration> {
+pub fn qemu_img_alone(src: &Path, dst: &Path) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let status = Command::new("qemu-img")
         .args([

@@ -8,18 +8,20 @@
 //! - `spread`: six disks moved at once over three bandwidth-limited hosts, against the same moves
 //!   with every copy on the SPM (`data_operations_by_hsm=false`); then the scheduling overhead,
 //!   MoveDisk's answer → the first byte copied.
+//! - `telemetry`: RPC latency and copy time with an OTLP exporter against none, in one run.
 mod accept;
 mod cluster;
 mod copy;
 mod etcd_writes;
 mod spread;
+mod telemetry;
 
 use clap::Parser;
 
 #[derive(Parser)]
 #[command(about = "datapath benchmarks")]
 struct Args {
-    /// Which benchmark: copy, accept, etcd-writes, spread or all.
+    /// Which benchmark: copy, accept, etcd-writes, spread, telemetry or all.
     #[arg(default_value = "all")]
     which: String,
     /// Rounds of the copy benchmark (default 5) and of the spread benchmark (default 3).
@@ -44,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
         None => std::env::temp_dir(),
     };
     let all = args.which == "all";
-    if !["all", "copy", "accept", "etcd-writes", "spread"].contains(&args.which.as_str()) {
+    if !["all", "copy", "accept", "etcd-writes", "spread", "telemetry"].contains(&args.which.as_str()) {
         anyhow::bail!("unknown benchmark {:?}", args.which);
     }
     if all || args.which == "copy" {
@@ -64,6 +66,9 @@ async fn main() -> anyhow::Result<()> {
             args.host_limit_mib << 20,
         )
         .await?;
+    }
+    if all || args.which == "telemetry" {
+        telemetry::run(&base, args.rounds.unwrap_or(5)).await?;
     }
     Ok(())
 }
