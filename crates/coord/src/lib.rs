@@ -11,6 +11,7 @@ pub mod generations;
 pub mod hosts;
 pub mod jobs;
 pub mod keys;
+mod probe;
 pub mod session;
 pub mod volume_leases;
 
