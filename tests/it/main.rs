@@ -9,6 +9,7 @@ mod dpctl_disks;
 mod faults;
 mod fence;
 mod harness;
+mod health;
 mod invariants;
 mod job_tracker;
 mod move_disk;
