@@ -5,6 +5,7 @@ mod chaos;
 mod clone_disk;
 mod copy;
 mod disks;
+mod dpctl_debug;
 mod dpctl_disks;
 mod faults;
 mod fence;

@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod keys;
 mod probe;
 pub mod session;
+pub mod snapshot;
 pub mod volume_leases;
 
 use std::{
