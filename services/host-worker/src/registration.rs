@@ -65,9 +65,7 @@ pub async fn register(
                     {
                         Ok(()) if *worker.session.borrow() == state => {
                             written = Some((host, Instant::now()));
-                            registered.send_if_modified(|r| {
-                                std::mem::replace(r, Some(lease_id)) != Some(lease_id)
-                            });
+                            registered.send_if_modified(|r| r.replace(lease_id) != Some(lease_id));
                             if !reconciled {
                                 reconciled = true;
                                 tokio::spawn(crate::reconcile::reconcile(worker.clone()));
