@@ -11,7 +11,9 @@ pub mod generations;
 pub mod hosts;
 pub mod jobs;
 pub mod keys;
+mod probe;
 pub mod session;
+pub mod snapshot;
 pub mod volume_leases;
 
 use std::{

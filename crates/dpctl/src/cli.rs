@@ -42,6 +42,9 @@ enum Command {
     Jobs(cmd::jobs::JobsCommand),
     /// Decode etcd records: `etcdctl get --prefix /datapath/ -w json | dpctl decode`.
     Decode(cmd::decode::DecodeArgs),
+    /// Debugging: datapath's state read straight from etcd, decoded.
+    #[command(subcommand)]
+    Debug(cmd::debug::DebugCommand),
     /// A local cluster of child processes, for development.
     #[command(subcommand)]
     Local(cmd::local::LocalCommand),
@@ -62,6 +65,7 @@ impl Cli {
             Command::CopyData(args) => args.run(&ctx).await,
             Command::Jobs(c) => c.run(&ctx).await,
             Command::Decode(args) => args.run(),
+            Command::Debug(c) => c.run(&ctx).await,
             Command::Local(c) => c.run().await,
         }
     }

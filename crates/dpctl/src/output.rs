@@ -61,6 +61,9 @@ proto_names!(
     ListHostsResponse,
     GetConfigResponse,
     SetConfigResponse,
+    VolumeLease,
+    Flow,
+    DiskLock,
 );
 
 /// The API's descriptor pool, decoded once.

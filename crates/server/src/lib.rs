@@ -1,8 +1,11 @@
 //! The scaffolding every datapath gRPC server shares, so no service repeats it: `grpc.health.v1`,
 //! server reflection (v1 and v1alpha: grpcurl 1.8 speaks only v1alpha), and the cross-cutting tower
-//! layers — trace-context extraction, a per-request timeout and a global concurrency limit — plus
-//! graceful shutdown on SIGTERM or Ctrl-C.
+//! layers — trace-context extraction, a per-request timeout and a global concurrency limit that health
+//! checks bypass ([`limit`]) — plus graceful shutdown on SIGTERM or Ctrl-C.
 #![warn(missing_docs)]
+
+pub mod health;
+pub mod limit;
 
 use std::{future::Future, time::Duration};
 
@@ -11,7 +14,6 @@ use tonic::{
     service::Routes,
     transport::{server::TcpIncoming, Server},
 };
-use tower::limit::GlobalConcurrencyLimitLayer;
 
 /// Flags shared by every server.
 #[derive(Debug, Clone, clap::Args)]
@@ -19,7 +21,7 @@ pub struct ServerOptions {
     /// Deadline of one unary call (a stream's handler must answer its headers within it).
     #[arg(long, env = "DATAPATH_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
-    /// Calls handled at once across all connections; more wait for a slot.
+    /// Calls handled at once across all connections; more wait for a slot. Health checks are exempt.
     #[arg(long, env = "DATAPATH_CONCURRENCY_LIMIT", default_value_t = 256)]
     pub concurrency_limit: usize,
 }
@@ -63,7 +65,9 @@ pub async fn serve(
     Server::builder()
         .timeout(options.request_timeout)
         .layer(datapath_telemetry::GrpcTraceLayer)
-        .layer(GlobalConcurrencyLimitLayer::new(options.concurrency_limit))
+        .layer(limit::ConcurrencyLimitExceptHealthLayer::new(
+            options.concurrency_limit,
+        ))
         .add_routes(routes)
         .add_service(v1)
         .add_service(v1alpha)

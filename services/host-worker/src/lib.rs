@@ -6,6 +6,7 @@
 pub mod copy;
 pub mod error;
 pub mod fence;
+pub mod health;
 pub mod identity;
 pub mod jobs;
 pub mod qemu;
@@ -24,7 +25,7 @@ use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Durat
 use anyhow::Context as _;
 use datapath_api::{ids::HostId, pb::host_worker_service_server::HostWorkerServiceServer};
 use datapath_coord::{session::Session, EtcdOptions};
-use datapath_server::ServerOptions;
+use datapath_server::{health::ServerHealth, ServerOptions};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tonic::service::Routes;
 use tracing::info;
@@ -123,24 +124,21 @@ pub async fn run(
         copy_bandwidth_limit: copy_limit(&config),
         session_ttl: config.session_ttl,
     });
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_not_serving::<HostWorkerServiceServer<service::HostWorkerApi>>()
-        .await;
-    health_reporter
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
-    let fencer = tokio::spawn(registration::fence_on_loss(
-        worker.clone(),
-        health_reporter.clone(),
+    let (health, health_server) = ServerHealth::new(&["datapath.v1.HostWorkerService"]).await;
+    let (registered, registrations) = tokio::sync::watch::channel(None);
+    let health_task = tokio::spawn(health::follow(
+        health,
+        worker.session.clone(),
+        registrations,
     ));
+    let fencer = tokio::spawn(registration::fence_on_loss(worker.clone()));
     let registrar = tokio::spawn(registration::register(
         worker.clone(),
         address.clone(),
-        health_reporter,
+        registered,
     ));
     let elector = tokio::spawn(spm::campaign(worker.clone()));
-    let routes = Routes::new(health).add_service(HostWorkerServiceServer::new(
+    let routes = Routes::new(health_server).add_service(HostWorkerServiceServer::new(
         service::HostWorkerApi::new(worker.clone()),
     ));
     info!(%host_id, %address, root = %config.storage_root.display(), "host-worker listening");
@@ -155,6 +153,7 @@ pub async fn run(
     elector.abort();
     spm::resign(&worker).await;
     registrar.abort();
+    health_task.abort();
     fencer.abort();
     let stopped = worker.jobs.stop_all(jobs::StopReason::Shutdown);
     if stopped > 0 {

@@ -1,6 +1,6 @@
 //! Follows the session lease: while it is valid the host is registered at `hosts/<host_id>` (with its
-//! domains and load) and SERVING; the moment it is lost, every copy is killed (self-fencing) and the
-//! host is NOT_SERVING until a new lease is granted and the host registered again. Fencing and
+//! domains and load); the moment it is lost, every copy is killed (self-fencing). Each registration
+//! publishes the lease it was written under, from which [`crate::health`] derives SERVING. Fencing and
 //! registration are separate tasks so that a registration stuck on a dead etcd cannot delay fencing.
 use std::{
     sync::Arc,
@@ -9,23 +9,14 @@ use std::{
 
 use datapath_api::pb;
 use datapath_coord::session::SessionState;
-use tonic_health::{server::HealthReporter, ServingStatus};
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::{jobs::StopReason, worker::Worker};
 
-/// The service names whose health this task sets.
-const SERVICES: [&str; 2] = ["", "datapath.v1.HostWorkerService"];
-
-async fn set_health(health: &HealthReporter, status: ServingStatus) {
-    for s in SERVICES {
-        health.set_service_status(s, status).await;
-    }
-}
-
 /// Kills every copy the moment the session is lost. It does no I/O of its own, so a stalled etcd
 /// call elsewhere can never delay it.
-pub async fn fence_on_loss(worker: Arc<Worker>, health: HealthReporter) {
+pub async fn fence_on_loss(worker: Arc<Worker>) {
     let mut session = worker.session.clone();
     loop {
         if *session.borrow_and_update() == SessionState::Lost {
@@ -36,7 +27,6 @@ pub async fn fence_on_loss(worker: Arc<Worker>, health: HealthReporter) {
                     "session lease lost: self-fencing, killed every running copy"
                 );
             }
-            set_health(&health, ServingStatus::NotServing).await;
         }
         if session.changed().await.is_err() {
             return;
@@ -46,9 +36,13 @@ pub async fn fence_on_loss(worker: Arc<Worker>, health: HealthReporter) {
 
 /// Keeps `hosts/<host_id>` current while the session is valid: written at each new lease, when the
 /// jobs change, when the storage domains it reaches change (looked at every second, so a domain created
-/// through another host becomes usable here within a second), and at least every few seconds; SERVING
-/// once written.
-pub async fn register(worker: Arc<Worker>, address: String, health: HealthReporter) {
+/// through another host becomes usable here within a second), and at least every few seconds. Every
+/// successful write publishes its lease on `registered`.
+pub async fn register(
+    worker: Arc<Worker>,
+    address: String,
+    registered: watch::Sender<Option<i64>>,
+) {
     let mut session = worker.session.clone();
     loop {
         let state = *session.borrow_and_update();
@@ -71,7 +65,7 @@ pub async fn register(worker: Arc<Worker>, address: String, health: HealthReport
                     {
                         Ok(()) if *worker.session.borrow() == state => {
                             written = Some((host, Instant::now()));
-                            set_health(&health, ServingStatus::Serving).await;
+                            registered.send_if_modified(|r| r.replace(lease_id) != Some(lease_id));
                             if !reconciled {
                                 reconciled = true;
                                 tokio::spawn(crate::reconcile::reconcile(worker.clone()));

@@ -15,10 +15,12 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 use anyhow::Context as _;
 use datapath_api::pb::job_tracker_service_server::JobTrackerServiceServer;
 use datapath_coord::EtcdOptions;
-use datapath_server::ServerOptions;
+use datapath_server::{
+    health::{probe_forever, ProbeTiming, ServerHealth},
+    ServerOptions,
+};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
-use tonic_health::ServingStatus;
 use tracing::info;
 
 /// Configuration: flags, each with an environment variable.
@@ -51,7 +53,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let coord = config.etcd.connect().await.context("connect to etcd")?;
     let tracker = tracker::Tracker::new(coord.clone(), config.job_retention);
-    let (reporter, health) = tonic_health::server::health_reporter();
+    let (health, health_server) = ServerHealth::new(&["datapath.v1.JobTrackerService"]).await;
     let flusher = tokio::spawn({
         let tracker = tracker.clone();
         async move {
@@ -63,21 +65,12 @@ pub async fn run(
         }
     });
     let sweeper = tokio::spawn(lost::sweep(tracker.clone(), config.lost_host_grace));
-    let prober = tokio::spawn(async move {
-        loop {
-            let ok = tokio::time::timeout(Duration::from_secs(3), coord.list_hosts()).await;
-            let status = match ok {
-                Ok(Ok(_)) => ServingStatus::Serving,
-                _ => ServingStatus::NotServing,
-            };
-            reporter.set_service_status("", status).await;
-            reporter
-                .set_service_status("datapath.v1.JobTrackerService", status)
-                .await;
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
-    });
-    let routes = Routes::new(health).add_service(JobTrackerServiceServer::new(
+    // Its liveness is its store's: every call reads or writes etcd.
+    let prober = tokio::spawn(probe_forever(health, ProbeTiming::default(), move || {
+        let coord = coord.clone();
+        async move { coord.probe().await }
+    }));
+    let routes = Routes::new(health_server).add_service(JobTrackerServiceServer::new(
         service::JobTrackerApi::new(tracker.clone()),
     ));
     info!(address = %listener.local_addr()?, "job-tracker listening");

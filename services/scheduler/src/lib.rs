@@ -17,10 +17,12 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use datapath_api::pb::scheduler_service_server::SchedulerServiceServer;
 use datapath_coord::{session::Session, EtcdOptions};
-use datapath_server::ServerOptions;
+use datapath_server::{
+    health::{probe_forever, ProbeTiming, ServerHealth},
+    ServerOptions,
+};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
-use tonic_health::ServingStatus;
 use tracing::info;
 
 /// Configuration: flags, each with an environment variable.
@@ -110,22 +112,13 @@ pub async fn run(
         let state = session.subscribe();
         async move { leader::lead(engine, state, address).await }
     });
-    let (reporter, health) = tonic_health::server::health_reporter();
-    let prober = tokio::spawn(async move {
-        loop {
-            let ok = tokio::time::timeout(Duration::from_secs(3), coord.list_hosts()).await;
-            let status = match ok {
-                Ok(Ok(_)) => ServingStatus::Serving,
-                _ => ServingStatus::NotServing,
-            };
-            reporter.set_service_status("", status).await;
-            reporter
-                .set_service_status("datapath.v1.SchedulerService", status)
-                .await;
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
-    });
-    let routes = Routes::new(health)
+    // Its liveness is its store's: every API call reads etcd (a standby serves too).
+    let (health, health_server) = ServerHealth::new(&["datapath.v1.SchedulerService"]).await;
+    let prober = tokio::spawn(probe_forever(health, ProbeTiming::default(), move || {
+        let coord = coord.clone();
+        async move { coord.probe().await }
+    }));
+    let routes = Routes::new(health_server)
         .add_service(SchedulerServiceServer::new(api::SchedulerApi::new(engine)));
     info!(%address, policy = ?config.host_selection, "scheduler listening");
     let served = datapath_server::serve(

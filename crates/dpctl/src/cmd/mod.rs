@@ -11,6 +11,8 @@ use crate::{
 
 pub mod config;
 pub mod copy;
+pub mod debug;
+mod debug_text;
 pub mod decode;
 pub mod disk;
 pub mod domain;

@@ -128,26 +128,41 @@ impl NetworkLab {
     /// own server port `serving` (calls into it, e.g. from the scheduler), with nftables inside its
     /// namespace; its other paths (etcd) stay up. Undone by [`NetworkLab::heal`].
     pub fn block(&self, i: usize, peer: std::net::SocketAddr, serving: u16) -> anyhow::Result<()> {
-        let ns = self.namespace(i);
-        let nft = |args: &str| {
-            let mut all = vec!["netns", "exec", &ns, "nft"];
-            all.extend(args.split(' '));
-            run("ip", &all)
-        };
-        nft("add table inet datapath_lab")?;
+        self.block_outbound(i, peer)?;
+        self.nft(
+            i,
+            &format!("add rule inet datapath_lab input tcp dport {serving} drop"),
+        )
+    }
+
+    /// Drops host `i`'s outbound TCP traffic to `peer` only (e.g. to etcd), so calls into the host
+    /// still reach it. Undone by [`NetworkLab::heal`].
+    pub fn block_outbound(&self, i: usize, peer: std::net::SocketAddr) -> anyhow::Result<()> {
+        self.nft(i, "add table inet datapath_lab")?;
         for hook in ["output", "input"] {
-            nft(&format!(
-                "add chain inet datapath_lab {hook} {{ type filter hook {hook} priority 0 ; }}"
-            ))?;
+            self.nft(
+                i,
+                &format!(
+                    "add chain inet datapath_lab {hook} {{ type filter hook {hook} priority 0 ; }}"
+                ),
+            )?;
         }
-        nft(&format!(
-            "add rule inet datapath_lab output ip daddr {} tcp dport {} drop",
-            peer.ip(),
-            peer.port()
-        ))?;
-        nft(&format!(
-            "add rule inet datapath_lab input tcp dport {serving} drop"
-        ))
+        self.nft(
+            i,
+            &format!(
+                "add rule inet datapath_lab output ip daddr {} tcp dport {} drop",
+                peer.ip(),
+                peer.port()
+            ),
+        )
+    }
+
+    /// Runs `nft <args>` inside host `i`'s namespace.
+    fn nft(&self, i: usize, args: &str) -> anyhow::Result<()> {
+        let ns = self.namespace(i);
+        let mut all = vec!["netns", "exec", &ns, "nft"];
+        all.extend(args.split(' '));
+        run("ip", &all)
     }
 
     /// Drops (`reject`: refuses with a TCP reset) a random `percent` of every packet host `i` sends
