@@ -72,8 +72,10 @@ impl Coord {
         from: u64,
     ) -> Result<std::result::Result<(), Refused>> {
         let current = self.generation(volume).await?;
-        if let Some((found, _)) = current.filter(|(g, _)| *g != from) {
-            return Ok(Err(Refused::GenerationMoved { found }));
+        if current.is_some_and(|(g, _)| g != from) {
+            // A lost lease is the first reason: a copy whose host was fenced reports FENCED, not the
+            // generation the fencer raised.
+            return self.refusal(volume, token).await.map(Err);
         }
         if self
             .swap_generation(volume, token, current, from + 1)
