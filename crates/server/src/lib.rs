@@ -4,6 +4,9 @@
 //! graceful shutdown on SIGTERM or Ctrl-C.
 #![warn(missing_docs)]
 
+mod grpc_metrics;
+mod metrics_endpoint;
+
 use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
@@ -12,6 +15,9 @@ use tonic::{
     transport::{server::TcpIncoming, Server},
 };
 use tower::limit::GlobalConcurrencyLimitLayer;
+
+pub use grpc_metrics::{GrpcMetrics, GrpcMetricsLayer, MeteredBody};
+pub use metrics_endpoint::MetricsEndpoint;
 
 /// Flags shared by every server.
 #[derive(Debug, Clone, clap::Args)]
@@ -63,6 +69,7 @@ pub async fn serve(
     Server::builder()
         .timeout(options.request_timeout)
         .trace_fn(datapath_telemetry::server_span)
+        .layer(GrpcMetricsLayer::new(options.request_timeout))
         .layer(GlobalConcurrencyLimitLayer::new(options.concurrency_limit))
         .add_routes(routes)
         .add_service(v1)

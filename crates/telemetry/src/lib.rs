@@ -4,6 +4,7 @@
 //! around every handler) and injected by [`traced`] (a tower layer around every client channel).
 #![warn(missing_docs)]
 
+pub mod metrics;
 mod propagation;
 
 use opentelemetry::{global, trace::TracerProvider as _};
