@@ -8,6 +8,7 @@ pub mod error;
 pub mod fence;
 pub mod identity;
 pub mod jobs;
+pub mod metrics;
 pub mod qemu;
 pub mod reconcile;
 pub mod registration;
@@ -83,6 +84,13 @@ pub struct Config {
         default_value = "http://127.0.0.1:7300"
     )]
     pub job_tracker: String,
+    /// Address to serve Prometheus metrics on, at `/metrics` (plain HTTP).
+    #[arg(
+        long,
+        env = "DATAPATH_METRICS_LISTEN",
+        default_value = "127.0.0.1:9301"
+    )]
+    pub metrics_listen: SocketAddr,
     /// Server-wide settings.
     #[command(flatten)]
     pub server: ServerOptions,
@@ -96,6 +104,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let _metrics = datapath_server::MetricsEndpoint::start("host-worker", config.metrics_listen)
+        .await
+        .with_context(|| format!("bind the metrics listener {}", config.metrics_listen))?;
     let host_id = identity::load_or_create(&config.state_dir, config.host_id)?;
     let address = config
         .advertise_address
@@ -122,6 +133,8 @@ pub async fn run(
         copy_bandwidth_limit: copy_limit(&config),
         session_ttl: config.session_ttl,
     });
+    metrics::init();
+    metrics::watch_host(&worker);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_not_serving::<HostWorkerServiceServer<service::HostWorkerApi>>()

@@ -38,6 +38,13 @@ pub struct Config {
     /// FAILED (FENCED): it expired with the host's session lease, so the host fenced itself already.
     #[arg(long, env = "DATAPATH_LOST_HOST_GRACE", default_value = "2s", value_parser = humantime::parse_duration)]
     pub lost_host_grace: Duration,
+    /// Address to serve Prometheus metrics on, at `/metrics` (plain HTTP).
+    #[arg(
+        long,
+        env = "DATAPATH_METRICS_LISTEN",
+        default_value = "127.0.0.1:9300"
+    )]
+    pub metrics_listen: SocketAddr,
     /// Server-wide settings.
     #[command(flatten)]
     pub server: ServerOptions,

@@ -74,6 +74,13 @@ pub struct Config {
     /// TTL of the session lease the scheduler election is bound to; a standby takes over within it.
     #[arg(long, env = "DATAPATH_SESSION_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub session_ttl: Duration,
+    /// Address to serve Prometheus metrics on, at `/metrics` (plain HTTP).
+    #[arg(
+        long,
+        env = "DATAPATH_METRICS_LISTEN",
+        default_value = "127.0.0.1:9302"
+    )]
+    pub metrics_listen: SocketAddr,
     /// Server-wide settings.
     #[command(flatten)]
     pub server: ServerOptions,
