@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod lost;
+pub mod metrics;
 pub mod service;
 pub mod tracker;
 pub mod transition;
@@ -56,6 +57,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let _metrics = datapath_server::MetricsEndpoint::start("job-tracker", config.metrics_listen)
+        .await
+        .with_context(|| format!("bind the metrics listener {}", config.metrics_listen))?;
+    metrics::init();
     let coord = config.etcd.connect().await.context("connect to etcd")?;
     let tracker = tracker::Tracker::new(coord.clone(), config.job_retention);
     let (reporter, health) = tonic_health::server::health_reporter();
