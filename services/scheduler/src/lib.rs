@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod flow;
 pub mod leader;
+pub mod metrics;
 pub mod selection;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -96,6 +97,10 @@ pub async fn run(
         .advertise_address
         .clone()
         .unwrap_or(listener.local_addr()?.to_string());
+    let _metrics = datapath_server::MetricsEndpoint::start("scheduler", config.metrics_listen)
+        .await
+        .with_context(|| format!("bind the metrics listener {}", config.metrics_listen))?;
+    metrics::init();
     let coord = config.etcd.connect().await.context("connect to etcd")?;
     let engine = Arc::new(engine::Engine {
         coord: coord.clone(),

@@ -21,7 +21,10 @@ use super::{
     state::{meta, meta_mut, FlowRecord},
     Stop,
 };
-use crate::engine::{is_transient, Engine};
+use crate::{
+    engine::{is_transient, Engine},
+    metrics,
+};
 
 /// A flow being run.
 pub struct Run {
@@ -78,6 +81,7 @@ pub async fn run(
     let Some(record) = FlowRecord::load(engine.clone(), leader, op).await? else {
         return Ok(());
     };
+    let _running = crate::metrics::Running::new(meta(&record.get().await).kind);
     let (abandon, _) = watch::channel(false);
     let run = Run {
         engine,
@@ -96,14 +100,14 @@ pub async fn run(
         let step = OperationStep::try_from(meta(&flow).step).unwrap_or_default();
         let cancelled = *run.cancel.borrow() || meta(&flow).cancel_requested;
         match step {
-            OperationStep::Rollback => return rollback(&run).await,
+            OperationStep::Rollback => return metrics::step("rollback", rollback(&run)).await,
             OperationStep::Done => return finish(&run, None).await,
             _ if cancelled && step != OperationStep::DeleteSource => {
                 return start_rollback(&run, cancelled_error()).await
             }
             OperationStep::Unspecified | OperationStep::CloneStructure => {
                 run.engine.failpoint("before-structure");
-                match clone_structure(&run, &flow).await? {
+                match metrics::step("clone_structure", clone_structure(&run, &flow)).await? {
                     Ok(()) => {
                         run.engine.failpoint("after-structure");
                         set_step(&run, OperationStep::CopyData).await?
@@ -111,18 +115,22 @@ pub async fn run(
                     Err(e) => return start_rollback(&run, e).await,
                 }
             }
-            OperationStep::CopyData => match copy_all(&run, &flow).await? {
-                Outcome::Copied if is_move(&flow) => {
-                    set_step(&run, OperationStep::DeleteSource).await?
+            OperationStep::CopyData => {
+                match metrics::step("copy_data", copy_all(&run, &flow)).await? {
+                    Outcome::Copied if is_move(&flow) => {
+                        set_step(&run, OperationStep::DeleteSource).await?
+                    }
+                    Outcome::Copied => return finish(&run, None).await,
+                    Outcome::Cancelled => return start_rollback(&run, cancelled_error()).await,
+                    Outcome::Failed(e) => return start_rollback(&run, e).await,
                 }
-                Outcome::Copied => return finish(&run, None).await,
-                Outcome::Cancelled => return start_rollback(&run, cancelled_error()).await,
-                Outcome::Failed(e) => return start_rollback(&run, e).await,
-            },
-            OperationStep::DeleteSource => match delete_source(&run, &flow).await? {
-                true => return finish(&run, None).await,
-                false => return start_rollback(&run, cancelled_error()).await,
-            },
+            }
+            OperationStep::DeleteSource => {
+                match metrics::step("delete_source", delete_source(&run, &flow)).await? {
+                    true => return finish(&run, None).await,
+                    false => return start_rollback(&run, cancelled_error()).await,
+                }
+            }
         }
     }
 }
@@ -254,7 +262,7 @@ async fn start_rollback(run: &Run, failure: pb::OperationError) -> Result<(), St
             meta_mut(f).step = OperationStep::Rollback as i32;
         })
         .await?;
-    rollback(run).await
+    metrics::step("rollback", rollback(run)).await
 }
 
 /// Aborts the copies still running, deletes the destination (never the source) and ends the flow
@@ -306,6 +314,7 @@ async fn finish(run: &Run, failure: Option<pb::OperationError>) -> Result<(), St
             meta_mut(f).step = OperationStep::Done as i32;
         })
         .await?;
+    metrics::operation_ended(meta(&flow).kind, failure.as_ref());
     match failure {
         None => info!(op = %run.record.op, "operation succeeded"),
         Some(e) => info!(op = %run.record.op, reason = %e.reason, "operation ended with an error"),
