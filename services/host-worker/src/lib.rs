@@ -223,6 +223,7 @@ mod tests {
         let args = datapath_server::env_file_args(&Config::command(), text).unwrap();
         let config = Config::try_parse_from(args).unwrap();
         assert_eq!(config.etcd.endpoints.len(), 3);
+        assert_eq!(config.metrics_listen.to_string(), "0.0.0.0:9301");
         assert_eq!(config.session_ttl, std::time::Duration::from_secs(10));
     }
 }

@@ -120,6 +120,7 @@ mod tests {
         let args = datapath_server::env_file_args(&Config::command(), text).unwrap();
         let config = Config::try_parse_from(args).unwrap();
         assert_eq!(config.job_retention, std::time::Duration::from_secs(3600));
+        assert_eq!(config.metrics_listen.to_string(), "0.0.0.0:9300");
         assert!(datapath_server::env_file_args(&Config::command(), "DATAPATH_NO_SUCH=1").is_err());
     }
 }

@@ -166,6 +166,7 @@ mod tests {
         let args = datapath_server::env_file_args(&Config::command(), text).unwrap();
         let config = Config::try_parse_from(args).unwrap();
         assert_eq!(config.parallel_copies, 2);
+        assert_eq!(config.metrics_listen.to_string(), "0.0.0.0:9302");
         assert_eq!(config.host_selection, crate::selection::Policy::LeastLoaded);
         assert_eq!(
             config.operation_retention,
