@@ -11,6 +11,7 @@ mod fence;
 mod harness;
 mod invariants;
 mod job_tracker;
+mod metrics;
 mod move_disk;
 mod network;
 mod placement;
