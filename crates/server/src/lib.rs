@@ -1,7 +1,8 @@
 //! The scaffolding every datapath gRPC server shares, so no service repeats it: `grpc.health.v1`,
 //! server reflection (v1 and v1alpha: grpcurl 1.8 speaks only v1alpha), and the cross-cutting tower
-//! layers — trace-context extraction, a per-request timeout and a global concurrency limit — plus
-//! graceful shutdown on SIGTERM or Ctrl-C.
+//! layers — trace-context extraction, gRPC metrics ([`GrpcMetricsLayer`]), a per-request timeout and
+//! a global concurrency limit — plus graceful shutdown on SIGTERM or Ctrl-C, and the `/metrics`
+//! listener ([`MetricsEndpoint`]).
 #![warn(missing_docs)]
 
 mod grpc_metrics;
