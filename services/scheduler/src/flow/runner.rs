@@ -81,7 +81,7 @@ pub async fn run(
     let Some(record) = FlowRecord::load(engine.clone(), leader, op).await? else {
         return Ok(());
     };
-    let _running = crate::metrics::Running::new(meta(&record.get().await).kind);
+    let _running = metrics::Running::new(meta(&record.get().await).kind);
     let (abandon, _) = watch::channel(false);
     let run = Run {
         engine,
