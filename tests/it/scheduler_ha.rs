@@ -21,6 +21,8 @@ async fn standby(tc: &mut TestCluster) -> (ManagedProcess, String) {
     let mut args = first.args.clone();
     let listen = args.iter().position(|a| a == "--listen").unwrap();
     args[listen + 1] = format!("127.0.0.1:{port}");
+    let metrics = args.iter().position(|a| a == "--metrics-listen").unwrap();
+    args[metrics + 1] = "127.0.0.1:0".into();
     let spec = ProcessSpec {
         name: "scheduler-standby".into(),
         args,

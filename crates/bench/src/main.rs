@@ -46,7 +46,16 @@ async fn main() -> anyhow::Result<()> {
         None => std::env::temp_dir(),
     };
     let all = args.which == "all";
-    if !["all", "copy", "accept", "etcd-writes", "spread", "telemetry"].contains(&args.which.as_str()) {
+    if ![
+        "all",
+        "copy",
+        "accept",
+        "etcd-writes",
+        "spread",
+        "telemetry",
+    ]
+    .contains(&args.which.as_str())
+    {
         anyhow::bail!("unknown benchmark {:?}", args.which);
     }
     if all || args.which == "copy" {

@@ -214,7 +214,10 @@ pub async fn run(base: &Path, rounds: usize) -> anyhow::Result<()> {
     println!();
     println!("| 2 GiB copy ({rounds} rounds) | median | ÷ qemu-img alone |");
     println!("|---|---|---|");
-    println!("| qemu-img convert alone | {:.3} s | 1.000× |", m_alone.as_secs_f64());
+    println!(
+        "| qemu-img convert alone | {:.3} s | 1.000× |",
+        m_alone.as_secs_f64()
+    );
     let mut medians = Vec::new();
     for side in &sides {
         let m = median(side.copies.clone());

@@ -11,6 +11,7 @@ pub mod generations;
 pub mod hosts;
 pub mod jobs;
 pub mod keys;
+pub mod metrics;
 mod probe;
 pub mod session;
 pub mod snapshot;
@@ -111,10 +112,16 @@ impl Coord {
         for endpoint in endpoints {
             clients.push(Member {
                 endpoint: endpoint.clone(),
-                blocking: Client::connect([endpoint], Some(options.clone())).await?,
-                client: Client::connect(
+                blocking: Client::connect_with_balanced_channel(
+                    [endpoint],
+                    Some(options.clone()),
+                    metrics::MeteredChannel,
+                )
+                .await?,
+                client: Client::connect_with_balanced_channel(
                     [endpoint],
                     Some(options.clone().with_timeout(REQUEST_TIMEOUT)),
+                    metrics::MeteredChannel,
                 )
                 .await?,
             });

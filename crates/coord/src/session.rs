@@ -124,6 +124,7 @@ async fn keep(coord: Coord, timing: SessionTiming, tx: watch::Sender<SessionStat
         tx.send_replace(SessionState::Valid { lease_id });
         hold(&coord, lease_id, timing, sent).await;
         tx.send_replace(SessionState::Lost);
+        crate::metrics::metrics().session_lost.inc();
         warn!(
             lease_id,
             "session lease not renewed within {:?}: session lost, fencing", timing.fence_after
@@ -140,7 +141,13 @@ async fn hold(coord: &Coord, lease_id: i64, timing: SessionTiming, granted_at: I
         sleep_until(last_ok + timing.renew_every).await;
         let deadline = last_ok + timing.fence_after;
         let sent = Instant::now();
-        match timeout_at(deadline, renew(coord, lease_id, &mut keeper)).await {
+        let renewed = timeout_at(deadline, renew(coord, lease_id, &mut keeper)).await;
+        let m = crate::metrics::metrics();
+        match &renewed {
+            Ok(Ok(ttl)) if *ttl > 0 => m.lease_renewals.inc(),
+            _ => m.lease_renewal_failures.inc(),
+        };
+        match renewed {
             Err(_) => return,
             Ok(Ok(ttl)) if ttl > 0 => last_ok = sent,
             Ok(Ok(_)) => {

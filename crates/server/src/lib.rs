@@ -1,11 +1,14 @@
 //! The scaffolding every datapath gRPC server shares, so no service repeats it: `grpc.health.v1`,
 //! server reflection (v1 and v1alpha: grpcurl 1.8 speaks only v1alpha), and the cross-cutting tower
-//! layers — trace-context extraction, a per-request timeout and a global concurrency limit that health
-//! checks bypass ([`limit`]) — plus graceful shutdown on SIGTERM or Ctrl-C.
+//! layers — gRPC spans and trace context, gRPC metrics ([`GrpcMetricsLayer`]), a per-request timeout
+//! and a global concurrency limit that health checks bypass ([`limit`]) — plus graceful shutdown on
+//! SIGTERM or Ctrl-C, and the `/metrics` listener ([`MetricsEndpoint`]).
 #![warn(missing_docs)]
 
+mod grpc_metrics;
 pub mod health;
 pub mod limit;
+mod metrics_endpoint;
 
 use std::{future::Future, time::Duration};
 
@@ -14,6 +17,9 @@ use tonic::{
     service::Routes,
     transport::{server::TcpIncoming, Server},
 };
+
+pub use grpc_metrics::{GrpcMetrics, GrpcMetricsLayer, MeteredBody};
+pub use metrics_endpoint::MetricsEndpoint;
 
 /// Flags shared by every server.
 #[derive(Debug, Clone, clap::Args)]
@@ -65,6 +71,7 @@ pub async fn serve(
     Server::builder()
         .timeout(options.request_timeout)
         .layer(datapath_telemetry::GrpcTraceLayer)
+        .layer(GrpcMetricsLayer::new(options.request_timeout))
         .layer(limit::ConcurrencyLimitExceptHealthLayer::new(
             options.concurrency_limit,
         ))

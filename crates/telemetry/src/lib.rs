@@ -13,6 +13,7 @@ mod carrier;
 mod client;
 pub mod grpc;
 mod logfmt;
+pub mod metrics;
 mod server;
 
 use std::time::Duration;

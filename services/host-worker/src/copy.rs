@@ -20,6 +20,7 @@ use tracing::{info, instrument, warn, Instrument as _, Span};
 use crate::{
     error::Error,
     jobs::{JobControl, Refused, StopReason},
+    metrics::{CopyMeter, CopyResult},
     qemu,
     reporter::FINAL_REPORT_DEADLINE,
     spans,
@@ -195,7 +196,15 @@ async fn validate(worker: &Worker, spec: &CopyDataSpec) -> Result<u64, Error> {
 /// Runs an accepted job to its end and reports it.
 async fn run(worker: Arc<Worker>, spec: CopyDataSpec, control: Arc<JobControl>) {
     let id = spec.job_id;
-    let (status, error) = match execute(&worker, &spec, &control).await {
+    let meter = CopyMeter::default();
+    let outcome = execute(&worker, &spec, &control, &meter).await;
+    meter.finish(match &outcome {
+        Ok(()) => CopyResult::Succeeded,
+        Err(Failure::Stopped(StopReason::Aborted)) => CopyResult::Aborted,
+        Err(Failure::Stopped(StopReason::Fenced)) => CopyResult::Fenced,
+        Err(_) => CopyResult::Failed,
+    });
+    let (status, error) = match outcome {
         Ok(()) => (JobStatus::Succeeded, None),
         Err(Failure::Stopped(StopReason::Aborted)) => (JobStatus::Aborted, None),
         Err(Failure::Stopped(reason)) => {
@@ -244,6 +253,7 @@ async fn execute(
     worker: &Arc<Worker>,
     spec: &CopyDataSpec,
     control: &JobControl,
+    meter: &CopyMeter,
 ) -> Result<(), Failure> {
     let id = spec.job_id;
     let _permit = tokio::select! {
@@ -280,7 +290,7 @@ async fn execute(
         Err(e) => return Err(Failure::failed("ETCD_UNAVAILABLE", e.to_string())),
     };
     info!(%id, volume = %dst, token, "destination lease taken");
-    let result = copy_under_lease(worker, spec, control, token).await;
+    let result = copy_under_lease(worker, spec, control, token, meter).await;
     let released = tokio::time::timeout(
         Duration::from_secs(3),
         worker.coord.release_volume_lease(&dst, token),
@@ -300,6 +310,7 @@ async fn copy_under_lease(
     spec: &CopyDataSpec,
     control: &JobControl,
     token: i64,
+    meter: &CopyMeter,
 ) -> Result<(), Failure> {
     let storage = &worker.storage;
     let (src, dst) = (spec.source.volume, spec.destination.volume);
@@ -347,7 +358,7 @@ async fn copy_under_lease(
         preallocated: dmeta.allocation == datapath_api::volume::Allocation::Preallocated,
         watchdog: Some(crate::watchdog::timing(worker.session_ttl).0),
     };
-    run_copier(worker, spec.job_id, control, &convert)
+    run_copier(worker, spec.job_id, control, &convert, meter)
         .instrument(spans::qemu_img(&convert))
         .await?;
 
@@ -404,9 +415,11 @@ async fn run_copier(
     id: JobId,
     control: &JobControl,
     convert: &qemu::Convert<'_>,
+    meter: &CopyMeter,
 ) -> Result<(), Failure> {
     let mut child =
         qemu::spawn_convert(convert).map_err(|e| Failure::failed("COPY_FAILED", e.to_string()))?;
+    meter.copier_started();
     control.set_copier(child.id());
     let heartbeats = child
         .stdin
@@ -427,9 +440,8 @@ async fn run_copier(
     };
     let errors = async {
         let mut text = String::new();
-        if let Some(mut err) = stderr {
-            use tokio::io::AsyncReadExt as _;
-            let _ = err.read_to_string(&mut text).await;
+        if let Some(err) = stderr {
+            let _ = read_stderr(err, &mut text, meter).await;
         }
         text
     };
@@ -441,8 +453,9 @@ async fn run_copier(
         done = copier => Ok(done),
         reason = control.stopped() => Err(reason),
     };
-    spans::copier_ended(&Span::current(), &result);
+    spans::copier_ended(&Span::current(), &result, meter.bytes());
     control.set_copier(None);
+    meter.copier_ended();
     sender.abort();
     if let Some(h) = heartbeats {
         h.abort();
@@ -461,6 +474,33 @@ async fn run_copier(
             format!("qemu-img convert failed ({status:?}): {}", text.trim()),
         )),
     }
+}
+
+/// Reads the copier's stderr into `text`, except the watchdog's bytes-written reports, which go to
+/// `meter` as they come.
+async fn read_stderr(
+    stderr: impl tokio::io::AsyncRead + Unpin,
+    text: &mut String,
+    meter: &CopyMeter,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut lines = tokio::io::BufReader::new(stderr);
+    let mut line = Vec::new();
+    while lines.read_until(b'\n', &mut line).await? > 0 {
+        let decoded = String::from_utf8_lossy(&line);
+        let (message, written) = crate::watchdog::split_report(&decoded);
+        if let Some(n) = written {
+            meter.written(n);
+        }
+        if !message.trim().is_empty() {
+            text.push_str(message);
+            if written.is_some() {
+                text.push('\n');
+            }
+        }
+        line.clear();
+    }
+    Ok(())
 }
 
 /// Tells the copier's watchdog that this worker is alive, while its session lease is valid. Runs on

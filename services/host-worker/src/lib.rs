@@ -9,6 +9,7 @@ pub mod fence;
 pub mod health;
 pub mod identity;
 pub mod jobs;
+pub mod metrics;
 pub mod qemu;
 pub mod reconcile;
 pub mod registration;
@@ -85,6 +86,13 @@ pub struct Config {
         default_value = "http://127.0.0.1:7300"
     )]
     pub job_tracker: String,
+    /// Address to serve Prometheus metrics on, at `/metrics` (plain HTTP).
+    #[arg(
+        long,
+        env = "DATAPATH_METRICS_LISTEN",
+        default_value = "127.0.0.1:9301"
+    )]
+    pub metrics_listen: SocketAddr,
     /// Server-wide settings.
     #[command(flatten)]
     pub server: ServerOptions,
@@ -98,6 +106,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let _metrics = datapath_server::MetricsEndpoint::start("host-worker", config.metrics_listen)
+        .await
+        .with_context(|| format!("bind the metrics listener {}", config.metrics_listen))?;
     let host_id = identity::load_or_create(&config.state_dir, config.host_id)?;
     let address = config
         .advertise_address
@@ -124,6 +135,8 @@ pub async fn run(
         copy_bandwidth_limit: copy_limit(&config),
         session_ttl: config.session_ttl,
     });
+    metrics::init();
+    metrics::watch_host(&worker);
     let (health, health_server) = ServerHealth::new(&["datapath.v1.HostWorkerService"]).await;
     let (registered, registrations) = tokio::sync::watch::channel(None);
     let health_task = tokio::spawn(health::follow(
@@ -210,6 +223,7 @@ mod tests {
         let args = datapath_server::env_file_args(&Config::command(), text).unwrap();
         let config = Config::try_parse_from(args).unwrap();
         assert_eq!(config.etcd.endpoints.len(), 3);
+        assert_eq!(config.metrics_listen.to_string(), "0.0.0.0:9301");
         assert_eq!(config.session_ttl, std::time::Duration::from_secs(10));
     }
 }

@@ -43,8 +43,14 @@ fn failed(span: &Span, why: String) {
     span.record("otel.status_description", why);
 }
 
-/// Records how the copier ended on its span: its exit code, or why the job stopped it.
-pub fn copier_ended<T>(span: &Span, result: &Result<(std::io::Result<ExitStatus>, T), StopReason>) {
+/// Records how the copier ended on its span: the bytes it wrote (measured by its watchdog), its exit
+/// code, or why the job stopped it.
+pub fn copier_ended<T>(
+    span: &Span,
+    result: &Result<(std::io::Result<ExitStatus>, T), StopReason>,
+    bytes_written: u64,
+) {
+    span.record("datapath.copy.bytes_written", bytes_written);
     match result {
         Ok((Ok(status), _)) => {
             use std::os::unix::process::ExitStatusExt as _;

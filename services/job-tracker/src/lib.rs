@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod lost;
+pub mod metrics;
 pub mod service;
 pub mod tracker;
 pub mod transition;
@@ -40,6 +41,13 @@ pub struct Config {
     /// FAILED (FENCED): it expired with the host's session lease, so the host fenced itself already.
     #[arg(long, env = "DATAPATH_LOST_HOST_GRACE", default_value = "2s", value_parser = humantime::parse_duration)]
     pub lost_host_grace: Duration,
+    /// Address to serve Prometheus metrics on, at `/metrics` (plain HTTP).
+    #[arg(
+        long,
+        env = "DATAPATH_METRICS_LISTEN",
+        default_value = "127.0.0.1:9300"
+    )]
+    pub metrics_listen: SocketAddr,
     /// Server-wide settings.
     #[command(flatten)]
     pub server: ServerOptions,
@@ -51,6 +59,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let _metrics = datapath_server::MetricsEndpoint::start("job-tracker", config.metrics_listen)
+        .await
+        .with_context(|| format!("bind the metrics listener {}", config.metrics_listen))?;
+    metrics::init();
     let coord = config.etcd.connect().await.context("connect to etcd")?;
     let tracker = tracker::Tracker::new(coord.clone(), config.job_retention);
     let (health, health_server) = ServerHealth::new(&["datapath.v1.JobTrackerService"]).await;
@@ -101,6 +113,7 @@ mod tests {
         let args = datapath_server::env_file_args(&Config::command(), text).unwrap();
         let config = Config::try_parse_from(args).unwrap();
         assert_eq!(config.job_retention, std::time::Duration::from_secs(3600));
+        assert_eq!(config.metrics_listen.to_string(), "0.0.0.0:9300");
         assert!(datapath_server::env_file_args(&Config::command(), "DATAPATH_NO_SUCH=1").is_err());
     }
 }

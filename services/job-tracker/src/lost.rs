@@ -33,6 +33,8 @@ pub async fn sweep(tracker: Arc<Tracker>, grace: Duration) {
         ) else {
             continue;
         };
+        // The listing is read anyway: it also sets the jobs-by-status gauge, once a second.
+        crate::metrics::count_jobs(&jobs);
         let live: Vec<&str> = hosts.iter().map(|h| h.host_id.as_str()).collect();
         missing.retain(|h, _| !live.contains(&h.as_str()));
         for job in jobs.iter().filter(|j| !is_terminal(j.status())) {

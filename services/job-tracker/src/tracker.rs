@@ -76,7 +76,10 @@ impl Tracker {
         record.created_at = Some(now);
         record.updated_at = Some(now);
         match self.coord.create_job(job_id, &record).await? {
-            Created::New(v) => Ok((v.job, true)),
+            Created::New(v) => {
+                crate::metrics::transition(&v.job);
+                Ok((v.job, true))
+            }
             Created::Existing(v)
                 if v.job.host_id == record.host_id && v.job.params == record.params =>
             {
@@ -293,6 +296,9 @@ impl Tracker {
                 .await?
                 .is_some()
             {
+                if next.status() != current.job.status() {
+                    crate::metrics::transition(&next);
+                }
                 let mut slots = self.slots.lock().expect("slots lock");
                 if is_terminal(next.status()) {
                     slots.remove(&job_id);

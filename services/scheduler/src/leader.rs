@@ -31,10 +31,12 @@ pub async fn lead(engine: Arc<Engine>, mut state: watch::Receiver<SessionState>,
             }
         };
         info!(lease_id, "this scheduler is now the acting one");
+        crate::metrics::set_leader(true);
         tokio::select! {
             _ = executor::run(engine.clone(), leadership.clone()) => {}
             _ = lost(&mut state, lease_id) => {}
         }
+        crate::metrics::set_leader(false);
         warn!("this scheduler no longer acts");
         let _ = engine.coord.resign(&leadership).await;
     }

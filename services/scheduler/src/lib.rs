@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod flow;
 pub mod leader;
+pub mod metrics;
 pub mod selection;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -76,6 +77,13 @@ pub struct Config {
     /// TTL of the session lease the scheduler election is bound to; a standby takes over within it.
     #[arg(long, env = "DATAPATH_SESSION_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub session_ttl: Duration,
+    /// Address to serve Prometheus metrics on, at `/metrics` (plain HTTP).
+    #[arg(
+        long,
+        env = "DATAPATH_METRICS_LISTEN",
+        default_value = "127.0.0.1:9302"
+    )]
+    pub metrics_listen: SocketAddr,
     /// Server-wide settings.
     #[command(flatten)]
     pub server: ServerOptions,
@@ -91,6 +99,10 @@ pub async fn run(
         .advertise_address
         .clone()
         .unwrap_or(listener.local_addr()?.to_string());
+    let _metrics = datapath_server::MetricsEndpoint::start("scheduler", config.metrics_listen)
+        .await
+        .with_context(|| format!("bind the metrics listener {}", config.metrics_listen))?;
+    metrics::init();
     let coord = config.etcd.connect().await.context("connect to etcd")?;
     let engine = Arc::new(engine::Engine {
         coord: coord.clone(),
@@ -147,6 +159,7 @@ mod tests {
         let args = datapath_server::env_file_args(&Config::command(), text).unwrap();
         let config = Config::try_parse_from(args).unwrap();
         assert_eq!(config.parallel_copies, 2);
+        assert_eq!(config.metrics_listen.to_string(), "0.0.0.0:9302");
         assert_eq!(config.host_selection, crate::selection::Policy::LeastLoaded);
         assert_eq!(
             config.operation_retention,

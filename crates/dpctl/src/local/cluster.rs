@@ -26,11 +26,12 @@ pub const SERVING_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long [`Cluster::stop`] waits for each process after SIGTERM before SIGKILL.
 pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
-/// A gRPC service process and its URL.
+/// A gRPC service process, its URL and where it serves `/metrics`.
 #[derive(Debug)]
 struct Service {
     process: ManagedProcess,
     addr: SocketAddr,
+    metrics: SocketAddr,
 }
 
 impl Service {
@@ -90,7 +91,10 @@ impl Cluster {
             SocketAddr::from((ip.unwrap_or(Ipv4Addr::LOCALHOST), port))
         };
 
-        let ports = free_ports(config.hosts + 2)?;
+        let ports = free_ports(2 * (config.hosts + 2))?;
+        let (ports, metrics_ports) = ports.split_at(config.hosts + 2);
+        let metrics_listen = |addr: SocketAddr| ["--metrics-listen".to_string(), addr.to_string()];
+        let metrics = local(gateway, metrics_ports[0]);
         let spec = ProcessSpec {
             name: "job-tracker".into(),
             program: job_tracker_bin,
@@ -100,10 +104,12 @@ impl Cluster {
             &config,
             local(gateway, ports[0]),
             &etcd_url,
-        ));
+        ))
+        .args(metrics_listen(metrics));
         let mut job_tracker = Service {
             process: ManagedProcess::start(spec, &config.log_dir())?,
             addr: local(gateway, ports[0]),
+            metrics,
         };
         let job_tracker_url = job_tracker.url();
         wait_serving(&mut job_tracker.process, &job_tracker_url, SERVING_TIMEOUT).await?;
@@ -111,6 +117,7 @@ impl Cluster {
         let mut hosts = Vec::with_capacity(config.hosts);
         for (i, &port) in ports[1..=config.hosts].iter().enumerate() {
             let addr = local(lab.as_ref().map(|l| l.host_addr(i)), port);
+            let metrics = SocketAddr::new(addr.ip(), metrics_ports[i + 1]);
             let args = host_worker_args(&config, i, addr, &etcd_for_hosts, &job_tracker.url());
             let spec = match &lab {
                 // `ip netns exec` execs the worker in place: the pid stays the worker's.
@@ -127,17 +134,20 @@ impl Cluster {
                     ..base_spec(&config)
                 },
             }
-            .args(args);
+            .args(args)
+            .args(metrics_listen(metrics));
             hosts.push(Host {
                 service: Service {
                     process: ManagedProcess::start(spec, &config.log_dir())?,
                     addr,
+                    metrics,
                 },
                 state_dir: config.host_state_dir(i),
                 host_id: String::new(),
             });
         }
         let scheduler_port = ports[config.hosts + 1];
+        let metrics = local(None, metrics_ports[config.hosts + 1]);
         let spec = ProcessSpec {
             name: "scheduler".into(),
             program: scheduler_bin,
@@ -148,10 +158,12 @@ impl Cluster {
             scheduler_port,
             &etcd_url,
             &job_tracker_url,
-        ));
+        ))
+        .args(metrics_listen(metrics));
         let scheduler = Service {
             process: ManagedProcess::start(spec, &config.log_dir())?,
             addr: local(None, scheduler_port),
+            metrics,
         };
         let mut cluster = Self {
             config,
@@ -208,6 +220,21 @@ impl Cluster {
     /// The scheduler's URL.
     pub fn scheduler_url(&self) -> String {
         self.scheduler.url()
+    }
+
+    /// Where the job-tracker serves `/metrics`.
+    pub fn job_tracker_metrics(&self) -> SocketAddr {
+        self.job_tracker.metrics
+    }
+
+    /// Where the scheduler serves `/metrics`.
+    pub fn scheduler_metrics(&self) -> SocketAddr {
+        self.scheduler.metrics
+    }
+
+    /// Where host `i` serves `/metrics`. Panics when `i` is out of range.
+    pub fn host_metrics(&self, i: usize) -> SocketAddr {
+        self.hosts[i].service.metrics
     }
 
     /// The scheduler's process.
@@ -366,7 +393,9 @@ impl Cluster {
 
     /// The variables of `cluster.env`: `DATAPATH_ETCD_ENDPOINTS`, `DATAPATH_ETCD_PREFIX`,
     /// `DATAPATH_JOB_TRACKER`, `DATAPATH_STORAGE_ROOT`, and `DATAPATH_HOST_<i>` (URL) and
-    /// `DATAPATH_HOST_<i>_ID` for every host.
+    /// `DATAPATH_HOST_<i>_ID` for every host; and each service's `/metrics` address (`host:port`, for
+    /// a Prometheus scrape config): `DATAPATH_JOB_TRACKER_METRICS`, `DATAPATH_SCHEDULER_METRICS`,
+    /// `DATAPATH_HOST_<i>_METRICS`.
     pub fn env_vars(&self) -> Vec<(String, String)> {
         let mut vars = vec![
             (
@@ -380,6 +409,14 @@ impl Cluster {
             ("DATAPATH_JOB_TRACKER".into(), self.job_tracker_url()),
             ("DATAPATH_SCHEDULER".into(), self.scheduler_url()),
             (
+                "DATAPATH_JOB_TRACKER_METRICS".into(),
+                self.job_tracker.metrics.to_string(),
+            ),
+            (
+                "DATAPATH_SCHEDULER_METRICS".into(),
+                self.scheduler.metrics.to_string(),
+            ),
+            (
                 "DATAPATH_STORAGE_ROOT".into(),
                 self.storage_root().display().to_string(),
             ),
@@ -387,6 +424,10 @@ impl Cluster {
         for (i, host) in self.hosts.iter().enumerate() {
             vars.push((format!("DATAPATH_HOST_{i}"), host.service.url()));
             vars.push((format!("DATAPATH_HOST_{i}_ID"), host.host_id.clone()));
+            vars.push((
+                format!("DATAPATH_HOST_{i}_METRICS"),
+                host.service.metrics.to_string(),
+            ));
         }
         vars
     }

@@ -21,7 +21,10 @@ use super::{
     state::{meta, meta_mut, FlowRecord},
     Stop,
 };
-use crate::engine::{is_transient, Engine};
+use crate::{
+    engine::{is_transient, Engine},
+    metrics,
+};
 
 /// A flow being run.
 pub struct Run {
@@ -82,6 +85,7 @@ pub async fn run(
         // Ended; its record is bound to its retention lease and must not be rewritten.
         return Ok(());
     }
+    let _running = metrics::Running::new(meta(&record.get().await).kind);
     let (abandon, _) = watch::channel(false);
     let flow = record.update(|f| f.runs += 1).await?;
     let span = spans::flow(&op.name(), &flow);
@@ -108,7 +112,8 @@ async fn drive(run: &Run) -> Result<(), Stop> {
         let cancelled = *run.cancel.borrow() || meta(&flow).cancel_requested;
         match step {
             OperationStep::Rollback => {
-                return rollback(run).instrument(spans::step("Rollback")).await
+                let rollback = rollback(run).instrument(spans::step("Rollback"));
+                return metrics::step("rollback", rollback).await;
             }
             OperationStep::Done => return finish(run, None).await,
             _ if cancelled && step != OperationStep::DeleteSource => {
@@ -117,9 +122,8 @@ async fn drive(run: &Run) -> Result<(), Stop> {
             OperationStep::Unspecified | OperationStep::CloneStructure => {
                 run.engine.failpoint("before-structure");
                 let structure = clone_structure(run, &flow)
-                    .instrument(spans::step("CloneImageGroupVolumesStructure"))
-                    .await?;
-                match structure {
+                    .instrument(spans::step("CloneImageGroupVolumesStructure"));
+                match metrics::step("clone_structure", structure).await? {
                     Ok(()) => {
                         run.engine.failpoint("after-structure");
                         set_step(run, OperationStep::CopyData).await?
@@ -128,10 +132,9 @@ async fn drive(run: &Run) -> Result<(), Stop> {
                 }
             }
             OperationStep::CopyData => {
-                let copied = copy_all(run, &flow)
-                    .instrument(spans::step("CopyImageGroupVolumesData"))
-                    .await?;
-                match copied {
+                let copied =
+                    copy_all(run, &flow).instrument(spans::step("CopyImageGroupVolumesData"));
+                match metrics::step("copy_data", copied).await? {
                     Outcome::Copied if is_move(&flow) => {
                         set_step(run, OperationStep::DeleteSource).await?
                     }
@@ -141,10 +144,9 @@ async fn drive(run: &Run) -> Result<(), Stop> {
                 }
             }
             OperationStep::DeleteSource => {
-                let deleted = delete_source(run, &flow)
-                    .instrument(spans::step("RemoveSourceImage"))
-                    .await?;
-                match deleted {
+                let deleted =
+                    delete_source(run, &flow).instrument(spans::step("RemoveSourceImage"));
+                match metrics::step("delete_source", deleted).await? {
                     true => return finish(run, None).await,
                     false => return start_rollback(run, cancelled_error()).await,
                 }
@@ -280,7 +282,11 @@ async fn start_rollback(run: &Run, failure: pb::OperationError) -> Result<(), St
             meta_mut(f).step = OperationStep::Rollback as i32;
         })
         .await?;
-    rollback(run).instrument(spans::step("Rollback")).await
+    metrics::step(
+        "rollback",
+        rollback(run).instrument(spans::step("Rollback")),
+    )
+    .await
 }
 
 /// Aborts the copies still running, deletes the destination (never the source) and ends the flow
@@ -338,6 +344,7 @@ async fn end_operation(run: &Run, failure: Option<pb::OperationError>) -> Result
             meta_mut(f).step = OperationStep::Done as i32;
         })
         .await?;
+    metrics::operation_ended(meta(&flow).kind, failure.as_ref());
     match failure {
         None => info!(op = %run.record.op, "operation succeeded"),
         Some(e) => info!(op = %run.record.op, reason = %e.reason, "operation ended with an error"),
