@@ -184,6 +184,16 @@ async fn a_move_is_one_trace_across_every_service() {
     let name = start_move(&tc, &a, &src[0].image_id, &b).await;
     follow(&tc, &name, Duration::from_secs(90)).await.unwrap();
     let trace = trace_of(&tc, &name).await;
+    // The operation names its trace, for an SRE to look it up.
+    let op = crate::disks::scheduler(&tc)
+        .await
+        .get_operation(datapath_api::pb::GetOperationRequest { name: name.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    assert_eq!(op.metadata.unwrap().trace_id, trace);
     let spans = whole_trace(
         &phoenix,
         &trace,

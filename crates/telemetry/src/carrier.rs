@@ -47,6 +47,15 @@ pub fn current_carrier() -> HashMap<String, String> {
     carrier_of(&Span::current())
 }
 
+/// The current span's trace id (32 hex digits), when it is sampled: what to search a tracing backend
+/// for.
+pub fn current_trace_id() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt as _;
+    let cx = Span::current().context();
+    let sc = cx.span().span_context().clone();
+    (sc.is_valid() && sc.is_sampled()).then(|| sc.trace_id().to_string())
+}
+
 /// The context a stored carrier names; an empty or malformed carrier gives an empty context (a
 /// span parented to it starts a new trace).
 pub fn context_from(carrier: &HashMap<String, String>) -> Context {

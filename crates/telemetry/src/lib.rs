@@ -32,7 +32,7 @@ use tracing_subscriber::{
     Layer,
 };
 
-pub use carrier::{carrier_of, context_from, continue_from, current_carrier};
+pub use carrier::{carrier_of, context_from, continue_from, current_carrier, current_trace_id};
 pub use client::{traced, traced_to, TracedChannel};
 pub use server::{server_span, GrpcTrace, GrpcTraceLayer};
 

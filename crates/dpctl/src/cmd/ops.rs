@@ -185,6 +185,7 @@ pub fn describe(op: &pb::Operation) -> String {
         ("result", result),
         ("created", output::timestamp(meta.created_at.as_ref())),
         ("updated", output::timestamp(meta.updated_at.as_ref())),
+        ("trace", output::or_dash(&meta.trace_id).to_string()),
     ];
     let mut text: Vec<String> = lines
         .iter()

@@ -20,6 +20,7 @@ fn operation(op: OperationId, kind: OperationKind, disk: &DiskKey) -> pb::Operat
             created_at: Some(now),
             updated_at: Some(now),
             cancel_requested: false,
+            trace_id: datapath_telemetry::current_trace_id().unwrap_or_default(),
         }),
         done: false,
         result: None,
