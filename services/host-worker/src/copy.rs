@@ -9,15 +9,14 @@
 use std::{sync::Arc, time::Duration};
 
 use datapath_api::{
-    ids::JobId,
     pb::{self, JobStatus},
     volume::{CopyDataSpec, Legality, VolumeKey},
 };
 use datapath_coord::{generations::Refused as CommitRefused, CoordError};
-use tokio::sync::watch;
-use tracing::{info, instrument, warn, Instrument as _, Span};
+use tracing::{info, instrument, warn, Instrument as _};
 
 use crate::{
+    copier,
     error::Error,
     jobs::{JobControl, Refused, StopReason},
     metrics::{CopyMeter, CopyResult},
@@ -29,13 +28,13 @@ use crate::{
 
 /// How a job ended, when not well.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     Stopped(StopReason),
     Failed { code: &'static str, message: String },
 }
 
 impl Failure {
-    fn failed(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn failed(code: &'static str, message: impl Into<String>) -> Self {
         Self::Failed {
             code,
             message: message.into(),
@@ -358,7 +357,7 @@ async fn copy_under_lease(
         preallocated: dmeta.allocation == datapath_api::volume::Allocation::Preallocated,
         watchdog: Some(crate::watchdog::timing(worker.session_ttl).0),
     };
-    run_copier(worker, spec.job_id, control, &convert, meter)
+    copier::run_copier(worker, spec.job_id, control, &convert, meter)
         .instrument(spans::qemu_img(&convert))
         .await?;
 
@@ -407,119 +406,4 @@ async fn copy_under_lease(
     storage.write_meta(&dst, &now).map_err(io)?;
     info!(job_id = %spec.job_id, volume = %dst, generation = now.generation, "destination LEGAL");
     Ok(())
-}
-
-/// Runs qemu-img, reporting progress, until it exits or the job is stopped.
-async fn run_copier(
-    worker: &Arc<Worker>,
-    id: JobId,
-    control: &JobControl,
-    convert: &qemu::Convert<'_>,
-    meter: &CopyMeter,
-) -> Result<(), Failure> {
-    let mut child =
-        qemu::spawn_convert(convert).map_err(|e| Failure::failed("COPY_FAILED", e.to_string()))?;
-    meter.copier_started();
-    control.set_copier(child.id());
-    let heartbeats = child
-        .stdin
-        .take()
-        .map(|stdin| tokio::spawn(heartbeat(worker.clone(), stdin)));
-    let (progress_tx, progress_rx) = watch::channel(0u32);
-    let sender = tokio::spawn(send_progress(worker.clone(), id, progress_rx).in_current_span());
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let follow = async {
-        if let Some(out) = stdout {
-            let _ = qemu::follow_progress(out, |p| {
-                worker.jobs.update(id, |j| j.progress = j.progress.max(p));
-                progress_tx.send_replace(p);
-            })
-            .await;
-        }
-    };
-    let errors = async {
-        let mut text = String::new();
-        if let Some(err) = stderr {
-            let _ = read_stderr(err, &mut text, meter).await;
-        }
-        text
-    };
-    let copier = async {
-        let ((), text) = tokio::join!(follow, errors);
-        (child.wait().await, text)
-    };
-    let result = tokio::select! {
-        done = copier => Ok(done),
-        reason = control.stopped() => Err(reason),
-    };
-    spans::copier_ended(&Span::current(), &result, meter.bytes());
-    control.set_copier(None);
-    meter.copier_ended();
-    sender.abort();
-    if let Some(h) = heartbeats {
-        h.abort();
-    }
-    match result {
-        Err(reason) => {
-            let _ = child.kill().await;
-            Err(Failure::Stopped(reason))
-        }
-        Ok(_) if control.reason().is_some() => Err(Failure::Stopped(
-            control.reason().unwrap_or(StopReason::Aborted),
-        )),
-        Ok((Ok(status), _)) if status.success() => Ok(()),
-        Ok((status, text)) => Err(Failure::failed(
-            "COPY_FAILED",
-            format!("qemu-img convert failed ({status:?}): {}", text.trim()),
-        )),
-    }
-}
-
-/// Reads the copier's stderr into `text`, except the watchdog's bytes-written reports, which go to
-/// `meter` as they come.
-async fn read_stderr(
-    stderr: impl tokio::io::AsyncRead + Unpin,
-    text: &mut String,
-    meter: &CopyMeter,
-) -> std::io::Result<()> {
-    use tokio::io::AsyncBufReadExt as _;
-    let mut lines = tokio::io::BufReader::new(stderr);
-    let mut line = Vec::new();
-    while lines.read_until(b'\n', &mut line).await? > 0 {
-        let decoded = String::from_utf8_lossy(&line);
-        let (message, written) = crate::watchdog::split_report(&decoded);
-        if let Some(n) = written {
-            meter.written(n);
-        }
-        if !message.trim().is_empty() {
-            text.push_str(message);
-            if written.is_some() {
-                text.push('\n');
-            }
-        }
-        line.clear();
-    }
-    Ok(())
-}
-
-/// Tells the copier's watchdog that this worker is alive, while its session lease is valid. Runs on
-/// the runtime like everything else, so a stopped or wedged worker falls silent and its copier dies.
-async fn heartbeat(worker: Arc<Worker>, mut stdin: tokio::process::ChildStdin) {
-    use tokio::io::AsyncWriteExt as _;
-    let (_, every) = crate::watchdog::timing(worker.session_ttl);
-    loop {
-        if worker.lease_id().is_ok() && stdin.write_all(b".").await.is_err() {
-            return;
-        }
-        tokio::time::sleep(every).await;
-    }
-}
-
-/// Sends the newest progress to the job-tracker whenever it changes, without holding up the copier.
-async fn send_progress(worker: Arc<Worker>, id: JobId, mut rx: watch::Receiver<u32>) {
-    while rx.changed().await.is_ok() {
-        let p = *rx.borrow_and_update();
-        worker.reporter.progress(id, p).await;
-    }
 }

@@ -3,6 +3,7 @@
 //! itself (kills every copy) when it cannot renew that lease in time.
 #![warn(missing_docs)]
 
+mod copier;
 pub mod copy;
 pub mod error;
 pub mod fence;
