@@ -2,8 +2,9 @@
 //! status code the client really gets:
 //! - a trailers-only answer (how tonic answers a handler's error) carries `grpc-status` in its
 //!   headers, and is recorded when the headers leave;
-//! - any other answer carries it in the trailers at the end of the body, so the body is wrapped and
-//!   the call recorded when the trailers pass (a stream: when it ends, so its time is its lifetime);
+//! - any other answer carries it in the trailers at the end of the body, so the body is wrapped
+//!   (telemetry's `Observed`, as the span layer does) and the call recorded when the trailers pass (a
+//!   stream: when it ends, so its time is its lifetime); a body that ends without any is UNKNOWN;
 //! - a call dropped before it ended (the client reset it, or the server's deadline ran out and tonic
 //!   answered `DEADLINE_EXCEEDED` around this layer) is recorded when dropped, as
 //!   `DEADLINE_EXCEEDED` if its deadline had passed, else `CANCELLED`.
@@ -19,10 +20,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use datapath_telemetry::metrics::{code_name, common, GrpcLabels};
+use datapath_telemetry::{
+    grpc::{status_in, Observed},
+    metrics::{code_name, common, GrpcLabels},
+};
 use http::{HeaderMap, Request, Response};
-use http_body::{Body, Frame, SizeHint};
 use prost::Message as _;
+use tonic::Code;
 use tower::{Layer, Service};
 
 /// Adds [`GrpcMetrics`] around a server's routes.
@@ -62,9 +66,9 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ResBody: Body + Unpin,
+    ResBody: http_body::Body,
 {
-    type Response = Response<MeteredBody<ResBody>>;
+    type Response = Response<Observed<ResBody>>;
     type Error = S::Error;
     type Future = BoxFuture<Result<Self::Response, S::Error>>;
 
@@ -79,15 +83,16 @@ where
         Box::pin(async move {
             let mut call = call;
             match response.await {
-                Ok(resp) => match status_of(resp.headers()) {
-                    Some(code) => {
-                        call.end(code);
-                        Ok(resp.map(|b| MeteredBody::new(b, None)))
-                    }
-                    None => Ok(resp.map(|b| MeteredBody::new(b, Some(call)))),
-                },
+                Ok(resp) => {
+                    let (parts, body) = resp.into_parts();
+                    let body = match status_in(&parts.headers) {
+                        Some(code) => Observed::ended(body, code, move |c| call.end(c)),
+                        None => Observed::new(body, move |c| call.end_of_body(c)),
+                    };
+                    Ok(Response::from_parts(parts, body))
+                }
                 Err(e) => {
-                    call.end("UNKNOWN");
+                    call.end(Code::Unknown);
                     Err(e)
                 }
             }
@@ -119,84 +124,41 @@ impl Call {
         }
     }
 
-    fn end(&mut self, code: &'static str) {
+    fn end(&mut self, code: Code) {
         let Some(mut labels) = self.labels.take() else {
             return;
         };
-        labels.grpc_code = code;
+        labels.grpc_code = code_name(code);
         let m = common();
         m.grpc_handled.get_or_create(&labels).inc();
         m.grpc_handling
             .get_or_create(&labels)
             .observe(self.started.elapsed().as_secs_f64());
     }
+
+    /// The body ended with `code`; one dropped before its end (CANCELLED) past the call's deadline
+    /// was cut by it.
+    fn end_of_body(mut self, code: Code) {
+        let code = match code {
+            Code::Cancelled => self.dropped(),
+            c => c,
+        };
+        self.end(code);
+    }
+
+    fn dropped(&self) -> Code {
+        match self.started.elapsed() >= self.deadline {
+            true => Code::DeadlineExceeded,
+            false => Code::Cancelled,
+        }
+    }
 }
 
 impl Drop for Call {
     fn drop(&mut self) {
-        let code = match self.started.elapsed() >= self.deadline {
-            true => "DEADLINE_EXCEEDED",
-            false => "CANCELLED",
-        };
+        let code = self.dropped();
         self.end(code);
     }
-}
-
-/// A response body that records its call when the trailers (or the end) pass.
-pub struct MeteredBody<B> {
-    inner: B,
-    call: Option<Call>,
-}
-
-impl<B> MeteredBody<B> {
-    fn new(inner: B, call: Option<Call>) -> Self {
-        Self { inner, call }
-    }
-}
-
-impl<B: Body + Unpin> Body for MeteredBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Some(call) = self.call.as_mut() {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(trailers) = frame.trailers_ref() {
-                        call.end(status_of(trailers).unwrap_or("UNKNOWN"));
-                    }
-                }
-                // An error ends the stream with a reset; the client sees no status.
-                Poll::Ready(Some(Err(_))) => call.end("UNKNOWN"),
-                Poll::Ready(None) => call.end("UNKNOWN"),
-                Poll::Pending => {}
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The status code a header map carries, by name (`grpc-status: 5` → `NOT_FOUND`).
-fn status_of(headers: &HeaderMap) -> Option<&'static str> {
-    let value = headers
-        .get("grpc-status")?
-        .to_str()
-        .ok()?
-        .parse::<i32>()
-        .ok()?;
-    Some(code_name(tonic::Code::from_i32(value)))
 }
 
 /// The client's `grpc-timeout` header (`<digits><unit>`, unit one of H M S m u n).

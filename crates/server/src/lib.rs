@@ -18,7 +18,7 @@ use tonic::{
     transport::{server::TcpIncoming, Server},
 };
 
-pub use grpc_metrics::{GrpcMetrics, GrpcMetricsLayer, MeteredBody};
+pub use grpc_metrics::{GrpcMetrics, GrpcMetricsLayer};
 pub use metrics_endpoint::MetricsEndpoint;
 
 /// Flags shared by every server.

@@ -57,9 +57,10 @@ impl Drop for Pending {
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that calls its `on_end` once: with the status in its trailers, with `OK` when
-    /// it ends without any (a trailers-only answer was already read from the headers), with
-    /// `UNKNOWN` on a body error, and with `CANCELLED` when dropped before its end.
+    /// A response body that calls its `on_end` once: with the status in its trailers (`UNKNOWN` if
+    /// they have none), with `UNKNOWN` when it ends without trailers or on a body error (the client
+    /// sees no status then), and with `CANCELLED` when dropped before its end. A trailers-only
+    /// answer's status is in the headers: see [`Observed::ended`].
     pub struct Observed<B> {
         #[pin]
         inner: B,
@@ -107,9 +108,8 @@ impl<B: Body> Body for Observed<B> {
         let end = match &polled {
             Poll::Ready(Some(Ok(frame))) => frame
                 .trailers_ref()
-                .map(|t| status_in(t).unwrap_or(Code::Ok)),
-            Poll::Ready(Some(Err(_))) => Some(Code::Unknown),
-            Poll::Ready(None) => Some(Code::Ok),
+                .map(|t| status_in(t).unwrap_or(Code::Unknown)),
+            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => Some(Code::Unknown),
             Poll::Pending => None,
         };
         if let Some(code) = end {

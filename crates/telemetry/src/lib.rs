@@ -120,6 +120,8 @@ pub fn init(service: &'static str, identity: Identity) -> anyhow::Result<Telemet
         .with_tracer(tracer)
         .with_tracked_inactivity(false)
         .with_threads(false)
+        .with_location(false)
+        .with_target(false)
         .with_filter(filter_fn(|meta| {
             *meta.level() <= Level::INFO
                 && (meta.target().starts_with("datapath") || meta.target().starts_with("dpctl"))

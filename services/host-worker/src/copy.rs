@@ -13,7 +13,7 @@ use datapath_api::{
     volume::{CopyDataSpec, Legality, VolumeKey},
 };
 use datapath_coord::{generations::Refused as CommitRefused, CoordError};
-use tracing::{info, instrument, warn, Instrument as _};
+use tracing::{info, warn, Instrument as _};
 
 use crate::{
     copier,
@@ -43,7 +43,6 @@ impl Failure {
 }
 
 /// Validates and accepts a copy; the copy itself runs in the background.
-#[instrument(skip_all, fields(job_id = %req.job_id))]
 pub async fn copy_data(worker: &Arc<Worker>, req: &pb::CopyDataRequest) -> Result<pb::Job, Error> {
     let spec = CopyDataSpec::from_pb(req)?;
     if let Some(job) = existing(worker, &spec).await? {
