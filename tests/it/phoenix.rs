@@ -65,8 +65,11 @@ impl Phoenix {
             rest: SocketAddr::from(([127, 0, 0, 1], http)),
         };
         let health = format!("http://{}/healthz", phoenix.rest);
+        let otlp = SocketAddr::from(([127, 0, 0, 1], grpc));
+        // Ready when its REST API answers and its OTLP port takes connections (spans sent before
+        // that would be lost).
         let ready = wait_for(Duration::from_secs(120), "Phoenix to answer", || {
-            let ok = curl(&health).is_ok();
+            let ok = curl(&health).is_ok() && std::net::TcpStream::connect(otlp).is_ok();
             async move { ok.then_some(()) }
         })
         .await;

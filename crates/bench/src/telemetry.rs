@@ -1,6 +1,7 @@
-//! What tracing and metrics cost: two clusters side by side in one run, one exporting every span
+//! What tracing and metrics cost: three clusters side by side in one run — one exporting every span
 //! over OTLP to a collector in this process (which counts and drops them), one with no `OTEL_*`
-//! variable set (nothing exported). Both serve `/metrics`. Measured on each: unary RPC latency
+//! variable set (spans made, nothing exported: the default), and one with `OTEL_SDK_DISABLED=true`
+//! (no span recorded). All serve `/metrics`. Measured on each: unary RPC latency
 //! (GetVolumeInfo ×2,000 and CopyData's answer ×400, which crosses to the job-tracker and etcd, per
 //! side), and the time of a 2 GiB copy, interleaved round by round with `qemu-img convert` alone.
 use std::{
@@ -158,19 +159,21 @@ fn ms(d: Duration) -> String {
 pub async fn run(base: &Path, rounds: usize) -> anyhow::Result<()> {
     let (sink, endpoint) = start_sink().await?;
     let traced_env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), endpoint)];
+    let disabled = vec![("OTEL_SDK_DISABLED".to_string(), "true".to_string())];
     let mut sides = [
-        Side::start("no exporter", base, vec![]).await?,
+        Side::start("tracing off (OTEL_SDK_DISABLED)", base, disabled).await?,
+        Side::start("no exporter (default)", base, vec![]).await?,
         Side::start("OTLP exporter", base, traced_env).await?,
     ];
 
-    println!("## telemetry: the cost of tracing and metrics (exporter on vs off, one run)");
+    println!("## telemetry: the cost of tracing and metrics (three clusters, one run)");
     println!("| RPC | side | p50 | p90 | p99 |");
     println!("|---|---|---|---|---|");
     for which in ["GetVolumeInfo", "CopyData (answer)"] {
-        // A warm-up pass, thrown away, then two measured passes in opposite orders (off, on; on,
-        // off) pooled per side, so a drift of the machine during the run weighs on both alike.
-        let mut pooled: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
-        for (pass, order) in [[0, 1], [0, 1], [1, 0]].into_iter().enumerate() {
+        // A warm-up pass, thrown away, then two measured passes in opposite orders pooled per side,
+        // so a drift of the machine during the run weighs on every side alike.
+        let mut pooled: [Vec<Duration>; 3] = Default::default();
+        for (pass, order) in [[0, 1, 2], [0, 1, 2], [2, 1, 0]].into_iter().enumerate() {
             for i in order {
                 let side = &mut sides[i];
                 let t = if which == "GetVolumeInfo" {
@@ -198,11 +201,10 @@ pub async fn run(base: &Path, rounds: usize) -> anyhow::Result<()> {
     let mut alone = Vec::new();
     for round in 0..rounds {
         // Rotate who goes first, so a slow phase of the disk does not always hit the same side.
-        let order = [(round) % 3, (round + 1) % 3, (round + 2) % 3];
-        for who in order {
+        for who in (0..4).map(|i| (round + i) % 4) {
             settle()?;
             match who {
-                0 | 1 => sides[who].copy_once().await?,
+                0..=2 => sides[who].copy_once().await?,
                 _ => {
                     let dst = sides[0].destination().await?;
                     alone.push(crate::copy::qemu_img_alone(
@@ -213,8 +215,8 @@ pub async fn run(base: &Path, rounds: usize) -> anyhow::Result<()> {
             }
         }
         eprintln!(
-            "telemetry round {round}: off {:?}, on {:?}, qemu-img {:?}",
-            sides[0].copies[round], sides[1].copies[round], alone[round]
+            "telemetry round {round}: tracing off {:?}, no exporter {:?}, exporter {:?}, qemu-img {:?}",
+            sides[0].copies[round], sides[1].copies[round], sides[2].copies[round], alone[round]
         );
     }
     let m_alone = median(alone.clone());
@@ -237,12 +239,16 @@ pub async fn run(base: &Path, rounds: usize) -> anyhow::Result<()> {
         );
     }
     println!(
-        "| exporter on ÷ off | {:.3}× | |",
-        medians[1].as_secs_f64() / medians[0].as_secs_f64()
+        "| exporter ÷ tracing off | {:.3}× | |",
+        medians[2].as_secs_f64() / medians[0].as_secs_f64()
     );
-    let [off, on] = sides;
-    on.bench.cluster.stop().await?;
-    off.bench.cluster.stop().await?;
+    println!(
+        "| exporter ÷ no exporter | {:.3}× | |",
+        medians[2].as_secs_f64() / medians[1].as_secs_f64()
+    );
+    for side in sides {
+        side.bench.cluster.stop().await?;
+    }
     println!(
         "\nspans received by the collector: {}",
         sink.0.load(Ordering::Relaxed)
