@@ -230,6 +230,36 @@ fn every_dashboard_query_is_valid_promql() {
     );
 }
 
+/// The alerting rules are valid, their own unit tests (`alerts_test.yml`, synthetic series) pass in
+/// the real `promtool`, every rule's expression reads only agreed metrics, and the scrape config loads
+/// them.
+#[test]
+fn the_alerts_are_valid_tested_and_loaded() {
+    let rules = deploy("prometheus/alerts.yml");
+    let out = promtool(&["check", "rules", rules.to_str().unwrap()]);
+    assert!(out.contains("SUCCESS"), "{out}");
+    let tests = deploy("prometheus/alerts_test.yml");
+    let out = promtool(&["test", "rules", tests.to_str().unwrap()]);
+    assert!(out.contains("SUCCESS"), "{out}");
+    let agreed = agreed();
+    let text = read("prometheus/alerts.yml");
+    let mut checked = 0;
+    for line in text.lines().map(str::trim) {
+        for name in metric_names(line) {
+            assert!(
+                family(&name, &agreed).is_some(),
+                "alerts.yml reads {name}, which no service exports"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 9,
+        "too few metrics found in the alerts: {checked}"
+    );
+    assert!(read("prometheus/prometheus.yml").contains("alerts.yml"));
+}
+
 #[test]
 fn grafana_and_tracing_files_name_their_backends() {
     let datasources = read("grafana/provisioning/datasources/datapath.yml");

@@ -1,8 +1,8 @@
 //! A running local cluster: start-up in dependency order (etcd, job-tracker, host-workers, scheduler), each
 //! waited on until ready, then until one host is elected SPM; accessors for endpoints and processes;
-//! restarts that wait for SERVING (and an SPM) again; the `cluster.env` file; the orderly stop.
+//! restarts that wait for SERVING (and an SPM) again; the orderly stop. `cluster.env` is in
+//! `cluster_env.rs`.
 use std::{
-    fmt::Write as _,
     fs,
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
@@ -389,57 +389,6 @@ impl Cluster {
     pub async fn wait_host(&mut self, i: usize) -> anyhow::Result<()> {
         let job_tracker_url = self.job_tracker.url();
         wait_host(&mut self.hosts[i], i, &job_tracker_url).await
-    }
-
-    /// The variables of `cluster.env`: `DATAPATH_ETCD_ENDPOINTS`, `DATAPATH_ETCD_PREFIX`,
-    /// `DATAPATH_JOB_TRACKER`, `DATAPATH_STORAGE_ROOT`, and `DATAPATH_HOST_<i>` (URL) and
-    /// `DATAPATH_HOST_<i>_ID` for every host; and each service's `/metrics` address (`host:port`, for
-    /// a Prometheus scrape config): `DATAPATH_JOB_TRACKER_METRICS`, `DATAPATH_SCHEDULER_METRICS`,
-    /// `DATAPATH_HOST_<i>_METRICS`.
-    pub fn env_vars(&self) -> Vec<(String, String)> {
-        let mut vars = vec![
-            (
-                "DATAPATH_ETCD_ENDPOINTS".to_string(),
-                self.etcd_endpoints().join(","),
-            ),
-            (
-                "DATAPATH_ETCD_PREFIX".into(),
-                self.config.etcd_prefix.clone(),
-            ),
-            ("DATAPATH_JOB_TRACKER".into(), self.job_tracker_url()),
-            ("DATAPATH_SCHEDULER".into(), self.scheduler_url()),
-            (
-                "DATAPATH_JOB_TRACKER_METRICS".into(),
-                self.job_tracker.metrics.to_string(),
-            ),
-            (
-                "DATAPATH_SCHEDULER_METRICS".into(),
-                self.scheduler.metrics.to_string(),
-            ),
-            (
-                "DATAPATH_STORAGE_ROOT".into(),
-                self.storage_root().display().to_string(),
-            ),
-        ];
-        for (i, host) in self.hosts.iter().enumerate() {
-            vars.push((format!("DATAPATH_HOST_{i}"), host.service.url()));
-            vars.push((format!("DATAPATH_HOST_{i}_ID"), host.host_id.clone()));
-            vars.push((
-                format!("DATAPATH_HOST_{i}_METRICS"),
-                host.service.metrics.to_string(),
-            ));
-        }
-        vars
-    }
-
-    /// Writes [`Cluster::env_vars`] to `path` as `KEY=value` lines (conventionally
-    /// `<dir>/cluster.env`).
-    pub fn write_env(&self, path: &Path) -> anyhow::Result<()> {
-        let mut text = String::new();
-        for (key, value) in self.env_vars() {
-            let _ = writeln!(text, "{key}={value}");
-        }
-        fs::write(path, text).with_context(|| format!("write {}", path.display()))
     }
 
     /// Stops the scheduler, then the host-workers, then the job-tracker, then etcd: each SIGTERM, then SIGKILL after
