@@ -349,3 +349,117 @@ async fn a_move_resumed_by_a_restarted_scheduler_stays_in_its_trace() {
     }
     assert_rpc_attributes(&spans);
 }
+
+/// The host copying a volume is SIGKILLed: the operation's trace shows the recovery — the attempt
+/// that failed, the decision taken from the destination volume (with the SPM's FenceVolume when it
+/// fences), and the retry on another host that succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_copy_shows_its_recovery_decision_and_retry_in_the_trace() {
+    use datapath_api::pb::{FlowVolumeState, JobStatus};
+    let phoenix = Phoenix::start().await.unwrap();
+    let mut tc = TestCluster::start(3, |c| {
+        c.env
+            .push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), phoenix.otlp.clone()));
+        c.env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()));
+        throttle(c, 4 * MIB);
+    })
+    .await
+    .unwrap();
+    let (a, b) = (tc.domain().await, tc.domain().await);
+    let src = chain_disk(&tc, &a, 16 * MIB).await;
+    let name = start_move(&tc, &a, &src[0].image_id, &b).await;
+    let trace = trace_of(&tc, &name).await;
+    let victim = wait_for(Duration::from_secs(20), "a running copy", || async {
+        let f = flow(&tc, &name).await?;
+        let v = f
+            .volumes
+            .iter()
+            .find(|v| v.state() == FlowVolumeState::Copying)?;
+        (v.job_status() == JobStatus::Running).then(|| v.host_id.clone())
+    })
+    .await
+    .unwrap();
+    let i = tc
+        .cluster
+        .host_ids()
+        .iter()
+        .position(|h| *h == victim)
+        .unwrap();
+    tc.cluster
+        .host_mut(i)
+        .signal(nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    follow(&tc, &name, Duration::from_secs(90)).await.unwrap();
+
+    let spans = wait_for(Duration::from_secs(30), "the recovery's spans", || {
+        let spans: Vec<Span> = phoenix
+            .spans(&trace)
+            .unwrap_or_default()
+            .iter()
+            .map(parse)
+            .collect();
+        let done = spans.iter().any(|s| s.name == "flow MoveDisk")
+            && spans.iter().any(|s| s.name == "ConcludeFromDestination");
+        async move { done.then_some(spans) }
+    })
+    .await
+    .unwrap();
+    let conclude = spans
+        .iter()
+        .find(|s| s.name == "ConcludeFromDestination")
+        .unwrap();
+    let decision = attr(conclude, "datapath.recovery.decision").cloned();
+    assert!(
+        matches!(
+            decision.as_ref().and_then(Value::as_str),
+            Some("fenced" | "committed" | "already_fenced" | "committed_before_fence")
+        ),
+        "{conclude:?}"
+    );
+    if decision.as_ref().and_then(Value::as_str) == Some("fenced") {
+        let fenced = spans
+            .iter()
+            .find(|s| s.name == "datapath.v1.HostWorkerService/FenceVolume" && served(s))
+            .expect("the SPM's FenceVolume in the trace");
+        assert!(ancestry(&spans, fenced).contains(&"ConcludeFromDestination".to_string()));
+    }
+    let path = ancestry(&spans, conclude);
+    for hop in [
+        "CopyAttempt",
+        "CopyVolume",
+        "flow MoveDisk",
+        "datapath.v1.SchedulerService/MoveDisk",
+    ] {
+        assert!(
+            path.iter().any(|n| n == hop),
+            "{hop} is not above the decision: {path:?}"
+        );
+    }
+    // The lost attempt and its retry, on two hosts, under the same volume's span.
+    let attempts: Vec<&Span> = spans
+        .iter()
+        .filter(|s| {
+            s.name == "CopyAttempt"
+                && attr(s, "datapath.host.id") == Some(&Value::from(victim.as_str()))
+        })
+        .collect();
+    assert!(!attempts.is_empty(), "no attempt on the killed host");
+    let lost = attempts[0];
+    let retry = spans
+        .iter()
+        .find(|s| {
+            s.name == "CopyAttempt"
+                && s.parent == lost.parent
+                && s.id != lost.id
+                && attr(s, "datapath.copy.outcome") == Some(&Value::from("succeeded"))
+        })
+        .expect("a successful retry beside the lost attempt");
+    assert_ne!(
+        attr(retry, "datapath.host.id"),
+        attr(lost, "datapath.host.id")
+    );
+    assert_eq!(
+        attr(lost, "datapath.copy.outcome"),
+        Some(&Value::from("failed"))
+    );
+}
