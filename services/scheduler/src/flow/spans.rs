@@ -8,7 +8,7 @@ use tracing::{field::Empty, Span};
 use super::state::meta;
 
 /// The span of one run of a flow. `resumed` is set when an earlier run had started it (this run is
-/// after a scheduler restart or failover).
+/// after a scheduler restart or failover, or a runner restarted after losing etcd).
 pub fn flow(op: &str, flow: &pb::Flow) -> Span {
     let m = meta(flow);
     let kind = match OperationKind::try_from(m.kind).unwrap_or_default() {
