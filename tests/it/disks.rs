@@ -80,6 +80,22 @@ pub async fn chain_disk(tc: &TestCluster, sd: &str, capacity: u64) -> Vec<pb::Vo
     vec![base, mid, top]
 }
 
+/// A disk of one qcow2 volume holding `mib` MiB of random data spread over `capacity`.
+pub async fn qcow2_disk(tc: &TestCluster, sd: &str, capacity: u64, mib: u64) -> pb::VolumeRef {
+    let v = vref(sd, &uuid::Uuid::new_v4().to_string());
+    create(
+        tc,
+        &v,
+        pb::VolumeFormat::Cow,
+        capacity,
+        None,
+        pb::VolumeRole::Leaf,
+    )
+    .await;
+    fill_random(&tc.volume_path(&v), "qcow2", capacity, mib).unwrap();
+    v
+}
+
 /// A template: one raw volume with random data, role SHARED.
 pub async fn template(tc: &TestCluster, sd: &str, capacity: u64) -> pb::VolumeRef {
     let v = vref(sd, &uuid::Uuid::new_v4().to_string());

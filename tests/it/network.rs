@@ -26,7 +26,7 @@ async fn isolated() -> TestCluster {
 }
 
 /// The running copy of a move: (host index, job id).
-async fn running_copy(tc: &TestCluster, name: &str) -> (usize, String) {
+pub(crate) async fn running_copy(tc: &TestCluster, name: &str) -> (usize, String) {
     let (host, job) = wait_for(Duration::from_secs(20), "a running copy", || async {
         let f = flow(tc, name).await?;
         let v = f

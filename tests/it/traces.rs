@@ -226,6 +226,20 @@ async fn a_move_is_one_trace_across_every_service() {
     );
     assert_rpc_attributes(&spans);
     assert_qemu_spans(&spans, src.len());
+    // Every reported success was checked against its destination before the source went.
+    let verified: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.name == "VerifyDestination")
+        .collect();
+    assert_eq!(verified.len(), src.len(), "{verified:?}");
+    for v in verified {
+        assert_eq!(
+            attr(v, "datapath.recovery.decision"),
+            Some(&Value::from("committed")),
+            "{v:?}"
+        );
+        assert!(ancestry(&spans, v).contains(&"CopyAttempt".to_string()));
+    }
 }
 
 /// The scheduler is SIGKILLed mid-move and restarted: its second run of the flow continues the

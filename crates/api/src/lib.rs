@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod ids;
+pub mod job_error;
 pub mod page;
 pub mod time;
 pub mod volume;

@@ -3,28 +3,31 @@
 //! and its stderr split into error text and the watchdog's measured bytes written.
 use std::sync::Arc;
 
-use datapath_api::ids::JobId;
+use datapath_api::{ids::JobId, job_error::JobErrorCode};
 use tokio::sync::watch;
-use tracing::{Instrument as _, Span};
+use tracing::{warn, Instrument as _, Span};
 
 use crate::{
     copy::Failure,
+    copy_failure::{convert_failure, CopyEnds},
     jobs::{JobControl, StopReason},
     metrics::CopyMeter,
     qemu, spans,
     worker::Worker,
 };
 
-/// Runs qemu-img, reporting progress, until it exits or the job is stopped.
+/// Runs qemu-img, reporting progress, until it exits or the job is stopped. A failure is told by
+/// `copy_failure` (code and a message without paths); qemu-img's own words go to the log.
 pub(crate) async fn run_copier(
     worker: &Arc<Worker>,
     id: JobId,
     control: &JobControl,
     convert: &qemu::Convert<'_>,
+    ends: &CopyEnds<'_>,
     meter: &CopyMeter,
 ) -> Result<(), Failure> {
-    let mut child =
-        qemu::spawn_convert(convert).map_err(|e| Failure::failed("COPY_FAILED", e.to_string()))?;
+    let mut child = qemu::spawn_convert(convert)
+        .map_err(|e| Failure::failed(JobErrorCode::CopyFailed, e.to_string()))?;
     meter.copier_started();
     control.set_copier(child.id());
     let heartbeats = child
@@ -75,10 +78,12 @@ pub(crate) async fn run_copier(
             control.reason().unwrap_or(StopReason::Aborted),
         )),
         Ok((Ok(status), _)) if status.success() => Ok(()),
-        Ok((status, text)) => Err(Failure::failed(
-            "COPY_FAILED",
-            format!("qemu-img convert failed ({status:?}): {}", text.trim()),
-        )),
+        Ok((status, text)) => {
+            let status = status.ok();
+            let (code, message) = convert_failure(&text, status, ends);
+            warn!(job_id = %id, %code, exit = ?status, stderr = %text.trim(), "qemu-img convert failed");
+            Err(Failure::failed(code, message))
+        }
     }
 }
 

@@ -2,25 +2,28 @@
 //! 1. validate (ids, volumes exist, distinct, capacity, expected generation, lease free) — bad input
 //!    changes nothing; the same job id with the same request is idempotent;
 //! 2. register the job PENDING and answer; the copy waits for a job slot;
-//! 3. take the destination's volume lease; 4. check its generation, mark it ILLEGAL;
-//! 5. `qemu-img convert`, progress reported, abortable;
+//! 3. take the destination's volume lease; 4. check its generation, link the destination under the
+//!    job's attempt name and confirm the lease, mark it ILLEGAL;
+//! 5. `qemu-img convert` through the attempt name, progress reported, abortable;
 //! 6. flush, generation + 1 and LEGAL, **then** release the lease, **then** end the job. On failure or
-//!    abort it stays ILLEGAL with its generation, the lease is released and the job fails with a code.
-use std::{sync::Arc, time::Duration};
+//!    abort it stays ILLEGAL with its generation, the lease is released and the job fails with a code
+//!    from the shared vocabulary (`JobErrorCode`) and a message that names volumes, not paths.
+//!
+//! Steps 3–6 are in `copy_run.rs`.
+use std::sync::Arc;
 
 use datapath_api::{
+    job_error::JobErrorCode,
     pb::{self, JobStatus},
-    volume::{CopyDataSpec, Legality, VolumeKey},
+    volume::{CopyDataSpec, Legality},
 };
-use datapath_coord::{generations::Refused as CommitRefused, CoordError};
 use tracing::{info, warn, Instrument as _};
 
 use crate::{
-    copier,
+    copy_run,
     error::Error,
     jobs::{JobControl, Refused, StopReason},
     metrics::{CopyMeter, CopyResult},
-    qemu,
     reporter::FINAL_REPORT_DEADLINE,
     spans,
     worker::Worker,
@@ -30,11 +33,11 @@ use crate::{
 #[derive(Debug)]
 pub(crate) enum Failure {
     Stopped(StopReason),
-    Failed { code: &'static str, message: String },
+    Failed { code: JobErrorCode, message: String },
 }
 
 impl Failure {
-    pub(crate) fn failed(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn failed(code: JobErrorCode, message: impl Into<String>) -> Self {
         Self::Failed {
             code,
             message: message.into(),
@@ -195,7 +198,7 @@ async fn validate(worker: &Worker, spec: &CopyDataSpec) -> Result<u64, Error> {
 async fn run(worker: Arc<Worker>, spec: CopyDataSpec, control: Arc<JobControl>) {
     let id = spec.job_id;
     let meter = CopyMeter::default();
-    let outcome = execute(&worker, &spec, &control, &meter).await;
+    let outcome = copy_run::execute(&worker, &spec, &control, &meter).await;
     meter.finish(match &outcome {
         Ok(()) => CopyResult::Succeeded,
         Err(Failure::Stopped(StopReason::Aborted)) => CopyResult::Aborted,
@@ -208,18 +211,18 @@ async fn run(worker: Arc<Worker>, spec: CopyDataSpec, control: Arc<JobControl>) 
         Err(Failure::Stopped(reason)) => {
             let (code, message) = match reason {
                 StopReason::Fenced => (
-                    crate::reconcile::FENCED,
+                    JobErrorCode::Fenced,
                     "the host lost its etcd session lease; the copy was killed",
                 ),
                 _ => (
-                    "HOST_SHUTDOWN",
+                    JobErrorCode::HostShutdown,
                     "the host-worker shut down; the copy was killed",
                 ),
             };
             (
                 JobStatus::Failed,
                 Some(pb::JobError {
-                    code: code.into(),
+                    code: code.to_string(),
                     message: message.into(),
                 }),
             )
@@ -227,7 +230,7 @@ async fn run(worker: Arc<Worker>, spec: CopyDataSpec, control: Arc<JobControl>) 
         Err(Failure::Failed { code, message }) => (
             JobStatus::Failed,
             Some(pb::JobError {
-                code: code.into(),
+                code: code.to_string(),
                 message,
             }),
         ),
@@ -245,164 +248,4 @@ async fn run(worker: Arc<Worker>, spec: CopyDataSpec, control: Arc<JobControl>) 
         .status(id, status, error, FINAL_REPORT_DEADLINE)
         .await;
     worker.jobs.remove(id);
-}
-
-async fn execute(
-    worker: &Arc<Worker>,
-    spec: &CopyDataSpec,
-    control: &JobControl,
-    meter: &CopyMeter,
-) -> Result<(), Failure> {
-    let id = spec.job_id;
-    let _permit = tokio::select! {
-        permit = worker.slots.clone().acquire_owned() => permit.map_err(|_| Failure::Stopped(StopReason::Shutdown))?,
-        reason = control.stopped() => return Err(Failure::Stopped(reason)),
-    };
-    if let Some(reason) = control.reason() {
-        return Err(Failure::Stopped(reason));
-    }
-    let lease_id = worker
-        .lease_id()
-        .map_err(|_| Failure::Stopped(StopReason::Fenced))?;
-    worker.jobs.update(id, |j| j.set_status(JobStatus::Running));
-    worker
-        .reporter
-        .status(id, JobStatus::Running, None, Duration::from_secs(30))
-        .await;
-    let dst = spec.destination.volume;
-    let token = match worker
-        .coord
-        .acquire_volume_lease(&dst, worker.host_id, id, lease_id)
-        .await
-    {
-        Ok(token) => token,
-        Err(CoordError::LeaseHeld(h)) => {
-            return Err(Failure::failed(
-                "LEASE_HELD",
-                format!(
-                    "volume {dst} is leased by job {} on host {}",
-                    h.job_id, h.host_id
-                ),
-            ))
-        }
-        Err(e) => return Err(Failure::failed("ETCD_UNAVAILABLE", e.to_string())),
-    };
-    info!(%id, volume = %dst, token, "destination lease taken");
-    let result = copy_under_lease(worker, spec, control, token, meter).await;
-    let released = tokio::time::timeout(
-        Duration::from_secs(3),
-        worker.coord.release_volume_lease(&dst, token),
-    )
-    .await;
-    match released {
-        Ok(Ok(true)) => info!(%id, volume = %dst, "destination lease released"),
-        other => {
-            warn!(%id, volume = %dst, ?other, "destination lease not released; it expires with the session")
-        }
-    }
-    result
-}
-
-async fn copy_under_lease(
-    worker: &Arc<Worker>,
-    spec: &CopyDataSpec,
-    control: &JobControl,
-    token: i64,
-    meter: &CopyMeter,
-) -> Result<(), Failure> {
-    let storage = &worker.storage;
-    let (src, dst) = (spec.source.volume, spec.destination.volume);
-    let io = |e: Error| Failure::failed("STORAGE_ERROR", e.to_string());
-    let mut dmeta = storage.read_meta(&dst, "destination.volume").map_err(io)?;
-    let smeta = storage.read_meta(&src, "source.volume").map_err(io)?;
-    // A commit recorded in etcd whose metadata write was lost (a crash in between) counts: the
-    // volume is at the recorded generation, and not LEGAL.
-    match worker.coord.generation(&dst).await {
-        Ok(Some((recorded, _))) if recorded > dmeta.generation => dmeta.generation = recorded,
-        Ok(_) => {}
-        Err(e) => return Err(Failure::failed("ETCD_UNAVAILABLE", e.to_string())),
-    }
-    if let Some(g) = spec
-        .destination
-        .generation
-        .filter(|g| *g != dmeta.generation)
-    {
-        return Err(Failure::failed(
-            "GENERATION_MISMATCH",
-            format!("destination generation is {}, not {g}", dmeta.generation),
-        ));
-    }
-    let generation = dmeta.generation;
-    dmeta.legality = Legality::Illegal;
-    storage.write_meta(&dst, &dmeta).map_err(io)?;
-
-    let backing = match dmeta.parent {
-        Some(p) => {
-            let pmeta = storage
-                .read_meta(&VolumeKey { volume: p, ..dst }, "destination.parent")
-                .map_err(io)?;
-            Some((p.to_string(), pmeta.format))
-        }
-        None => None,
-    };
-    let (src_path, dst_path) = (storage.volume_path(&src), storage.volume_path(&dst));
-    let convert = qemu::Convert {
-        src: &src_path,
-        src_format: smeta.format,
-        dst: &dst_path,
-        dst_format: dmeta.format,
-        dst_backing: backing,
-        rate_limit: worker.copy_bandwidth_limit,
-        preallocated: dmeta.allocation == datapath_api::volume::Allocation::Preallocated,
-        watchdog: Some(crate::watchdog::timing(worker.session_ttl).0),
-    };
-    copier::run_copier(worker, spec.job_id, control, &convert, meter)
-        .instrument(spans::qemu_img(&convert))
-        .await?;
-
-    let synced = tokio::task::spawn_blocking(move || {
-        std::fs::File::open(&dst_path).and_then(|f| f.sync_all())
-    })
-    .await;
-    if !matches!(synced, Ok(Ok(()))) {
-        return Err(Failure::failed(
-            "COPY_FAILED",
-            format!("cannot flush the destination: {synced:?}"),
-        ));
-    }
-    if let Some(reason) = control.reason() {
-        return Err(Failure::Stopped(reason));
-    }
-    let mut now = storage.read_meta(&dst, "destination.volume").map_err(io)?;
-    if now.generation != generation {
-        return Err(Failure::failed(
-            "GENERATION_MISMATCH",
-            format!(
-                "destination generation moved from {generation} to {}",
-                now.generation
-            ),
-        ));
-    }
-    // The fencing check, in one etcd transaction: only the holder of this very lease, and only from
-    // the generation the copy started at, may commit it.
-    match worker
-        .coord
-        .commit_generation(&dst, token, generation)
-        .await
-    {
-        Ok(Ok(())) => {}
-        Ok(Err(CommitRefused::LeaseLost)) => return Err(Failure::Stopped(StopReason::Fenced)),
-        Ok(Err(CommitRefused::GenerationMoved { found })) => {
-            return Err(Failure::failed(
-                "GENERATION_MISMATCH",
-                format!("destination generation moved from {generation} to {found} (fenced)"),
-            ))
-        }
-        Err(e) => return Err(Failure::failed("ETCD_UNAVAILABLE", e.to_string())),
-    }
-    now.generation = generation + 1;
-    now.legality = Legality::Legal;
-    storage.write_meta(&dst, &now).map_err(io)?;
-    info!(job_id = %spec.job_id, volume = %dst, generation = now.generation, "destination LEGAL");
-    Ok(())
 }

@@ -1,9 +1,16 @@
 //! FenceVolume: the SPM's half of the engine's fallback. When a copy's job or host is lost and the
 //! destination's lease is free but its generation undecided, the engine asks the SPM to fence the
-//! volume: under the volume's lease, the generation is raised past every attempt that may still be
-//! out there (a job queued on a partitioned host, say), first in etcd — in one transaction with the
-//! lease — then in the metadata, and the volume stays ILLEGAL. Any such attempt then fails its
-//! generation check instead of committing over a retry.
+//! volume. Under the volume's lease:
+//! 1. the volume gets a fresh data file (`storage/fresh.rs`), so a writer that is stopped but alive
+//!    (a frozen host's qemu-img) keeps only an unlinked file and its image lock on it;
+//! 2. the generation is raised past every attempt that may still be out there (a job queued on a
+//!    partitioned host, say), first in etcd — in one transaction with the lease — then in the
+//!    metadata, and the volume stays ILLEGAL. Any such attempt then fails its generation check
+//!    instead of committing over a retry.
+//!
+//! The file comes first: a fencer that dies after it leaves a volume at its old generation with an
+//! empty file, which the engine fences again; the other order could leave a raised generation —
+//! read as "already fenced" — over the stale writer's file.
 use std::sync::Arc;
 
 use datapath_api::{
@@ -75,6 +82,12 @@ async fn fence_under_lease(
         return Ok(false);
     }
     let fenced = current.max(from + 1) + 1;
+    let fresh = worker.storage.prepare_fresh_file(volume, &meta).await?;
+    if !worker.coord.holds_volume_lease(volume, token).await? {
+        return Err(Error::SessionLost);
+    }
+    fresh.install()?;
+    info!(%volume, "fresh data file installed");
     match worker
         .coord
         .fence_generation(volume, token, recorded, fenced)

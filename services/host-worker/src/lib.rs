@@ -5,6 +5,8 @@
 
 mod copier;
 pub mod copy;
+pub mod copy_failure;
+mod copy_run;
 pub mod error;
 pub mod fence;
 pub mod health;

@@ -6,14 +6,12 @@ use std::{sync::Arc, time::Duration};
 
 use datapath_api::{
     ids::JobId,
+    job_error::JobErrorCode,
     pb::{self, JobStatus},
 };
 use tracing::{info, warn, Instrument as _};
 
 use crate::worker::Worker;
-
-/// The error recorded on a reconciled job.
-pub const FENCED: &str = "FENCED";
 
 /// Marks this host's orphaned job records FENCED; retries listing for up to a minute.
 pub async fn reconcile(worker: Arc<Worker>) {
@@ -41,7 +39,7 @@ pub async fn reconcile(worker: Arc<Worker>) {
             continue;
         }
         let error = pb::JobError {
-            code: FENCED.into(),
+            code: JobErrorCode::Fenced.to_string(),
             message: "the host lost the job (restart or expired session lease); its copy was stopped and is not resumed".into(),
         };
         // A decision about the job's copy: it belongs in the job's trace.

@@ -1,16 +1,19 @@
 //! Jobs of hosts that are gone. A host's registration (`hosts/<id>`) is bound to its session lease;
-//! once it has expired the host can no longer be copying anything — it fenced itself (killed its
-//! copies) before its lease could expire, and a stopped host's copier was killed by its watchdog — so
-//! its jobs still PENDING or RUNNING are ended FAILED with cause FENCED, as oVirt's engine ends the
-//! jobs of a non-responsive host. Without this, the job of a host that never comes back would stay
-//! RUNNING forever. A host that does come back finds them ended already.
+//! once it has expired the host can no longer commit anything — it fenced itself (killed its copies)
+//! before its lease could expire, or a stalled worker's copier was killed by its watchdog, or the
+//! host is stopped whole and its copier with it (then it may write again when it wakes, which is why
+//! the engine never takes FENCED at its word: it concludes the attempt from the destination and
+//! fences the volume with a fresh file). So its jobs still PENDING or RUNNING are ended FAILED with
+//! cause FENCED, as oVirt's engine ends the jobs of a non-responsive host. Without this, the job of a
+//! host that never comes back would stay RUNNING forever. A host that does come back finds them
+//! ended already.
 use std::{
     collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use datapath_api::{ids::JobId, pb};
+use datapath_api::{ids::JobId, job_error::JobErrorCode, pb};
 use tracing::{info, warn, Instrument as _};
 
 use crate::{
@@ -59,9 +62,10 @@ async fn end(tracker: &Tracker, job: &pb::Job) {
         status: Some(pb::JobStatus::Failed),
         progress: None,
         error: Some(pb::JobError {
-            code: "FENCED".into(),
+            code: JobErrorCode::Fenced.to_string(),
             message: format!(
-                "host {} lost its session lease: it fenced itself and no longer runs this job",
+                "host {} lost its session lease: its copy was killed, or is stopped and will be \
+                 killed when it wakes; the job is not resumed",
                 job.host_id
             ),
         }),

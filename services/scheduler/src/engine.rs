@@ -25,6 +25,8 @@ pub struct Settings {
     pub parallel_copies: usize,
     /// Copy attempts per volume before the operation rolls back.
     pub copy_attempts: u32,
+    /// How long a run of transient conflicts may last before a copy fails.
+    pub copy_retry_budget: Duration,
     /// How long an ended operation stays visible.
     pub retention: Duration,
     /// How long a step waits for a host that reaches both domains before the operation fails.

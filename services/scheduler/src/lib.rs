@@ -63,6 +63,11 @@ pub struct Config {
     /// Copy attempts per volume, each on another host when one can, before the operation rolls back.
     #[arg(long, env = "DATAPATH_COPY_ATTEMPTS", default_value_t = 3)]
     pub copy_attempts: u32,
+    /// How long a volume's copy keeps retrying transient conflicts (an image lock or a volume lease
+    /// still held, a host that does not take the copy) before the operation rolls back; such tries
+    /// do not count as attempts.
+    #[arg(long, env = "DATAPATH_COPY_RETRY_BUDGET", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub copy_retry_budget: Duration,
     /// How long an ended operation stays visible.
     #[arg(long, env = "DATAPATH_OPERATION_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub operation_retention: Duration,
@@ -111,6 +116,7 @@ pub async fn run(
         settings: engine::Settings {
             parallel_copies: config.parallel_copies.max(1),
             copy_attempts: config.copy_attempts.max(1),
+            copy_retry_budget: config.copy_retry_budget,
             retention: config.operation_retention,
             no_host_timeout: config.no_host_timeout,
             failpoint: config.failpoint.clone(),

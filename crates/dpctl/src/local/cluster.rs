@@ -16,6 +16,7 @@ use datapath_coord::{election::Role, Coord};
 use super::{
     config::{host_worker_args, job_tracker_args, scheduler_args, ClusterConfig},
     etcd::Etcd,
+    freezer::Freezer,
     netns::NetworkLab,
     process::{ManagedProcess, ProcessSpec},
     support::{find_binary, free_ports, search_dirs, wait_serving},
@@ -43,6 +44,8 @@ impl Service {
 /// A host-worker and the id it registered under.
 #[derive(Debug)]
 struct Host {
+    /// Declared first: a frozen host is thawed before its process is killed.
+    frozen: Option<Freezer>,
     service: Service,
     state_dir: PathBuf,
     host_id: String,
@@ -137,6 +140,7 @@ impl Cluster {
             .args(args)
             .args(metrics_listen(metrics));
             hosts.push(Host {
+                frozen: None,
                 service: Service {
                     process: ManagedProcess::start(spec, &config.log_dir())?,
                     addr,
@@ -327,6 +331,30 @@ impl Cluster {
         let process = &mut self.job_tracker.process;
         process.restart().await.context("restart job-tracker")?;
         wait_serving(process, &url, SERVING_TIMEOUT).await
+    }
+
+    /// Freezes host `i` whole — its host-worker, copier watchdogs and qemu-img — with the cgroup
+    /// freezer (see `freezer.rs`); it stays frozen until [`Cluster::thaw_host`] or the cluster drops.
+    /// Returns the pids frozen. Panics when `i` is out of range.
+    pub fn freeze_host(&mut self, i: usize) -> anyhow::Result<Vec<u32>> {
+        let host = &mut self.hosts[i];
+        let pid = host
+            .service
+            .process
+            .pid()
+            .with_context(|| format!("host-{i} is not running"))?;
+        let group = Freezer::freeze_tree(pid).with_context(|| format!("freeze host-{i}"))?;
+        let pids = group.pids();
+        host.frozen = Some(group);
+        Ok(pids)
+    }
+
+    /// Thaws host `i` if it is frozen. Panics when `i` is out of range.
+    pub fn thaw_host(&mut self, i: usize) -> anyhow::Result<()> {
+        match self.hosts[i].frozen.take() {
+            Some(group) => group.thaw().with_context(|| format!("thaw host-{i}")),
+            None => Ok(()),
+        }
     }
 
     /// Restarts host `i` (stopping it first if it runs; kill it first to simulate a crash); waits

@@ -10,6 +10,7 @@
 //! atomically (write a temporary file, fsync, rename, fsync the directory), so a crash leaves either
 //! the old or the new metadata, never a torn one.
 pub mod domain;
+pub mod fresh;
 pub mod metadata;
 pub mod volume;
 
@@ -39,6 +40,11 @@ impl Storage {
         Ok(Self {
             root: root.to_path_buf(),
         })
+    }
+
+    /// The storage root.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// `<root>/<sd>`.

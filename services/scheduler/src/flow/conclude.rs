@@ -3,19 +3,106 @@
 //! held lease means the copy may still run: wait. A free lease with generation G + 1 and LEGAL means it
 //! committed. A generation above G + 1 means it was fenced already: failed. Anything else is
 //! undetermined — an attempt queued on a partitioned host could still start — so the SPM fences the
-//! volume (raises its generation past G + 1 under its lease) and then it failed.
+//! volume (gives it a fresh file and raises its generation past G + 1, under its lease) and then it
+//! failed.
+//!
+//! [`settle`] applies the same rule to what job records report: a SUCCEEDED counts only when the
+//! destination shows it (a forged record or a buggy worker must never let the source be deleted),
+//! and the end of an attempt whose writer may outlive its report (a FENCED host, say) is decided by
+//! the destination, which fences it before any retry.
 use std::time::Duration;
 
-use datapath_api::pb;
+use datapath_api::{
+    job_error::{class_of, AttemptClass, JobErrorCode},
+    pb,
+};
 use tonic::Code;
 use tracing::{info, warn, Instrument as _, Span};
 
-use super::{copy::JobEnd, runner::Run, spans, Stop};
+use super::{
+    follow::{Ended, JobEnd},
+    runner::Run,
+    spans, Stop,
+};
+
+/// What an attempt's end means once checked against the destination (see the module header).
+pub(super) async fn settle(run: &Run, v: &pb::FlowVolume, ended: Ended) -> Result<JobEnd, Stop> {
+    let reported = match ended {
+        Ended::Concluded(end) => return Ok(end),
+        Ended::Reported(end) => end,
+    };
+    match &reported {
+        JobEnd::Succeeded => match decide_in(run, v, spans::verify(v)).await? {
+            JobEnd::Succeeded => Ok(JobEnd::Succeeded),
+            JobEnd::Failed { message, .. } => {
+                warn!(op = %run.record.op, job_id = %v.job_id, %message, "a job reported success that its destination does not show");
+                Ok(JobEnd::failed(
+                    JobErrorCode::UnverifiedSuccess,
+                    format!(
+                        "job {} reported success, but destination volume {} does not show it ({message})",
+                        v.job_id,
+                        volume_id(v)
+                    ),
+                ))
+            }
+            JobEnd::Aborted => Ok(JobEnd::Aborted),
+        },
+        JobEnd::Failed { code, .. } if class_of(code) == AttemptClass::Lost => {
+            match conclude(run, v).await? {
+                // It had committed before its host was lost.
+                JobEnd::Succeeded => Ok(JobEnd::Succeeded),
+                _ => Ok(reported),
+            }
+        }
+        _ => Ok(reported),
+    }
+}
+
+/// Checks again, right before the source is deleted, that a copied volume's destination shows its
+/// copy: generation G + 1, LEGAL, no lease held. `Err` says what it shows instead.
+pub(super) async fn still_copied(run: &Run, v: &pb::FlowVolume) -> Result<(), String> {
+    let dst = v.destination.clone().unwrap_or_default();
+    let info = loop {
+        match read_volume(run, &dst).await {
+            Ok(info) => break info,
+            Err(s) if s.code() == Code::NotFound => {
+                return Err(format!("destination volume {} is gone", dst.volume_id))
+            }
+            Err(s) => {
+                warn!(op = %run.record.op, volume = %dst.volume_id, error = %s, "cannot read the destination yet");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let meta = info.metadata.unwrap_or_default();
+    let g = v.expected_generation + 1;
+    if info.lease.is_some() {
+        return Err(format!("destination volume {} is leased", dst.volume_id));
+    }
+    if decide(&meta, v.expected_generation) != Decision::Succeeded {
+        return Err(format!(
+            "destination volume {} is at generation {} and {}, not {g} and LEGAL",
+            dst.volume_id,
+            meta.generation,
+            pb::Legality::try_from(meta.legality)
+                .unwrap_or_default()
+                .as_str_name()
+        ));
+    }
+    Ok(())
+}
+
+fn volume_id(v: &pb::FlowVolume) -> &str {
+    v.destination.as_ref().map_or("?", |d| d.volume_id.as_str())
+}
 
 /// Decides a lost attempt from the destination volume (see the module header); fences it through the
 /// SPM when its state is undetermined.
 pub(super) async fn conclude(run: &Run, v: &pb::FlowVolume) -> Result<JobEnd, Stop> {
-    let span = spans::conclude(v);
+    decide_in(run, v, spans::conclude(v)).await
+}
+
+async fn decide_in(run: &Run, v: &pb::FlowVolume, span: Span) -> Result<JobEnd, Stop> {
     decide_from_destination(run, v, &span)
         .instrument(span.clone())
         .await
@@ -33,10 +120,10 @@ async fn decide_from_destination(
             Ok(info) => info,
             Err(s) if s.code() == Code::NotFound => {
                 span.record("datapath.recovery.decision", "destination_missing");
-                return Ok(JobEnd::Failed {
-                    code: "DESTINATION_MISSING".into(),
-                    message: s.message().to_string(),
-                });
+                return Ok(JobEnd::failed(
+                    JobErrorCode::DestinationMissing,
+                    format!("destination volume {} is gone", dst.volume_id),
+                ));
             }
             Err(_) => {
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -99,13 +186,14 @@ fn decide(meta: &pb::VolumeMetadata, g: u64) -> Decision {
 }
 
 fn lost(v: &pb::FlowVolume, generation: u64) -> JobEnd {
-    JobEnd::Failed {
-        code: "COPY_LOST".into(),
-        message: format!(
-            "job {} was lost; the destination is fenced at generation {generation}",
-            v.job_id
+    JobEnd::failed(
+        JobErrorCode::CopyLost,
+        format!(
+            "job {} was lost; destination volume {} is fenced at generation {generation}",
+            v.job_id,
+            volume_id(v)
         ),
-    }
+    )
 }
 
 async fn read_volume(run: &Run, dst: &pb::VolumeRef) -> Result<pb::VolumeInfo, tonic::Status> {

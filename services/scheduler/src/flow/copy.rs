@@ -1,24 +1,28 @@
 //! One volume's copy within a flow (`CopyImageGroupVolumesData` for one volume): place it on a host,
 //! persist the attempt (job id, host, the destination's generation G), send CopyData, follow the job
-//! through the job-tracker's watch, and retry a failed copy on another host (bounded).
-//!
-//! When the job is missing or its host has gone, the destination volume decides (`conclude.rs`).
+//! (`follow.rs`), check its end against the destination (`conclude::settle`), and decide what comes
+//! next by the end's class (`datapath_api::job_error`):
+//! - a transient conflict (an image lock or volume lease still held, a host that did not take the
+//!   copy) is retried after a growing pause, not counted, until the retry budget is spent;
+//! - a lost attempt or a failure of the copy counts; a failure also waits a growing pause before
+//!   the next attempt, so attempts never burn out in a second; after the last one the flow fails
+//!   with the last cause.
 use std::time::Duration;
 
 use datapath_api::{
+    job_error::{class_of, AttemptClass, JobErrorCode},
     pb::{self, FlowVolumeState, JobStatus},
-    volume::VolumeKey,
 };
 use tonic::Code;
 use tracing::{info, warn, Instrument as _, Span};
 
 use super::{
-    conclude::conclude,
+    conclude::settle,
+    follow::{follow, JobEnd},
     placement::{place, unplace, Placement},
     runner::Run,
     spans, Stop,
 };
-use crate::engine::is_transient;
 
 /// How a volume's copy ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,19 +35,6 @@ pub enum Outcome {
     Cancelled,
 }
 
-/// How one attempt's job ended.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) enum JobEnd {
-    Succeeded,
-    Failed { code: String, message: String },
-    Aborted,
-}
-
-/// How often a followed job's host is checked for liveness.
-const HOST_CHECK: Duration = Duration::from_secs(2);
-/// Pause before repeating a call that failed transiently.
-const RETRY: Duration = Duration::from_millis(500);
-
 /// Copies volume `idx` of the flow, resuming wherever its persisted state says.
 pub async fn copy_volume(run: &Run, idx: usize) -> Result<Outcome, Stop> {
     // The attempt placed in this run, whose span the following continues; a resumed attempt gets a
@@ -54,12 +45,11 @@ pub async fn copy_volume(run: &Run, idx: usize) -> Result<Outcome, Stop> {
         let v = flow.volumes[idx].clone();
         match FlowVolumeState::try_from(v.state).unwrap_or_default() {
             FlowVolumeState::Copied => return Ok(Outcome::Copied),
-            FlowVolumeState::Failed => {
-                return Ok(Outcome::Failed(failed(&v, "every attempt failed")))
-            }
+            FlowVolumeState::Failed => return Ok(Outcome::Failed(failed(&v))),
             FlowVolumeState::Copying => {
                 let span = placed.take().unwrap_or_else(|| spans::attempt(&v));
-                let end = follow(run, idx, &v).instrument(span.clone()).await?;
+                let ended = follow(run, idx, &v).instrument(span.clone()).await?;
+                let end = settle(run, &v, ended).instrument(span.clone()).await?;
                 span.record("datapath.copy.outcome", end.name());
                 unplace(run, &v).await;
                 let outcome = end_attempt(run, idx, &v, end).instrument(span).await?;
@@ -90,19 +80,29 @@ pub async fn copy_volume(run: &Run, idx: usize) -> Result<Outcome, Stop> {
     }
 }
 
-fn failed(v: &pb::FlowVolume, why: &str) -> pb::OperationError {
+/// The flow's error when volume `v`'s copy gave up: its reason is the last attempt's code, its
+/// message says how many attempts were made and why the last one ended.
+fn failed(v: &pb::FlowVolume) -> pb::OperationError {
     let vol = v
         .source
         .as_ref()
         .map(|s| s.volume_id.as_str())
         .unwrap_or("?");
+    let tries = match v.transient_retries {
+        0 => format!("{} attempts", v.attempts),
+        n => format!("{} attempts and {n} transient retries", v.attempts),
+    };
+    let last = v.last_error.clone().unwrap_or_else(|| pb::JobError {
+        code: JobErrorCode::CopyFailed.to_string(),
+        message: "every attempt failed".into(),
+    });
     pb::OperationError {
         code: Code::Aborted as i32,
         message: format!(
-            "copy of volume {vol} failed after {} attempts: {why}",
-            v.attempts
+            "copy of volume {vol} failed after {tries}: {}: {}",
+            last.code, last.message
         ),
-        reason: "COPY_FAILED".into(),
+        reason: last.code,
     }
 }
 
@@ -140,11 +140,11 @@ async fn start_attempt(
         Err(s) => {
             warn!(op = %run.record.op, host = %host.host_id, error = %s, "could not read the destination's generation; trying another host");
             unplace(run, &attempt).await;
-            let failed = host.host_id.clone();
-            run.record
-                .update(|f| f.volumes[idx].failed_hosts.push(failed))
-                .await?;
-            tokio::time::sleep(RETRY).await;
+            let error = pb::JobError {
+                code: JobErrorCode::HostUnreachable.to_string(),
+                message: format!("host {} did not answer: {}", host.host_id, s.message()),
+            };
+            transient(run, idx, &attempt, error, false).await?;
             return Ok(None);
         }
     };
@@ -177,7 +177,8 @@ async fn start_attempt(
     Ok(Some(span))
 }
 
-async fn send_copy(run: &Run, v: &pb::FlowVolume) -> Result<(), tonic::Status> {
+/// Sends the attempt's CopyData to its host (idempotent by job id).
+pub(super) async fn send_copy(run: &Run, v: &pb::FlowVolume) -> Result<(), tonic::Status> {
     let host = run
         .engine
         .coord
@@ -204,207 +205,15 @@ async fn send_copy(run: &Run, v: &pb::FlowVolume) -> Result<(), tonic::Status> {
     Ok(())
 }
 
-/// Follows the attempt's job until it ends, or concludes from the destination when it is lost.
-async fn follow(run: &Run, idx: usize, v: &pb::FlowVolume) -> Result<JobEnd, Stop> {
-    let mut sent_here = false;
-    let mut abort_sent = false;
-    loop {
-        if run.stopping() && !abort_sent {
-            abort_sent = abort(run, &v.job_id).await;
-        }
-        let got = run
-            .engine
-            .clients
-            .tracker()
-            .get_job(pb::GetJobRequest {
-                job_id: v.job_id.clone(),
-            })
-            .await;
-        match got {
-            Ok(resp) => {
-                let job = resp.into_inner().job.unwrap_or_default();
-                if let Some(end) = ended(&job) {
-                    note(run, idx, &job).await?;
-                    return Ok(end);
-                }
-                if let Some(end) = watch_job(run, idx, v, &mut abort_sent).await? {
-                    return Ok(end);
-                }
-            }
-            Err(s) if s.code() == Code::NotFound => {
-                if !sent_here && host_live(run, &v.host_id).await {
-                    match send_copy(run, v).await {
-                        Ok(()) => sent_here = true,
-                        Err(s) if is_transient(&s) => tokio::time::sleep(RETRY).await,
-                        Err(_) => return conclude(run, v).await,
-                    }
-                } else {
-                    return conclude(run, v).await;
-                }
-            }
-            Err(s) => {
-                warn!(op = %run.record.op, error = %s, "job-tracker unavailable; retrying");
-                tokio::time::sleep(RETRY).await;
-            }
-        }
-    }
-}
-
-/// Streams the job's changes; `None` when the stream broke (the caller reads the job again).
-async fn watch_job(
-    run: &Run,
-    idx: usize,
-    v: &pb::FlowVolume,
-    abort_sent: &mut bool,
-) -> Result<Option<JobEnd>, Stop> {
-    let stream = run
-        .engine
-        .clients
-        .tracker()
-        .watch_jobs(pb::WatchJobsRequest {
-            job_id: v.job_id.clone(),
-            ..Default::default()
-        })
-        .await;
-    let mut stream = match stream {
-        Ok(s) => s.into_inner(),
-        Err(_) => {
-            tokio::time::sleep(RETRY).await;
-            return Ok(None);
-        }
-    };
-    let mut stop = run.stop_signal();
-    let mut host_check = tokio::time::interval(HOST_CHECK);
-    let mut lease = LeaseSeen::default();
-    loop {
-        tokio::select! {
-            msg = stream.message() => {
-                let Ok(Some(event)) = msg else { return Ok(None) };
-                let Some(job) = event.job else { continue };
-                if event.r#type == pb::JobEventType::Deleted as i32 {
-                    return Ok(None);
-                }
-                note(run, idx, &job).await?;
-                if let Some(end) = ended(&job) {
-                    return Ok(Some(end));
-                }
-            }
-            _ = stop.changed() => {
-                if !*abort_sent && run.stopping() {
-                    *abort_sent = abort(run, &v.job_id).await;
-                }
-            }
-            _ = host_check.tick() => {
-                if !host_live(run, &v.host_id).await {
-                    warn!(op = %run.record.op, host = %v.host_id, "the copy's host is gone; asking the destination");
-                    return conclude(run, v).await.map(Some);
-                }
-                if lease.released(run, v).await {
-                    warn!(op = %run.record.op, job_id = %v.job_id, "the copy released its lease but its job never ended; asking the destination");
-                    return conclude(run, v).await.map(Some);
-                }
-            }
-        }
-    }
-}
-
-/// Whether an attempt's destination lease was seen held by its job and is free now: the worker
-/// committed or gave up, yet its job's end never reached the job-tracker (a worker that reaches etcd
-/// but not the job-tracker). Only a lease seen held counts: a job is RUNNING a moment before it takes
-/// its lease, and concluding then would fence a copy about to start.
-#[derive(Default)]
-struct LeaseSeen(bool);
-
-impl LeaseSeen {
-    async fn released(&mut self, run: &Run, v: &pb::FlowVolume) -> bool {
-        let Ok(key) = VolumeKey::from_pb("destination", v.destination.as_ref()) else {
-            return false;
-        };
-        match run.engine.coord.volume_lease(&key).await {
-            Ok(Some(l)) => {
-                self.0 |= l.job_id == v.job_id;
-                false
-            }
-            Ok(None) => self.0,
-            Err(_) => false,
-        }
-    }
-}
-
-/// Records a job's progress and status in the flow.
-async fn note(run: &Run, idx: usize, job: &pb::Job) -> Result<(), Stop> {
-    let (progress, status) = (job.progress, job.status);
-    run.record
-        .update_progress(|f| {
-            let v = &mut f.volumes[idx];
-            v.progress = v.progress.max(progress);
-            v.job_status = status;
-        })
-        .await
-}
-
-impl JobEnd {
-    /// The attempt's outcome as a span attribute.
-    fn name(&self) -> &'static str {
-        match self {
-            JobEnd::Succeeded => "succeeded",
-            JobEnd::Failed { .. } => "failed",
-            JobEnd::Aborted => "aborted",
-        }
-    }
-}
-
-fn ended(job: &pb::Job) -> Option<JobEnd> {
-    match JobStatus::try_from(job.status).unwrap_or_default() {
-        JobStatus::Succeeded => Some(JobEnd::Succeeded),
-        JobStatus::Aborted => Some(JobEnd::Aborted),
-        JobStatus::Failed => {
-            let e = job.error.clone().unwrap_or_default();
-            Some(JobEnd::Failed {
-                code: e.code,
-                message: e.message,
-            })
-        }
-        _ => None,
-    }
-}
-
-async fn abort(run: &Run, job_id: &str) -> bool {
-    let r = run
-        .engine
-        .clients
-        .tracker()
-        .abort_job(pb::AbortJobRequest {
-            job_id: job_id.to_string(),
-        })
-        .await;
-    match r {
-        Ok(_) => true,
-        Err(s) => !is_transient(&s),
-    }
-}
-
-async fn host_live(run: &Run, host_id: &str) -> bool {
-    let Ok(id) = datapath_api::ids::HostId::parse("host_id", host_id) else {
-        return false;
-    };
-    // An etcd error is not evidence that the host is gone.
-    run.engine
-        .coord
-        .get_host(id)
-        .await
-        .map_or(true, |h| h.is_some())
-}
-
-/// Records how the attempt ended; returns the volume's outcome when it is final.
+/// Records how the attempt ended and waits the pause its class asks for; returns the volume's
+/// outcome when it is final.
 async fn end_attempt(
     run: &Run,
     idx: usize,
     v: &pb::FlowVolume,
     end: JobEnd,
 ) -> Result<Option<Outcome>, Stop> {
-    let max = run.engine.settings.copy_attempts.max(1);
-    match end {
+    let (code, message) = match end {
         JobEnd::Succeeded => {
             run.record
                 .update(|f| {
@@ -412,32 +221,154 @@ async fn end_attempt(
                     v.state = FlowVolumeState::Copied as i32;
                     v.progress = 100;
                     v.job_status = JobStatus::Succeeded as i32;
+                    v.transient_since = None;
                 })
                 .await?;
-            Ok(Some(Outcome::Copied))
+            return Ok(Some(Outcome::Copied));
         }
-        JobEnd::Aborted if run.stopping() => Ok(Some(Outcome::Cancelled)),
-        end => {
-            let why = match &end {
-                JobEnd::Failed { code, message } => format!("{code}: {message}"),
-                _ => "the job was aborted".to_string(),
-            };
-            let last = v.attempts >= max;
-            warn!(op = %run.record.op, job_id = %v.job_id, host = %v.host_id, %why, last, "copy attempt failed");
-            let flow = run
-                .record
-                .update(|f| {
-                    let v = &mut f.volumes[idx];
-                    v.job_status = JobStatus::Failed as i32;
-                    v.failed_hosts.push(v.host_id.clone());
-                    v.state = if last {
-                        FlowVolumeState::Failed
-                    } else {
-                        FlowVolumeState::Pending
-                    } as i32;
-                })
-                .await?;
-            Ok(last.then(|| Outcome::Failed(failed(&flow.volumes[idx], &why))))
-        }
+        JobEnd::Aborted if run.stopping() => return Ok(Some(Outcome::Cancelled)),
+        JobEnd::Aborted => (
+            JobErrorCode::CopyFailed.to_string(),
+            "the job was aborted".to_string(),
+        ),
+        JobEnd::Failed { code, message } => (code, message),
+    };
+    let error = pb::JobError { code, message };
+    match class_of(&error.code) {
+        AttemptClass::Transient => transient(run, idx, v, error, true).await,
+        class => counted(run, idx, v, class, error).await,
+    }
+}
+
+/// A try that met a transient conflict: not counted (`counted_at_start`: the attempt it began as is
+/// taken back); retried after a pause while the run of such tries is younger than the budget.
+async fn transient(
+    run: &Run,
+    idx: usize,
+    v: &pb::FlowVolume,
+    mut error: pb::JobError,
+    counted_at_start: bool,
+) -> Result<Option<Outcome>, Stop> {
+    let now = datapath_api::time::now();
+    let since = v.transient_since.unwrap_or(now);
+    let spent = Duration::from_secs(now.seconds.saturating_sub(since.seconds).max(0) as u64);
+    let budget = run.engine.settings.copy_retry_budget;
+    let give_up = spent >= budget;
+    warn!(op = %run.record.op, job_id = %v.job_id, host = %v.host_id, code = %error.code, message = %error.message, ?spent, give_up, "copy met a transient conflict");
+    if give_up {
+        error.message = format!(
+            "{} (still so after {}s of retries; the budget is {}s)",
+            error.message,
+            spent.as_secs(),
+            budget.as_secs()
+        );
+    }
+    let by_host = error.code == JobErrorCode::HostUnreachable.as_str();
+    let host = v.host_id.clone();
+    let flow = run
+        .record
+        .update(|f| {
+            let v = &mut f.volumes[idx];
+            v.job_status = JobStatus::Failed as i32;
+            if counted_at_start {
+                v.attempts = v.attempts.saturating_sub(1);
+            }
+            v.transient_retries += 1;
+            v.transient_since = Some(since);
+            v.last_error = Some(error);
+            if by_host {
+                v.failed_hosts.push(host);
+            }
+            v.state = if give_up {
+                FlowVolumeState::Failed
+            } else {
+                FlowVolumeState::Pending
+            } as i32;
+        })
+        .await?;
+    let v = &flow.volumes[idx];
+    if give_up {
+        return Ok(Some(Outcome::Failed(failed(v))));
+    }
+    pause(run, transient_pause(v.transient_retries)).await;
+    Ok(None)
+}
+
+/// An attempt that counts: lost (its destination was fenced) or failed for a reason of its own.
+async fn counted(
+    run: &Run,
+    idx: usize,
+    v: &pb::FlowVolume,
+    class: AttemptClass,
+    error: pb::JobError,
+) -> Result<Option<Outcome>, Stop> {
+    let last = v.attempts >= run.engine.settings.copy_attempts.max(1);
+    warn!(op = %run.record.op, job_id = %v.job_id, host = %v.host_id, code = %error.code, message = %error.message, ?class, last, "copy attempt failed");
+    let flow = run
+        .record
+        .update(|f| {
+            let v = &mut f.volumes[idx];
+            v.job_status = JobStatus::Failed as i32;
+            v.failed_hosts.push(v.host_id.clone());
+            v.transient_since = None;
+            v.last_error = Some(error);
+            v.state = if last {
+                FlowVolumeState::Failed
+            } else {
+                FlowVolumeState::Pending
+            } as i32;
+        })
+        .await?;
+    let v = &flow.volumes[idx];
+    if last {
+        return Ok(Some(Outcome::Failed(failed(v))));
+    }
+    if class == AttemptClass::Failure {
+        pause(run, failure_pause(v.attempts)).await;
+    }
+    Ok(None)
+}
+
+/// The pause after the `n`th transient conflict in a volume's copy: 0.5 s, doubling, at most 5 s.
+fn transient_pause(n: u32) -> Duration {
+    (Duration::from_millis(500) * 2u32.saturating_pow(n.saturating_sub(1).min(4)))
+        .min(Duration::from_secs(5))
+}
+
+/// The pause after the `n`th failed attempt: 1 s, doubling, at most 10 s.
+fn failure_pause(n: u32) -> Duration {
+    (Duration::from_secs(1) * 2u32.saturating_pow(n.saturating_sub(1).min(4)))
+        .min(Duration::from_secs(10))
+}
+
+/// Waits `d`, or less if the flow starts stopping.
+async fn pause(run: &Run, d: Duration) {
+    if run.stopping() {
+        return;
+    }
+    let mut stop = run.stop_signal();
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = stop.changed() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pauses_grow_and_are_bounded() {
+        let t: Vec<_> = (1..=7).map(transient_pause).collect();
+        assert_eq!(t[0], Duration::from_millis(500));
+        assert_eq!(t[1], Duration::from_secs(1));
+        assert!(t.windows(2).all(|w| w[0] <= w[1]), "{t:?}");
+        assert_eq!(t[6], Duration::from_secs(5));
+        let f: Vec<_> = (1..=7).map(failure_pause).collect();
+        assert_eq!(f[0], Duration::from_secs(1));
+        assert_eq!(f[1], Duration::from_secs(2));
+        assert_eq!(f[6], Duration::from_secs(10));
+        // Three attempts never burn within a second: two pauses of at least 1 s lie between them.
+        assert!(failure_pause(1) + failure_pause(2) >= Duration::from_secs(3));
     }
 }

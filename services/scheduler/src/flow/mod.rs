@@ -4,6 +4,7 @@
 mod conclude;
 pub mod copy;
 pub mod executor;
+mod follow;
 pub mod locks;
 pub mod placement;
 pub mod plan;

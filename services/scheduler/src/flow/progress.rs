@@ -64,6 +64,7 @@ pub fn refresh(flow: &mut pb::Flow) {
             size_bytes: v.size_bytes,
             status: v.job_status,
             attempts: v.attempts,
+            transient_retries: v.transient_retries,
         })
         .collect();
     let snapshot = flow.clone();

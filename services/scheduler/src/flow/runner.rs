@@ -16,6 +16,7 @@ use tonic::Code;
 use tracing::{error, info, warn, Instrument as _};
 
 use super::{
+    conclude,
     copy::{copy_volume, Outcome},
     locks, spans,
     state::{meta, meta_mut, FlowRecord},
@@ -147,8 +148,8 @@ async fn drive(run: &Run) -> Result<(), Stop> {
                 let deleted =
                     delete_source(run, &flow).instrument(spans::step("RemoveSourceImage"));
                 match metrics::step("delete_source", deleted).await? {
-                    true => return finish(run, None).await,
-                    false => return start_rollback(run, cancelled_error()).await,
+                    Ok(()) => return finish(run, None).await,
+                    Err(e) => return start_rollback(run, e).await,
                 }
             }
         }
@@ -231,24 +232,35 @@ async fn copy_all(run: &Run, flow: &pb::Flow) -> Result<Outcome, Stop> {
     Ok(outcome)
 }
 
-/// Deletes the source image on the SPM once no clone reads it. Returns false if cancelled while
-/// waiting for readers (the source is still intact then).
-async fn delete_source(run: &Run, flow: &pb::Flow) -> Result<bool, Stop> {
+/// Deletes the source image on the SPM once every destination volume shows its copy and no clone
+/// reads the source. Returns why it did not (the source is still intact then): cancelled while
+/// waiting for readers, or a destination volume that does not show its copy.
+async fn delete_source(run: &Run, flow: &pb::Flow) -> Result<Result<(), pb::OperationError>, Stop> {
     let source = disk_of(meta(flow).disk.as_ref());
     let name = run.record.op.name();
     run.engine.failpoint("before-delete-source");
+    for v in &flow.volumes {
+        if let Err(why) = conclude::still_copied(run, v).await {
+            error!(op = %run.record.op, %why, "a destination does not show its copy; the source is kept");
+            return Ok(Err(pb::OperationError {
+                code: Code::Aborted as i32,
+                message: format!("the source is kept: {why}"),
+                reason: "DESTINATION_NOT_COPIED".into(),
+            }));
+        }
+    }
     loop {
         if locks::mark_deleting(&run.engine.coord, &source, &name).await? {
             break;
         }
         if run.stopping() || run.record.cancel_requested().await {
-            return Ok(false);
+            return Ok(Err(cancelled_error()));
         }
         tokio::time::sleep(locks::LOCK_POLL).await;
     }
     delete_image(run, &source).await;
     run.engine.failpoint("after-delete-source");
-    Ok(true)
+    Ok(Ok(()))
 }
 
 /// Deletes an image on the SPM, waiting out leases still held by ending copies; NOT_FOUND is done.

@@ -78,3 +78,16 @@ pub fn conclude(v: &pb::FlowVolume) -> Span {
         datapath.recovery.decision = Empty,
     )
 }
+
+/// The span of the check of a reported success against the destination volume (`conclude::settle`);
+/// its `datapath.recovery.decision` says what the volume showed (`committed` when it shows the copy).
+pub fn verify(v: &pb::FlowVolume) -> Span {
+    tracing::info_span!(
+        "flow.verify",
+        otel.name = "VerifyDestination",
+        datapath.job.id = %v.job_id,
+        datapath.host.id = %v.host_id,
+        datapath.copy.generation = v.expected_generation,
+        datapath.recovery.decision = Empty,
+    )
+}

@@ -1,0 +1,276 @@
+//! Following one copy attempt: its job through the job-tracker's watch until the record ends, or —
+//! when the job is missing, its host has gone, or its lease was released without an end — the
+//! destination volume's verdict (`conclude.rs`). What the job record says is returned as reported,
+//! unchecked: `conclude::settle` checks it against the destination.
+use std::time::{Duration, Instant};
+
+use datapath_api::{
+    job_error::JobErrorCode,
+    pb::{self, JobStatus},
+    volume::VolumeKey,
+};
+use tonic::Code;
+use tracing::warn;
+
+use super::{conclude::conclude, runner::Run, Stop};
+use crate::engine::is_transient;
+
+/// How one attempt's job ended.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum JobEnd {
+    Succeeded,
+    Failed { code: String, message: String },
+    Aborted,
+}
+
+impl JobEnd {
+    pub(super) fn failed(code: JobErrorCode, message: impl Into<String>) -> Self {
+        Self::Failed {
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The attempt's outcome as a span attribute.
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            JobEnd::Succeeded => "succeeded",
+            JobEnd::Failed { .. } => "failed",
+            JobEnd::Aborted => "aborted",
+        }
+    }
+}
+
+/// Where an attempt's end came from.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Ended {
+    /// The job record ended: what the host (or the job-tracker for a lost host) reported.
+    Reported(JobEnd),
+    /// The destination volume decided (the job or its host was lost, or never took the copy).
+    Concluded(JobEnd),
+}
+
+/// How often a followed job's host is checked for liveness.
+const HOST_CHECK: Duration = Duration::from_secs(2);
+/// Pause before repeating a call that failed transiently.
+const RETRY: Duration = Duration::from_millis(500);
+/// How long a live host may fail to take a copy (CopyData not answered) before the destination
+/// decides and the copy goes elsewhere.
+const UNREACHABLE: Duration = Duration::from_secs(20);
+
+/// Follows the attempt's job until it ends, or concludes from the destination when it is lost.
+pub(super) async fn follow(run: &Run, idx: usize, v: &pb::FlowVolume) -> Result<Ended, Stop> {
+    let mut sent_here = false;
+    let mut abort_sent = false;
+    let mut unreachable_since: Option<Instant> = None;
+    loop {
+        if run.stopping() && !abort_sent {
+            abort_sent = abort(run, &v.job_id).await;
+        }
+        let got = run
+            .engine
+            .clients
+            .tracker()
+            .get_job(pb::GetJobRequest {
+                job_id: v.job_id.clone(),
+            })
+            .await;
+        match got {
+            Ok(resp) => {
+                let job = resp.into_inner().job.unwrap_or_default();
+                if let Some(end) = ended(&job) {
+                    note(run, idx, &job).await?;
+                    return Ok(Ended::Reported(end));
+                }
+                if let Some(end) = watch_job(run, idx, v, &mut abort_sent).await? {
+                    return Ok(end);
+                }
+            }
+            Err(s) if s.code() == Code::NotFound => {
+                if sent_here || !host_live(run, &v.host_id).await {
+                    return conclude(run, v).await.map(Ended::Concluded);
+                }
+                match super::copy::send_copy(run, v).await {
+                    Ok(()) => sent_here = true,
+                    Err(s) if is_transient(&s) => {
+                        let since = *unreachable_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() < UNREACHABLE {
+                            tokio::time::sleep(RETRY).await;
+                            continue;
+                        }
+                        warn!(op = %run.record.op, host = %v.host_id, error = %s, "the host does not take the copy; asking the destination");
+                        return not_taken(run, v, JobErrorCode::HostUnreachable, &s).await;
+                    }
+                    Err(s) if datapath_api::error::reason(&s).as_deref() == Some("LEASE_HELD") => {
+                        // Refused before any job existed: a lost attempt's lease not yet expired.
+                        return Ok(Ended::Concluded(JobEnd::failed(
+                            JobErrorCode::LeaseHeld,
+                            s.message(),
+                        )));
+                    }
+                    Err(_) => return conclude(run, v).await.map(Ended::Concluded),
+                }
+            }
+            Err(s) => {
+                warn!(op = %run.record.op, error = %s, "job-tracker unavailable; retrying");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+}
+
+/// A copy its host never took: the destination decides (CopyData may have arrived after all); if
+/// it was not committed, the try was a transient `code`.
+async fn not_taken(
+    run: &Run,
+    v: &pb::FlowVolume,
+    code: JobErrorCode,
+    status: &tonic::Status,
+) -> Result<Ended, Stop> {
+    Ok(Ended::Concluded(match conclude(run, v).await? {
+        JobEnd::Succeeded => JobEnd::Succeeded,
+        _ => JobEnd::failed(
+            code,
+            format!(
+                "host {} did not take the copy: {}",
+                v.host_id,
+                status.message()
+            ),
+        ),
+    }))
+}
+
+/// Streams the job's changes; `None` when the stream broke (the caller reads the job again).
+async fn watch_job(
+    run: &Run,
+    idx: usize,
+    v: &pb::FlowVolume,
+    abort_sent: &mut bool,
+) -> Result<Option<Ended>, Stop> {
+    let stream = run
+        .engine
+        .clients
+        .tracker()
+        .watch_jobs(pb::WatchJobsRequest {
+            job_id: v.job_id.clone(),
+            ..Default::default()
+        })
+        .await;
+    let mut stream = match stream {
+        Ok(s) => s.into_inner(),
+        Err(_) => {
+            tokio::time::sleep(RETRY).await;
+            return Ok(None);
+        }
+    };
+    let mut stop = run.stop_signal();
+    let mut host_check = tokio::time::interval(HOST_CHECK);
+    let mut lease = LeaseSeen::default();
+    loop {
+        tokio::select! {
+            msg = stream.message() => {
+                let Ok(Some(event)) = msg else { return Ok(None) };
+                let Some(job) = event.job else { continue };
+                if event.r#type == pb::JobEventType::Deleted as i32 {
+                    return Ok(None);
+                }
+                note(run, idx, &job).await?;
+                if let Some(end) = ended(&job) {
+                    return Ok(Some(Ended::Reported(end)));
+                }
+            }
+            _ = stop.changed() => {
+                if !*abort_sent && run.stopping() {
+                    *abort_sent = abort(run, &v.job_id).await;
+                }
+            }
+            _ = host_check.tick() => {
+                if !host_live(run, &v.host_id).await {
+                    warn!(op = %run.record.op, host = %v.host_id, "the copy's host is gone; asking the destination");
+                    return conclude(run, v).await.map(|e| Some(Ended::Concluded(e)));
+                }
+                if lease.released(run, v).await {
+                    warn!(op = %run.record.op, job_id = %v.job_id, "the copy released its lease but its job never ended; asking the destination");
+                    return conclude(run, v).await.map(|e| Some(Ended::Concluded(e)));
+                }
+            }
+        }
+    }
+}
+
+/// Whether an attempt's destination lease was seen held by its job and is free now: the worker
+/// committed or gave up, yet its job's end never reached the job-tracker (a worker that reaches etcd
+/// but not the job-tracker). Only a lease seen held counts: a job is RUNNING a moment before it takes
+/// its lease, and concluding then would fence a copy about to start.
+#[derive(Default)]
+struct LeaseSeen(bool);
+
+impl LeaseSeen {
+    async fn released(&mut self, run: &Run, v: &pb::FlowVolume) -> bool {
+        let Ok(key) = VolumeKey::from_pb("destination", v.destination.as_ref()) else {
+            return false;
+        };
+        match run.engine.coord.volume_lease(&key).await {
+            Ok(Some(l)) => {
+                self.0 |= l.job_id == v.job_id;
+                false
+            }
+            Ok(None) => self.0,
+            Err(_) => false,
+        }
+    }
+}
+
+/// Records a job's progress and status in the flow.
+async fn note(run: &Run, idx: usize, job: &pb::Job) -> Result<(), Stop> {
+    let (progress, status) = (job.progress, job.status);
+    run.record
+        .update_progress(|f| {
+            let v = &mut f.volumes[idx];
+            v.progress = v.progress.max(progress);
+            v.job_status = status;
+        })
+        .await
+}
+
+fn ended(job: &pb::Job) -> Option<JobEnd> {
+    match JobStatus::try_from(job.status).unwrap_or_default() {
+        JobStatus::Succeeded => Some(JobEnd::Succeeded),
+        JobStatus::Aborted => Some(JobEnd::Aborted),
+        JobStatus::Failed => {
+            let e = job.error.clone().unwrap_or_default();
+            Some(JobEnd::Failed {
+                code: e.code,
+                message: e.message,
+            })
+        }
+        _ => None,
+    }
+}
+
+async fn abort(run: &Run, job_id: &str) -> bool {
+    let r = run
+        .engine
+        .clients
+        .tracker()
+        .abort_job(pb::AbortJobRequest {
+            job_id: job_id.to_string(),
+        })
+        .await;
+    match r {
+        Ok(_) => true,
+        Err(s) => !is_transient(&s),
+    }
+}
+
+async fn host_live(run: &Run, host_id: &str) -> bool {
+    let Ok(id) = datapath_api::ids::HostId::parse("host_id", host_id) else {
+        return false;
+    };
+    // An etcd error is not evidence that the host is gone.
+    run.engine
+        .coord
+        .get_host(id)
+        .await
+        .map_or(true, |h| h.is_some())
+}
