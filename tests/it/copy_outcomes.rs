@@ -239,3 +239,87 @@ async fn a_destination_out_of_space_rolls_the_move_back_and_says_so() {
     assert_eq!(f.volumes[0].last_error.as_ref().unwrap().code, "NO_SPACE");
     check_invariants(&tc).await;
 }
+
+/// A process that holds an image's write lock (an operator's `qemu-io`, say) until dropped.
+struct ImageLockHolder(std::process::Child);
+
+impl ImageLockHolder {
+    fn hold(path: &std::path::Path) -> Self {
+        let child = std::process::Command::new("qemu-io")
+            .args(["-f", "qcow2"])
+            .arg(path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("run qemu-io");
+        Self(child)
+    }
+}
+
+impl Drop for ImageLockHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Another process holds the source's image lock: every try meets IMAGE_LOCKED, a transient
+/// conflict, retried after growing pauses and not counted as an attempt. Released, the copy goes
+/// on; held past the retry budget, the move rolls back and says what held it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_image_lock_is_retried_within_the_budget_and_not_counted() {
+    let budget = Duration::from_secs(6);
+    let tc = TestCluster::start(2, |c| {
+        c.env
+            .push(("DATAPATH_COPY_RETRY_BUDGET".into(), "6s".into()))
+    })
+    .await
+    .unwrap();
+    let (a, b) = (tc.domain().await, tc.domain().await);
+
+    let src = qcow2_disk(&tc, &a, 16 * MIB, 4).await;
+    let holder = ImageLockHolder::hold(&tc.volume_path(&src));
+    let name = start_move(&tc, &a, &src.image_id, &b).await;
+    wait_for(Duration::from_secs(20), "two transient retries", || async {
+        let f = flow(&tc, &name).await?;
+        (f.volumes[0].transient_retries >= 2).then_some(())
+    })
+    .await
+    .unwrap();
+    drop(holder);
+    let last = follow(&tc, &name, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert!(error_of(&last).is_none(), "{last:#?}");
+    let v = &last.metadata.unwrap().volumes[0];
+    assert_eq!(v.attempts, 1, "{v:#?}");
+    assert!(v.transient_retries >= 2, "{v:#?}");
+
+    let src = qcow2_disk(&tc, &a, 16 * MIB, 4).await;
+    let _held = ImageLockHolder::hold(&tc.volume_path(&src));
+    let started = Instant::now();
+    let name = start_move(&tc, &a, &src.image_id, &b).await;
+    let last = follow(&tc, &name, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let took = started.elapsed();
+    let error = error_of(&last).expect("the move failed").clone();
+    eprintln!("FIGURE image lock held for good: rolled back after {took:?}: {error:?}");
+    assert_eq!(error.reason, "IMAGE_LOCKED", "{error:?}");
+    assert!(
+        error.message.contains(&format!(
+            "the image of source volume {} is locked by another process",
+            src.volume_id
+        )),
+        "{error:?}"
+    );
+    assert!(took >= budget, "gave up after {took:?}");
+    let v = &last.metadata.unwrap().volumes[0];
+    assert_eq!(v.attempts, 0, "a transient conflict was counted: {v:#?}");
+    assert!(tc.volume_path(&src).exists(), "the source is gone");
+    check_invariants(&tc).await;
+}

@@ -312,6 +312,12 @@ async fn every_service_counts_a_known_copy_a_bad_request_and_a_move() {
         )
     };
     assert_eq!(ops(s1) - ops(s0), 1.0);
+    let attempts =
+        |s: &Samples, result| s.sum("datapath_copy_attempts_total", &[("result", result)]);
+    assert_eq!(attempts(s1, "succeeded") - attempts(s0, "succeeded"), 1.0);
+    for result in ["transient", "lost", "failed"] {
+        assert_eq!(attempts(s1, result), attempts(s0, result), "{result}");
+    }
     for step in ["clone_structure", "copy_data", "delete_source"] {
         assert_eq!(step_count(s1, step) - step_count(s0, step), 1.0, "{step}");
     }

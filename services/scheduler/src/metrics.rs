@@ -1,5 +1,5 @@
 //! The scheduler's metrics: how long each flow step takes and how it ends, operations ended and
-//! running by kind, and whether this replica is the acting one. Steps are timed by wrapping the step's
+//! running by kind, copy attempts by how they ended, and whether this replica is the acting one. Steps are timed by wrapping the step's
 //! future ([`step`]), so the runner's code stays free of timing.
 use std::{future::Future, sync::LazyLock, time::Instant};
 
@@ -28,9 +28,18 @@ struct KindLabel {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// The `result` of a copy attempt, as [`attempt_ended`] counts it.
+pub const ATTEMPT_RESULTS: [&str; 4] = ["succeeded", "transient", "lost", "failed"];
+
 struct SchedulerMetrics {
     step_duration: HistogramFamily<StepLabels>,
     operations: CounterFamily<OperationLabels>,
+    attempts: CounterFamily<ResultLabel>,
     running: GaugeFamily<KindLabel>,
     is_leader: Gauge,
 }
@@ -42,6 +51,7 @@ fn metrics() -> &'static SchedulerMetrics {
         let m = SchedulerMetrics {
             step_duration: HistogramFamily::new_with_constructor(long_histogram),
             operations: Default::default(),
+            attempts: Default::default(),
             running: Default::default(),
             is_leader: Gauge::default(),
         };
@@ -57,6 +67,13 @@ fn metrics() -> &'static SchedulerMetrics {
             m.operations.clone(),
         );
         register(
+            "datapath_copy_attempts",
+            "Copy attempts ended, by how the engine took them: succeeded (the destination shows \
+             the copy), transient (a lock or lease still held, a host not taking the copy: \
+             retried, not counted), lost (the host or job lost: concluded and fenced) or failed",
+            m.attempts.clone(),
+        );
+        register(
             "datapath_operations_running",
             "Operations whose flow this scheduler is running now, by kind",
             m.running.clone(),
@@ -66,6 +83,9 @@ fn metrics() -> &'static SchedulerMetrics {
             "1 while this replica is the acting scheduler",
             m.is_leader.clone(),
         );
+        for result in ATTEMPT_RESULTS {
+            drop(m.attempts.get_or_create(&ResultLabel { result }));
+        }
         for kind in KINDS {
             drop(m.running.get_or_create(&KindLabel { kind }));
             for result in ["succeeded", "failed", "cancelled"] {
@@ -168,6 +188,14 @@ pub fn operation_ended(kind: i32, failure: Option<&pb::OperationError>) {
             kind: kind_label(kind),
             result,
         })
+        .inc();
+}
+
+/// A copy attempt ended with `result`, one of [`ATTEMPT_RESULTS`].
+pub fn attempt_ended(result: &'static str) {
+    metrics()
+        .attempts
+        .get_or_create(&ResultLabel { result })
         .inc();
 }
 

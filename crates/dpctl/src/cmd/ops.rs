@@ -215,7 +215,10 @@ fn volume_row(v: &pb::VolumeProgress) -> Vec<String> {
         format!("{}%", v.progress),
         output::bytes(v.size_bytes),
         output::or_dash(&v.host_id).to_string(),
-        v.attempts.to_string(),
+        match v.transient_retries {
+            0 => v.attempts.to_string(),
+            n => format!("{} (+{n} transient)", v.attempts),
+        },
         output::or_dash(&v.job_id).to_string(),
     ]
 }
@@ -226,6 +229,17 @@ mod tests {
     use crate::cmd::fake_scheduler::{operation, FakeScheduler};
 
     const ID: &str = "0b9b1c2e-1d2f-4a3b-8c4d-5e6f7a8b9c0d";
+
+    #[test]
+    fn tries_count_attempts_and_show_transient_retries_apart() {
+        let mut v = pb::VolumeProgress {
+            attempts: 2,
+            ..Default::default()
+        };
+        assert_eq!(volume_row(&v)[5], "2");
+        v.transient_retries = 3;
+        assert_eq!(volume_row(&v)[5], "2 (+3 transient)");
+    }
 
     #[test]
     fn names_and_bare_ids_become_canonical_names() {

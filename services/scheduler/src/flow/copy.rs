@@ -17,6 +17,7 @@ use tonic::Code;
 use tracing::{info, warn, Instrument as _, Span};
 
 use super::{
+    super::metrics,
     conclude::settle,
     follow::{follow, JobEnd},
     placement::{place, unplace, Placement},
@@ -215,6 +216,7 @@ async fn end_attempt(
 ) -> Result<Option<Outcome>, Stop> {
     let (code, message) = match end {
         JobEnd::Succeeded => {
+            metrics::attempt_ended("succeeded");
             run.record
                 .update(|f| {
                     let v = &mut f.volumes[idx];
@@ -236,7 +238,13 @@ async fn end_attempt(
     let error = pb::JobError { code, message };
     match class_of(&error.code) {
         AttemptClass::Transient => transient(run, idx, v, error, true).await,
-        class => counted(run, idx, v, class, error).await,
+        class => {
+            metrics::attempt_ended(match class {
+                AttemptClass::Lost => "lost",
+                _ => "failed",
+            });
+            counted(run, idx, v, class, error).await
+        }
     }
 }
 
@@ -249,12 +257,15 @@ async fn transient(
     mut error: pb::JobError,
     counted_at_start: bool,
 ) -> Result<Option<Outcome>, Stop> {
-    let now = datapath_api::time::now();
-    let since = v.transient_since.unwrap_or(now);
-    let spent = Duration::from_secs(now.seconds.saturating_sub(since.seconds).max(0) as u64);
+    let since = v.transient_since.unwrap_or_else(datapath_api::time::now);
+    let spent = std::time::SystemTime::try_from(since)
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .unwrap_or_default();
     let budget = run.engine.settings.copy_retry_budget;
     let give_up = spent >= budget;
     warn!(op = %run.record.op, job_id = %v.job_id, host = %v.host_id, code = %error.code, message = %error.message, ?spent, give_up, "copy met a transient conflict");
+    metrics::attempt_ended("transient");
     if give_up {
         error.message = format!(
             "{} (still so after {}s of retries; the budget is {}s)",
