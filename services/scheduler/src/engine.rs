@@ -1,7 +1,11 @@
 //! What every part of the scheduler shares: etcd, the clients of the other services, the placement
 //! policy and its bookkeeping, and the settings. The scheduler never touches storage: what it knows
 //! about a volume it learns from a live host-worker.
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use datapath_api::pb;
 use datapath_coord::{election::Role, Coord};
@@ -51,7 +55,16 @@ pub struct Engine {
     /// Turns among the hosts that reach a domain, for reads: a host that does not answer is not
     /// asked again and again.
     pub read_turn: std::sync::atomic::AtomicUsize,
+    /// Hosts (by address) that did not answer a volume read lately, and when: reads skip them for
+    /// [`UNANSWERED_FOR`] while another host reaches the domain, so a host cut off from the engine
+    /// (but alive in etcd) costs one timeout, not one per read.
+    pub unanswered: std::sync::Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a host that did not answer a read is skipped by later reads.
+pub const UNANSWERED_FOR: Duration = Duration::from_secs(30);
+/// Deadline of one volume read (GetVolumeInfo: a metadata file and two etcd reads).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Engine {
     /// Live hosts, in id order.
@@ -85,6 +98,11 @@ impl Engine {
     /// last in each round, as it has work of its own), so a caller that retries after a host did not
     /// answer asks another.
     pub async fn host_reaching(&self, sd: &str, field: &str) -> Result<HostClient, Error> {
+        self.reader(sd, field).await.map(|(_, client)| client)
+    }
+
+    /// [`Engine::host_reaching`], with the chosen host's address.
+    async fn reader(&self, sd: &str, field: &str) -> Result<(String, HostClient), Error> {
         let spm = self.coord.leader(Role::Spm).await?.map(|l| l.value);
         let mut hosts: Vec<pb::Host> = self
             .live_hosts()
@@ -98,17 +116,61 @@ impl Engine {
                 field: field.to_string(),
             });
         }
+        {
+            let mut unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+            unanswered.retain(|_, at| at.elapsed() < UNANSWERED_FOR);
+            if hosts.iter().any(|h| !unanswered.contains_key(&h.address)) {
+                hosts.retain(|h| !unanswered.contains_key(&h.address));
+            }
+        }
         hosts.sort_by_key(|h| Some(&h.host_id) == spm.as_ref());
         let turn = self
             .read_turn
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let host = &hosts[turn % hosts.len()];
-        self.clients
+        let client = self
+            .clients
             .host(&host.address)
             .map_err(|status| Error::Host {
                 host: host.address.clone(),
                 status,
-            })
+            })?;
+        Ok((host.address.clone(), client))
+    }
+
+    /// Reads a volume from a live host that reaches its domain (see [`Engine::host_reaching`]),
+    /// each host within [`READ_TIMEOUT`]; a host that does not answer is skipped by later reads and
+    /// the next one is asked at once (up to three).
+    pub async fn volume_info(
+        &self,
+        v: &pb::VolumeRef,
+        field: &str,
+    ) -> Result<pb::VolumeInfo, Status> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let (address, mut client) = self
+                .reader(&v.storage_domain_id, field)
+                .await
+                .map_err(Status::from)?;
+            let mut req = tonic::Request::new(pb::GetVolumeInfoRequest {
+                volume: Some(v.clone()),
+            });
+            req.set_timeout(READ_TIMEOUT);
+            match client.get_volume_info(req).await {
+                Ok(resp) => return Ok(resp.into_inner().volume.unwrap_or_default()),
+                Err(s) if unanswered(&s) => {
+                    self.unanswered
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(address, Instant::now());
+                    if tries >= 3 {
+                        return Err(s);
+                    }
+                }
+                Err(s) => return Err(s),
+            }
+        }
     }
 
     /// A failpoint: when the configured one is `name`, the scheduler kills itself (SIGKILL) right
@@ -132,6 +194,14 @@ impl Engine {
             .map(|v| v != "false")
             .unwrap_or(true))
     }
+}
+
+/// Whether a call's failure says the host did not answer (rather than answered no).
+fn unanswered(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+    )
 }
 
 /// Whether a failed call is worth repeating later (the callee or the network may recover, or the SPM

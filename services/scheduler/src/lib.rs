@@ -123,6 +123,7 @@ pub async fn run(
         },
         placed: Default::default(),
         read_turn: Default::default(),
+        unanswered: Default::default(),
     });
     let session = Session::start(&coord, config.session_ttl);
     let leader = tokio::spawn({

@@ -197,17 +197,7 @@ fn lost(v: &pb::FlowVolume, generation: u64) -> JobEnd {
 }
 
 async fn read_volume(run: &Run, dst: &pb::VolumeRef) -> Result<pb::VolumeInfo, tonic::Status> {
-    let mut client = run
-        .engine
-        .host_reaching(&dst.storage_domain_id, "destination")
-        .await
-        .map_err(tonic::Status::from)?;
-    let resp = client
-        .get_volume_info(pb::GetVolumeInfoRequest {
-            volume: Some(dst.clone()),
-        })
-        .await?;
-    Ok(resp.into_inner().volume.unwrap_or_default())
+    run.engine.volume_info(dst, "destination").await
 }
 
 /// Asks the SPM to fence the destination; returns whether it did (false: the copy had committed).
