@@ -48,6 +48,9 @@ enum Command {
     /// A local cluster of child processes, for development.
     #[command(subcommand)]
     Local(cmd::local::LocalCommand),
+    /// The cluster CA and the certificates of services and people (mutual TLS).
+    #[command(subcommand)]
+    Certs(cmd::certs::CertsCommand),
 }
 
 impl Cli {
@@ -67,6 +70,7 @@ impl Cli {
             Command::Decode(args) => args.run(),
             Command::Debug(c) => c.run(&ctx).await,
             Command::Local(c) => c.run().await,
+            Command::Certs(c) => c.run(),
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::{
     output::Output,
 };
 
+pub mod certs;
 pub mod config;
 pub mod copy;
 pub mod debug;
