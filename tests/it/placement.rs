@@ -334,6 +334,7 @@ fn start_selector(tc: &TestCluster, port: u16, prefer: &str) -> ManagedProcess {
     let bin = find_binary("example-host-selector", &dirs).expect("build the workspace's binaries");
     let spec = ProcessSpec::new("host-selector", bin)
         .args([
+            "--insecure".to_string(),
             "--listen".to_string(),
             format!("127.0.0.1:{port}"),
             "--prefer".to_string(),

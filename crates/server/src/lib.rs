@@ -2,7 +2,8 @@
 //! server reflection (v1 and v1alpha: grpcurl 1.8 speaks only v1alpha), and the cross-cutting tower
 //! layers — gRPC spans and trace context, gRPC metrics ([`GrpcMetricsLayer`]), a per-request timeout
 //! and a global concurrency limit that health checks bypass ([`limit`]) — plus graceful shutdown on
-//! SIGTERM or Ctrl-C, and the `/metrics` listener ([`MetricsEndpoint`]).
+//! SIGTERM or Ctrl-C, and the `/metrics` listener ([`MetricsEndpoint`]). With TLS settings
+//! ([`load_tls`]) every server requires a client certificate signed by the cluster CA.
 #![warn(missing_docs)]
 
 mod grpc_metrics;
@@ -30,6 +31,9 @@ pub struct ServerOptions {
     /// Calls handled at once across all connections; more wait for a slot. Health checks are exempt.
     #[arg(long, env = "DATAPATH_CONCURRENCY_LIMIT", default_value_t = 256)]
     pub concurrency_limit: usize,
+    /// Mutual TLS for this process's server and its clients, or `--insecure`.
+    #[command(flatten)]
+    pub tls: datapath_tls::TlsOptions,
 }
 
 impl Default for ServerOptions {
@@ -37,16 +41,36 @@ impl Default for ServerOptions {
         Self {
             request_timeout: Duration::from_secs(30),
             concurrency_limit: 256,
+            tls: datapath_tls::TlsOptions::insecure(),
         }
     }
 }
 
-/// Serves `routes` plus reflection on `listener` until `shutdown` resolves, then drains in-flight calls.
-/// Reflection lists `services` (the full names of what `routes` serves) and health, and resolves every
-/// datapath, health and `google.rpc` error-detail type, so grpcurl prints error details by name.
+/// Loads the process's TLS settings: `None` under `--insecure`, which is logged as a warning and
+/// exported as `datapath_insecure 1`.
+pub fn load_tls(
+    options: &ServerOptions,
+) -> Result<Option<datapath_tls::Tls>, datapath_tls::TlsError> {
+    let tls = options.tls.load()?;
+    match &tls {
+        Some(t) => tracing::info!(identity = %t.identity(), "mutual TLS on"),
+        None => tracing::warn!(
+            "--insecure: gRPC in plaintext and without authentication; anyone who reaches a port \
+             may do anything"
+        ),
+    }
+    datapath_telemetry::metrics::set_insecure(tls.is_none());
+    Ok(tls)
+}
+
+/// Serves `routes` plus reflection on `listener` until `shutdown` resolves, then drains in-flight calls;
+/// over mutual TLS when `tls` is given. Reflection lists `services` (the full names of what `routes`
+/// serves) and health, and resolves every datapath, health and `google.rpc` error-detail type, so
+/// grpcurl prints error details by name.
 pub async fn serve(
     listener: TcpListener,
     options: &ServerOptions,
+    tls: Option<&datapath_tls::Tls>,
     services: &[&str],
     routes: Routes,
     shutdown: impl Future<Output = ()>,
@@ -68,7 +92,11 @@ pub async fn serve(
     let v1alpha = reflection()
         .build_v1alpha()
         .expect("embedded descriptor sets are valid");
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls.server())?;
+    }
+    builder
         .timeout(options.request_timeout)
         .layer(datapath_telemetry::GrpcTraceLayer)
         .layer(GrpcMetricsLayer::new(options.request_timeout))

@@ -53,6 +53,7 @@ async fn calls_are_counted_by_method_and_the_code_the_client_gets() {
         serve(
             listener,
             &ServerOptions::default(),
+            None,
             &[],
             Routes::new(health),
             async {

@@ -63,7 +63,7 @@ async fn start(routes: Routes, limit: usize) -> (Channel, tokio::sync::oneshot::
         ..ServerOptions::default()
     };
     tokio::spawn(async move {
-        serve(listener, &options, &["test.Hang"], routes, async {
+        serve(listener, &options, None, &["test.Hang"], routes, async {
             let _ = stopped.await;
         })
         .await

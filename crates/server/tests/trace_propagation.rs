@@ -40,9 +40,16 @@ async fn the_server_span_continues_the_callers_trace() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let routes = Routes::new(health);
-        serve(listener, &ServerOptions::default(), &[], routes, async {
-            let _ = stopped.await;
-        })
+        serve(
+            listener,
+            &ServerOptions::default(),
+            None,
+            &[],
+            routes,
+            async {
+                let _ = stopped.await;
+            },
+        )
         .await
     });
 

@@ -10,4 +10,4 @@ pub mod options;
 pub mod peer;
 
 pub use identity::Identity;
-pub use options::{Tls, TlsError, TlsOptions};
+pub use options::{endpoint, url, Tls, TlsError, TlsOptions};

@@ -178,8 +178,24 @@ impl Tls {
     }
 }
 
-/// The URL scheme for `address` (`host:port`) under `tls`.
+/// `address` (`host:port`, or a URL whose scheme is replaced) as the URL to dial under `tls`:
+/// `https://` with TLS, `http://` without.
 pub fn url(tls: Option<&Tls>, address: &str) -> String {
     let scheme = if tls.is_some() { "https" } else { "http" };
-    format!("{scheme}://{address}")
+    let bare = address.split_once("://").map_or(address, |(_, rest)| rest);
+    format!("{scheme}://{bare}")
+}
+
+/// An endpoint for `address` (see [`url`]); under `tls` it presents this process's certificate and
+/// verifies the server as `server` when given (else by the address dialled).
+pub fn endpoint(
+    address: &str,
+    tls: Option<&Tls>,
+    server: Option<&Identity>,
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url(tls, address))?;
+    match tls {
+        Some(tls) => endpoint.tls_config(tls.client(server)),
+        None => Ok(endpoint),
+    }
 }

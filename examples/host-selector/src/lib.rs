@@ -104,9 +104,17 @@ pub async fn run(
     )));
     let address = listener.local_addr().context("read the listen address")?;
     info!(%address, prefer = ?config.prefer, "example host-selector listening");
-    datapath_server::serve(listener, &config.server, &[SERVICE_NAME], routes, shutdown)
-        .await
-        .context("serve gRPC")
+    let tls = datapath_server::load_tls(&config.server).context("TLS settings")?;
+    datapath_server::serve(
+        listener,
+        &config.server,
+        tls.as_ref(),
+        &[SERVICE_NAME],
+        routes,
+        shutdown,
+    )
+    .await
+    .context("serve gRPC")
 }
 
 #[cfg(test)]

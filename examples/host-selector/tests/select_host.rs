@@ -18,7 +18,9 @@ struct Served {
 
 async fn serve(args: &[&str]) -> Served {
     let config = Config::try_parse_from(
-        std::iter::once("example-host-selector").chain(args.iter().copied()),
+        ["example-host-selector", "--insecure"]
+            .into_iter()
+            .chain(args.iter().copied()),
     )
     .expect("flags parse");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -113,6 +113,17 @@ pub async fn run(
         .await
         .with_context(|| format!("bind the metrics listener {}", config.metrics_listen))?;
     let host_id = identity::load_or_create(&config.state_dir, config.host_id)?;
+    let tls = datapath_server::load_tls(&config.server).context("TLS settings")?;
+    if let Some(tls) = &tls {
+        // The host id is the persisted one; the certificate must be issued for it.
+        let wanted = datapath_tls::Identity::Host(host_id);
+        anyhow::ensure!(
+            *tls.identity() == wanted,
+            "the certificate names {}, but this host is {wanted}: issue it with \
+             `dpctl certs issue --identity host/{host_id}`",
+            tls.identity()
+        );
+    }
     let address = config
         .advertise_address
         .clone()
@@ -131,7 +142,7 @@ pub async fn run(
         coord,
         session: session.subscribe(),
         spm: spm::Spm::default(),
-        reporter: reporter::Reporter::new(&config.job_tracker, host_id)?,
+        reporter: reporter::Reporter::new(&config.job_tracker, host_id, tls.as_ref())?,
         jobs: jobs::HostJobs::default(),
         slots: Arc::new(Semaphore::new(config.job_slots.max(1) as usize)),
         job_slots: config.job_slots.max(1),
@@ -161,6 +172,7 @@ pub async fn run(
     let served = datapath_server::serve(
         listener,
         &config.server,
+        tls.as_ref(),
         &["datapath.v1.HostWorkerService"],
         routes,
         shutdown,

@@ -24,9 +24,14 @@ pub struct Reporter {
 pub const FINAL_REPORT_DEADLINE: Duration = Duration::from_secs(600);
 
 impl Reporter {
-    /// A reporter talking to the job-tracker at `url` (connected lazily).
-    pub fn new(url: &str, host_id: HostId) -> anyhow::Result<Self> {
-        let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
+    /// A reporter talking to the job-tracker at `url` (connected lazily), over mutual TLS when
+    /// `tls` is given, verifying the server as the job-tracker.
+    pub fn new(
+        url: &str,
+        host_id: HostId,
+        tls: Option<&datapath_tls::Tls>,
+    ) -> anyhow::Result<Self> {
+        let channel = datapath_tls::endpoint(url, tls, Some(&datapath_tls::Identity::JobTracker))?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10))
             .connect_lazy();

@@ -63,6 +63,7 @@ pub async fn run(
         .await
         .with_context(|| format!("bind the metrics listener {}", config.metrics_listen))?;
     metrics::init();
+    let tls = datapath_server::load_tls(&config.server).context("TLS settings")?;
     let coord = config.etcd.connect().await.context("connect to etcd")?;
     let tracker = tracker::Tracker::new(coord.clone(), config.job_retention);
     let (health, health_server) = ServerHealth::new(&["datapath.v1.JobTrackerService"]).await;
@@ -89,6 +90,7 @@ pub async fn run(
     let served = datapath_server::serve(
         listener,
         &config.server,
+        tls.as_ref(),
         &["datapath.v1.JobTrackerService"],
         routes,
         shutdown,

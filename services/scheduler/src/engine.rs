@@ -90,7 +90,7 @@ impl Engine {
             .await
             .map_err(Status::from)?
             .ok_or_else(|| Status::unavailable("no SPM is elected"))?;
-        let client = self.clients.host(&host.address)?;
+        let client = self.clients.host(&host)?;
         Ok((host, client))
     }
 
@@ -128,13 +128,10 @@ impl Engine {
             .read_turn
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let host = &hosts[turn % hosts.len()];
-        let client = self
-            .clients
-            .host(&host.address)
-            .map_err(|status| Error::Host {
-                host: host.address.clone(),
-                status,
-            })?;
+        let client = self.clients.host(host).map_err(|status| Error::Host {
+            host: host.address.clone(),
+            status,
+        })?;
         Ok((host.address.clone(), client))
     }
 

@@ -108,11 +108,16 @@ pub async fn run(
         .await
         .with_context(|| format!("bind the metrics listener {}", config.metrics_listen))?;
     metrics::init();
+    let tls = datapath_server::load_tls(&config.server).context("TLS settings")?;
     let coord = config.etcd.connect().await.context("connect to etcd")?;
     let engine = Arc::new(engine::Engine {
         coord: coord.clone(),
-        clients: clients::Clients::new(&config.job_tracker)?,
-        selector: selection::build(config.host_selection, config.host_selector_url.as_deref())?,
+        clients: clients::Clients::new(&config.job_tracker, tls.clone())?,
+        selector: selection::build(
+            config.host_selection,
+            config.host_selector_url.as_deref(),
+            tls.as_ref(),
+        )?,
         settings: engine::Settings {
             parallel_copies: config.parallel_copies.max(1),
             copy_attempts: config.copy_attempts.max(1),
@@ -143,6 +148,7 @@ pub async fn run(
     let served = datapath_server::serve(
         listener,
         &config.server,
+        tls.as_ref(),
         &["datapath.v1.SchedulerService"],
         routes,
         shutdown,

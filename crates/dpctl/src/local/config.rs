@@ -91,6 +91,7 @@ pub(super) fn job_tracker_args(
     etcd: &str,
 ) -> Vec<String> {
     vec![
+        "--insecure".into(),
         "--listen".into(),
         listen.to_string(),
         "--etcd-endpoints".into(),
@@ -110,6 +111,7 @@ pub(super) fn scheduler_args(
     job_tracker: &str,
 ) -> Vec<String> {
     let mut args = vec![
+        "--insecure".into(),
         "--listen".into(),
         format!("127.0.0.1:{port}"),
         "--etcd-endpoints".into(),
@@ -140,6 +142,7 @@ pub(super) fn host_worker_args(
     job_tracker: &str,
 ) -> Vec<String> {
     let mut args = vec![
+        "--insecure".into(),
         "--listen".into(),
         listen.to_string(),
         "--state-dir".into(),
@@ -183,7 +186,7 @@ mod tests {
         let args = host_worker_args(&config, 1, listen, "http://e", "http://j").join(" ");
         assert_eq!(
             args,
-            "--listen 127.0.0.1:7401 --state-dir /d/hosts/host-1 --etcd-endpoints http://e \
+            "--insecure --listen 127.0.0.1:7401 --state-dir /d/hosts/host-1 --etcd-endpoints http://e \
              --etcd-prefix /datapath/ --storage-root /d/storage --job-slots 3 --session-ttl 2s 500ms \
              --job-tracker http://j"
         );

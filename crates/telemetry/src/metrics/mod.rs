@@ -101,6 +101,8 @@ pub struct Common {
     pub grpc_handling: HistogramFamily<GrpcLabels>,
     /// `datapath_build_info{service,version}`: always 1.
     pub build_info: GaugeFamily<[(&'static str, String); 2]>,
+    /// `datapath_insecure`: 1 when the process runs with `--insecure` (plaintext, no authentication).
+    pub insecure: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// The shared families, registered on first use.
@@ -110,6 +112,7 @@ pub fn common() -> &'static Common {
             grpc_handled: Default::default(),
             grpc_handling: Family::new_with_constructor(latency_histogram),
             build_info: Default::default(),
+            insecure: Default::default(),
         };
         register(
             "datapath_grpc_server_handled",
@@ -126,9 +129,20 @@ pub fn common() -> &'static Common {
             "Always 1; labels name the service and its version",
             c.build_info.clone(),
         );
+        register(
+            "datapath_insecure",
+            "1 when this process serves and calls gRPC in plaintext without authentication \
+             (--insecure), 0 with mutual TLS",
+            c.insecure.clone(),
+        );
         c
     });
     &COMMON
+}
+
+/// Sets `datapath_insecure`.
+pub fn set_insecure(insecure: bool) {
+    common().insecure.set(i64::from(insecure));
 }
 
 /// Registers the shared families and sets `datapath_build_info` for `service`; call once at start-up,

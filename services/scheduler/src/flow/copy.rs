@@ -119,7 +119,7 @@ async fn start_attempt(
         host_id: host.host_id.clone(),
         ..v.clone()
     };
-    let client = match run.engine.clients.host(&host.address) {
+    let client = match run.engine.clients.host(&host) {
         Ok(c) => c,
         Err(_) => {
             unplace(run, &attempt).await;
@@ -198,11 +198,7 @@ pub(super) async fn send_copy(run: &Run, v: &pb::FlowVolume) -> Result<(), tonic
             generation: Some(v.expected_generation),
         }),
     };
-    run.engine
-        .clients
-        .host(&host.address)?
-        .copy_data(req)
-        .await?;
+    run.engine.clients.host(&host)?.copy_data(req).await?;
     Ok(())
 }
 

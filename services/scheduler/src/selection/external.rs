@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use datapath_api::pb::{self, host_selector_service_client::HostSelectorServiceClient};
 use datapath_telemetry::TracedChannel;
-use tonic::transport::Endpoint;
 use tracing::warn;
 
 use super::{least_loaded, HostSelector, Step};
@@ -16,9 +15,10 @@ pub struct External {
 }
 
 impl External {
-    /// Talks to the policy at `url` (connected lazily).
-    pub fn new(url: &str) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(url.to_string())?
+    /// Talks to the policy at `url` (connected lazily), over mutual TLS when `tls` is given (the
+    /// policy's certificate is verified by the address dialled).
+    pub fn new(url: &str, tls: Option<&datapath_tls::Tls>) -> anyhow::Result<Self> {
+        let channel = datapath_tls::endpoint(url, tls, None)?
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(2))
             .connect_lazy();

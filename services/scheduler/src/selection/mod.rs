@@ -67,7 +67,11 @@ pub enum Policy {
 }
 
 /// Builds the policy; `external_url` is required for [`Policy::External`].
-pub fn build(policy: Policy, external_url: Option<&str>) -> anyhow::Result<Arc<dyn HostSelector>> {
+pub fn build(
+    policy: Policy,
+    external_url: Option<&str>,
+    tls: Option<&datapath_tls::Tls>,
+) -> anyhow::Result<Arc<dyn HostSelector>> {
     Ok(match policy {
         Policy::Random => Arc::new(Random),
         Policy::RoundRobin => Arc::new(RoundRobin::default()),
@@ -77,7 +81,7 @@ pub fn build(policy: Policy, external_url: Option<&str>) -> anyhow::Result<Arc<d
             let url = external_url.ok_or_else(|| {
                 anyhow::anyhow!("--host-selection external needs --host-selector-url")
             })?;
-            Arc::new(External::new(url)?)
+            Arc::new(External::new(url, tls)?)
         }
     })
 }
