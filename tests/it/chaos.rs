@@ -46,11 +46,14 @@ async fn reachable_scheduler(
     tc: &TestCluster,
 ) -> Option<pb::scheduler_service_client::SchedulerServiceClient<tonic::transport::Channel>> {
     let url = tc.cluster.scheduler_url();
-    let connect = pb::scheduler_service_client::SchedulerServiceClient::connect(url);
-    tokio::time::timeout(Duration::from_secs(2), connect)
+    let connect = tc.cluster.channel(&url);
+    let channel = tokio::time::timeout(Duration::from_secs(2), connect)
         .await
         .ok()?
-        .ok()
+        .ok()?;
+    Some(pb::scheduler_service_client::SchedulerServiceClient::new(
+        channel,
+    ))
 }
 
 async fn inject(tc: &mut TestCluster, rng: &mut StdRng) -> Fault {

@@ -102,19 +102,16 @@ async fn copy_on_the_second_host_through_grpcurl_and_dpctl() {
     let addr = tc
         .cluster
         .host_url(1)
-        .trim_start_matches("http://")
-        .to_string();
-    let out = run(
-        "grpcurl",
-        &[
-            "-plaintext",
+        .split_once("://")
+        .map_or(String::new(), |(_, a)| a.to_string());
+    let out = tc
+        .grpcurl(&[
             "-d",
             &body.to_string(),
             &addr,
             "datapath.v1.HostWorkerService/CopyData",
-        ],
-    )
-    .unwrap();
+        ])
+        .unwrap();
     assert!(out.contains("JOB_STATUS_PENDING"), "{out}");
     let seen = follow.await.unwrap().unwrap();
     assert_progress_rose_to_100(&seen);
@@ -126,6 +123,7 @@ async fn copy_on_the_second_host_through_grpcurl_and_dpctl() {
     let vol = |v: &pb::VolumeRef| format!("{}/{}/{}", v.storage_domain_id, v.image_id, v.volume_id);
     let dpctl = dpctl::local::find_binary("dpctl", &dpctl::local::search_dirs(None)).unwrap();
     let out = std::process::Command::new(dpctl)
+        .envs(tc.dpctl_env())
         .args([
             "--job-tracker",
             &tc.cluster.job_tracker_url(),
@@ -204,6 +202,7 @@ async fn copy_on_the_second_host_through_grpcurl_and_dpctl() {
         let out = std::process::Command::new(
             dpctl::local::find_binary("dpctl", &dpctl::local::search_dirs(None)).unwrap(),
         )
+        .envs(tc.dpctl_env())
         .args([
             "--job-tracker",
             &tc.cluster.job_tracker_url(),

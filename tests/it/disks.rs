@@ -11,9 +11,7 @@ use crate::harness::{fill_random, run, sha256, TestCluster};
 
 /// A client of the scheduler.
 pub async fn scheduler(tc: &TestCluster) -> SchedulerServiceClient<Channel> {
-    SchedulerServiceClient::connect(tc.cluster.scheduler_url())
-        .await
-        .expect("connect scheduler")
+    SchedulerServiceClient::new(tc.channel(&tc.cluster.scheduler_url()).await)
 }
 
 /// Writes 1 MiB of fresh random data at `offset` into a volume (through its chain) with qemu-io.
@@ -180,7 +178,13 @@ pub async fn follow(
     name: &str,
     deadline: Duration,
 ) -> anyhow::Result<Vec<pb::Operation>> {
-    follow_at(&tc.cluster.scheduler_url(), name, deadline).await
+    follow_at(
+        &tc.cluster.scheduler_url(),
+        tc.cluster.client_tls(),
+        name,
+        deadline,
+    )
+    .await
 }
 
 /// [`follow`] on the scheduler replica at `url`. Like any client, it opens the watch again when the
@@ -188,6 +192,7 @@ pub async fn follow(
 /// breaks, until `deadline`; any other error ends it.
 pub async fn follow_at(
     url: &str,
+    tls: Option<&datapath_tls::Tls>,
     name: &str,
     deadline: Duration,
 ) -> anyhow::Result<Vec<pb::Operation>> {
@@ -197,7 +202,7 @@ pub async fn follow_at(
         if tokio::time::Instant::now() > until {
             bail!("{name} not done within {deadline:?}: {seen:#?}");
         }
-        match watch_until_done(url, name, until, &mut seen).await {
+        match watch_until_done(url, tls, name, until, &mut seen).await {
             Ok(true) => return Ok(seen),
             Ok(false) => {}
             Err(s) if s.code() == tonic::Code::Unavailable => {}
@@ -211,13 +216,15 @@ pub async fn follow_at(
 /// ended before.
 async fn watch_until_done(
     url: &str,
+    tls: Option<&datapath_tls::Tls>,
     name: &str,
     until: tokio::time::Instant,
     seen: &mut Vec<pb::Operation>,
 ) -> Result<bool, tonic::Status> {
-    let mut client = SchedulerServiceClient::connect(url.to_string())
+    let channel = dpctl::client::channel(url, tls)
         .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        .map_err(|e| tonic::Status::unavailable(format!("{e:#}")))?;
+    let mut client = SchedulerServiceClient::new(channel);
     let mut stream = client
         .watch_operation(pb::WatchOperationRequest { name: name.into() })
         .await?

@@ -4,7 +4,7 @@ use std::process::{Command, Output};
 
 use crate::{
     disks::{chain_disk, moved, template},
-    harness::{run, sha256, TestCluster},
+    harness::{sha256, TestCluster},
 };
 
 const MIB: u64 = 1 << 20;
@@ -12,6 +12,7 @@ const MIB: u64 = 1 << 20;
 fn dpctl(tc: &TestCluster, args: &[&str]) -> Output {
     let bin = dpctl::local::find_binary("dpctl", &dpctl::local::search_dirs(None)).unwrap();
     Command::new(bin)
+        .envs(tc.dpctl_env())
         .args(["--scheduler", &tc.cluster.scheduler_url()])
         .args(["--job-tracker", &tc.cluster.job_tracker_url()])
         .args(args)
@@ -172,20 +173,12 @@ async fn dpctl_moves_and_clones_disks_and_shows_operations() {
     let addr = tc
         .cluster
         .scheduler_url()
-        .trim_start_matches("http://")
-        .to_string();
-    let out = run("grpcurl", &["-plaintext", &addr, "list"]).unwrap();
+        .split_once("://")
+        .map_or(String::new(), |(_, a)| a.to_string());
+    let out = tc.grpcurl(&[&addr, "list"]).unwrap();
     assert!(out.contains("datapath.v1.SchedulerService"), "{out}");
-    let out = run(
-        "grpcurl",
-        &[
-            "-plaintext",
-            "-d",
-            "{}",
-            &addr,
-            "datapath.v1.SchedulerService/ListHosts",
-        ],
-    )
-    .unwrap();
+    let out = tc
+        .grpcurl(&["-d", "{}", &addr, "datapath.v1.SchedulerService/ListHosts"])
+        .unwrap();
     assert_eq!(out.matches("\"isSpm\": true").count(), 1, "{out}");
 }

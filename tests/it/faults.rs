@@ -116,11 +116,12 @@ async fn a_host_worker_cut_off_from_etcd_fences_itself_before_its_lease_expires(
     let (src, dst, job_id, qemu) = slow_copy(&mut tc).await;
     let before = sha256(&tc.volume_path(&src));
 
-    let health = health_watch(&tc.cluster.host_url(0)).await;
+    let health = health_watch(&tc, &tc.cluster.host_url(0)).await;
     let cut = Instant::now();
     tc.cluster.etcd_mut().signal(Signal::SIGSTOP).unwrap();
     let quiet_since = wait_quiet(&tc.volume_path(&dst), Duration::from_millis(700), TTL * 2).await;
-    let serving_while_cut = dpctl::local::check_serving(&tc.cluster.host_url(0)).await;
+    let serving_while_cut =
+        dpctl::local::check_serving(&tc.cluster.host_url(0), tc.cluster.client_tls()).await;
     tc.cluster.etcd_mut().signal(Signal::SIGCONT).unwrap();
     assert!(
         !serving_while_cut.unwrap(),
@@ -174,7 +175,7 @@ async fn a_host_worker_cut_off_from_etcd_fences_itself_before_its_lease_expires(
         .hosts;
     assert_eq!(hosts.len(), 1, "the host registered again");
     wait_for(Duration::from_secs(10), "SERVING again", || async {
-        dpctl::local::check_serving(&tc.cluster.host_url(0))
+        dpctl::local::check_serving(&tc.cluster.host_url(0), tc.cluster.client_tls())
             .await
             .ok()?
             .then_some(())
@@ -192,14 +193,10 @@ async fn a_host_worker_cut_off_from_etcd_fences_itself_before_its_lease_expires(
 
 /// Follows `grpc.health.v1.Health/Watch` of the whole server until it has seen SERVING,
 /// NOT_SERVING and SERVING again (or 30 s pass); returns the statuses seen, repeats folded.
-async fn health_watch(url: &str) -> tokio::task::JoinHandle<Vec<String>> {
+async fn health_watch(tc: &TestCluster, url: &str) -> tokio::task::JoinHandle<Vec<String>> {
     use tokio_stream::StreamExt as _;
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = tc.channel(url).await;
     let mut client = HealthClient::new(channel);
     let mut stream = client
         .watch(HealthCheckRequest {

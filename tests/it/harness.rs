@@ -65,9 +65,32 @@ impl TestCluster {
 
     /// A client of host `i`.
     pub async fn host(&self, i: usize) -> HostWorkerServiceClient<Channel> {
-        HostWorkerServiceClient::connect(self.cluster.host_url(i))
+        HostWorkerServiceClient::new(self.channel(&self.cluster.host_url(i)).await)
+    }
+
+    /// A connected channel to one of the cluster's services, as the local operator (mutual TLS).
+    pub async fn channel(&self, url: &str) -> Channel {
+        self.cluster
+            .channel(url)
             .await
-            .expect("connect host-worker")
+            .unwrap_or_else(|e| panic!("connect {url}: {e:#}"))
+    }
+
+    /// Runs grpcurl against the cluster with the local operator's certificate (or `-plaintext`);
+    /// `args` follow the TLS flags.
+    pub fn grpcurl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut all: Vec<String> = self.cluster.grpcurl_args();
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        run("grpcurl", &all)
+    }
+
+    /// The environment a dpctl process needs to reach the cluster (its TLS files).
+    pub fn dpctl_env(&self) -> Vec<(String, String)> {
+        match self.cluster.pki() {
+            Some(pki) => pki.env(),
+            None => vec![("DATAPATH_INSECURE".into(), "true".into())],
+        }
     }
 
     /// The index of the SPM host, waiting (bounded) until there is one.
@@ -82,9 +105,7 @@ impl TestCluster {
 
     /// A client of the job-tracker.
     pub async fn tracker(&self) -> JobTrackerServiceClient<Channel> {
-        JobTrackerServiceClient::connect(self.cluster.job_tracker_url())
-            .await
-            .expect("connect job-tracker")
+        JobTrackerServiceClient::new(self.channel(&self.cluster.job_tracker_url()).await)
     }
 
     /// The data file of a volume.

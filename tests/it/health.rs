@@ -25,13 +25,8 @@ const TTL: Duration = Duration::from_secs(4);
 const SERVING: ServingStatus = ServingStatus::Serving;
 const NOT_SERVING: ServingStatus = ServingStatus::NotServing;
 
-async fn health(url: &str) -> HealthClient<Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-        .expect("a URL")
-        .connect()
-        .await
-        .expect("connect for health");
-    HealthClient::new(channel)
+async fn health(tc: &TestCluster, url: &str) -> HealthClient<Channel> {
+    HealthClient::new(tc.channel(url).await)
 }
 
 fn request(service: &str) -> HealthCheckRequest {
@@ -41,8 +36,8 @@ fn request(service: &str) -> HealthCheckRequest {
 }
 
 /// One Check, which must answer within a second whatever the service is waiting on.
-async fn check(url: &str, service: &str) -> Result<ServingStatus, tonic::Status> {
-    let mut client = health(url).await;
+async fn check(tc: &TestCluster, url: &str, service: &str) -> Result<ServingStatus, tonic::Status> {
+    let mut client = health(tc, url).await;
     let answer = tokio::time::timeout(Duration::from_secs(1), client.check(request(service)))
         .await
         .unwrap_or_else(|_| panic!("Check({service:?}) of {url} took over a second"))?;
@@ -57,8 +52,8 @@ struct Watcher {
 }
 
 impl Watcher {
-    async fn start(url: &str, service: &str) -> Self {
-        let mut stream = health(url)
+    async fn start(tc: &TestCluster, url: &str, service: &str) -> Self {
+        let mut stream = health(tc, url)
             .await
             .watch(request(service))
             .await
@@ -118,20 +113,24 @@ fn services(tc: &TestCluster) -> [(String, &'static str); 3] {
 async fn every_service_answers_check_and_watch_per_name_and_for_the_server() {
     let tc = TestCluster::start(1, |_| {}).await.unwrap();
     for (url, name) in services(&tc) {
-        assert_eq!(check(&url, "").await.unwrap(), SERVING, "{url}");
-        assert_eq!(check(&url, name).await.unwrap(), SERVING, "{url} {name}");
+        assert_eq!(check(&tc, &url, "").await.unwrap(), SERVING, "{url}");
+        assert_eq!(
+            check(&tc, &url, name).await.unwrap(),
+            SERVING,
+            "{url} {name}"
+        );
         for unknown in ["datapath.v1.NoSuchService", "grpc.health.v1.Health"] {
-            let err = check(&url, unknown).await.unwrap_err();
+            let err = check(&tc, &url, unknown).await.unwrap_err();
             assert_eq!(err.code(), Code::NotFound, "{url} {unknown}: {err:?}");
         }
         // Each server knows its own name only.
         for (_, other) in services(&tc).into_iter().filter(|(_, n)| *n != name) {
-            let err = check(&url, other).await.unwrap_err();
+            let err = check(&tc, &url, other).await.unwrap_err();
             assert_eq!(err.code(), Code::NotFound, "{url} asked about {other}");
         }
         // Watch opens on both and says SERVING first (Watcher::start waits for it).
         for service in ["", name] {
-            let watcher = Watcher::start(&url, service).await;
+            let watcher = Watcher::start(&tc, &url, service).await;
             assert_eq!(watcher.seen(), [SERVING]);
         }
     }
@@ -151,8 +150,8 @@ async fn without_etcd_every_service_goes_not_serving_and_back() {
     let lease_before = registered_lease(&tc, &host_id).await.unwrap();
     let mut watchers = Vec::new();
     for (url, name) in services(&tc) {
-        watchers.push(Watcher::start(&url, "").await);
-        watchers.push(Watcher::start(&url, name).await);
+        watchers.push(Watcher::start(&tc, &url, "").await);
+        watchers.push(Watcher::start(&tc, &url, name).await);
     }
 
     tc.cluster.etcd_mut().signal(Signal::SIGSTOP).unwrap();
@@ -164,8 +163,8 @@ async fn without_etcd_every_service_goes_not_serving_and_back() {
     let all_down = stopped.elapsed();
     // Calls stuck on etcd hold every slot, and health still answers at once.
     for (url, name) in services(&tc) {
-        assert_eq!(check(&url, "").await.unwrap(), NOT_SERVING, "{url}");
-        assert_eq!(check(&url, name).await.unwrap(), NOT_SERVING, "{url}");
+        assert_eq!(check(&tc, &url, "").await.unwrap(), NOT_SERVING, "{url}");
+        assert_eq!(check(&tc, &url, name).await.unwrap(), NOT_SERVING, "{url}");
     }
     tc.cluster.etcd_mut().signal(Signal::SIGCONT).unwrap();
     for w in &watchers {
@@ -192,12 +191,8 @@ async fn without_etcd_every_service_goes_not_serving_and_back() {
 /// Sends `n` calls that read etcd to the job-tracker and to the scheduler each; they hang while
 /// etcd is stopped.
 async fn hang_calls(tc: &TestCluster, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
-    let tracker = JobTrackerServiceClient::connect(tc.cluster.job_tracker_url())
-        .await
-        .unwrap();
-    let scheduler = SchedulerServiceClient::connect(tc.cluster.scheduler_url())
-        .await
-        .unwrap();
+    let tracker = JobTrackerServiceClient::new(tc.channel(&tc.cluster.job_tracker_url()).await);
+    let scheduler = SchedulerServiceClient::new(tc.channel(&tc.cluster.scheduler_url()).await);
     let mut calls = Vec::new();
     for _ in 0..n {
         let mut t = tracker.clone();
@@ -235,10 +230,15 @@ async fn a_host_cut_off_from_etcd_is_not_serving_until_it_registers_again() {
     let host_id = tc.cluster.host_id(0).to_string();
     let lease_before = registered_lease(&tc, &host_id).await.unwrap();
     let cut_host = [
-        Watcher::start(&tc.cluster.host_url(0), "").await,
-        Watcher::start(&tc.cluster.host_url(0), "datapath.v1.HostWorkerService").await,
+        Watcher::start(&tc, &tc.cluster.host_url(0), "").await,
+        Watcher::start(
+            &tc,
+            &tc.cluster.host_url(0),
+            "datapath.v1.HostWorkerService",
+        )
+        .await,
     ];
-    let other_host = Watcher::start(&tc.cluster.host_url(1), "").await;
+    let other_host = Watcher::start(&tc, &tc.cluster.host_url(1), "").await;
 
     // Only host 0's path to etcd is cut: calls into it still arrive.
     lab.block_outbound(0, etcd).unwrap();
@@ -257,9 +257,12 @@ async fn a_host_cut_off_from_etcd_is_not_serving_until_it_registers_again() {
         } else {
             SERVING
         };
-        assert_eq!(check(&url, name).await.unwrap(), expected, "{url}");
+        assert_eq!(check(&tc, &url, name).await.unwrap(), expected, "{url}");
     }
-    assert_eq!(check(&tc.cluster.host_url(1), "").await.unwrap(), SERVING);
+    assert_eq!(
+        check(&tc, &tc.cluster.host_url(1), "").await.unwrap(),
+        SERVING
+    );
     // Its registration expired with its lease.
     wait_for(TTL * 2, "host 0's registration to expire", || async {
         registered_lease(&tc, &host_id)
@@ -288,7 +291,7 @@ async fn a_host_stays_serving_while_every_peer_is_stopped() {
         .await
         .unwrap();
     let host_id = tc.cluster.host_id(0).to_string();
-    let watcher = Watcher::start(&tc.cluster.host_url(0), "").await;
+    let watcher = Watcher::start(&tc, &tc.cluster.host_url(0), "").await;
     let key = format!("{}hosts/{host_id}", tc.cluster.etcd_prefix());
     let revision = || {
         let (mut etcd, key) = (tc.etcd.clone(), key.clone());
@@ -323,7 +326,7 @@ async fn a_host_stays_serving_while_every_peer_is_stopped() {
         },
     )
     .await;
-    let health_now = check(&tc.cluster.host_url(0), "").await;
+    let health_now = check(&tc, &tc.cluster.host_url(0), "").await;
     let lease_now = registered_lease(&tc, &host_id).await;
     tc.cluster
         .job_tracker_mut()

@@ -28,4 +28,5 @@ mod scheduler_locks;
 mod spm;
 mod storage;
 mod telemetry;
+mod tls;
 mod traces;

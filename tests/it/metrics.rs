@@ -258,12 +258,12 @@ async fn every_service_counts_a_known_copy_a_bad_request_and_a_move() {
         after.scheduler.sum("datapath_scheduler_is_leader", &[]),
         1.0
     );
-    // The launcher runs this cluster with --insecure, and every service says so.
+    // The launcher runs this cluster on mutual TLS, and no service says it is insecure.
     for s in [&after.job_tracker, &after.scheduler]
         .into_iter()
         .chain(&after.hosts)
     {
-        assert_eq!(s.sum("datapath_insecure", &[]), 1.0);
+        assert_eq!(s.sum("datapath_insecure", &[]), 0.0);
     }
 
     // A MoveDisk of a 64 MiB disk holding 16 MiB.

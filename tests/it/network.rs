@@ -220,7 +220,9 @@ async fn a_host_cut_from_the_engine_but_not_from_etcd_finishes_its_copy_once() {
     let tracker: std::net::SocketAddr = tc
         .cluster
         .job_tracker_url()
-        .trim_start_matches("http://")
+        .split_once("://")
+        .map(|(_, a)| a.to_string())
+        .unwrap()
         .parse()
         .unwrap();
     let serving: u16 = tc

@@ -332,9 +332,18 @@ async fn round_robin_cycles_through_the_hosts() {
 fn start_selector(tc: &TestCluster, port: u16, prefer: &str) -> ManagedProcess {
     let dirs = search_dirs(None);
     let bin = find_binary("example-host-selector", &dirs).expect("build the workspace's binaries");
+    let tls = match tc.cluster.pki() {
+        Some(pki) => pki
+            .issue(
+                &datapath_tls::Identity::Plugin("host-selector".into()),
+                &["127.0.0.1".parse().unwrap()],
+            )
+            .unwrap(),
+        None => vec!["--insecure".to_string()],
+    };
     let spec = ProcessSpec::new("host-selector", bin)
+        .args(tls)
         .args([
-            "--insecure".to_string(),
             "--listen".to_string(),
             format!("127.0.0.1:{port}"),
             "--prefer".to_string(),
@@ -349,7 +358,7 @@ async fn the_external_policy_is_obeyed() {
     // The scheduler is told the selector's address at start; the selector, which needs a host id,
     // starts once the hosts have theirs (the scheduler connects lazily).
     let port = free_ports(1).unwrap()[0];
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("https://127.0.0.1:{port}");
     let tc = TestCluster::start(3, |c| {
         c.host_selection = "external".into();
         c.host_selector_url = Some(url.clone());
@@ -366,9 +375,14 @@ async fn the_external_policy_is_obeyed() {
         .max()
         .unwrap();
     let mut selector = start_selector(&tc, port, &chosen);
-    wait_serving(&mut selector, &url, Duration::from_secs(10))
-        .await
-        .unwrap();
+    wait_serving(
+        &mut selector,
+        &url,
+        tc.cluster.client_tls(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
 
     let (a, b) = (tc.domain().await, tc.domain().await);
     wait_hosts_reach(&tc, &[&a, &b]).await;

@@ -30,10 +30,15 @@ async fn standby(tc: &mut TestCluster) -> (ManagedProcess, String) {
     };
     let log_dir = tc.cluster.config().log_dir();
     let mut process = ManagedProcess::start(spec, &log_dir).unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    wait_serving(&mut process, &url, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let url = datapath_tls::url(tc.cluster.client_tls(), &format!("127.0.0.1:{port}"));
+    wait_serving(
+        &mut process,
+        &url,
+        tc.cluster.client_tls(),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
     (process, url)
 }
 
@@ -46,7 +51,7 @@ async fn a_standby_scheduler_takes_over_a_running_move() {
     let (a, b) = (tc.domain().await, tc.domain().await);
     let src = chain_disk(&tc, &a, 24 * MIB).await;
     // Any replica takes requests: this one only writes the flow; the acting one runs it.
-    let mut client = SchedulerServiceClient::connect(url.clone()).await.unwrap();
+    let mut client = SchedulerServiceClient::new(tc.channel(&url).await);
     let name = client
         .move_disk(pb::MoveDiskRequest {
             image: Some(pb::DiskRef {
@@ -68,7 +73,13 @@ async fn a_standby_scheduler_takes_over_a_running_move() {
     .await
     .unwrap();
     tc.cluster.scheduler_mut().signal(Signal::SIGKILL).unwrap();
-    let seen = follow_at(&url, &name, Duration::from_secs(90)).await;
+    let seen = follow_at(
+        &url,
+        tc.cluster.client_tls(),
+        &name,
+        Duration::from_secs(90),
+    )
+    .await;
     let log = std::fs::read_to_string(replica.log_path()).unwrap_or_default();
     if seen.is_err() {
         tc.dump_logs();

@@ -49,7 +49,11 @@ fn assert_names_spm(tc: &TestCluster, err: &Status, spm: usize) {
     );
     let spm_id = tc.cluster.host_id(spm);
     assert_eq!(metadata(err, "spm_host_id").as_deref(), Some(spm_id));
-    let address = tc.cluster.host_url(spm).replace("http://", "");
+    let address = tc
+        .cluster
+        .host_url(spm)
+        .replace("https://", "")
+        .replace("http://", "");
     assert_eq!(metadata(err, "spm_address"), Some(address));
     assert!(err.message().contains(spm_id), "{err:?}");
 }
@@ -214,6 +218,7 @@ async fn dpctl_follows_the_spm_for_structural_verbs() {
         let out = std::process::Command::new(
             dpctl::local::find_binary("dpctl", &dpctl::local::search_dirs(None)).unwrap(),
         )
+        .envs(tc.dpctl_env())
         .args([
             "--job-tracker",
             &tc.cluster.job_tracker_url(),

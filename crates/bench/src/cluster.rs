@@ -69,8 +69,9 @@ impl Bench {
         };
         let cluster = Cluster::start(config).await.context("start cluster")?;
         let spm = cluster.wait_spm().await?;
-        let host = HostWorkerServiceClient::connect(cluster.host_url(spm)).await?;
-        let tracker = JobTrackerServiceClient::connect(cluster.job_tracker_url()).await?;
+        let host = HostWorkerServiceClient::new(cluster.channel(&cluster.host_url(spm)).await?);
+        let tracker =
+            JobTrackerServiceClient::new(cluster.channel(&cluster.job_tracker_url()).await?);
         Ok(Self {
             cluster,
             host,

@@ -61,7 +61,8 @@ async fn spread(base: &Path, rounds: usize, host_limit: u64) -> anyhow::Result<(
     )
     .await?;
     let spm = b.cluster.wait_spm().await?;
-    let mut sched = SchedulerServiceClient::connect(b.cluster.scheduler_url()).await?;
+    let mut sched =
+        SchedulerServiceClient::new(b.cluster.channel(&b.cluster.scheduler_url()).await?);
     let (a, d) = (b.domain().await?, b.domain().await?);
     let t = Instant::now();
     wait_reach(&mut sched, &[&a, &d]).await?;
@@ -335,7 +336,8 @@ async fn overhead(base: &Path, moves: usize) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let mut sched = SchedulerServiceClient::connect(b.cluster.scheduler_url()).await?;
+    let mut sched =
+        SchedulerServiceClient::new(b.cluster.channel(&b.cluster.scheduler_url()).await?);
     let (a, d) = (b.domain().await?, b.domain().await?);
     wait_reach(&mut sched, &[&a, &d]).await?;
     let mut disks = Vec::new();

@@ -56,6 +56,7 @@ enum Command {
 impl Cli {
     /// Runs the command.
     pub async fn run(self) -> anyhow::Result<()> {
+        let insecure = self.global.tls.insecure;
         let ctx = Context::new(self.global);
         match self.command {
             Command::Hosts => cmd::hosts::run(&ctx).await,
@@ -69,7 +70,7 @@ impl Cli {
             Command::Jobs(c) => c.run(&ctx).await,
             Command::Decode(args) => args.run(),
             Command::Debug(c) => c.run(&ctx).await,
-            Command::Local(c) => c.run().await,
+            Command::Local(c) => c.run(insecure).await,
             Command::Certs(c) => c.run(),
         }
     }

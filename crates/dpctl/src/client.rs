@@ -1,5 +1,6 @@
 //! Connections to the datapath services: every client goes through a traced channel, so each call
-//! carries the caller's W3C `traceparent`.
+//! carries the caller's W3C `traceparent`; with TLS settings each presents the caller's certificate
+//! and verifies the server against the cluster CA (by the address dialled).
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -9,7 +10,8 @@ use datapath_api::pb::{
     scheduler_service_client::SchedulerServiceClient,
 };
 use datapath_telemetry::{traced, TracedChannel};
-use tonic::transport::{Channel, Endpoint};
+use datapath_tls::Tls;
+use tonic::transport::Channel;
 
 /// How long connecting to a service may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -21,7 +23,8 @@ pub type HostWorkerClient = HostWorkerServiceClient<TracedChannel>;
 /// A scheduler client.
 pub type SchedulerClient = SchedulerServiceClient<TracedChannel>;
 
-/// `addr` as a URL: `host:port` gets `http://`; a URL is kept as it is.
+/// `addr` as a URL: `host:port` gets `http://`; a URL is kept as it is (the scheme is set by the TLS
+/// settings when connecting).
 pub fn normalize_url(addr: &str) -> String {
     if addr.contains("://") {
         addr.to_string()
@@ -30,10 +33,10 @@ pub fn normalize_url(addr: &str) -> String {
     }
 }
 
-/// A connected channel to the server at `url` (or `host:port`).
-pub async fn channel(url: &str) -> anyhow::Result<Channel> {
-    let url = normalize_url(url);
-    Endpoint::from_shared(url.clone())
+/// A connected channel to the server at `url` (or `host:port`), over mutual TLS when `tls` is given.
+pub async fn channel(url: &str, tls: Option<&Tls>) -> anyhow::Result<Channel> {
+    let url = datapath_tls::url(tls, url);
+    datapath_tls::endpoint(&url, tls, None)
         .with_context(|| format!("parse URL {url:?}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .connect()
@@ -42,20 +45,20 @@ pub async fn channel(url: &str) -> anyhow::Result<Channel> {
 }
 
 /// A client of the job-tracker at `url`.
-pub async fn job_tracker(url: &str) -> anyhow::Result<JobTrackerClient> {
-    let channel = channel(url).await.context("reach the job-tracker")?;
+pub async fn job_tracker(url: &str, tls: Option<&Tls>) -> anyhow::Result<JobTrackerClient> {
+    let channel = channel(url, tls).await.context("reach the job-tracker")?;
     Ok(JobTrackerServiceClient::new(traced(channel)))
 }
 
 /// A client of the host-worker at `url`.
-pub async fn host_worker(url: &str) -> anyhow::Result<HostWorkerClient> {
-    let channel = channel(url).await.context("reach the host-worker")?;
+pub async fn host_worker(url: &str, tls: Option<&Tls>) -> anyhow::Result<HostWorkerClient> {
+    let channel = channel(url, tls).await.context("reach the host-worker")?;
     Ok(HostWorkerServiceClient::new(traced(channel)))
 }
 
 /// A client of the scheduler at `url`.
-pub async fn scheduler(url: &str) -> anyhow::Result<SchedulerClient> {
-    let channel = channel(url).await.context("reach the scheduler")?;
+pub async fn scheduler(url: &str, tls: Option<&Tls>) -> anyhow::Result<SchedulerClient> {
+    let channel = channel(url, tls).await.context("reach the scheduler")?;
     Ok(SchedulerServiceClient::new(traced(channel)))
 }
 

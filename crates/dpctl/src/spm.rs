@@ -21,15 +21,20 @@ pub fn redirect(status: &Status) -> Option<String> {
         .map(|a| client::normalize_url(a.trim()))
 }
 
-/// Calls `call` on `host`; when the host answers NOT_SPM, calls it once more on the SPM it names.
-/// A gRPC failure comes back as the [`Status`] itself (so `dpctl` prints it with its reason).
-pub async fn follow<T, F, Fut>(host: HostWorkerClient, call: F) -> anyhow::Result<T>
+/// Calls `call` on `host`; when the host answers NOT_SPM, calls it once more on the SPM it names
+/// (reached with the same TLS settings). A gRPC failure comes back as the [`Status`] itself (so
+/// `dpctl` prints it with its reason).
+pub async fn follow<T, F, Fut>(
+    host: HostWorkerClient,
+    tls: Option<&datapath_tls::Tls>,
+    call: F,
+) -> anyhow::Result<T>
 where
     F: FnMut(HostWorkerClient) -> Fut,
     Fut: Future<Output = Result<Response<T>, Status>>,
 {
     follow_with(host, call, |url| async move {
-        client::host_worker(&url)
+        client::host_worker(&url, tls)
             .await
             .with_context(|| format!("reach the SPM at {url}"))
     })

@@ -8,6 +8,7 @@
 //! spiffe://datapath/operator/<name>    a person or program that runs operations
 //! spiffe://datapath/admin/<name>       an operator who may also change runtime settings
 //! spiffe://datapath/viewer/<name>      reads only
+//! spiffe://datapath/plugin/<name>      a placement plugin the scheduler calls (HostSelectorService)
 //! ```
 //!
 //! A certificate with no such URI, or with two, names nobody. Services also carry a DNS name derived
@@ -35,6 +36,8 @@ pub enum Identity {
     Admin(String),
     /// Reads only.
     Viewer(String),
+    /// A placement plugin (an external HostSelectorService): a server the scheduler calls.
+    Plugin(String),
 }
 
 /// Why a URI names no identity.
@@ -70,6 +73,7 @@ impl Identity {
             "operator" => Ok(Identity::Operator(name_checked(name, &bad)?)),
             "admin" => Ok(Identity::Admin(name_checked(name, &bad)?)),
             "viewer" => Ok(Identity::Viewer(name_checked(name, &bad)?)),
+            "plugin" => Ok(Identity::Plugin(name_checked(name, &bad)?)),
             _ => Err(bad("unknown kind")),
         }
     }
@@ -88,6 +92,7 @@ impl Identity {
             Identity::Operator(n) => format!("operator/{n}"),
             Identity::Admin(n) => format!("admin/{n}"),
             Identity::Viewer(n) => format!("viewer/{n}"),
+            Identity::Plugin(n) => format!("plugin/{n}"),
         }
     }
 
@@ -100,6 +105,7 @@ impl Identity {
             Identity::Operator(_) => "operator",
             Identity::Admin(_) => "admin",
             Identity::Viewer(_) => "viewer",
+            Identity::Plugin(_) => "plugin",
         }
     }
 
@@ -107,7 +113,7 @@ impl Identity {
     pub fn is_service(&self) -> bool {
         matches!(
             self,
-            Identity::Host(_) | Identity::Scheduler | Identity::JobTracker
+            Identity::Host(_) | Identity::Scheduler | Identity::JobTracker | Identity::Plugin(_)
         )
     }
 
@@ -118,16 +124,17 @@ impl Identity {
             Identity::Host(id) => Some(format!("{id}.host.{TRUST_DOMAIN}")),
             Identity::Scheduler => Some(format!("scheduler.{TRUST_DOMAIN}")),
             Identity::JobTracker => Some(format!("job-tracker.{TRUST_DOMAIN}")),
+            Identity::Plugin(n) => Some(format!("{n}.plugin.{TRUST_DOMAIN}")),
             _ => None,
         }
     }
 
     /// The certificate's common name, which etcd (with client-certificate auth) takes as the user:
     /// `datapath` (read and write under the prefix) for services, operators and admins,
-    /// `datapath-viewer` (read only) for viewers.
+    /// `datapath-viewer` (read only) for viewers and plugins (which need no etcd at all).
     pub fn etcd_user(&self) -> &'static str {
         match self {
-            Identity::Viewer(_) => ETCD_VIEWER,
+            Identity::Viewer(_) | Identity::Plugin(_) => ETCD_VIEWER,
             _ => ETCD_USER,
         }
     }
@@ -176,6 +183,7 @@ mod tests {
             Identity::Operator("alice".into()),
             Identity::Admin("ops-1".into()),
             Identity::Viewer("grafana.bot".into()),
+            Identity::Plugin("host-selector".into()),
         ] {
             assert_eq!(Identity::parse(&id.uri()), Ok(id.clone()), "{id}");
         }

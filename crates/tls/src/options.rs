@@ -15,17 +15,17 @@ use crate::{peer::identity_of_pem, Identity};
 pub struct TlsOptions {
     /// The cluster CA's certificate (PEM): servers accept only clients it signed, clients only
     /// servers it signed.
-    #[arg(long, env = "DATAPATH_TLS_CA")]
+    #[arg(long, env = "DATAPATH_TLS_CA", global = true)]
     pub tls_ca: Option<PathBuf>,
     /// This process's certificate (PEM), naming its identity (`spiffe://datapath/…`).
-    #[arg(long, env = "DATAPATH_TLS_CERT")]
+    #[arg(long, env = "DATAPATH_TLS_CERT", global = true)]
     pub tls_cert: Option<PathBuf>,
     /// The private key of `--tls-cert` (PEM).
-    #[arg(long, env = "DATAPATH_TLS_KEY")]
+    #[arg(long, env = "DATAPATH_TLS_KEY", global = true)]
     pub tls_key: Option<PathBuf>,
     /// Plaintext gRPC without authentication: anyone who reaches a port may do anything. For a lab
     /// only; logged at start and exported as `datapath_insecure 1`.
-    #[arg(long, env = "DATAPATH_INSECURE")]
+    #[arg(long, env = "DATAPATH_INSECURE", global = true)]
     pub insecure: bool,
 }
 

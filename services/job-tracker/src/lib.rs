@@ -84,7 +84,7 @@ pub async fn run(
         async move { coord.probe().await }
     }));
     let routes = Routes::new(health_server).add_service(JobTrackerServiceServer::new(
-        service::JobTrackerApi::new(tracker.clone()),
+        service::JobTrackerApi::new(tracker.clone(), tls.clone()),
     ));
     info!(address = %listener.local_addr()?, "job-tracker listening");
     let served = datapath_server::serve(

@@ -8,7 +8,7 @@ use datapath_api::{
         job_tracker_service_server::JobTrackerService,
     },
 };
-use tonic::{transport::Channel, Request, Response, Status};
+use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::{
@@ -20,12 +20,14 @@ use crate::{
 /// The JobTrackerService implementation.
 pub struct JobTrackerApi {
     tracker: Arc<Tracker>,
+    /// For the calls it makes to hosts (forwarded aborts).
+    tls: Option<datapath_tls::Tls>,
 }
 
 impl JobTrackerApi {
-    /// Serves `tracker`.
-    pub fn new(tracker: Arc<Tracker>) -> Self {
-        Self { tracker }
+    /// Serves `tracker`; calls hosts over mutual TLS when `tls` is given.
+    pub fn new(tracker: Arc<Tracker>, tls: Option<datapath_tls::Tls>) -> Self {
+        Self { tracker, tls }
     }
 
     /// Tells the job's host to abort it. Best effort: the request is already recorded in the job.
@@ -45,7 +47,8 @@ impl JobTrackerApi {
             }
         };
         let call = async {
-            let channel = Channel::from_shared(format!("http://{}", host.address))
+            let server = datapath_tls::Identity::Host(host_id);
+            let channel = datapath_tls::endpoint(&host.address, self.tls.as_ref(), Some(&server))
                 .map_err(|e| Status::internal(e.to_string()))?
                 .connect_timeout(Duration::from_secs(2))
                 .connect()

@@ -33,8 +33,8 @@ pub enum CertsCommand {
         /// Where the CA is and the certificate goes.
         #[arg(long, env = "DATAPATH_CERTS_DIR")]
         dir: PathBuf,
-        /// `host/<host id>`, `scheduler`, `job-tracker`, `operator/<name>`, `admin/<name>` or
-        /// `viewer/<name>` (or the whole `spiffe://datapath/…` URI).
+        /// `host/<host id>`, `scheduler`, `job-tracker`, `operator/<name>`, `admin/<name>`,
+        /// `viewer/<name>` or `plugin/<name>` (or the whole `spiffe://datapath/…` URI).
         #[arg(long)]
         identity: String,
         /// An address the service is reached at (repeatable), put in its certificate for clients

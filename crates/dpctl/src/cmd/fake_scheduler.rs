@@ -77,6 +77,7 @@ impl FakeScheduler {
             scheduler: url,
             host: None,
             output,
+            tls: datapath_tls::TlsOptions::insecure(),
         })
     }
 }

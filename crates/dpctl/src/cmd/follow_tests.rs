@@ -115,7 +115,7 @@ async fn serve(tracker: FakeTracker) -> JobTrackerClient {
             .add_service(JobTrackerServiceServer::new(tracker))
             .serve_with_incoming(TcpIncoming::from(listener)),
     );
-    crate::client::job_tracker(&url).await.unwrap()
+    crate::client::job_tracker(&url, None).await.unwrap()
 }
 
 #[tokio::test]

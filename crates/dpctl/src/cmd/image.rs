@@ -35,7 +35,7 @@ impl ImageCommand {
         };
         let host = ctx.host_worker().await?;
         // Only the SPM deletes images: a NOT_SPM answer is followed to the SPM it names.
-        let response = spm::follow(host, |mut h| {
+        let response = spm::follow(host, ctx.tls()?, |mut h| {
             let request = request.clone();
             async move { h.delete_image(request).await }
         })

@@ -54,14 +54,15 @@ pub struct UpArgs {
 }
 
 impl LocalCommand {
-    /// Runs it.
-    pub async fn run(self) -> anyhow::Result<()> {
+    /// Runs it. With the global `--insecure` the services run in plaintext without authentication;
+    /// otherwise on mutual TLS with certificates the launcher makes in `<dir>/pki`.
+    pub async fn run(self, insecure: bool) -> anyhow::Result<()> {
         let Self::Up(args) = self;
-        up(args).await
+        up(args, insecure).await
     }
 }
 
-async fn up(args: UpArgs) -> anyhow::Result<()> {
+async fn up(args: UpArgs, insecure: bool) -> anyhow::Result<()> {
     let dir = std::path::absolute(&args.dir)
         .with_context(|| format!("resolve directory {}", args.dir.display()))?;
     let config = ClusterConfig {
@@ -81,6 +82,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         etcd_members: 1,
         isolate_hosts: false,
         own_process_groups: true,
+        insecure,
     };
     let mut interrupt = signal(SignalKind::interrupt()).context("listen for SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("listen for SIGTERM")?;
@@ -104,6 +106,13 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     println!("storage      {}", cluster.storage_root().display());
     println!("logs         {}", dir.join("logs").display());
+    match cluster.pki() {
+        Some(_) => println!(
+            "tls          mutual TLS, certificates in {}",
+            dir.join("pki").display()
+        ),
+        None => println!("tls          none (--insecure): plaintext, no authentication"),
+    }
     println!("env          {}", env_path.display());
     println!("(use it with: set -a; . {}; set +a)", env_path.display());
     eprintln!("dpctl: local cluster up; Ctrl-C stops it");

@@ -65,18 +65,35 @@ pub struct GlobalArgs {
         default_value_t = Output::Text
     )]
     pub output: Output,
+    /// Mutual TLS with the services (the paths `dpctl local up` writes into `cluster.env`), or
+    /// `--insecure` for a cluster started with it.
+    #[command(flatten)]
+    pub tls: datapath_tls::TlsOptions,
 }
 
 /// What every subcommand runs with.
 #[derive(Debug)]
 pub struct Context {
     global: GlobalArgs,
+    tls: std::sync::OnceLock<Option<datapath_tls::Tls>>,
 }
 
 impl Context {
     /// A context from the global flags.
     pub fn new(global: GlobalArgs) -> Self {
-        Self { global }
+        Self {
+            global,
+            tls: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The TLS settings, read on first use (commands that reach no service need none).
+    pub fn tls(&self) -> anyhow::Result<Option<&datapath_tls::Tls>> {
+        if let Some(tls) = self.tls.get() {
+            return Ok(tls.as_ref());
+        }
+        let loaded = self.global.tls.load().context("TLS settings")?;
+        Ok(self.tls.get_or_init(|| loaded).as_ref())
     }
 
     /// The output format.
@@ -91,7 +108,7 @@ impl Context {
 
     /// A client of the job-tracker.
     pub async fn job_tracker(&self) -> anyhow::Result<JobTrackerClient> {
-        client::job_tracker(&self.job_tracker_url()).await
+        client::job_tracker(&self.job_tracker_url(), self.tls()?).await
     }
 
     /// The scheduler's URL.
@@ -101,13 +118,13 @@ impl Context {
 
     /// A client of the scheduler.
     pub async fn scheduler(&self) -> anyhow::Result<SchedulerClient> {
-        client::scheduler(&self.scheduler_url()).await
+        client::scheduler(&self.scheduler_url(), self.tls()?).await
     }
 
     /// A client of the chosen host-worker.
     pub async fn host_worker(&self) -> anyhow::Result<HostWorkerClient> {
         let url = self.host_url().await?;
-        client::host_worker(&url).await
+        client::host_worker(&url, self.tls()?).await
     }
 
     /// The chosen host-worker's URL: `--host` as given, or resolved through the job-tracker when it

@@ -147,7 +147,7 @@ async fn create(ctx: &Context, args: CreateArgs) -> anyhow::Result<()> {
     };
     let host = ctx.host_worker().await?;
     // Only the SPM creates volumes: a NOT_SPM answer is followed to the SPM it names.
-    let response = spm::follow(host, |mut h| {
+    let response = spm::follow(host, ctx.tls()?, |mut h| {
         let request = request.clone();
         async move { h.create_volume(request).await }
     })

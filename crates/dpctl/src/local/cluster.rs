@@ -4,20 +4,23 @@
 //! `cluster_env.rs`.
 use std::{
     fs,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _};
-use datapath_api::{ids::HostId, pb};
+use datapath_api::ids::HostId;
 use datapath_coord::{election::Role, Coord};
+
+use datapath_tls::{Identity, Tls};
 
 use super::{
     config::{host_worker_args, job_tracker_args, scheduler_args, ClusterConfig},
     etcd::Etcd,
     freezer::Freezer,
     netns::NetworkLab,
+    pki::{self, Pki},
     process::{ManagedProcess, ProcessSpec},
     support::{find_binary, free_ports, search_dirs, wait_serving},
 };
@@ -33,11 +36,14 @@ struct Service {
     process: ManagedProcess,
     addr: SocketAddr,
     metrics: SocketAddr,
+    /// Served over TLS (`https://`).
+    secure: bool,
 }
 
 impl Service {
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.secure { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 }
 
@@ -59,6 +65,8 @@ pub struct Cluster {
     job_tracker: Service,
     hosts: Vec<Host>,
     scheduler: Service,
+    /// The certificates, unless the cluster runs `--insecure`.
+    pki: Option<Pki>,
     /// Declared last: dropped after every process is killed.
     lab: Option<NetworkLab>,
 }
@@ -93,6 +101,19 @@ impl Cluster {
         let local = |ip: Option<Ipv4Addr>, port| {
             SocketAddr::from((ip.unwrap_or(Ipv4Addr::LOCALHOST), port))
         };
+        let host_ids = (0..config.hosts)
+            .map(|i| pki::host_id(&config.host_state_dir(i)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let pki = match config.insecure {
+            true => None,
+            false => Some(prepare_pki(&config, &host_ids, gateway, lab.as_ref())?),
+        };
+        let tls_args = |identity: &Identity| match &pki {
+            Some(pki) => pki.args(identity),
+            None => vec!["--insecure".to_string()],
+        };
+        let client_tls = pki.as_ref().map(Pki::client);
+        let secure = pki.is_some();
 
         let ports = free_ports(2 * (config.hosts + 2))?;
         let (ports, metrics_ports) = ports.split_at(config.hosts + 2);
@@ -108,14 +129,22 @@ impl Cluster {
             local(gateway, ports[0]),
             &etcd_url,
         ))
+        .args(tls_args(&Identity::JobTracker))
         .args(metrics_listen(metrics));
         let mut job_tracker = Service {
             process: ManagedProcess::start(spec, &config.log_dir())?,
             addr: local(gateway, ports[0]),
             metrics,
+            secure,
         };
         let job_tracker_url = job_tracker.url();
-        wait_serving(&mut job_tracker.process, &job_tracker_url, SERVING_TIMEOUT).await?;
+        wait_serving(
+            &mut job_tracker.process,
+            &job_tracker_url,
+            client_tls,
+            SERVING_TIMEOUT,
+        )
+        .await?;
 
         let mut hosts = Vec::with_capacity(config.hosts);
         for (i, &port) in ports[1..=config.hosts].iter().enumerate() {
@@ -138,6 +167,7 @@ impl Cluster {
                 },
             }
             .args(args)
+            .args(tls_args(&Identity::Host(host_ids[i])))
             .args(metrics_listen(metrics));
             hosts.push(Host {
                 frozen: None,
@@ -145,6 +175,7 @@ impl Cluster {
                     process: ManagedProcess::start(spec, &config.log_dir())?,
                     addr,
                     metrics,
+                    secure,
                 },
                 state_dir: config.host_state_dir(i),
                 host_id: String::new(),
@@ -163,11 +194,13 @@ impl Cluster {
             &etcd_url,
             &job_tracker_url,
         ))
+        .args(tls_args(&Identity::Scheduler))
         .args(metrics_listen(metrics));
         let scheduler = Service {
             process: ManagedProcess::start(spec, &config.log_dir())?,
             addr: local(None, scheduler_port),
             metrics,
+            secure,
         };
         let mut cluster = Self {
             config,
@@ -175,20 +208,53 @@ impl Cluster {
             job_tracker,
             hosts,
             scheduler,
+            pki,
             lab,
         };
+        let client_tls = cluster.pki.as_ref().map(Pki::client);
         let waits = cluster
             .hosts
             .iter_mut()
             .enumerate()
-            .map(|(i, host)| wait_host(host, i, &job_tracker_url));
+            .map(|(i, host)| wait_host(host, i, client_tls));
         futures::future::try_join_all(waits).await?;
         if cluster.host_count() > 0 {
             cluster.wait_spm().await?;
         }
         let url = cluster.scheduler.url();
-        wait_serving(&mut cluster.scheduler.process, &url, SERVING_TIMEOUT).await?;
+        let client_tls = cluster.pki.as_ref().map(Pki::client);
+        wait_serving(
+            &mut cluster.scheduler.process,
+            &url,
+            client_tls,
+            SERVING_TIMEOUT,
+        )
+        .await?;
         Ok(cluster)
+    }
+
+    /// The TLS settings the launcher's own clients use (the local operator's certificate), unless
+    /// the cluster runs `--insecure`.
+    pub fn client_tls(&self) -> Option<&Tls> {
+        self.pki.as_ref().map(Pki::client)
+    }
+
+    /// The certificates, unless the cluster runs `--insecure`.
+    pub fn pki(&self) -> Option<&Pki> {
+        self.pki.as_ref()
+    }
+
+    /// A connected channel to `url` (one of this cluster's services) as the local operator.
+    pub async fn channel(&self, url: &str) -> anyhow::Result<tonic::transport::Channel> {
+        crate::client::channel(url, self.client_tls()).await
+    }
+
+    /// grpcurl's flags to reach this cluster: the local operator's certificate, or `-plaintext`.
+    pub fn grpcurl_args(&self) -> Vec<String> {
+        match &self.pki {
+            Some(pki) => pki.grpcurl_args(),
+            None => vec!["-plaintext".into()],
+        }
     }
 
     /// Its configuration.
@@ -252,7 +318,8 @@ impl Cluster {
         let url = self.scheduler.url();
         let process = &mut self.scheduler.process;
         process.restart().await.context("restart scheduler")?;
-        wait_serving(process, &url, SERVING_TIMEOUT).await
+        let tls = self.pki.as_ref().map(Pki::client);
+        wait_serving(process, &url, tls, SERVING_TIMEOUT).await
     }
 
     /// Number of host-workers.
@@ -330,7 +397,8 @@ impl Cluster {
         let url = self.job_tracker.url();
         let process = &mut self.job_tracker.process;
         process.restart().await.context("restart job-tracker")?;
-        wait_serving(process, &url, SERVING_TIMEOUT).await
+        let tls = self.pki.as_ref().map(Pki::client);
+        wait_serving(process, &url, tls, SERVING_TIMEOUT).await
     }
 
     /// Freezes host `i` whole — its host-worker, copier watchdogs and qemu-img — with the cgroup
@@ -415,8 +483,8 @@ impl Cluster {
     /// Waits until host `i` is SERVING (e.g. after SIGCONT) and reads its host id. Panics when `i`
     /// is out of range.
     pub async fn wait_host(&mut self, i: usize) -> anyhow::Result<()> {
-        let job_tracker_url = self.job_tracker.url();
-        wait_host(&mut self.hosts[i], i, &job_tracker_url).await
+        let tls = self.pki.as_ref().map(Pki::client);
+        wait_host(&mut self.hosts[i], i, tls).await
     }
 
     /// Stops the scheduler, then the host-workers, then the job-tracker, then etcd: each SIGTERM, then SIGKILL after
@@ -456,15 +524,37 @@ fn base_spec(config: &ClusterConfig) -> ProcessSpec {
     }
 }
 
-/// Waits until host `i` is SERVING, then reads its id.
-async fn wait_host(host: &mut Host, i: usize, job_tracker_url: &str) -> anyhow::Result<()> {
+/// Waits until host `i` is SERVING, then reads its id (written before it started).
+async fn wait_host(host: &mut Host, i: usize, tls: Option<&Tls>) -> anyhow::Result<()> {
     let url = host.service.url();
-    wait_serving(&mut host.service.process, &url, SERVING_TIMEOUT).await?;
-    let addr = host.service.addr.to_string();
-    host.host_id = read_host_id(&host.state_dir, job_tracker_url, &addr)
-        .await
-        .with_context(|| format!("read the host id of host-{i}"))?;
+    wait_serving(&mut host.service.process, &url, tls, SERVING_TIMEOUT).await?;
+    host.host_id = pki::host_id(&host.state_dir)
+        .with_context(|| format!("read the host id of host-{i}"))?
+        .to_string();
     Ok(())
+}
+
+/// The cluster's certificates: the services for the addresses they serve on, each host for its id.
+fn prepare_pki(
+    config: &ClusterConfig,
+    host_ids: &[HostId],
+    gateway: Option<Ipv4Addr>,
+    lab: Option<&NetworkLab>,
+) -> anyhow::Result<Pki> {
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let with_gateway: Vec<IpAddr> = std::iter::once(loopback)
+        .chain(gateway.map(IpAddr::V4))
+        .collect();
+    let mut services = vec![
+        (Identity::JobTracker, with_gateway.clone()),
+        (Identity::Scheduler, vec![loopback]),
+    ];
+    for (i, id) in host_ids.iter().enumerate() {
+        let mut addresses = vec![loopback];
+        addresses.extend(lab.map(|l| IpAddr::V4(l.host_addr(i))));
+        services.push((Identity::Host(*id), addresses));
+    }
+    Pki::prepare(&config.pki_dir(), &services)
 }
 
 fn prepare_dirs(config: &ClusterConfig) -> anyhow::Result<()> {
@@ -484,44 +574,4 @@ fn prepare_dirs(config: &ClusterConfig) -> anyhow::Result<()> {
         fs::create_dir_all(&dir).with_context(|| format!("create directory {}", dir.display()))?;
     }
     Ok(())
-}
-
-/// The id a SERVING host-worker runs under: from `<state_dir>/host-id`, else from the job-tracker's
-/// registered hosts (matched by address), retried for a few seconds.
-async fn read_host_id(state_dir: &Path, job_tracker: &str, addr: &str) -> anyhow::Result<String> {
-    const TIMEOUT: Duration = Duration::from_secs(10);
-    let until = Instant::now() + TIMEOUT;
-    let file = state_dir.join("host-id");
-    loop {
-        if let Ok(text) = fs::read_to_string(&file) {
-            if let Ok(id) = uuid::Uuid::try_parse(text.trim()) {
-                return Ok(id.hyphenated().to_string());
-            }
-        }
-        if let Ok(Some(id)) = registered_host_id(job_tracker, addr).await {
-            return Ok(id);
-        }
-        if Instant::now() >= until {
-            bail!(
-                "no host id in {} and no host registered at {addr} within {}",
-                file.display(),
-                humantime::format_duration(TIMEOUT)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn registered_host_id(job_tracker: &str, addr: &str) -> anyhow::Result<Option<String>> {
-    let mut client = crate::client::job_tracker(job_tracker).await?;
-    let hosts = client
-        .list_registered_hosts(pb::ListRegisteredHostsRequest {})
-        .await
-        .context("list registered hosts")?
-        .into_inner()
-        .hosts;
-    Ok(hosts
-        .into_iter()
-        .find(|h| h.address.trim_start_matches("http://") == addr)
-        .map(|h| h.host_id))
 }

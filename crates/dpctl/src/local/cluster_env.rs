@@ -11,7 +11,8 @@ impl Cluster {
     /// `DATAPATH_JOB_TRACKER`, `DATAPATH_STORAGE_ROOT`, and `DATAPATH_HOST_<i>` (URL) and
     /// `DATAPATH_HOST_<i>_ID` for every host; and each service's `/metrics` address (`host:port`, for
     /// a Prometheus scrape config): `DATAPATH_JOB_TRACKER_METRICS`, `DATAPATH_SCHEDULER_METRICS`,
-    /// `DATAPATH_HOST_<i>_METRICS`.
+    /// `DATAPATH_HOST_<i>_METRICS`; and the local operator's certificate (`DATAPATH_TLS_CA`,
+    /// `DATAPATH_TLS_CERT`, `DATAPATH_TLS_KEY`), or `DATAPATH_INSECURE=true`.
     pub fn env_vars(&self) -> Vec<(String, String)> {
         let mut vars = vec![
             (
@@ -37,6 +38,10 @@ impl Cluster {
                 self.storage_root().display().to_string(),
             ),
         ];
+        match self.pki() {
+            Some(pki) => vars.extend(pki.env()),
+            None => vars.push(("DATAPATH_INSECURE".into(), "true".into())),
+        }
         for i in 0..self.host_count() {
             vars.push((format!("DATAPATH_HOST_{i}"), self.host_url(i)));
             vars.push((format!("DATAPATH_HOST_{i}_ID"), self.host_id(i).to_string()));

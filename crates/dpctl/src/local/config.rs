@@ -42,6 +42,9 @@ pub struct ClusterConfig {
     /// launcher, which then stops the cluster in order (`dpctl local up` does). Off by default, so
     /// that interrupting a test run also interrupts its processes.
     pub own_process_groups: bool,
+    /// Run every service with `--insecure` (plaintext gRPC, no authentication) instead of mutual TLS
+    /// with certificates the launcher makes in `<dir>/pki`.
+    pub insecure: bool,
 }
 
 impl Default for ClusterConfig {
@@ -63,6 +66,7 @@ impl Default for ClusterConfig {
             etcd_members: 1,
             isolate_hosts: false,
             own_process_groups: false,
+            insecure: false,
         }
     }
 }
@@ -78,6 +82,11 @@ impl ClusterConfig {
         self.dir.join("hosts").join(format!("host-{i}"))
     }
 
+    /// The directory of the cluster CA and every certificate (see `pki.rs`).
+    pub fn pki_dir(&self) -> PathBuf {
+        self.dir.join("pki")
+    }
+
     /// The directory of the process logs.
     pub fn log_dir(&self) -> PathBuf {
         self.dir.join("logs")
@@ -91,7 +100,6 @@ pub(super) fn job_tracker_args(
     etcd: &str,
 ) -> Vec<String> {
     vec![
-        "--insecure".into(),
         "--listen".into(),
         listen.to_string(),
         "--etcd-endpoints".into(),
@@ -111,7 +119,6 @@ pub(super) fn scheduler_args(
     job_tracker: &str,
 ) -> Vec<String> {
     let mut args = vec![
-        "--insecure".into(),
         "--listen".into(),
         format!("127.0.0.1:{port}"),
         "--etcd-endpoints".into(),
@@ -142,7 +149,6 @@ pub(super) fn host_worker_args(
     job_tracker: &str,
 ) -> Vec<String> {
     let mut args = vec![
-        "--insecure".into(),
         "--listen".into(),
         listen.to_string(),
         "--state-dir".into(),
@@ -186,7 +192,7 @@ mod tests {
         let args = host_worker_args(&config, 1, listen, "http://e", "http://j").join(" ");
         assert_eq!(
             args,
-            "--insecure --listen 127.0.0.1:7401 --state-dir /d/hosts/host-1 --etcd-endpoints http://e \
+            "--listen 127.0.0.1:7401 --state-dir /d/hosts/host-1 --etcd-endpoints http://e \
              --etcd-prefix /datapath/ --storage-root /d/storage --job-slots 3 --session-ttl 2s 500ms \
              --job-tracker http://j"
         );

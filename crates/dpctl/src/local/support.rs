@@ -72,10 +72,11 @@ pub fn find_binary(name: &str, dirs: &[PathBuf]) -> anyhow::Result<PathBuf> {
         })
 }
 
-/// One health check of the server at `url` (service ""): `Ok(true)` when it answers SERVING.
-pub async fn check_serving(url: &str) -> anyhow::Result<bool> {
+/// One health check of the server at `url` (service ""), over mutual TLS when `tls` is given:
+/// `Ok(true)` when it answers SERVING.
+pub async fn check_serving(url: &str, tls: Option<&datapath_tls::Tls>) -> anyhow::Result<bool> {
     let call = async {
-        let channel = crate::client::channel(url).await?;
+        let channel = crate::client::channel(url, tls).await?;
         let mut health = HealthClient::new(datapath_telemetry::traced(channel));
         let response = health
             .check(HealthCheckRequest {
@@ -95,6 +96,7 @@ pub async fn check_serving(url: &str) -> anyhow::Result<bool> {
 pub async fn wait_serving(
     process: &mut ManagedProcess,
     url: &str,
+    tls: Option<&datapath_tls::Tls>,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let until = Instant::now() + timeout;
@@ -107,7 +109,7 @@ pub async fn wait_serving(
                 process.log_tail(LOG_TAIL_LINES)
             );
         }
-        let last = match check_serving(url).await {
+        let last = match check_serving(url, tls).await {
             Ok(true) => return Ok(()),
             Ok(false) => "NOT_SERVING".to_string(),
             Err(e) => format!("{e:#}"),

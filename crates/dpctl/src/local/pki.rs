@@ -1,0 +1,129 @@
+//! The local cluster's certificates, made at start unless the cluster runs `--insecure`:
+//!
+//! ```text
+//! <dir>/pki/ca.pem, ca.key                      the cluster CA (kept across restarts of the same dir)
+//! <dir>/pki/job-tracker.pem|.key, scheduler.*    the services, for 127.0.0.1 and their addresses
+//! <dir>/pki/host-<host id>.pem|.key              each host, for its persisted host id
+//! <dir>/pki/operator-local.pem|.key              the launcher itself, dpctl and grpcurl
+//! ```
+//!
+//! A host's id is fixed before it starts (written into its state directory, which the host-worker
+//! reads), so its certificate can be issued for it.
+use std::{
+    fs,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use datapath_api::ids::HostId;
+use datapath_tls::{
+    ca::{file_name, Ca, LEAF_LIFETIME},
+    Identity, Tls, TlsOptions,
+};
+
+/// The identity the launcher, and the dpctl and grpcurl it sets up, act as.
+pub fn local_operator() -> Identity {
+    Identity::Operator("local".into())
+}
+
+/// The certificates of one local cluster.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    dir: PathBuf,
+    client: Tls,
+}
+
+impl Pki {
+    /// Makes (or loads) the CA in `dir` and issues a certificate for every identity in `services`,
+    /// each valid for its addresses, and one for the local operator.
+    pub fn prepare(dir: &Path, services: &[(Identity, Vec<IpAddr>)]) -> anyhow::Result<Self> {
+        let ca = if dir.join("ca.pem").exists() {
+            Ca::load(dir).context("load the local CA")?
+        } else {
+            Ca::init(dir, "datapath local").context("make the local CA")?
+        };
+        let operator = local_operator();
+        let everyone = services
+            .iter()
+            .cloned()
+            .chain(std::iter::once((operator.clone(), Vec::new())));
+        for (identity, addresses) in everyone {
+            ca.issue(&identity, &addresses, LEAF_LIFETIME)
+                .and_then(|leaf| leaf.write(dir, &file_name(&identity)))
+                .with_context(|| format!("issue a certificate for {identity}"))?;
+        }
+        let client = Self::options_in(dir, &operator)
+            .load()?
+            .context("the operator's certificate")?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            client,
+        })
+    }
+
+    fn options_in(dir: &Path, identity: &Identity) -> TlsOptions {
+        TlsOptions::in_dir(dir, &file_name(identity))
+    }
+
+    /// Issues a certificate for another process of the cluster (a placement plugin, a second
+    /// scheduler) valid for `addresses`; returns its TLS flags.
+    pub fn issue(&self, identity: &Identity, addresses: &[IpAddr]) -> anyhow::Result<Vec<String>> {
+        let ca = Ca::load(&self.dir).context("load the local CA")?;
+        ca.issue(identity, addresses, LEAF_LIFETIME)
+            .and_then(|leaf| leaf.write(&self.dir, &file_name(identity)))
+            .with_context(|| format!("issue a certificate for {identity}"))?;
+        Ok(self.args(identity))
+    }
+
+    /// The TLS flags of `identity`'s process.
+    pub fn args(&self, identity: &Identity) -> Vec<String> {
+        Self::options_in(&self.dir, identity).to_args()
+    }
+
+    /// The local operator's TLS settings (the launcher's own clients, and tests').
+    pub fn client(&self) -> &Tls {
+        &self.client
+    }
+
+    /// The local operator's files as `DATAPATH_TLS_*` variables (for `cluster.env`).
+    pub fn env(&self) -> Vec<(String, String)> {
+        let (ca, cert, key) = self.client.paths();
+        vec![
+            ("DATAPATH_TLS_CA".into(), ca.display().to_string()),
+            ("DATAPATH_TLS_CERT".into(), cert.display().to_string()),
+            ("DATAPATH_TLS_KEY".into(), key.display().to_string()),
+        ]
+    }
+
+    /// grpcurl's flags for the local operator (`-cacert`, `-cert`, `-key`).
+    pub fn grpcurl_args(&self) -> Vec<String> {
+        let (ca, cert, key) = self.client.paths();
+        vec![
+            "-cacert".into(),
+            ca.display().to_string(),
+            "-cert".into(),
+            cert.display().to_string(),
+            "-key".into(),
+            key.display().to_string(),
+        ]
+    }
+}
+
+/// The host id in `state_dir/host-id`, written there first when missing (the host-worker keeps it).
+pub fn host_id(state_dir: &Path) -> anyhow::Result<HostId> {
+    let path = state_dir.join("host-id");
+    match fs::read_to_string(&path) {
+        Ok(text) => HostId::parse("host-id", text.trim())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(state_dir)
+                .with_context(|| format!("create {}", state_dir.display()))?;
+            let id = HostId::random();
+            fs::write(&path, format!("{id}\n"))
+                .with_context(|| format!("write {}", path.display()))?;
+            Ok(id)
+        }
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
