@@ -24,7 +24,8 @@ const MIB: u64 = 1 << 20;
 /// How a test forges the end of a running job.
 #[derive(Clone, Copy, Debug)]
 enum Forge {
-    /// An `UpdateJob` call to the job-tracker in the job's host's name.
+    /// An `UpdateJob` call to the job-tracker in the job's host's name, with that host's
+    /// certificate: a buggy or compromised worker.
     UpdateJob,
     /// The job record rewritten in etcd, past the job-tracker.
     EtcdRecord,
@@ -44,7 +45,7 @@ async fn forge_success(tc: &TestCluster, job_id: &str, how: Forge) {
         .unwrap();
     match how {
         Forge::UpdateJob => {
-            tc.tracker()
+            tc.tracker_as_host(&job.host_id)
                 .await
                 .update_job(pb::UpdateJobRequest {
                     job_id: job_id.into(),

@@ -24,6 +24,8 @@ use tonic::transport::Channel;
 pub struct TestCluster {
     pub cluster: Cluster,
     pub etcd: etcd_client::Client,
+    /// Job-tracker clients acting as hosts, by host id (see [`TestCluster::tracker_as_host`]).
+    as_hosts: std::sync::Mutex<std::collections::HashMap<String, JobTrackerServiceClient<Channel>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -59,6 +61,7 @@ impl TestCluster {
         Ok(Self {
             cluster,
             etcd,
+            as_hosts: Default::default(),
             _dir: dir,
         })
     }
@@ -66,6 +69,36 @@ impl TestCluster {
     /// A client of host `i`.
     pub async fn host(&self, i: usize) -> HostWorkerServiceClient<Channel> {
         HostWorkerServiceClient::new(self.channel(&self.cluster.host_url(i)).await)
+    }
+
+    /// A connected channel to `url` acting as `identity` (a certificate issued for it by the
+    /// cluster CA), or in plaintext when the cluster is insecure.
+    pub async fn channel_as(&self, url: &str, identity: &datapath_tls::Identity) -> Channel {
+        let tls = self
+            .cluster
+            .pki()
+            .map(|pki| pki.issue_tls(identity).expect("issue a certificate"));
+        dpctl::client::channel(url, tls.as_ref())
+            .await
+            .unwrap_or_else(|e| panic!("connect {url} as {identity}: {e:#}"))
+    }
+
+    /// A job-tracker client acting as host `host_id`: only a host may create and update its jobs.
+    pub async fn tracker_as_host(&self, host_id: &str) -> JobTrackerServiceClient<Channel> {
+        if let Some(c) = self.as_hosts.lock().unwrap().get(host_id) {
+            return c.clone();
+        }
+        let id = datapath_api::ids::HostId::parse("host_id", host_id).expect("a host id");
+        let url = self.cluster.job_tracker_url();
+        let client = JobTrackerServiceClient::new(
+            self.channel_as(&url, &datapath_tls::Identity::Host(id))
+                .await,
+        );
+        self.as_hosts
+            .lock()
+            .unwrap()
+            .insert(host_id.to_string(), client.clone());
+        client
     }
 
     /// A connected channel to one of the cluster's services, as the local operator (mutual TLS).

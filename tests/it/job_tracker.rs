@@ -2,11 +2,9 @@
 //! and coalescing of progress writes — against the real job-tracker and etcd.
 use std::time::Duration;
 
-use datapath_api::pb::{
-    self, job_tracker_service_client::JobTrackerServiceClient, JobEventType, JobStatus,
-};
+use datapath_api::pb::{self, JobEventType, JobStatus};
 use tokio_stream::StreamExt as _;
-use tonic::{transport::Channel, Code};
+use tonic::Code;
 
 use crate::harness::*;
 
@@ -34,8 +32,9 @@ fn new_job(host: &str, entity: &str) -> pb::Job {
     }
 }
 
+/// UpdateJob sent by host `host` (with its own certificate) for `job`.
 async fn update(
-    t: &mut JobTrackerServiceClient<Channel>,
+    tc: &TestCluster,
     job: &pb::Job,
     host: &str,
     status: Option<JobStatus>,
@@ -48,13 +47,13 @@ async fn update(
         progress,
         error: None,
     };
+    let mut t = tc.tracker_as_host(host).await;
     Ok(t.update_job(req).await?.into_inner().job.unwrap())
 }
 
-async fn create(
-    t: &mut JobTrackerServiceClient<Channel>,
-    job: &pb::Job,
-) -> Result<pb::CreateJobResponse, tonic::Status> {
+/// CreateJob sent by the job's host (with its own certificate).
+async fn create(tc: &TestCluster, job: &pb::Job) -> Result<pb::CreateJobResponse, tonic::Status> {
+    let mut t = tc.tracker_as_host(&job.host_id).await;
     Ok(t.create_job(pb::CreateJobRequest {
         job: Some(job.clone()),
     })
@@ -74,15 +73,15 @@ async fn the_job_state_machine_is_enforced() {
     let other = uuid::Uuid::new_v4().to_string();
     let job = new_job(&host, "e1");
 
-    let first = create(&mut t, &job).await.unwrap();
+    let first = create(&tc, &job).await.unwrap();
     assert!(first.created);
     assert_eq!(first.job.unwrap().status(), JobStatus::Pending);
     assert!(
-        !create(&mut t, &job).await.unwrap().created,
+        !create(&tc, &job).await.unwrap().created,
         "the same job again is not new"
     );
     let err = create(
-        &mut t,
+        &tc,
         &pb::Job {
             host_id: other.clone(),
             ..job.clone()
@@ -95,14 +94,14 @@ async fn the_job_state_machine_is_enforced() {
         (Code::AlreadyExists, "JOB_EXISTS".into())
     );
 
-    let err = update(&mut t, &job, &other, Some(JobStatus::Running), None)
+    let err = update(&tc, &job, &other, Some(JobStatus::Running), None)
         .await
         .unwrap_err();
     assert_eq!(
         (err.code(), reason(&err)),
         (Code::PermissionDenied, "NOT_JOB_OWNER".into())
     );
-    let err = update(&mut t, &job, &host, Some(JobStatus::Succeeded), None)
+    let err = update(&tc, &job, &host, Some(JobStatus::Succeeded), None)
         .await
         .unwrap_err();
     assert_eq!(
@@ -111,25 +110,23 @@ async fn the_job_state_machine_is_enforced() {
     );
 
     assert_eq!(
-        update(&mut t, &job, &host, Some(JobStatus::Running), Some(50))
+        update(&tc, &job, &host, Some(JobStatus::Running), Some(50))
             .await
             .unwrap()
             .progress,
         50
     );
     assert_eq!(
-        update(&mut t, &job, &host, None, Some(30))
+        update(&tc, &job, &host, None, Some(30))
             .await
             .unwrap()
             .progress,
         50,
         "progress went down"
     );
-    let err = update(&mut t, &job, &host, None, Some(101))
-        .await
-        .unwrap_err();
+    let err = update(&tc, &job, &host, None, Some(101)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let err = update(&mut t, &job, &host, Some(JobStatus::Failed), None)
+    let err = update(&tc, &job, &host, Some(JobStatus::Failed), None)
         .await
         .unwrap_err();
     assert_eq!(
@@ -144,11 +141,11 @@ async fn the_job_state_machine_is_enforced() {
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 
-    let done = update(&mut t, &job, &host, Some(JobStatus::Succeeded), None)
+    let done = update(&tc, &job, &host, Some(JobStatus::Succeeded), None)
         .await
         .unwrap();
     assert_eq!((done.status(), done.progress), (JobStatus::Succeeded, 100));
-    let err = update(&mut t, &job, &host, Some(JobStatus::Running), None)
+    let err = update(&tc, &job, &host, Some(JobStatus::Running), None)
         .await
         .unwrap_err();
     assert_eq!(
@@ -185,9 +182,9 @@ async fn list_filters_and_paginates() {
     let mut ids = Vec::new();
     for i in 0..7 {
         let job = new_job(&host, if i % 2 == 0 { "even" } else { "odd" });
-        create(&mut t, &job).await.unwrap();
+        create(&tc, &job).await.unwrap();
         if i < 2 {
-            update(&mut t, &job, &host, Some(JobStatus::Running), None)
+            update(&tc, &job, &host, Some(JobStatus::Running), None)
                 .await
                 .unwrap();
         }
@@ -262,14 +259,14 @@ async fn a_watch_resumes_after_a_revision_without_missing_anything() {
         .await
         .unwrap()
         .into_inner();
-    create(&mut t, &job).await.unwrap();
-    update(&mut t, &job, &host, Some(JobStatus::Running), None)
+    create(&tc, &job).await.unwrap();
+    update(&tc, &job, &host, Some(JobStatus::Running), None)
         .await
         .unwrap();
     let created = live.next().await.unwrap().unwrap();
     assert_eq!(created.r#type(), JobEventType::Put);
     // Everything after the first event, seen live...
-    update(&mut t, &job, &host, Some(JobStatus::Aborted), None)
+    update(&tc, &job, &host, Some(JobStatus::Aborted), None)
         .await
         .unwrap();
     t.delete_job(pb::DeleteJobRequest {
@@ -318,7 +315,7 @@ async fn a_watch_resumes_after_a_revision_without_missing_anything() {
 
     // A snapshot stream starts with what exists now.
     let other = new_job(&host, "w2");
-    create(&mut t, &other).await.unwrap();
+    create(&tc, &other).await.unwrap();
     let mut snap = t
         .watch_jobs(pb::WatchJobsRequest {
             job_id: other.job_id.clone(),
@@ -339,16 +336,16 @@ async fn ended_jobs_are_deleted_after_the_retention_and_running_ones_are_kept() 
     let tc = TestCluster::start(1, |c| c.job_retention = Duration::from_secs(2))
         .await
         .unwrap();
-    let mut t = tc.tracker().await;
+    let t = tc.tracker().await;
     let host = uuid::Uuid::new_v4().to_string();
     let (ended, running) = (new_job(&host, "r"), new_job(&host, "r"));
     for j in [&ended, &running] {
-        create(&mut t, j).await.unwrap();
-        update(&mut t, j, &host, Some(JobStatus::Running), None)
+        create(&tc, j).await.unwrap();
+        update(&tc, j, &host, Some(JobStatus::Running), None)
             .await
             .unwrap();
     }
-    update(&mut t, &ended, &host, Some(JobStatus::Succeeded), None)
+    update(&tc, &ended, &host, Some(JobStatus::Succeeded), None)
         .await
         .unwrap();
     let gone = |id: String| {
@@ -374,11 +371,11 @@ async fn ended_jobs_are_deleted_after_the_retention_and_running_ones_are_kept() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_writes_are_coalesced_to_about_two_a_second() {
     let tc = TestCluster::start(1, |_| {}).await.unwrap();
-    let mut t = tc.tracker().await;
+    let t = tc.tracker().await;
     let host = uuid::Uuid::new_v4().to_string();
     let job = new_job(&host, "c");
-    create(&mut t, &job).await.unwrap();
-    update(&mut t, &job, &host, Some(JobStatus::Running), None)
+    create(&tc, &job).await.unwrap();
+    update(&tc, &job, &host, Some(JobStatus::Running), None)
         .await
         .unwrap();
     let key = format!("{}jobs/{}", tc.cluster.etcd_prefix(), job.job_id);
@@ -391,7 +388,7 @@ async fn progress_writes_are_coalesced_to_about_two_a_second() {
     // 100 progress reports over about 2 seconds: a fast copy.
     let begun = std::time::Instant::now();
     for p in 1..=100 {
-        let shown = update(&mut t, &job, &host, None, Some(p)).await.unwrap();
+        let shown = update(&tc, &job, &host, None, Some(p)).await.unwrap();
         assert_eq!(shown.progress, p, "the answer shows the reported progress");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -454,7 +451,7 @@ async fn a_quiet_watch_outlives_the_request_timeouts() {
         "the stream ended or sent something while nothing happened: {quiet:?}"
     );
     let job = new_job(&host, "q");
-    create(&mut t, &job).await.unwrap();
+    create(&tc, &job).await.unwrap();
     let event = tokio::time::timeout(Duration::from_secs(5), watch.next())
         .await
         .unwrap()

@@ -1,5 +1,6 @@
 //! End-to-end tests: real etcd, the real job-tracker and host-worker binaries as separate processes,
 //! real qemu-img on real files. Build the binaries first (`cargo build --workspace --bins`).
+mod authz;
 mod bad_input;
 mod chaos;
 mod clone_disk;

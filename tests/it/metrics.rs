@@ -28,8 +28,14 @@ const MIB: u64 = 1 << 20;
 /// which `wchar` counts too. Measured here: a few hundred bytes.
 const BYTES_MARGIN: u64 = 64 * 1024;
 
-/// GETs `/metrics` over plain HTTP/1.1 and checks it with `promtool check metrics`.
-async fn scrape(addr: SocketAddr) -> anyhow::Result<Samples> {
+/// The text of `/metrics` at `addr`, over plain HTTP/1.1.
+pub(crate) async fn scrape_text(addr: SocketAddr) -> String {
+    get_metrics(addr)
+        .await
+        .unwrap_or_else(|e| panic!("GET /metrics of {addr}: {e:#}"))
+}
+
+async fn get_metrics(addr: SocketAddr) -> anyhow::Result<String> {
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .with_context(|| format!("connect {addr}"))?;
@@ -41,8 +47,14 @@ async fn scrape(addr: SocketAddr) -> anyhow::Result<Samples> {
     if !head.starts_with("HTTP/1.1 200") {
         bail!("{addr}: {head}");
     }
-    promtool(body).with_context(|| format!("promtool check metrics of {addr}"))?;
-    parse(body).with_context(|| format!("parse /metrics of {addr}"))
+    Ok(body.to_string())
+}
+
+/// GETs `/metrics` over plain HTTP/1.1 and checks it with `promtool check metrics`.
+async fn scrape(addr: SocketAddr) -> anyhow::Result<Samples> {
+    let body = get_metrics(addr).await?;
+    promtool(&body).with_context(|| format!("promtool check metrics of {addr}"))?;
+    parse(&body).with_context(|| format!("parse /metrics of {addr}"))
 }
 
 /// `promtool check metrics` (syntax and Prometheus' naming lints) must accept `text`.

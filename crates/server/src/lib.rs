@@ -3,9 +3,11 @@
 //! layers — gRPC spans and trace context, gRPC metrics ([`GrpcMetricsLayer`]), a per-request timeout
 //! and a global concurrency limit that health checks bypass ([`limit`]) — plus graceful shutdown on
 //! SIGTERM or Ctrl-C, and the `/metrics` listener ([`MetricsEndpoint`]). With TLS settings
-//! ([`load_tls`]) every server requires a client certificate signed by the cluster CA.
+//! ([`load_tls`]) every server requires a client certificate signed by the cluster CA, and lets a
+//! caller call only what its identity may ([`authz`]).
 #![warn(missing_docs)]
 
+pub mod authz;
 mod grpc_metrics;
 pub mod health;
 pub mod limit;
@@ -100,6 +102,7 @@ pub async fn serve(
         .timeout(options.request_timeout)
         .layer(datapath_telemetry::GrpcTraceLayer)
         .layer(GrpcMetricsLayer::new(options.request_timeout))
+        .layer(authz::AuthorizeLayer::new(tls.is_some()))
         .layer(limit::ConcurrencyLimitExceptHealthLayer::new(
             options.concurrency_limit,
         ))

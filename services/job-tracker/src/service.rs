@@ -73,12 +73,33 @@ fn job_id(text: &str) -> Result<JobId, Status> {
     Ok(JobId::parse("job_id", text)?)
 }
 
+/// With mutual TLS a host creates and updates only its own jobs: the request's `host_id` must be
+/// the host its certificate names (the layer has already let only hosts through; an empty one is
+/// refused as malformed by the tracker). The refusal names the caller and the method, never the
+/// job's owner.
+fn own_host<T>(req: &Request<T>, host_id: &str, method: &str) -> Result<(), Status> {
+    match datapath_server::authz::caller(req) {
+        Some(caller @ datapath_tls::Identity::Host(id))
+            if !host_id.is_empty() && id.to_string() != host_id =>
+        {
+            Err(datapath_server::authz::deny(method, Ok(caller.clone())))
+        }
+        _ => Ok(()),
+    }
+}
+
 #[tonic::async_trait]
 impl JobTrackerService for JobTrackerApi {
     async fn create_job(
         &self,
         req: Request<pb::CreateJobRequest>,
     ) -> Result<Response<pb::CreateJobResponse>, Status> {
+        let host_id = req
+            .get_ref()
+            .job
+            .as_ref()
+            .map_or("", |j| j.host_id.as_str());
+        own_host(&req, host_id, "/datapath.v1.JobTrackerService/CreateJob")?;
         let (job, created) = self.tracker.create(req.get_ref().job.as_ref()).await?;
         if created {
             info!(job_id = %job.job_id, host_id = %job.host_id, "job created");
@@ -112,6 +133,11 @@ impl JobTrackerService for JobTrackerApi {
         &self,
         req: Request<pb::UpdateJobRequest>,
     ) -> Result<Response<pb::UpdateJobResponse>, Status> {
+        own_host(
+            &req,
+            &req.get_ref().host_id,
+            "/datapath.v1.JobTrackerService/UpdateJob",
+        )?;
         let job = self.tracker.update(req.get_ref()).await?;
         Ok(Response::new(pb::UpdateJobResponse { job: Some(job) }))
     }

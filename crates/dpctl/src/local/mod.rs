@@ -28,6 +28,6 @@ pub use config::ClusterConfig;
 pub use etcd::{Etcd, ETCD_READY_TIMEOUT};
 pub use freezer::{descendants, Freezer, FREEZER_ROOT};
 pub use netns::NetworkLab;
-pub use pki::{local_operator, Pki};
+pub use pki::{local_user, Pki};
 pub use process::{log_tail, ManagedProcess, ProcessSpec, RESTART_STOP_DEADLINE};
 pub use support::{check_serving, find_binary, free_ports, search_dirs, wait_serving};

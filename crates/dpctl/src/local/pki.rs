@@ -4,7 +4,7 @@
 //! <dir>/pki/ca.pem, ca.key                      the cluster CA (kept across restarts of the same dir)
 //! <dir>/pki/job-tracker.pem|.key, scheduler.*    the services, for 127.0.0.1 and their addresses
 //! <dir>/pki/host-<host id>.pem|.key              each host, for its persisted host id
-//! <dir>/pki/operator-local.pem|.key              the launcher itself, dpctl and grpcurl
+//! <dir>/pki/admin-local.pem|.key                 the launcher itself, dpctl and grpcurl
 //! ```
 //!
 //! A host's id is fixed before it starts (written into its state directory, which the host-worker
@@ -22,9 +22,10 @@ use datapath_tls::{
     Identity, Tls, TlsOptions,
 };
 
-/// The identity the launcher, and the dpctl and grpcurl it sets up, act as.
-pub fn local_operator() -> Identity {
-    Identity::Operator("local".into())
+/// The identity the launcher, and the dpctl and grpcurl it sets up, act as: an admin, who may do
+/// everything a person may (run operations, change settings), on a cluster that is theirs.
+pub fn local_user() -> Identity {
+    Identity::Admin("local".into())
 }
 
 /// The certificates of one local cluster.
@@ -43,7 +44,7 @@ impl Pki {
         } else {
             Ca::init(dir, "datapath local").context("make the local CA")?
         };
-        let operator = local_operator();
+        let operator = local_user();
         let everyone = services
             .iter()
             .cloned()
@@ -76,12 +77,21 @@ impl Pki {
         Ok(self.args(identity))
     }
 
+    /// Issues a certificate for `identity` and loads it, for a client of the cluster acting as that
+    /// identity (tests: a host's job reports, a viewer's reads).
+    pub fn issue_tls(&self, identity: &Identity) -> anyhow::Result<Tls> {
+        self.issue(identity, &[])?;
+        Self::options_in(&self.dir, identity)
+            .load()?
+            .context("issued TLS settings")
+    }
+
     /// The TLS flags of `identity`'s process.
     pub fn args(&self, identity: &Identity) -> Vec<String> {
         Self::options_in(&self.dir, identity).to_args()
     }
 
-    /// The local operator's TLS settings (the launcher's own clients, and tests').
+    /// The local user's TLS settings (the launcher's own clients, and tests').
     pub fn client(&self) -> &Tls {
         &self.client
     }
