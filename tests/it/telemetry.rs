@@ -237,3 +237,77 @@ async fn a_collector_that_never_answers_blocks_nothing() {
     assert!(took < Duration::from_secs(6), "stopping took {took:?}");
     drop(hole);
 }
+
+/// The exporter honours the standard TLS variables: spans reach a collector that serves only TLS
+/// with certificates of its own CA, and that wants a client certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_a_collector_over_mutual_tls() {
+    use datapath_tls::{
+        ca::{file_name, Ca, LEAF_LIFETIME},
+        Identity, TlsOptions,
+    };
+    let pki = tempfile::tempdir().unwrap();
+    let ca = Ca::init(pki.path(), "otel").unwrap();
+    let (collector_id, exporter_id) = (
+        Identity::Plugin("otel-collector".into()),
+        Identity::Viewer("otel-exporter".into()),
+    );
+    for id in [&collector_id, &exporter_id] {
+        ca.issue(id, &["127.0.0.1".parse().unwrap()], LEAF_LIFETIME)
+            .unwrap()
+            .write(pki.path(), &file_name(id))
+            .unwrap();
+    }
+    let server_tls = TlsOptions::in_dir(pki.path(), &file_name(&collector_id))
+        .load()
+        .unwrap()
+        .unwrap();
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("https://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(server_tls.server())
+            .unwrap()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let file = |name: String| pki.path().join(name).display().to_string();
+    let exporter = file_name(&exporter_id);
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", file("ca.pem".into())),
+        (
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            file(format!("{exporter}.pem")),
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+            file(format!("{exporter}.key")),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
+    ];
+    let tc = TestCluster::start(1, |c| {
+        c.env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    })
+    .await
+    .unwrap();
+    tc.domain().await;
+    let seen = wait_for(
+        Duration::from_secs(20),
+        "a host-worker span at the TLS collector",
+        || {
+            let spans = collector.spans.lock().unwrap().clone();
+            async move {
+                spans.into_iter().find(|s| {
+                    s.0.contains("host-worker")
+                        && s.2 == "datapath.v1.HostWorkerService/CreateStorageDomain"
+                })
+            }
+        },
+    )
+    .await;
+    server.abort();
+    seen.unwrap();
+}

@@ -71,6 +71,54 @@ fn exporting() -> bool {
     .any(|v| std::env::var(v).is_ok_and(|s| !s.trim().is_empty()))
 }
 
+/// The first of `names` set to something.
+fn env_any(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
+}
+
+/// TLS for the OTLP exporter from the standard variables: `OTEL_EXPORTER_OTLP_CERTIFICATE` (the
+/// CA that signed the collector's certificate), `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and
+/// `OTEL_EXPORTER_OTLP_CLIENT_KEY` (this process's, for a collector that wants mutual TLS), each
+/// also as `OTEL_EXPORTER_OTLP_TRACES_*`, which wins. `None` when none is set.
+fn otlp_tls() -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+    use anyhow::Context as _;
+    let ca = env_any(&[
+        "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    ]);
+    let cert = env_any(&[
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+    ]);
+    let key = env_any(&[
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+    ]);
+    if ca.is_none() && cert.is_none() && key.is_none() {
+        return Ok(None);
+    }
+    let read = |path: &str| std::fs::read_to_string(path).with_context(|| format!("read {path}"));
+    let mut config = tonic::transport::ClientTlsConfig::new();
+    if let Some(ca) = ca {
+        config = config.ca_certificate(tonic::transport::Certificate::from_pem(read(&ca)?));
+    }
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            config = config.identity(tonic::transport::Identity::from_pem(
+                read(&cert)?,
+                read(&key)?,
+            ));
+        }
+        (None, None) => {}
+        _ => anyhow::bail!(
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY go together"
+        ),
+    }
+    Ok(Some(config))
+}
+
 /// The resource: `service.name` (`OTEL_SERVICE_NAME` wins over `service`), the host id, the version,
 /// and `OTEL_RESOURCE_ATTRIBUTES`.
 fn resource(service: &'static str, identity: &Identity) -> Resource {
@@ -106,9 +154,12 @@ pub fn init(service: &'static str, identity: Identity) -> anyhow::Result<Telemet
     if disabled {
         builder = builder.with_sampler(Sampler::AlwaysOff);
     } else if exporting() {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()?;
+        use opentelemetry_otlp::WithTonicConfig as _;
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+        if let Some(tls) = otlp_tls()? {
+            exporter = exporter.with_tls_config(tls);
+        }
+        let exporter = exporter.build()?;
         builder = builder.with_batch_exporter(exporter);
     }
     let provider = builder.build();
