@@ -9,6 +9,10 @@ export CARGO_INCREMENTAL=0 CARGO_TERM_COLOR=never
 
 echo "== cargo fmt --check"; cargo fmt --all -- --check
 echo "== buf lint"; buf lint
+# The API only grows compatibly: every change to proto/ since the baseline (a landed commit of main,
+# .ci/api-baseline) must keep old clients working on the wire and in JSON (buf's WIRE_JSON rules).
+baseline=$(tr -d '[:space:]' < .ci/api-baseline)
+echo "== buf breaking (WIRE_JSON) against $baseline"; buf breaking --against ".git#ref=$baseline"
 echo "== cargo clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build (binaries the end-to-end tests start)"; cargo build --workspace --bins --locked
 echo "== tests"
