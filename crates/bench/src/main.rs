@@ -9,19 +9,21 @@
 //!   with every copy on the SPM (`data_operations_by_hsm=false`); then the scheduling overhead,
 //!   MoveDisk's answer → the first byte copied.
 //! - `telemetry`: RPC latency and copy time with an OTLP exporter against none, in one run.
+//! - `tls`: RPC latency, connections and copy time with mutual TLS against `--insecure`, in one run.
 mod accept;
 mod cluster;
 mod copy;
 mod etcd_writes;
 mod spread;
 mod telemetry;
+mod tls;
 
 use clap::Parser;
 
 #[derive(Parser)]
 #[command(about = "datapath benchmarks")]
 struct Args {
-    /// Which benchmark: copy, accept, etcd-writes, spread, telemetry or all.
+    /// Which benchmark: copy, accept, etcd-writes, spread, telemetry, tls or all.
     #[arg(default_value = "all")]
     which: String,
     /// Rounds of the copy benchmark (default 5) and of the spread benchmark (default 3).
@@ -53,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         "etcd-writes",
         "spread",
         "telemetry",
+        "tls",
     ]
     .contains(&args.which.as_str())
     {
@@ -78,6 +81,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if all || args.which == "telemetry" {
         telemetry::run(&base, args.rounds.unwrap_or(5)).await?;
+    }
+    if all || args.which == "tls" {
+        tls::run(&base, args.rounds.unwrap_or(5)).await?;
     }
     Ok(())
 }

@@ -60,13 +60,14 @@ async fn start_sink() -> anyhow::Result<(Sink, String)> {
     Ok((sink, endpoint))
 }
 
-/// One side of the comparison: its cluster, a source and a destination domain.
-struct Side {
-    name: &'static str,
-    bench: Bench,
-    src: pb::VolumeRef,
+/// One side of a side-by-side comparison (this one, and `tls.rs`): its cluster, a source and a
+/// destination domain.
+pub(crate) struct Side {
+    pub name: &'static str,
+    pub bench: Bench,
+    pub src: pb::VolumeRef,
     dst_domain: String,
-    copies: Vec<Duration>,
+    pub copies: Vec<Duration>,
 }
 
 impl Side {
@@ -75,7 +76,21 @@ impl Side {
         base: &Path,
         env: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
-        let mut bench = Bench::start(base, 2, env).await?;
+        let config = dpctl::local::ClusterConfig {
+            job_slots: 2,
+            env,
+            ..Default::default()
+        };
+        Self::start_with(name, base, config).await
+    }
+
+    /// A side whose cluster `config` shapes (2 job slots unless it says otherwise).
+    pub(crate) async fn start_with(
+        name: &'static str,
+        base: &Path,
+        config: dpctl::local::ClusterConfig,
+    ) -> anyhow::Result<Self> {
+        let mut bench = Bench::start_with(base, config).await?;
         let (a, d) = (bench.domain().await?, bench.domain().await?);
         let img = uuid::Uuid::new_v4().to_string();
         let src = bench.raw_volume(&a, &img, SIZE, Legality::Legal).await?;
@@ -90,7 +105,7 @@ impl Side {
     }
 
     /// Unary GetVolumeInfo latencies, sorted.
-    async fn unary(&mut self) -> anyhow::Result<Vec<Duration>> {
+    pub(crate) async fn unary(&mut self) -> anyhow::Result<Vec<Duration>> {
         let mut t = Vec::with_capacity(CALLS);
         for _ in 0..CALLS {
             let start = Instant::now();
@@ -107,7 +122,7 @@ impl Side {
     }
 
     /// CopyData answer times (each job aborted at once), sorted.
-    async fn accepts(&mut self) -> anyhow::Result<Vec<Duration>> {
+    pub(crate) async fn accepts(&mut self) -> anyhow::Result<Vec<Duration>> {
         let mut t = Vec::with_capacity(ACCEPTS);
         for _ in 0..ACCEPTS {
             let dst = self.destination().await?;
@@ -128,7 +143,7 @@ impl Side {
         Ok(t)
     }
 
-    async fn destination(&mut self) -> anyhow::Result<pb::VolumeRef> {
+    pub(crate) async fn destination(&mut self) -> anyhow::Result<pb::VolumeRef> {
         let img = uuid::Uuid::new_v4().to_string();
         let d = self.dst_domain.clone();
         self.bench
@@ -136,7 +151,7 @@ impl Side {
             .await
     }
 
-    async fn copy_once(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn copy_once(&mut self) -> anyhow::Result<()> {
         let dst = self.destination().await?;
         let src = self.src.clone();
         let (_, t) = self.bench.copy(&src, &dst).await?;
@@ -152,7 +167,7 @@ impl Side {
     }
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1000.0)
 }
 

@@ -1,0 +1,156 @@
+//! What mutual TLS costs: two clusters side by side in one run, one on mutual TLS with authorisation
+//! (the default) and one `--insecure`. Measured on each: unary RPC latency (GetVolumeInfo and
+//! CopyData's answer, which crosses to the job-tracker and etcd), the TCP connections the services
+//! hold to the job-tracker after those calls (a handshake per call would show as one connection per
+//! call), and the time of a 2 GiB copy, interleaved round by round with `qemu-img convert` alone.
+use std::{path::Path, time::Duration};
+
+use dpctl::local::ClusterConfig;
+
+use crate::{
+    cluster::{median, percentile, settle},
+    telemetry::{ms, Side},
+};
+
+/// Established TCP connections to `port` on this machine (from `/proc/net/tcp`).
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // local, remote, state; 01 is ESTABLISHED.
+            cols.len() > 3
+                && cols[3] == "01"
+                && cols[2]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+                    == Some(port)
+        })
+        .count()
+}
+
+fn job_tracker_port(side: &Side) -> u16 {
+    side.bench
+        .cluster
+        .job_tracker_url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .unwrap_or(0)
+}
+
+pub async fn run(base: &Path, rounds: usize) -> anyhow::Result<()> {
+    let insecure = ClusterConfig {
+        job_slots: 2,
+        insecure: true,
+        ..Default::default()
+    };
+    let secure = ClusterConfig {
+        job_slots: 2,
+        ..Default::default()
+    };
+    let mut sides = [
+        Side::start_with("--insecure", base, insecure).await?,
+        Side::start_with("mutual TLS", base, secure).await?,
+    ];
+
+    println!("## tls: the cost of mutual TLS and authorisation (two clusters, one run)");
+    println!("| RPC | side | p50 | p90 | p99 |");
+    println!("|---|---|---|---|---|");
+    for which in ["GetVolumeInfo", "CopyData (answer)"] {
+        // A warm-up pass, thrown away, then two measured passes in opposite orders pooled per side.
+        let mut pooled: [Vec<Duration>; 2] = Default::default();
+        for (pass, order) in [[0, 1], [0, 1], [1, 0]].into_iter().enumerate() {
+            for i in order {
+                let side = &mut sides[i];
+                let t = if which == "GetVolumeInfo" {
+                    side.unary().await?
+                } else {
+                    side.accepts().await?
+                };
+                if pass > 0 {
+                    pooled[i].extend(t);
+                }
+            }
+        }
+        let p50: Vec<Duration> = pooled
+            .iter_mut()
+            .map(|t| {
+                t.sort();
+                percentile(t, 0.5)
+            })
+            .collect();
+        for (i, t) in pooled.iter().enumerate() {
+            println!(
+                "| {which} | {} | {} | {} | {} |",
+                sides[i].name,
+                ms(percentile(t, 0.5)),
+                ms(percentile(t, 0.9)),
+                ms(percentile(t, 0.99))
+            );
+        }
+        println!(
+            "| {which} | p50 added by TLS | {:+.1} % | | |",
+            (p50[1].as_secs_f64() / p50[0].as_secs_f64() - 1.0) * 100.0
+        );
+    }
+    println!();
+    for side in &sides {
+        println!(
+            "connections to the job-tracker after the calls ({}): {}",
+            side.name,
+            connections_to(job_tracker_port(side))
+        );
+    }
+
+    let mut alone = Vec::new();
+    for round in 0..rounds {
+        for who in (0..3).map(|i| (round + i) % 3) {
+            settle()?;
+            match who {
+                0 | 1 => sides[who].copy_once().await?,
+                _ => {
+                    let dst = sides[0].destination().await?;
+                    alone.push(crate::copy::qemu_img_alone(
+                        &sides[0].bench.path(&sides[0].src),
+                        &sides[0].bench.path(&dst),
+                    )?);
+                }
+            }
+        }
+        eprintln!(
+            "tls round {round}: insecure {:?}, mutual TLS {:?}, qemu-img {:?}",
+            sides[0].copies[round], sides[1].copies[round], alone[round]
+        );
+    }
+    let m_alone = median(alone);
+    println!();
+    println!("| 2 GiB copy ({rounds} rounds) | median | ÷ qemu-img alone |");
+    println!("|---|---|---|");
+    println!(
+        "| qemu-img convert alone | {:.3} s | 1.000× |",
+        m_alone.as_secs_f64()
+    );
+    let mut medians = Vec::new();
+    for side in &sides {
+        let m = median(side.copies.clone());
+        medians.push(m);
+        println!(
+            "| CopyData, {} | {:.3} s | {:.3}× |",
+            side.name,
+            m.as_secs_f64(),
+            m.as_secs_f64() / m_alone.as_secs_f64()
+        );
+    }
+    println!(
+        "| mutual TLS ÷ insecure | {:.3}× | |",
+        medians[1].as_secs_f64() / medians[0].as_secs_f64()
+    );
+    for side in sides {
+        side.bench.cluster.stop().await?;
+    }
+    Ok(())
+}
