@@ -152,19 +152,9 @@ async fn copy_on_the_second_host_through_grpcurl_and_dpctl() {
     assert_copied(&tc, &src, &dsts[1], 1, &job_id).await;
 
     // An operator reads the same records straight from etcd.
-    let etcd_json = run(
-        "etcdctl",
-        &[
-            "--endpoints",
-            &tc.cluster.etcd_endpoints()[0],
-            "get",
-            "--prefix",
-            tc.cluster.etcd_prefix(),
-            "-w",
-            "json",
-        ],
-    )
-    .unwrap();
+    let etcd_json = tc
+        .etcdctl(&["get", "--prefix", tc.cluster.etcd_prefix(), "-w", "json"])
+        .unwrap();
     let mut decode = std::process::Command::new(
         dpctl::local::find_binary("dpctl", &dpctl::local::search_dirs(None)).unwrap(),
     )

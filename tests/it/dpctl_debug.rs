@@ -17,6 +17,7 @@ const MIB: u64 = 1 << 20;
 fn debug_etcd(tc: &TestCluster, extra: &[&str]) -> String {
     let bin = dpctl::local::find_binary("dpctl", &dpctl::local::search_dirs(None)).unwrap();
     let out = Command::new(bin)
+        .envs(tc.dpctl_env())
         .args(["debug", "etcd"])
         .args(["--etcd-endpoints", &tc.cluster.etcd_endpoints().join(",")])
         .args(["--etcd-prefix", tc.cluster.etcd_prefix()])

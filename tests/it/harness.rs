@@ -57,7 +57,8 @@ impl TestCluster {
         };
         tune(&mut config);
         let cluster = Cluster::start(config).await.context("start cluster")?;
-        let etcd = etcd_client::Client::connect(cluster.etcd_endpoints(), None).await?;
+        let etcd =
+            etcd_client::Client::connect(cluster.etcd_endpoints(), cluster.etcd_options()).await?;
         Ok(Self {
             cluster,
             etcd,
@@ -116,6 +117,25 @@ impl TestCluster {
         all.extend(args.iter().map(|a| a.to_string()));
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
         run("grpcurl", &all)
+    }
+
+    /// Runs etcdctl against the cluster's etcd with the local user's certificate (etcd user
+    /// `datapath`); `args` follow the connection flags.
+    pub fn etcdctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut all = vec![
+            "--endpoints".to_string(),
+            self.cluster.etcd_endpoints().join(","),
+        ];
+        if let Some(tls) = self.cluster.client_tls() {
+            let (ca, cert, key) = tls.paths();
+            for (flag, path) in [("--cacert", ca), ("--cert", cert), ("--key", key)] {
+                all.push(flag.to_string());
+                all.push(path.display().to_string());
+            }
+        }
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        run("etcdctl", &all)
     }
 
     /// The environment a dpctl process needs to reach the cluster (its TLS files).

@@ -224,7 +224,9 @@ async fn a_host_cut_off_from_etcd_is_not_serving_until_it_registers_again() {
     .unwrap();
     let lab = tc.cluster.network().unwrap();
     let etcd: std::net::SocketAddr = tc.cluster.etcd().endpoints_on(lab.gateway())[0]
-        .trim_start_matches("http://")
+        .split_once("://")
+        .map(|(_, a)| a.to_string())
+        .unwrap()
         .parse()
         .unwrap();
     let host_id = tc.cluster.host_id(0).to_string();

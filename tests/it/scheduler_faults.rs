@@ -445,7 +445,9 @@ async fn the_etcd_leader_killed_mid_move_the_move_completes_without_a_failure() 
     // The test's own reads of etcd go to the members still alive.
     let mut live = tc.cluster.etcd_endpoints();
     live.remove(leader);
-    tc.etcd = etcd_client::Client::connect(live, None).await.unwrap();
+    tc.etcd = etcd_client::Client::connect(live, tc.cluster.etcd_options())
+        .await
+        .unwrap();
     let seen = follow(&tc, &name, Duration::from_secs(120)).await;
     if seen.is_err() {
         tc.dump_logs();

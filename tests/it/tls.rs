@@ -181,3 +181,98 @@ async fn a_host_worker_refuses_a_certificate_issued_for_another_host() {
         "{log}"
     );
 }
+
+/// An etcd client with the cluster's TLS files from `dir`: `ca.pem`, and `<name>.pem`/`.key`
+/// unless `name` is `None` (no client certificate).
+async fn etcd_as(
+    tc: &TestCluster,
+    dir: &std::path::Path,
+    name: Option<&str>,
+) -> Result<etcd_client::Client, etcd_client::Error> {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let mut tls = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(read("ca.pem")));
+    if let Some(name) = name {
+        tls = tls.identity(etcd_client::Identity::from_pem(
+            read(&format!("{name}.pem")),
+            read(&format!("{name}.key")),
+        ));
+    }
+    let options = etcd_client::ConnectOptions::new()
+        .with_tls(tls)
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_timeout(Duration::from_secs(3));
+    etcd_client::Client::connect(tc.cluster.etcd_endpoints(), Some(options)).await
+}
+
+/// Whether `client` can read and can write a key under the cluster's prefix.
+async fn reads_and_writes(
+    client: Result<etcd_client::Client, etcd_client::Error>,
+    key: &str,
+) -> (bool, bool) {
+    let Ok(mut client) = client else {
+        return (false, false);
+    };
+    let read = client.get(key, None).await.is_ok();
+    let wrote = client.put(key, "x", None).await.is_ok();
+    (read, wrote)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_serves_datapath_users_only_and_only_their_prefix() {
+    let tc = TestCluster::start(1, |_| {}).await.unwrap();
+    let pki = tc.cluster.config().pki_dir();
+    let ca = Ca::load(&pki).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(pki.join("ca.pem"), dir.path().join("ca.pem")).unwrap();
+    let issue = |identity: &Identity, name: &str| {
+        ca.issue(identity, &[], datapath_tls::ca::LEAF_LIFETIME)
+            .unwrap()
+            .write(dir.path(), name)
+            .unwrap();
+    };
+    issue(&Identity::Operator("ops".into()), "datapath");
+    issue(&Identity::Viewer("eyes".into()), "viewer");
+    ca.issue_etcd_user("mallory")
+        .unwrap()
+        .write(dir.path(), "mallory")
+        .unwrap();
+    let key = format!("{}tls-test", tc.cluster.etcd_prefix());
+
+    // A datapath user reads and writes its prefix — and nothing else.
+    assert_eq!(
+        reads_and_writes(etcd_as(&tc, dir.path(), Some("datapath")).await, &key).await,
+        (true, true)
+    );
+    assert_eq!(
+        reads_and_writes(
+            etcd_as(&tc, dir.path(), Some("datapath")).await,
+            "/elsewhere"
+        )
+        .await,
+        (false, false),
+        "the datapath user reached outside its prefix"
+    );
+    // A viewer reads only.
+    assert_eq!(
+        reads_and_writes(etcd_as(&tc, dir.path(), Some("viewer")).await, &key).await,
+        (true, false)
+    );
+    // A certificate of the right CA naming no etcd user, and no certificate at all: nothing.
+    assert_eq!(
+        reads_and_writes(etcd_as(&tc, dir.path(), Some("mallory")).await, &key).await,
+        (false, false)
+    );
+    assert_eq!(
+        reads_and_writes(etcd_as(&tc, dir.path(), None).await, &key).await,
+        (false, false)
+    );
+    // Nor in plaintext.
+    let plain = tc.cluster.etcd_endpoints()[0].replace("https://", "http://");
+    let plaintext = etcd_client::Client::connect(
+        [plain],
+        Some(etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(3))),
+    )
+    .await;
+    assert_eq!(reads_and_writes(plaintext, &key).await, (false, false));
+}

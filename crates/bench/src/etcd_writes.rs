@@ -9,7 +9,8 @@ use crate::cluster::{fill_raw, Bench};
 
 pub async fn run(base: &Path) -> anyhow::Result<()> {
     let mut b = Bench::start(base, 2, vec![]).await?;
-    let mut etcd = etcd_client::Client::connect(b.cluster.etcd_endpoints(), None).await?;
+    let mut etcd =
+        etcd_client::Client::connect(b.cluster.etcd_endpoints(), b.cluster.etcd_options()).await?;
     let prefix = b.cluster.etcd_prefix().to_string();
     let (a, d) = (b.domain().await?, b.domain().await?);
     println!("## etcd writes per copy job");

@@ -54,11 +54,19 @@ pub struct EtcdOptions {
 }
 
 impl EtcdOptions {
-    /// Connects as configured.
+    /// Connects as configured, in plaintext.
     pub async fn connect(&self) -> Result<Coord> {
         Coord::connect(&self.endpoints, &self.prefix).await
     }
+
+    /// Connects as configured; over TLS with `tls` (a client certificate whose common name etcd
+    /// takes as the user) when the endpoints are `https://`.
+    pub async fn connect_tls(&self, tls: Option<TlsOptions>) -> Result<Coord> {
+        Coord::connect_with(&self.endpoints, &self.prefix, tls).await
+    }
 }
+
+pub use etcd_client::TlsOptions;
 
 /// A connection to etcd plus the key layout under one prefix. Cheap to clone.
 ///
@@ -102,12 +110,26 @@ impl Coord {
     /// Connects to `endpoints` (lazily: an etcd that is down now is retried on each call) and scopes
     /// every key under `prefix`.
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self> {
-        let options = ConnectOptions::new()
+        Self::connect_with(endpoints, prefix, None).await
+    }
+
+    /// [`Coord::connect`] over TLS with `tls` when every endpoint is `https://` (the scheme decides:
+    /// a plaintext etcd is reached in plaintext whatever the caller's certificates).
+    pub async fn connect_with(
+        endpoints: &[String],
+        prefix: &str,
+        tls: Option<TlsOptions>,
+    ) -> Result<Self> {
+        let tls = tls.filter(|_| endpoints.iter().all(|e| e.starts_with("https://")));
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             // etcd (3.4 default --grpc-keepalive-min-time 5s) answers pings sent more often than every
             // 5 s with GOAWAY, which cut long campaigns and quiet watches every few seconds.
             .with_keep_alive(KEEP_ALIVE_INTERVAL, Duration::from_secs(3))
             .with_keep_alive_while_idle(true);
+        if let Some(tls) = tls {
+            options = options.with_tls(tls);
+        }
         let mut clients = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
             clients.push(Member {

@@ -134,7 +134,11 @@ pub async fn run(
     if swept > 0 {
         info!(swept, "finished image deletions interrupted by a crash");
     }
-    let coord = config.etcd.connect().await.context("connect to etcd")?;
+    let coord = config
+        .etcd
+        .connect_tls(tls.as_ref().map(|t| t.client(None)))
+        .await
+        .context("connect to etcd")?;
     let session = Session::start(&coord, config.session_ttl);
     let worker = Arc::new(worker::Worker {
         host_id,

@@ -64,7 +64,11 @@ pub async fn run(
         .with_context(|| format!("bind the metrics listener {}", config.metrics_listen))?;
     metrics::init();
     let tls = datapath_server::load_tls(&config.server).context("TLS settings")?;
-    let coord = config.etcd.connect().await.context("connect to etcd")?;
+    let coord = config
+        .etcd
+        .connect_tls(tls.as_ref().map(|t| t.client(None)))
+        .await
+        .context("connect to etcd")?;
     let tracker = tracker::Tracker::new(coord.clone(), config.job_retention);
     let (health, health_server) = ServerHealth::new(&["datapath.v1.JobTrackerService"]).await;
     let flusher = tokio::spawn({

@@ -109,7 +109,11 @@ pub async fn run(
         .with_context(|| format!("bind the metrics listener {}", config.metrics_listen))?;
     metrics::init();
     let tls = datapath_server::load_tls(&config.server).context("TLS settings")?;
-    let coord = config.etcd.connect().await.context("connect to etcd")?;
+    let coord = config
+        .etcd
+        .connect_tls(tls.as_ref().map(|t| t.client(None)))
+        .await
+        .context("connect to etcd")?;
     let engine = Arc::new(engine::Engine {
         coord: coord.clone(),
         clients: clients::Clients::new(&config.job_tracker, tls.clone())?,

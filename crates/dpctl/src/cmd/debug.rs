@@ -46,7 +46,12 @@ impl DebugCommand {
 impl EtcdArgs {
     async fn run(self, ctx: &Context) -> anyhow::Result<()> {
         let endpoints = self.etcd.endpoints.join(",");
-        let coord = self.etcd.connect().await.context("connect to etcd")?;
+        let tls = ctx.tls()?.map(|t| t.client(None));
+        let coord = self
+            .etcd
+            .connect_tls(tls)
+            .await
+            .context("connect to etcd")?;
         let snapshot = coord
             .snapshot()
             .await

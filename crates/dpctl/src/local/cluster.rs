@@ -18,6 +18,7 @@ use datapath_tls::{Identity, Tls};
 use super::{
     config::{host_worker_args, job_tracker_args, scheduler_args, ClusterConfig},
     etcd::Etcd,
+    etcd_auth,
     freezer::Freezer,
     netns::NetworkLab,
     pki::{self, Pki},
@@ -88,25 +89,31 @@ impl Cluster {
             false => None,
         };
         let gateway = lab.as_ref().map(NetworkLab::gateway);
-        let etcd = Etcd::start_with(
-            &etcd_bin,
-            &config.dir,
-            base_spec(&config),
-            gateway,
-            config.etcd_members,
-        )
-        .await?;
-        let etcd_url = etcd.endpoints().join(",");
-        let etcd_for_hosts = gateway.map_or(etcd_url.clone(), |ip| etcd.endpoints_on(ip).join(","));
-        let local = |ip: Option<Ipv4Addr>, port| {
-            SocketAddr::from((ip.unwrap_or(Ipv4Addr::LOCALHOST), port))
-        };
         let host_ids = (0..config.hosts)
             .map(|i| pki::host_id(&config.host_state_dir(i)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let pki = match config.insecure {
             true => None,
             false => Some(prepare_pki(&config, &host_ids, gateway, lab.as_ref())?),
+        };
+        let etcd = Etcd::start_with(
+            &etcd_bin,
+            &config.dir,
+            base_spec(&config),
+            gateway,
+            config.etcd_members,
+            pki.as_ref().map(Pki::etcd_server).as_ref(),
+        )
+        .await?;
+        if let Some(pki) = &pki {
+            etcd_auth::lock(&etcd.endpoints(), &config.etcd_prefix, pki)
+                .await
+                .context("lock etcd to datapath (users, roles, authentication)")?;
+        }
+        let etcd_url = etcd.endpoints().join(",");
+        let etcd_for_hosts = gateway.map_or(etcd_url.clone(), |ip| etcd.endpoints_on(ip).join(","));
+        let local = |ip: Option<Ipv4Addr>, port| {
+            SocketAddr::from((ip.unwrap_or(Ipv4Addr::LOCALHOST), port))
         };
         let tls_args = |identity: &Identity| match &pki {
             Some(pki) => pki.args(identity),
@@ -242,6 +249,13 @@ impl Cluster {
     /// The certificates, unless the cluster runs `--insecure`.
     pub fn pki(&self) -> Option<&Pki> {
         self.pki.as_ref()
+    }
+
+    /// Options for an etcd client of this cluster: TLS with the local user's certificate (etcd user
+    /// `datapath`), unless the cluster runs `--insecure`.
+    pub fn etcd_options(&self) -> Option<etcd_client::ConnectOptions> {
+        self.client_tls()
+            .map(|t| etcd_client::ConnectOptions::new().with_tls(t.client(None)))
     }
 
     /// A connected channel to `url` (one of this cluster's services) as the local operator.
@@ -442,7 +456,8 @@ impl Cluster {
     /// The index of the host that is SPM now: the one etcd's `spm` election names, on the session
     /// lease it is registered with (a leader key left by a killed host's old lease does not count).
     pub async fn spm_index(&self) -> anyhow::Result<Option<usize>> {
-        let coord = Coord::connect(&self.etcd_endpoints(), self.etcd_prefix())
+        let tls = self.client_tls().map(|t| t.client(None));
+        let coord = Coord::connect_with(&self.etcd_endpoints(), self.etcd_prefix(), tls)
             .await
             .context("connect to etcd")?;
         let Some(leader) = coord.leader(Role::Spm).await.context("read the SPM")? else {
@@ -554,7 +569,7 @@ fn prepare_pki(
         addresses.extend(lab.map(|l| IpAddr::V4(l.host_addr(i))));
         services.push((Identity::Host(*id), addresses));
     }
-    Pki::prepare(&config.pki_dir(), &services)
+    Pki::prepare(&config.pki_dir(), &services, &with_gateway)
 }
 
 fn prepare_dirs(config: &ClusterConfig) -> anyhow::Result<()> {

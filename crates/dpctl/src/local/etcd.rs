@@ -1,6 +1,9 @@
 //! etcd for a local cluster: one member (data under `<dir>/etcd`), or three on loopback as users run
 //! it in production (the others under `<dir>/etcd-<i>`), client and peer URLs on free loopback
-//! ports, ready when member 0's `/health` answers `"health":"true"` (which needs a quorum).
+//! ports, ready when member 0's `/health` answers `"health":"true"` (which needs a quorum). With
+//! [`EtcdTls`] clients must come over TLS with a certificate of the cluster CA (etcd then takes the
+//! certificate's common name as the user); `/health` and `/metrics` stay on a plain-HTTP metrics
+//! listener of their own. Peers talk plaintext, on loopback only.
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
@@ -24,14 +27,29 @@ pub const ETCD_READY_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(100);
 const HEALTH_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The files of an etcd that serves clients over TLS.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The CA client certificates must chain to.
+    pub ca: PathBuf,
+    /// The server's certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+}
+
 /// A running etcd server (member 0, and any other members), killed on drop.
 #[derive(Debug)]
 pub struct Etcd {
     process: ManagedProcess,
     client_addr: SocketAddr,
+    /// Where member 0 serves `/health` and `/metrics` in plain HTTP.
+    metrics_addr: SocketAddr,
     data_dir: PathBuf,
-    /// Members 1.. of a multi-member cluster: process and client address.
-    others: Vec<(ManagedProcess, SocketAddr)>,
+    /// Members 1.. of a multi-member cluster: process, client address, metrics address.
+    others: Vec<(ManagedProcess, SocketAddr, SocketAddr)>,
+    /// `https` when clients come over TLS.
+    scheme: &'static str,
 }
 
 impl Etcd {
@@ -39,37 +57,40 @@ impl Etcd {
     /// `<dir>/logs/etcd.log`, and waits until it is healthy.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
         let program = find_binary("etcd", &[])?;
-        Self::start_with(&program, dir, ProcessSpec::default(), None, 1).await
+        Self::start_with(&program, dir, ProcessSpec::default(), None, 1, None).await
     }
 
     /// Starts `program` as [`Etcd::start`] does, with `members` members (1 or more); `base` supplies
     /// the environment and process-group choice (its name, program and arguments are replaced).
     /// With `also_listen`, clients may also connect on that address (a network lab's gateway), on
-    /// the same ports.
+    /// the same ports. With `tls`, clients must present a certificate of its CA.
     pub async fn start_with(
         program: &Path,
         dir: &Path,
         base: ProcessSpec,
         also_listen: Option<Ipv4Addr>,
         members: usize,
+        tls: Option<&EtcdTls>,
     ) -> anyhow::Result<Self> {
         let members = members.max(1);
-        let ports = free_ports(2 * members)?;
+        let ports = free_ports(3 * members)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let name = |i: usize| match i {
             0 => "datapath-local".to_string(),
             i => format!("datapath-local-{i}"),
         };
-        let peer_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i + 1]);
+        let peer_url = |i: usize| format!("http://127.0.0.1:{}", ports[3 * i + 1]);
         let initial_cluster = (0..members)
             .map(|i| format!("{}={}", name(i), peer_url(i)))
             .collect::<Vec<_>>()
             .join(",");
         let mut started = Vec::new();
         for i in 0..members {
-            let client_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[2 * i]));
-            let client_url = format!("http://{client_addr}");
+            let client_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[3 * i]));
+            let metrics_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[3 * i + 2]));
+            let client_url = format!("{scheme}://{client_addr}");
             let listen_urls = match also_listen {
-                Some(ip) => format!("{client_url},http://{ip}:{}", ports[2 * i]),
+                Some(ip) => format!("{client_url},{scheme}://{ip}:{}", ports[3 * i]),
                 None => client_url.clone(),
             };
             let data_dir = match i {
@@ -100,21 +121,37 @@ impl Etcd {
                 &peer_url(i),
                 "--initial-cluster",
                 &initial_cluster,
+                "--listen-metrics-urls",
+                &format!("http://{metrics_addr}"),
                 "--logger",
                 "zap",
                 "--log-outputs",
                 "stderr",
             ]);
+            let spec = match tls {
+                Some(t) => spec.args([
+                    "--client-cert-auth",
+                    "--trusted-ca-file",
+                    &t.ca.display().to_string(),
+                    "--cert-file",
+                    &t.cert.display().to_string(),
+                    "--key-file",
+                    &t.key.display().to_string(),
+                ]),
+                None => spec,
+            };
             let process = ManagedProcess::start(spec, &dir.join("logs"))?;
-            started.push((process, client_addr, data_dir));
+            started.push((process, client_addr, metrics_addr, data_dir));
         }
         let mut rest = started.into_iter();
-        let (process, client_addr, data_dir) = rest.next().context("member 0")?;
+        let (process, client_addr, metrics_addr, data_dir) = rest.next().context("member 0")?;
         let mut etcd = Self {
             process,
             client_addr,
+            metrics_addr,
             data_dir,
-            others: rest.map(|(p, a, _)| (p, a)).collect(),
+            others: rest.map(|(p, a, m, _)| (p, a, m)).collect(),
+            scheme,
         };
         etcd.wait_ready(ETCD_READY_TIMEOUT).await?;
         Ok(etcd)
@@ -136,7 +173,8 @@ impl Etcd {
     /// The index of the member that is leader now, from each member's `/metrics`
     /// (`etcd_server_is_leader 1`); `None` while there is none (or none answers).
     pub async fn leader(&self) -> Option<usize> {
-        let addrs = std::iter::once(self.client_addr).chain(self.others.iter().map(|(_, a)| *a));
+        let addrs =
+            std::iter::once(self.metrics_addr).chain(self.others.iter().map(|(_, _, m)| *m));
         for (i, addr) in addrs.enumerate() {
             if http_get(addr, "/metrics")
                 .await
@@ -148,23 +186,27 @@ impl Etcd {
         None
     }
 
-    /// Its client URL, e.g. `http://127.0.0.1:40123`.
+    /// Its client URL, e.g. `https://127.0.0.1:40123`.
     pub fn client_url(&self) -> String {
-        format!("http://{}", self.client_addr)
+        format!("{}://{}", self.scheme, self.client_addr)
     }
 
     /// Its client URLs (every member's), as the services' `--etcd-endpoints` takes them.
     pub fn endpoints(&self) -> Vec<String> {
         std::iter::once(self.client_url())
-            .chain(self.others.iter().map(|(_, a)| format!("http://{a}")))
+            .chain(
+                self.others
+                    .iter()
+                    .map(|(_, a, _)| format!("{}://{a}", self.scheme)),
+            )
             .collect()
     }
 
     /// Its client URLs on another address they listen on (see [`Etcd::start_with`]).
     pub fn endpoints_on(&self, ip: Ipv4Addr) -> Vec<String> {
         std::iter::once(self.client_addr.port())
-            .chain(self.others.iter().map(|(_, a)| a.port()))
-            .map(|port| format!("http://{ip}:{port}"))
+            .chain(self.others.iter().map(|(_, a, _)| a.port()))
+            .map(|port| format!("{}://{ip}:{port}", self.scheme))
             .collect()
     }
 
@@ -194,7 +236,7 @@ impl Etcd {
                     self.process.log_tail(LOG_TAIL_LINES)
                 );
             }
-            if is_healthy(self.client_addr).await {
+            if is_healthy(self.metrics_addr).await {
                 return Ok(());
             }
             if Instant::now() >= until {
@@ -219,7 +261,7 @@ impl Etcd {
 
     /// SIGTERM, then SIGKILL after `deadline`, every member; returns member 0's status.
     pub async fn stop(&mut self, deadline: Duration) -> anyhow::Result<Option<ExitStatus>> {
-        for (p, _) in &mut self.others {
+        for (p, _, _) in &mut self.others {
             p.stop(deadline).await.context("stop etcd member")?;
         }
         self.process.stop(deadline).await.context("stop etcd")
@@ -257,11 +299,11 @@ mod tests {
     async fn starts_restarts_and_stops() {
         let dir = tempfile::tempdir().unwrap();
         let mut etcd = Etcd::start(dir.path()).await.unwrap();
-        assert!(is_healthy(etcd.client_addr).await);
+        assert!(is_healthy(etcd.metrics_addr).await);
         etcd.process_mut().kill().unwrap();
-        assert!(!is_healthy(etcd.client_addr).await);
+        assert!(!is_healthy(etcd.metrics_addr).await);
         etcd.restart().await.unwrap();
-        assert!(is_healthy(etcd.client_addr).await);
+        assert!(is_healthy(etcd.metrics_addr).await);
         let status = etcd.stop(Duration::from_secs(10)).await.unwrap();
         assert!(status.is_some());
         assert!(!etcd.process_mut().is_running());

@@ -17,6 +17,7 @@ mod cluster;
 mod cluster_env;
 mod config;
 mod etcd;
+mod etcd_auth;
 mod freezer;
 mod netns;
 mod pki;
@@ -25,7 +26,7 @@ mod support;
 
 pub use cluster::{Cluster, SERVING_TIMEOUT, STOP_DEADLINE};
 pub use config::ClusterConfig;
-pub use etcd::{Etcd, ETCD_READY_TIMEOUT};
+pub use etcd::{Etcd, EtcdTls, ETCD_READY_TIMEOUT};
 pub use freezer::{descendants, Freezer, FREEZER_ROOT};
 pub use netns::NetworkLab;
 pub use pki::{local_user, Pki};

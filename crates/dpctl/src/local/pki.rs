@@ -5,6 +5,8 @@
 //! <dir>/pki/job-tracker.pem|.key, scheduler.*    the services, for 127.0.0.1 and their addresses
 //! <dir>/pki/host-<host id>.pem|.key              each host, for its persisted host id
 //! <dir>/pki/admin-local.pem|.key                 the launcher itself, dpctl and grpcurl
+//! <dir>/pki/etcd-server.pem|.key                 etcd's server certificate
+//! <dir>/pki/etcd-root.pem|.key                   etcd's `root` user, to set its users and roles up
 //! ```
 //!
 //! A host's id is fixed before it starts (written into its state directory, which the host-worker
@@ -38,7 +40,11 @@ pub struct Pki {
 impl Pki {
     /// Makes (or loads) the CA in `dir` and issues a certificate for every identity in `services`,
     /// each valid for its addresses, and one for the local operator.
-    pub fn prepare(dir: &Path, services: &[(Identity, Vec<IpAddr>)]) -> anyhow::Result<Self> {
+    pub fn prepare(
+        dir: &Path,
+        services: &[(Identity, Vec<IpAddr>)],
+        etcd_addresses: &[IpAddr],
+    ) -> anyhow::Result<Self> {
         let ca = if dir.join("ca.pem").exists() {
             Ca::load(dir).context("load the local CA")?
         } else {
@@ -54,6 +60,12 @@ impl Pki {
                 .and_then(|leaf| leaf.write(dir, &file_name(&identity)))
                 .with_context(|| format!("issue a certificate for {identity}"))?;
         }
+        ca.issue_etcd_server(etcd_addresses)
+            .and_then(|leaf| leaf.write(dir, "etcd-server"))
+            .context("issue etcd's certificate")?;
+        ca.issue_etcd_user("root")
+            .and_then(|leaf| leaf.write(dir, "etcd-root"))
+            .context("issue etcd's root certificate")?;
         let client = Self::options_in(dir, &operator)
             .load()?
             .context("the operator's certificate")?;
@@ -104,6 +116,29 @@ impl Pki {
             ("DATAPATH_TLS_CERT".into(), cert.display().to_string()),
             ("DATAPATH_TLS_KEY".into(), key.display().to_string()),
         ]
+    }
+
+    /// etcd's server files.
+    pub fn etcd_server(&self) -> super::etcd::EtcdTls {
+        super::etcd::EtcdTls {
+            ca: self.dir.join("ca.pem"),
+            cert: self.dir.join("etcd-server.pem"),
+            key: self.dir.join("etcd-server.key"),
+        }
+    }
+
+    /// TLS settings for an etcd client acting as etcd's `root` user.
+    pub fn etcd_root(&self) -> anyhow::Result<etcd_client::TlsOptions> {
+        let read = |name: &str| {
+            let path = self.dir.join(name);
+            fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))
+        };
+        Ok(etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read("ca.pem")?))
+            .identity(etcd_client::Identity::from_pem(
+                read("etcd-root.pem")?,
+                read("etcd-root.key")?,
+            )))
     }
 
     /// grpcurl's flags for the local operator (`-cacert`, `-cert`, `-key`).
