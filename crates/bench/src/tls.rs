@@ -2,7 +2,9 @@
 //! (the default) and one `--insecure`. Measured on each: unary RPC latency (GetVolumeInfo and
 //! CopyData's answer, which crosses to the job-tracker and etcd), the TCP connections the services
 //! hold to the job-tracker after those calls (a handshake per call would show as one connection per
-//! call), and the time of a 2 GiB copy, interleaved round by round with `qemu-img convert` alone.
+//! call), a plain etcd read from this process (etcd over TLS with authentication against plaintext:
+//! what each etcd read inside those RPCs pays), and the time of a 2 GiB copy, interleaved round by
+//! round with `qemu-img convert` alone.
 use std::{path::Path, time::Duration};
 
 use dpctl::local::ClusterConfig;
@@ -40,6 +42,25 @@ fn job_tracker_port(side: &Side) -> u16 {
         .next()
         .and_then(|p| p.trim_end_matches('/').parse().ok())
         .unwrap_or(0)
+}
+
+/// 2,000 reads of one key from the side's etcd, as a client of the cluster would (over TLS with the
+/// local user's certificate on the secure side), after 200 thrown away; sorted.
+async fn etcd_gets(side: &Side) -> anyhow::Result<Vec<Duration>> {
+    let cluster = &side.bench.cluster;
+    let mut etcd =
+        etcd_client::Client::connect(cluster.etcd_endpoints(), cluster.etcd_options()).await?;
+    let key = format!("{}bench", cluster.etcd_prefix());
+    let mut t = Vec::with_capacity(2000);
+    for i in 0..2200 {
+        let start = std::time::Instant::now();
+        etcd.get(key.as_str(), None).await?;
+        if i >= 200 {
+            t.push(start.elapsed());
+        }
+    }
+    t.sort();
+    Ok(t)
 }
 
 pub async fn run(base: &Path, rounds: usize) -> anyhow::Result<()> {
@@ -95,6 +116,16 @@ pub async fn run(base: &Path, rounds: usize) -> anyhow::Result<()> {
         println!(
             "| {which} | p50 added by TLS | {:+.1} % | | |",
             (p50[1].as_secs_f64() / p50[0].as_secs_f64() - 1.0) * 100.0
+        );
+    }
+    for side in &sides {
+        let t = etcd_gets(side).await?;
+        println!(
+            "| etcd get (this process) | {} | {} | {} | {} |",
+            side.name,
+            ms(percentile(&t, 0.5)),
+            ms(percentile(&t, 0.9)),
+            ms(percentile(&t, 0.99))
         );
     }
     println!();
