@@ -4,7 +4,7 @@
 //! `cluster_env.rs`.
 use std::{
     fs,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -94,7 +94,7 @@ impl Cluster {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let pki = match config.insecure {
             true => None,
-            false => Some(prepare_pki(&config, &host_ids, gateway, lab.as_ref())?),
+            false => Some(pki::prepare_for(&config, &host_ids, gateway, lab.as_ref())?),
         };
         let etcd = Etcd::start_with(
             &etcd_bin,
@@ -240,35 +240,9 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// The TLS settings the launcher's own clients use (the local operator's certificate), unless
-    /// the cluster runs `--insecure`.
-    pub fn client_tls(&self) -> Option<&Tls> {
-        self.pki.as_ref().map(Pki::client)
-    }
-
     /// The certificates, unless the cluster runs `--insecure`.
     pub fn pki(&self) -> Option<&Pki> {
         self.pki.as_ref()
-    }
-
-    /// Options for an etcd client of this cluster: TLS with the local user's certificate (etcd user
-    /// `datapath`), unless the cluster runs `--insecure`.
-    pub fn etcd_options(&self) -> Option<etcd_client::ConnectOptions> {
-        self.client_tls()
-            .map(|t| etcd_client::ConnectOptions::new().with_tls(t.client(None)))
-    }
-
-    /// A connected channel to `url` (one of this cluster's services) as the local operator.
-    pub async fn channel(&self, url: &str) -> anyhow::Result<tonic::transport::Channel> {
-        crate::client::channel(url, self.client_tls()).await
-    }
-
-    /// grpcurl's flags to reach this cluster: the local operator's certificate, or `-plaintext`.
-    pub fn grpcurl_args(&self) -> Vec<String> {
-        match &self.pki {
-            Some(pki) => pki.grpcurl_args(),
-            None => vec!["-plaintext".into()],
-        }
     }
 
     /// Its configuration.
@@ -547,29 +521,6 @@ async fn wait_host(host: &mut Host, i: usize, tls: Option<&Tls>) -> anyhow::Resu
         .with_context(|| format!("read the host id of host-{i}"))?
         .to_string();
     Ok(())
-}
-
-/// The cluster's certificates: the services for the addresses they serve on, each host for its id.
-fn prepare_pki(
-    config: &ClusterConfig,
-    host_ids: &[HostId],
-    gateway: Option<Ipv4Addr>,
-    lab: Option<&NetworkLab>,
-) -> anyhow::Result<Pki> {
-    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let with_gateway: Vec<IpAddr> = std::iter::once(loopback)
-        .chain(gateway.map(IpAddr::V4))
-        .collect();
-    let mut services = vec![
-        (Identity::JobTracker, with_gateway.clone()),
-        (Identity::Scheduler, vec![loopback]),
-    ];
-    for (i, id) in host_ids.iter().enumerate() {
-        let mut addresses = vec![loopback];
-        addresses.extend(lab.map(|l| IpAddr::V4(l.host_addr(i))));
-        services.push((Identity::Host(*id), addresses));
-    }
-    Pki::prepare(&config.pki_dir(), &services, &with_gateway)
 }
 
 fn prepare_dirs(config: &ClusterConfig) -> anyhow::Result<()> {

@@ -14,6 +14,7 @@
 //! [`Cluster::stop`] is the orderly way down: host-workers, then the job-tracker, then etcd.
 
 mod cluster;
+mod cluster_access;
 mod cluster_env;
 mod config;
 mod etcd;

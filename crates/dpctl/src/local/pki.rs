@@ -13,7 +13,7 @@
 //! reads), so its certificate can be issued for it.
 use std::{
     fs,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
 };
 
@@ -153,6 +153,29 @@ impl Pki {
             key.display().to_string(),
         ]
     }
+}
+
+/// A local cluster's certificates: the services for the addresses they serve on, each host for its id.
+pub(super) fn prepare_for(
+    config: &super::ClusterConfig,
+    host_ids: &[HostId],
+    gateway: Option<Ipv4Addr>,
+    lab: Option<&super::NetworkLab>,
+) -> anyhow::Result<Pki> {
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let with_gateway: Vec<IpAddr> = std::iter::once(loopback)
+        .chain(gateway.map(IpAddr::V4))
+        .collect();
+    let mut services = vec![
+        (Identity::JobTracker, with_gateway.clone()),
+        (Identity::Scheduler, vec![loopback]),
+    ];
+    for (i, id) in host_ids.iter().enumerate() {
+        let mut addresses = vec![loopback];
+        addresses.extend(lab.map(|l| IpAddr::V4(l.host_addr(i))));
+        services.push((Identity::Host(*id), addresses));
+    }
+    Pki::prepare(&config.pki_dir(), &services, &with_gateway)
 }
 
 /// The host id in `state_dir/host-id`, written there first when missing (the host-worker keeps it).
