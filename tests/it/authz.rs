@@ -124,16 +124,7 @@ async fn a_host_cannot_update_another_hosts_job_set_config_or_move_disks() {
         })
         .await
         .unwrap();
-    let before = tc
-        .tracker()
-        .await
-        .get_job(pb::GetJobRequest {
-            job_id: job.job_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job;
+    let before = tc.job(&job.job_id).await;
 
     // Another host, naming the owner in the request: its certificate says otherwise.
     let intruder = HostId::random();
@@ -169,16 +160,7 @@ async fn a_host_cannot_update_another_hosts_job_set_config_or_move_disks() {
         .await
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
-    let after = tc
-        .tracker()
-        .await
-        .get_job(pb::GetJobRequest {
-            job_id: job.job_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job;
+    let after = tc.job(&job.job_id).await;
     assert_eq!(after, before, "the refused update changed the job");
 
     // A host's certificate on the scheduler: no settings, no moves.

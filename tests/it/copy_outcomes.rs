@@ -32,17 +32,7 @@ enum Forge {
 }
 
 async fn forge_success(tc: &TestCluster, job_id: &str, how: Forge) {
-    let job = tc
-        .tracker()
-        .await
-        .get_job(pb::GetJobRequest {
-            job_id: job_id.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let job = tc.job(job_id).await;
     match how {
         Forge::UpdateJob => {
             tc.tracker_as_host(&job.host_id)
@@ -155,6 +145,26 @@ async fn a_success_forged_in_etcd_waits_for_the_destination() {
     a_forged_success_does_not_delete_the_source(Forge::EtcdRecord).await;
 }
 
+/// Moves disk `img` from `a` to `b` and follows it to its end, which must be a failure; returns the
+/// error and how long the move took.
+async fn failed_move(
+    tc: &TestCluster,
+    a: &str,
+    img: &str,
+    b: &str,
+) -> (pb::OperationError, pb::Operation, Duration) {
+    let started = Instant::now();
+    let name = start_move(tc, a, img, b).await;
+    let last = follow(tc, &name, Duration::from_secs(120))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let took = started.elapsed();
+    let error = error_of(&last).expect("the move failed").clone();
+    (error, last, took)
+}
+
 /// A small tmpfs mounted over a directory; unmounted when dropped.
 struct SmallFilesystem(std::path::PathBuf);
 
@@ -190,15 +200,8 @@ async fn a_destination_out_of_space_rolls_the_move_back_and_says_so() {
     let _full = SmallFilesystem::mount(&images, "8m");
     let src = qcow2_disk(&tc, &a, 64 * MIB, 24).await;
     let before = crate::harness::sha256(&tc.volume_path(&src));
-    let started = Instant::now();
-    let name = start_move(&tc, &a, &src.image_id, &b).await;
-    let last = follow(&tc, &name, Duration::from_secs(120))
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
-    let took = started.elapsed();
-    let error = error_of(&last).expect("the move failed").clone();
+    let (error, last, took) = failed_move(&tc, &a, &src.image_id, &b).await;
+    let name = last.name.clone();
     eprintln!("FIGURE destination out of space: rolled back after {took:?}: {error:?}");
     assert_eq!(error.reason, "NO_SPACE", "{error:?}");
     assert!(
@@ -300,15 +303,7 @@ async fn a_held_image_lock_is_retried_within_the_budget_and_not_counted() {
 
     let src = qcow2_disk(&tc, &a, 16 * MIB, 4).await;
     let _held = ImageLockHolder::hold(&tc.volume_path(&src));
-    let started = Instant::now();
-    let name = start_move(&tc, &a, &src.image_id, &b).await;
-    let last = follow(&tc, &name, Duration::from_secs(60))
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
-    let took = started.elapsed();
-    let error = error_of(&last).expect("the move failed").clone();
+    let (error, last, took) = failed_move(&tc, &a, &src.image_id, &b).await;
     eprintln!("FIGURE image lock held for good: rolled back after {took:?}: {error:?}");
     assert_eq!(error.reason, "IMAGE_LOCKED", "{error:?}");
     assert!(

@@ -91,7 +91,7 @@ async fn a_host_worker_killed_mid_copy_takes_its_copier_with_it() {
         Duration::from_secs(20),
         "the lost job to be marked",
         || async {
-            let j = job(&tc, &job_id).await;
+            let j = tc.job(&job_id).await;
             (j.status() != JobStatus::Running).then_some(j)
         },
     )
@@ -248,7 +248,7 @@ async fn restarts_while_idle_lose_nothing() {
     );
 
     let (job_before, a_before, b_before) = (
-        job(&tc, &job_id).await,
+        tc.job(&job_id).await,
         images(&tc, &a).await,
         images(&tc, &b).await,
     );
@@ -282,25 +282,11 @@ async fn restarts_while_idle_lose_nothing() {
     let mut expected = ids.clone();
     expected.sort();
     assert_eq!(registered, expected);
-    assert_eq!(job(&tc, &job_id).await, job_before);
+    assert_eq!(tc.job(&job_id).await, job_before);
     assert_eq!(images(&tc, &a).await, a_before);
     assert_eq!(images(&tc, &b).await, b_before);
     assert_eq!(tc.info(1, &src).await, src_info);
     assert_eq!(tc.info(1, &dst).await, dst_info);
-}
-
-async fn job(tc: &TestCluster, job_id: &str) -> pb::Job {
-    let req = pb::GetJobRequest {
-        job_id: job_id.into(),
-    };
-    tc.tracker()
-        .await
-        .get_job(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap()
 }
 
 async fn images(tc: &TestCluster, sd: &str) -> Vec<pb::Image> {
@@ -385,7 +371,7 @@ async fn a_stopped_host_worker_has_its_copier_killed_before_its_lease_expires() 
     // Woken up, the worker finds its session lost and never resumes the copy.
     tc.cluster.host_mut(0).signal(Signal::SIGCONT).unwrap();
     let ended = wait_for(Duration::from_secs(20), "the job to end", || async {
-        let j = job(&tc, &job_id).await;
+        let j = tc.job(&job_id).await;
         (j.status() != JobStatus::Running && j.status() != JobStatus::Pending).then_some(j)
     })
     .await

@@ -156,6 +156,20 @@ impl TestCluster {
         self.host(self.spm().await).await
     }
 
+    /// A job as the job-tracker has it (it must exist).
+    pub async fn job(&self, job_id: &str) -> pb::Job {
+        self.tracker()
+            .await
+            .get_job(pb::GetJobRequest {
+                job_id: job_id.into(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("get job {job_id}: {s}"))
+            .into_inner()
+            .job
+            .expect("a job")
+    }
+
     /// A client of the job-tracker.
     pub async fn tracker(&self) -> JobTrackerServiceClient<Channel> {
         JobTrackerServiceClient::new(self.channel(&self.cluster.job_tracker_url()).await)

@@ -275,6 +275,7 @@ async fn every_service_counts_a_known_copy_a_bad_request_and_a_move() {
         .into_iter()
         .chain(&after.hosts)
     {
+        assert!(s.has("datapath_insecure"), "no datapath_insecure gauge");
         assert_eq!(s.sum("datapath_insecure", &[]), 0.0);
     }
 

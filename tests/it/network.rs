@@ -3,7 +3,7 @@
 //! ends whole, once.
 use std::time::{Duration, Instant};
 
-use datapath_api::pb::{self, FlowVolumeState, JobStatus};
+use datapath_api::pb::{FlowVolumeState, JobStatus};
 
 use crate::{
     disks::{chain_disk, follow, start_move},
@@ -46,17 +46,6 @@ pub(crate) async fn running_copy(tc: &TestCluster, name: &str) -> (usize, String
     (i, job)
 }
 
-async fn job(tc: &TestCluster, id: &str) -> pb::Job {
-    tc.tracker()
-        .await
-        .get_job(pb::GetJobRequest { job_id: id.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_cut_shorter_than_the_fencing_deadline_changes_nothing() {
     let tc = isolated().await;
@@ -89,7 +78,7 @@ async fn a_link_cut_shorter_than_the_fencing_deadline_changes_nothing() {
         volumes.iter().all(|v| v.attempts == 1),
         "copied more than once: {volumes:#?}"
     );
-    assert_eq!(job(&tc, &job_id).await.status(), JobStatus::Succeeded);
+    assert_eq!(tc.job(&job_id).await.status(), JobStatus::Succeeded);
     check_invariants(&tc).await;
 }
 
@@ -154,7 +143,7 @@ async fn a_link_cut_past_the_lease_fences_the_host_and_the_copy_is_redone_elsewh
         Duration::from_secs(30),
         "the stale job to be marked",
         || async {
-            let j = job(&tc, &job_id).await;
+            let j = tc.job(&job_id).await;
             (j.status() != JobStatus::Running).then_some(j)
         },
     )
@@ -258,7 +247,7 @@ async fn a_host_cut_from_the_engine_but_not_from_etcd_finishes_its_copy_once() {
         "copied twice: {volumes:#?}"
     );
     assert_eq!(
-        job(&tc, &job_id).await.status(),
+        tc.job(&job_id).await.status(),
         JobStatus::Running,
         "the job's end should not have reached the job-tracker yet"
     );
@@ -267,7 +256,7 @@ async fn a_host_cut_from_the_engine_but_not_from_etcd_finishes_its_copy_once() {
     wait_for(
         Duration::from_secs(30),
         "the job's end to be reported",
-        || async { (job(&tc, &job_id).await.status() == JobStatus::Succeeded).then_some(()) },
+        || async { (tc.job(&job_id).await.status() == JobStatus::Succeeded).then_some(()) },
     )
     .await
     .unwrap();

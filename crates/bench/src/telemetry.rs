@@ -167,6 +167,31 @@ impl Side {
     }
 }
 
+/// Prints the copy table of side-by-side runs: `qemu-img convert` alone, then each side's median
+/// and its ratio to it; returns the sides' medians.
+pub(crate) fn print_copies(sides: &[Side], alone: &[Duration], rounds: usize) -> Vec<Duration> {
+    let m_alone = median(alone.to_vec());
+    println!();
+    println!("| 2 GiB copy ({rounds} rounds) | median | ÷ qemu-img alone |");
+    println!("|---|---|---|");
+    println!(
+        "| qemu-img convert alone | {:.3} s | 1.000× |",
+        m_alone.as_secs_f64()
+    );
+    let mut medians = Vec::new();
+    for side in sides {
+        let m = median(side.copies.clone());
+        medians.push(m);
+        println!(
+            "| CopyData, {} | {:.3} s | {:.3}× |",
+            side.name,
+            m.as_secs_f64(),
+            m.as_secs_f64() / m_alone.as_secs_f64()
+        );
+    }
+    medians
+}
+
 pub(crate) fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1000.0)
 }
@@ -234,25 +259,7 @@ pub async fn run(base: &Path, rounds: usize) -> anyhow::Result<()> {
             sides[0].copies[round], sides[1].copies[round], sides[2].copies[round], alone[round]
         );
     }
-    let m_alone = median(alone.clone());
-    println!();
-    println!("| 2 GiB copy ({rounds} rounds) | median | ÷ qemu-img alone |");
-    println!("|---|---|---|");
-    println!(
-        "| qemu-img convert alone | {:.3} s | 1.000× |",
-        m_alone.as_secs_f64()
-    );
-    let mut medians = Vec::new();
-    for side in &sides {
-        let m = median(side.copies.clone());
-        medians.push(m);
-        println!(
-            "| CopyData, {} | {:.3} s | {:.3}× |",
-            side.name,
-            m.as_secs_f64(),
-            m.as_secs_f64() / m_alone.as_secs_f64()
-        );
-    }
+    let medians = print_copies(&sides, &alone, rounds);
     println!(
         "| exporter ÷ tracing off | {:.3}× | |",
         medians[2].as_secs_f64() / medians[0].as_secs_f64()

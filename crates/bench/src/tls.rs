@@ -10,8 +10,8 @@ use std::{path::Path, time::Duration};
 use dpctl::local::ClusterConfig;
 
 use crate::{
-    cluster::{median, percentile, settle},
-    telemetry::{ms, Side},
+    cluster::{percentile, settle},
+    telemetry::{ms, print_copies, Side},
 };
 
 /// Established TCP connections to `port` on this machine (from `/proc/net/tcp`).
@@ -157,25 +157,7 @@ pub async fn run(base: &Path, rounds: usize) -> anyhow::Result<()> {
             sides[0].copies[round], sides[1].copies[round], alone[round]
         );
     }
-    let m_alone = median(alone);
-    println!();
-    println!("| 2 GiB copy ({rounds} rounds) | median | ÷ qemu-img alone |");
-    println!("|---|---|---|");
-    println!(
-        "| qemu-img convert alone | {:.3} s | 1.000× |",
-        m_alone.as_secs_f64()
-    );
-    let mut medians = Vec::new();
-    for side in &sides {
-        let m = median(side.copies.clone());
-        medians.push(m);
-        println!(
-            "| CopyData, {} | {:.3} s | {:.3}× |",
-            side.name,
-            m.as_secs_f64(),
-            m.as_secs_f64() / m_alone.as_secs_f64()
-        );
-    }
+    let medians = print_copies(&sides, &alone, rounds);
     println!(
         "| mutual TLS ÷ insecure | {:.3}× | |",
         medians[1].as_secs_f64() / medians[0].as_secs_f64()

@@ -84,7 +84,7 @@ pub async fn copy_data(worker: &Arc<Worker>, req: &pb::CopyDataRequest) -> Resul
         }
         Err(Refused::DestinationBusy(other)) => {
             return Err(Error::precondition(
-                "LEASE_HELD",
+                JobErrorCode::LeaseHeld.as_str(),
                 "destination.volume",
                 format!(
                     "volume {} is the destination of job {other} on this host",
@@ -171,7 +171,7 @@ async fn validate(worker: &Worker, spec: &CopyDataSpec) -> Result<u64, Error> {
     ] {
         if let Some(holder) = worker.coord.volume_lease(volume).await? {
             return Err(Error::precondition(
-                "LEASE_HELD",
+                JobErrorCode::LeaseHeld.as_str(),
                 field,
                 format!(
                     "volume {volume} is leased by job {} on host {}",
@@ -181,7 +181,7 @@ async fn validate(worker: &Worker, spec: &CopyDataSpec) -> Result<u64, Error> {
         }
         if let Some(job) = worker.jobs.writing(volume) {
             return Err(Error::precondition(
-                "LEASE_HELD",
+                JobErrorCode::LeaseHeld.as_str(),
                 field,
                 format!("volume {volume} is the destination of queued job {job}"),
             ));

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use datapath_api::{
     ids::JobId,
+    job_error::JobErrorCode,
     pb,
     volume::{Legality, VolumeKey},
 };
@@ -62,7 +63,7 @@ pub async fn fence_volume(
 
 fn lease_held(volume: &VolumeKey, holder: &str) -> Error {
     Error::precondition(
-        "LEASE_HELD",
+        JobErrorCode::LeaseHeld.as_str(),
         "volume",
         format!("volume {volume} is leased by {holder}: its copy may still run"),
     )

@@ -276,21 +276,15 @@ async fn transient(
         .record
         .update(|f| {
             let v = &mut f.volumes[idx];
-            v.job_status = JobStatus::Failed as i32;
             if counted_at_start {
                 v.attempts = v.attempts.saturating_sub(1);
             }
             v.transient_retries += 1;
             v.transient_since = Some(since);
-            v.last_error = Some(error);
             if by_host {
                 v.failed_hosts.push(host);
             }
-            v.state = if give_up {
-                FlowVolumeState::Failed
-            } else {
-                FlowVolumeState::Pending
-            } as i32;
+            not_copied(v, error, give_up);
         })
         .await?;
     let v = &flow.volumes[idx];
@@ -315,15 +309,9 @@ async fn counted(
         .record
         .update(|f| {
             let v = &mut f.volumes[idx];
-            v.job_status = JobStatus::Failed as i32;
             v.failed_hosts.push(v.host_id.clone());
             v.transient_since = None;
-            v.last_error = Some(error);
-            v.state = if last {
-                FlowVolumeState::Failed
-            } else {
-                FlowVolumeState::Pending
-            } as i32;
+            not_copied(v, error, last);
         })
         .await?;
     let v = &flow.volumes[idx];
@@ -334,6 +322,18 @@ async fn counted(
         pause(run, failure_pause(v.attempts)).await;
     }
     Ok(None)
+}
+
+/// Records an attempt that ended without a copy: its error, and the volume pending another attempt,
+/// or failed when `final_`.
+fn not_copied(v: &mut pb::FlowVolume, error: pb::JobError, final_: bool) {
+    v.job_status = JobStatus::Failed as i32;
+    v.last_error = Some(error);
+    v.state = if final_ {
+        FlowVolumeState::Failed
+    } else {
+        FlowVolumeState::Pending
+    } as i32;
 }
 
 /// The pause after the `n`th transient conflict in a volume's copy: 0.5 s, doubling, at most 5 s.

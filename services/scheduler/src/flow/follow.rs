@@ -101,7 +101,10 @@ pub(super) async fn follow(run: &Run, idx: usize, v: &pb::FlowVolume) -> Result<
                         warn!(op = %run.record.op, host = %v.host_id, error = %s, "the host does not take the copy; asking the destination");
                         return not_taken(run, v, JobErrorCode::HostUnreachable, &s).await;
                     }
-                    Err(s) if datapath_api::error::reason(&s).as_deref() == Some("LEASE_HELD") => {
+                    Err(s)
+                        if datapath_api::error::reason(&s).as_deref()
+                            == Some(JobErrorCode::LeaseHeld.as_str()) =>
+                    {
                         // Refused before any job existed: a lost attempt's lease not yet expired.
                         return Ok(Ended::Concluded(JobEnd::failed(
                             JobErrorCode::LeaseHeld,
