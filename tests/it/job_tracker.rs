@@ -61,13 +61,20 @@ async fn create(tc: &TestCluster, job: &pb::Job) -> Result<pb::CreateJobResponse
     .into_inner())
 }
 
+/// The jobs here belong to made-up hosts that never register, and the job-tracker ends the jobs of
+/// a host gone for its lost-host grace (2 s by default): a test that runs longer than that would see
+/// its jobs end FENCED under it. Here they are kept.
+fn made_up_hosts_kept(c: &mut dpctl::local::ClusterConfig) {
+    c.env.push(("DATAPATH_LOST_HOST_GRACE".into(), "1h".into()));
+}
+
 fn reason(s: &tonic::Status) -> String {
     datapath_api::error::reason(s).unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_job_state_machine_is_enforced() {
-    let tc = TestCluster::start(1, |_| {}).await.unwrap();
+    let tc = TestCluster::start(1, made_up_hosts_kept).await.unwrap();
     let mut t = tc.tracker().await;
     let host = uuid::Uuid::new_v4().to_string();
     let other = uuid::Uuid::new_v4().to_string();
@@ -176,7 +183,7 @@ async fn the_job_state_machine_is_enforced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_filters_and_paginates() {
-    let tc = TestCluster::start(1, |_| {}).await.unwrap();
+    let tc = TestCluster::start(1, made_up_hosts_kept).await.unwrap();
     let mut t = tc.tracker().await;
     let host = uuid::Uuid::new_v4().to_string();
     let mut ids = Vec::new();
@@ -247,7 +254,7 @@ async fn list_filters_and_paginates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_resumes_after_a_revision_without_missing_anything() {
-    let tc = TestCluster::start(1, |_| {}).await.unwrap();
+    let tc = TestCluster::start(1, made_up_hosts_kept).await.unwrap();
     let mut t = tc.tracker().await;
     let host = uuid::Uuid::new_v4().to_string();
     let job = new_job(&host, "w");
@@ -333,9 +340,12 @@ async fn a_watch_resumes_after_a_revision_without_missing_anything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ended_jobs_are_deleted_after_the_retention_and_running_ones_are_kept() {
-    let tc = TestCluster::start(1, |c| c.job_retention = Duration::from_secs(2))
-        .await
-        .unwrap();
+    let tc = TestCluster::start(1, |c| {
+        made_up_hosts_kept(c);
+        c.job_retention = Duration::from_secs(2)
+    })
+    .await
+    .unwrap();
     let t = tc.tracker().await;
     let host = uuid::Uuid::new_v4().to_string();
     let (ended, running) = (new_job(&host, "r"), new_job(&host, "r"));
@@ -370,7 +380,7 @@ async fn ended_jobs_are_deleted_after_the_retention_and_running_ones_are_kept() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_writes_are_coalesced_to_about_two_a_second() {
-    let tc = TestCluster::start(1, |_| {}).await.unwrap();
+    let tc = TestCluster::start(1, made_up_hosts_kept).await.unwrap();
     let t = tc.tracker().await;
     let host = uuid::Uuid::new_v4().to_string();
     let job = new_job(&host, "c");
@@ -431,6 +441,7 @@ async fn progress_writes_are_coalesced_to_about_two_a_second() {
 async fn a_quiet_watch_outlives_the_request_timeouts() {
     // The server's per-call deadline (2 s here) and the etcd client's (5 s) bound answers, not streams.
     let tc = TestCluster::start(1, |c| {
+        made_up_hosts_kept(c);
         c.env.push(("DATAPATH_REQUEST_TIMEOUT".into(), "2s".into()))
     })
     .await
