@@ -311,9 +311,30 @@ async fn a_call_stuck_on_a_stalled_etcd_ends_at_the_request_timeout() {
     .await
     .unwrap();
     let (src, _) = tc.source_and_destination(VolumeFormat::Raw, MIB, 1).await;
+    // A lease on the volume: the host's volume view shows it, and a lease shown is always confirmed
+    // from etcd before it is reported (an unleased volume would be answered from the view alone).
+    let key = datapath_api::volume::VolumeKey::from_pb("volume", Some(&src)).unwrap();
+    let mut etcd = tc.etcd.clone();
+    let holder = pb::VolumeLease {
+        host_id: uuid::Uuid::new_v4().to_string(),
+        job_id: uuid::Uuid::new_v4().to_string(),
+        revision: 0,
+    };
+    etcd.put(
+        datapath_coord::Keys::new(tc.cluster.etcd_prefix()).volume_lease(&key),
+        prost::Message::encode_to_vec(&holder),
+        None,
+    )
+    .await
+    .unwrap();
+    wait_for(Duration::from_secs(5), "the lease shown", || async {
+        tc.info(0, &src).await.lease.map(|_| ())
+    })
+    .await
+    .unwrap();
     tc.cluster.etcd_mut().signal(Signal::SIGSTOP).unwrap();
     let started = Instant::now();
-    // Volume info reads the lease holder from etcd, which no longer answers.
+    // Volume info confirms the lease holder from etcd, which no longer answers.
     let result = tc
         .host(0)
         .await

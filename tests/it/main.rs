@@ -31,3 +31,4 @@ mod storage;
 mod telemetry;
 mod tls;
 mod traces;
+mod volume_view;

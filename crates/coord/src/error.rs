@@ -26,6 +26,9 @@ pub enum CoordError {
         /// The compaction revision.
         compacted: i64,
     },
+    /// etcd cancelled a watch (its reason).
+    #[error("etcd cancelled the watch: {0}")]
+    WatchCanceled(String),
     /// The session lease has been lost; the caller must not act as its holder.
     #[error("session lease lost")]
     SessionLost,

@@ -23,6 +23,11 @@ pub enum Refused {
     },
 }
 
+/// A generation record's number (decimal text); an unreadable one counts as 0, "never committed".
+pub(crate) fn decode_generation(value: &[u8]) -> u64 {
+    String::from_utf8_lossy(value).trim().parse().unwrap_or(0)
+}
+
 impl Coord {
     /// The generation etcd records for `volume`, with its mod revision; `None` if never recorded.
     pub async fn generation(&self, volume: &VolumeKey) -> Result<Option<(u64, i64)>> {
@@ -30,13 +35,10 @@ impl Coord {
             .client()
             .get(self.keys().generation(volume), None)
             .await?;
-        Ok(resp.kvs().first().map(|kv| {
-            let value = String::from_utf8_lossy(kv.value())
-                .trim()
-                .parse()
-                .unwrap_or(0);
-            (value, kv.mod_revision())
-        }))
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| (decode_generation(kv.value()), kv.mod_revision())))
     }
 
     /// Sets the generation of `volume` to `to`, if the lease taken at `token` still stands and the
@@ -135,10 +137,7 @@ impl Coord {
             .map(|kv| {
                 (
                     String::from_utf8_lossy(kv.key()).into_owned(),
-                    String::from_utf8_lossy(kv.value())
-                        .trim()
-                        .parse()
-                        .unwrap_or(0),
+                    decode_generation(kv.value()),
                 )
             })
             .collect())

@@ -15,9 +15,23 @@
 //!
 //! Values are protobuf messages from `proto/datapath/v1`; `dpctl decode` prints them as JSON.
 use datapath_api::{
-    ids::{HostId, JobId, OperationId},
+    ids::{HostId, ImageId, JobId, OperationId, StorageDomainId, VolumeId},
     volume::{DiskKey, VolumeKey},
 };
+
+/// `<sd>/<img>/<vol>`, as [`VolumeKey`] displays itself.
+fn parse_volume(text: &str) -> Option<VolumeKey> {
+    let mut parts = text.split('/');
+    let (sd, img, vol) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(VolumeKey {
+        storage_domain: StorageDomainId::parse("key", sd).ok()?,
+        image: ImageId::parse("key", img).ok()?,
+        volume: VolumeId::parse("key", vol).ok()?,
+    })
+}
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "/datapath/";
@@ -99,6 +113,29 @@ impl Keys {
     /// `generations/<sd>/<img>/<vol>`.
     pub fn generation(&self, volume: &VolumeKey) -> String {
         format!("{}generations/{volume}", self.prefix)
+    }
+
+    /// `generations/`: every generation record.
+    pub fn generations(&self) -> String {
+        format!("{}generations/", self.prefix)
+    }
+
+    /// The volume of a `generations/<sd>/<img>/<vol>` key.
+    pub fn parse_generation(&self, key: &[u8]) -> Option<VolumeKey> {
+        parse_volume(
+            std::str::from_utf8(key)
+                .ok()?
+                .strip_prefix(&self.generations())?,
+        )
+    }
+
+    /// The volume of a `leases/volumes/<sd>/<img>/<vol>` key.
+    pub fn parse_volume_lease(&self, key: &[u8]) -> Option<VolumeKey> {
+        parse_volume(
+            std::str::from_utf8(key)
+                .ok()?
+                .strip_prefix(&self.volume_leases())?,
+        )
     }
 
     /// `generations/<sd>/<img>/`: every generation record of one image.
@@ -192,6 +229,29 @@ mod tests {
         assert_eq!(keys.job(id), format!("/t1/jobs/{id}"));
         assert_eq!(keys.parse_job(keys.job(id).as_bytes()), Some(id));
         assert_eq!(keys.parse_job(b"/t1/hosts/x"), None);
+    }
+
+    #[test]
+    fn volume_keys_round_trip() {
+        let keys = Keys::new("/t1");
+        let v = VolumeKey {
+            storage_domain: StorageDomainId::random(),
+            image: ImageId::random(),
+            volume: VolumeId::random(),
+        };
+        let gen = keys.generation(&v);
+        let lease = keys.volume_lease(&v);
+        assert_eq!(keys.parse_generation(gen.as_bytes()), Some(v));
+        assert_eq!(keys.parse_volume_lease(lease.as_bytes()), Some(v));
+        assert_eq!(keys.parse_generation(lease.as_bytes()), None);
+        assert_eq!(keys.parse_volume_lease(gen.as_bytes()), None);
+        for bad in [
+            "/t1/generations/a/b/c",
+            "/t1/generations/",
+            &format!("{gen}/x"),
+        ] {
+            assert_eq!(keys.parse_generation(bad.as_bytes()), None, "{bad}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod probe;
 pub mod session;
 pub mod snapshot;
 pub mod volume_leases;
+pub mod volume_view;
 
 use std::{
     sync::{

@@ -38,6 +38,9 @@ pub struct CoordMetrics {
     pub lease_renewal_failures: Counter,
     /// `datapath_session_lost_total`: sessions declared lost (each one fences a host-worker).
     pub session_lost: Counter,
+    /// `datapath_volume_view_resyncs_total`: times the volume view fell out of step with etcd (a
+    /// watch broke or was compacted) and read everything again.
+    pub volume_view_resyncs: Counter,
 }
 
 /// The families, registered on first use.
@@ -48,6 +51,7 @@ pub fn metrics() -> &'static CoordMetrics {
             lease_renewals: Counter::default(),
             lease_renewal_failures: Counter::default(),
             session_lost: Counter::default(),
+            volume_view_resyncs: Counter::default(),
         };
         register(
             "datapath_etcd_request_duration_seconds",
@@ -68,6 +72,11 @@ pub fn metrics() -> &'static CoordMetrics {
             "datapath_session_lost",
             "Session leases declared lost (a host-worker fences itself at each)",
             m.session_lost.clone(),
+        );
+        register(
+            "datapath_volume_view_resyncs",
+            "Times the volume view fell out of step with etcd and read everything again",
+            m.volume_view_resyncs.clone(),
         );
         m
     });

@@ -48,10 +48,21 @@ impl Failure {
 /// Validates and accepts a copy; the copy itself runs in the background.
 pub async fn copy_data(worker: &Arc<Worker>, req: &pb::CopyDataRequest) -> Result<pb::Job, Error> {
     let spec = CopyDataSpec::from_pb(req)?;
-    if let Some(job) = existing(worker, &spec).await? {
-        return Ok(job);
+    if let Some(job) = worker.jobs.get(spec.job_id) {
+        return same_job(worker, &spec, job);
     }
-    let size = validate(worker, &spec).await?;
+    // A repeated request is answered with its job even when the volumes have moved on since (its
+    // copy committed): the job-tracker is asked only then, or by the create-if-absent below.
+    let size = match validate(worker, &spec).await {
+        Ok(size) => size,
+        Err(refused) => {
+            return match existing(worker, &spec).await {
+                Ok(Some(job)) => Ok(job),
+                Err(Error::JobExists(id)) => Err(Error::JobExists(id)),
+                _ => Err(refused),
+            }
+        }
+    };
     worker.lease_id()?;
     // The job's span, a child of this call's; its context is stored in the job record so reports
     // made later (after a reconnect or a restart) join the same trace.
@@ -116,11 +127,15 @@ async fn existing(worker: &Worker, spec: &CopyDataSpec) -> Result<Option<pb::Job
         Some(job) => Some(job),
         None => worker.reporter.get(spec.job_id).await?,
     };
-    let Some(job) = job else { return Ok(None) };
+    job.map(|job| same_job(worker, spec, job)).transpose()
+}
+
+/// `job` if it is the one `spec` asks for on this host, `ALREADY_EXISTS` otherwise.
+fn same_job(worker: &Worker, spec: &CopyDataSpec, job: pb::Job) -> Result<pb::Job, Error> {
     let same = job.host_id == worker.host_id.to_string()
         && job.params == Some(pb::job::Params::CopyData(spec.params()));
     if same {
-        Ok(Some(job))
+        Ok(job)
     } else {
         Err(Error::JobExists(spec.job_id))
     }
@@ -169,7 +184,7 @@ async fn validate(worker: &Worker, spec: &CopyDataSpec) -> Result<u64, Error> {
         (&spec.destination.volume, "destination.volume"),
         (&spec.source.volume, "source.volume"),
     ] {
-        if let Some(holder) = worker.coord.volume_lease(volume).await? {
+        if let Some(holder) = worker.volume_lease(volume).await? {
             return Err(Error::precondition(
                 JobErrorCode::LeaseHeld.as_str(),
                 field,

@@ -143,6 +143,7 @@ pub async fn run(
     let worker = Arc::new(worker::Worker {
         host_id,
         storage,
+        volumes: coord.volume_view(),
         coord,
         session: session.subscribe(),
         spm: spm::Spm::default(),

@@ -33,13 +33,11 @@ impl HostWorkerApi {
     /// or a fence whose metadata write was lost) counts, and such a volume is not LEGAL.
     async fn volume_info(&self, key: &VolumeKey, field: &str) -> Result<pb::VolumeInfo, Error> {
         let mut meta = self.worker.storage.read_meta(key, field)?;
-        if let Some((recorded, _)) = self.worker.coord.generation(key).await? {
-            if recorded > meta.generation {
-                meta.generation = recorded;
-                meta.legality = datapath_api::volume::Legality::Illegal;
-            }
+        if let Some(recorded) = self.worker.generation_above(key, meta.generation).await? {
+            meta.generation = recorded;
+            meta.legality = datapath_api::volume::Legality::Illegal;
         }
-        let lease = self.worker.coord.volume_lease(key).await?;
+        let lease = self.worker.volume_lease(key).await?;
         Ok(pb::VolumeInfo {
             volume: Some(key.to_pb()),
             metadata: Some(meta.to_pb()),

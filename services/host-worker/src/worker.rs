@@ -1,8 +1,8 @@
 //! The host's shared state: storage, etcd, its session, its SPM role, its jobs and their slots.
 use std::sync::Arc;
 
-use datapath_api::ids::HostId;
-use datapath_coord::{session::SessionState, Coord};
+use datapath_api::{ids::HostId, pb::VolumeLease, volume::VolumeKey};
+use datapath_coord::{session::SessionState, volume_view::VolumeView, Coord};
 use tokio::sync::{watch, Semaphore};
 
 use crate::{error::Error, jobs::HostJobs, reporter::Reporter, spm::Spm, storage::Storage};
@@ -15,6 +15,8 @@ pub struct Worker {
     pub storage: Storage,
     /// etcd.
     pub coord: Coord,
+    /// Every volume's generation record and lease, watched: what volume reads consult first.
+    pub volumes: VolumeView,
     /// The session lease state.
     pub session: watch::Receiver<SessionState>,
     /// This host's standing in the SPM election (only the SPM makes structural changes).
@@ -40,5 +42,38 @@ impl Worker {
             SessionState::Valid { lease_id } => Ok(lease_id),
             SessionState::Lost => Err(Error::SessionLost),
         }
+    }
+
+    /// The lease of `volume`. The volume view answers "none"; a lease it shows, or a volume it does
+    /// not know, is read from etcd — so nothing is ever refused or reported held on a lagging view
+    /// (PROTOCOLS.md, "Reads from the volume view").
+    pub async fn volume_lease(&self, volume: &VolumeKey) -> Result<Option<VolumeLease>, Error> {
+        if self.view_in_step() && self.volumes.lease_free(volume) {
+            return Ok(None);
+        }
+        Ok(self.coord.volume_lease(volume).await?)
+    }
+
+    /// The generation etcd records for `volume` when it is above `on_file`, the metadata file's: a
+    /// fence that raised etcd and died before the file. The view answers "not above"; a record it
+    /// shows above the file is confirmed against etcd (commit and fence write etcd first, so a view
+    /// behind etcd only shows what the file already does).
+    pub async fn generation_above(
+        &self,
+        volume: &VolumeKey,
+        on_file: u64,
+    ) -> Result<Option<u64>, Error> {
+        if self.view_in_step() && self.volumes.generation_not_above(volume, on_file) {
+            return Ok(None);
+        }
+        let recorded = self.coord.generation(volume).await?;
+        Ok(recorded.map(|(g, _)| g).filter(|g| *g > on_file))
+    }
+
+    /// The view is trusted only while this host's session stands: a host cut off from etcd loses
+    /// its session within a TTL, and its reads then go to etcd (and fail) rather than to a view that
+    /// may have stopped hearing changes.
+    fn view_in_step(&self) -> bool {
+        self.lease_id().is_ok()
     }
 }
