@@ -148,12 +148,7 @@ impl Ca {
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> Result<Leaf, CaError> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, identity.etcd_user());
+        let mut params = leaf_params(identity.etcd_user());
         params.subject_alt_names = vec![SanType::URI(identity.uri().try_into()?)];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -175,19 +170,12 @@ impl Ca {
         }
         params.not_before = not_before;
         params.not_after = not_after;
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        self.sign(params)
     }
 
     /// A server certificate for etcd (no datapath identity): `localhost` and `addresses`.
     pub fn issue_etcd_server(&self, addresses: &[IpAddr]) -> Result<Leaf, CaError> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, "etcd");
+        let mut params = leaf_params("etcd");
         params.subject_alt_names = vec![SanType::DnsName("localhost".try_into()?)];
         params
             .subject_alt_names
@@ -200,31 +188,42 @@ impl Ca {
         let now = OffsetDateTime::now_utc();
         params.not_before = now - BACKDATE;
         params.not_after = now + LEAF_LIFETIME;
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        self.sign(params)
     }
 
     /// A certificate for a user of etcd itself, `user` as its common name (`root`, for setting
     /// etcd's users and roles up): client authentication only, no datapath identity.
     pub fn issue_etcd_user(&self, user: &str) -> Result<Leaf, CaError> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, user);
+        let mut params = leaf_params(user);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - BACKDATE;
         params.not_after = now + LEAF_LIFETIME;
+        self.sign(params)
+    }
+}
+
+impl Ca {
+    /// Signs `params` with a fresh key of its own.
+    fn sign(&self, params: CertificateParams) -> Result<Leaf, CaError> {
+        let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Leaf {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// A leaf's parameters with only its common name set.
+fn leaf_params(common_name: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params
 }
 
 impl Leaf {
