@@ -14,6 +14,7 @@ mod accept;
 mod cluster;
 mod copy;
 mod etcd_writes;
+mod side;
 mod spread;
 mod telemetry;
 mod tls;

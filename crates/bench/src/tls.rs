@@ -1,8 +1,9 @@
 //! What mutual TLS costs: two clusters side by side in one run, one on mutual TLS with authorisation
-//! (the default) and one `--insecure`. Measured on each: unary RPC latency (GetVolumeInfo and
-//! CopyData's answer, which crosses to the job-tracker and etcd), the TCP connections the services
+//! (the default) and one `--insecure`. Measured on each, call by call in turn: unary RPC latency
+//! (a health Check, which does no work, GetVolumeInfo, and CopyData's answer, which crosses to the
+//! job-tracker and etcd), the TCP connections the services
 //! hold to the job-tracker after those calls (a handshake per call would show as one connection per
-//! call), a plain etcd read from this process (etcd over TLS with authentication against plaintext:
+//! call), a plain etcd read and write from this process (etcd over TLS with authentication against plaintext:
 //! what each etcd read inside those RPCs pays), and the time of a 2 GiB copy, interleaved round by
 //! round with `qemu-img convert` alone.
 use std::{path::Path, time::Duration};
@@ -11,7 +12,8 @@ use dpctl::local::ClusterConfig;
 
 use crate::{
     cluster::{percentile, settle},
-    telemetry::{ms, print_copies, Side},
+    side::{interleaved, ms, print_rpc, Rpc, Side},
+    telemetry::print_copies,
 };
 
 /// Established TCP connections to `port` on this machine (from `/proc/net/tcp`).
@@ -44,21 +46,28 @@ fn job_tracker_port(side: &Side) -> u16 {
         .unwrap_or(0)
 }
 
-/// 2,000 reads of one key from the side's etcd, as a client of the cluster would (over TLS with the
-/// local user's certificate on the secure side), after 200 thrown away; sorted.
-async fn etcd_gets(side: &Side) -> anyhow::Result<Vec<Duration>> {
+/// 2,000 reads of one key (`put`: writes of 512 bytes, about a job record) from the side's etcd, as
+/// a client of the cluster would (over TLS with the local user's certificate on the secure side),
+/// after 200 thrown away; sorted.
+async fn etcd_calls(side: &Side, put: bool) -> anyhow::Result<Vec<Duration>> {
     let cluster = &side.bench.cluster;
     let mut etcd =
         etcd_client::Client::connect(cluster.etcd_endpoints(), cluster.etcd_options()).await?;
     let key = format!("{}bench", cluster.etcd_prefix());
+    let value = vec![b'j'; 512];
     let mut t = Vec::with_capacity(2000);
     for i in 0..2200 {
         let start = std::time::Instant::now();
-        etcd.get(key.as_str(), None).await?;
+        if put {
+            etcd.put(key.as_str(), value.clone(), None).await?;
+        } else {
+            etcd.get(key.as_str(), None).await?;
+        }
         if i >= 200 {
             t.push(start.elapsed());
         }
     }
+    etcd.delete(key.as_str(), None).await?;
     t.sort();
     Ok(t)
 }
@@ -81,52 +90,21 @@ pub async fn run(base: &Path, rounds: usize) -> anyhow::Result<()> {
     println!("## tls: the cost of mutual TLS and authorisation (two clusters, one run)");
     println!("| RPC | side | p50 | p90 | p99 |");
     println!("|---|---|---|---|---|");
-    for which in ["GetVolumeInfo", "CopyData (answer)"] {
-        // A warm-up pass, thrown away, then two measured passes in opposite orders pooled per side.
-        let mut pooled: [Vec<Duration>; 2] = Default::default();
-        for (pass, order) in [[0, 1], [0, 1], [1, 0]].into_iter().enumerate() {
-            for i in order {
-                let side = &mut sides[i];
-                let t = if which == "GetVolumeInfo" {
-                    side.unary().await?
-                } else {
-                    side.accepts().await?
-                };
-                if pass > 0 {
-                    pooled[i].extend(t);
-                }
-            }
-        }
-        let p50: Vec<Duration> = pooled
-            .iter_mut()
-            .map(|t| {
-                t.sort();
-                percentile(t, 0.5)
-            })
-            .collect();
-        for (i, t) in pooled.iter().enumerate() {
+    for rpc in [Rpc::HealthCheck, Rpc::GetVolumeInfo, Rpc::CopyDataAnswer] {
+        let times = interleaved(&mut sides, rpc).await?;
+        print_rpc(&sides, rpc, &times, 0);
+    }
+    for (what, put) in [("etcd get", false), ("etcd put", true)] {
+        for side in &sides {
+            let t = etcd_calls(side, put).await?;
             println!(
-                "| {which} | {} | {} | {} | {} |",
-                sides[i].name,
-                ms(percentile(t, 0.5)),
-                ms(percentile(t, 0.9)),
-                ms(percentile(t, 0.99))
+                "| {what} (this process) | {} | {} | {} | {} |",
+                side.name,
+                ms(percentile(&t, 0.5)),
+                ms(percentile(&t, 0.9)),
+                ms(percentile(&t, 0.99))
             );
         }
-        println!(
-            "| {which} | p50 added by TLS | {:+.1} % | | |",
-            (p50[1].as_secs_f64() / p50[0].as_secs_f64() - 1.0) * 100.0
-        );
-    }
-    for side in &sides {
-        let t = etcd_gets(side).await?;
-        println!(
-            "| etcd get (this process) | {} | {} | {} | {} |",
-            side.name,
-            ms(percentile(&t, 0.5)),
-            ms(percentile(&t, 0.9)),
-            ms(percentile(&t, 0.99))
-        );
     }
     println!();
     for side in &sides {
