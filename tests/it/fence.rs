@@ -134,3 +134,85 @@ async fn a_fenced_volume_refuses_the_old_generation_and_a_committed_one_is_left_
     assert_eq!(tc.meta(&dst, "GEN"), "4");
     assert_eq!(tc.meta(&dst, "LEGALITY"), "LEGAL");
 }
+
+/// Puts `value` as the generation record of `v`, behind the hosts' backs.
+async fn put_recorded(tc: &TestCluster, v: &pb::VolumeRef, value: &str) {
+    let key = format!(
+        "{}generations/{}/{}/{}",
+        tc.cluster.etcd_prefix(),
+        v.storage_domain_id,
+        v.image_id,
+        v.volume_id
+    );
+    tc.etcd.clone().put(key, value, None).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_volume_at_the_highest_generation_is_refused_cleanly_and_its_lease_released() {
+    use std::os::unix::fs::MetadataExt as _;
+    let tc = TestCluster::start(1, |_| {}).await.unwrap();
+    let (src, dst) = tc
+        .source_and_destination(pb::VolumeFormat::Raw, 16 * MIB, 2)
+        .await;
+    let max = u64::MAX.to_string();
+    put_recorded(&tc, &dst, &max).await;
+    let inode = std::fs::metadata(tc.volume_path(&dst)).unwrap().ino();
+
+    for from in [0, u64::MAX] {
+        let err = tc
+            .spm_host()
+            .await
+            .fence_volume(fence_req(&dst, from))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert_eq!(reason(&err).as_deref(), Some("GENERATION_EXHAUSTED"));
+        // Refused before anything changed, and the fencer's lease is gone with the answer.
+        assert!(tc.keys("leases/volumes/").await.is_empty());
+        assert_eq!(recorded(&tc, &dst).await.as_deref(), Some(max.as_str()));
+        assert_eq!(tc.meta(&dst, "GEN"), "0");
+        let now = std::fs::metadata(tc.volume_path(&dst)).unwrap().ino();
+        assert_eq!(now, inode, "no fresh file was installed");
+    }
+
+    // A copy into it fails before a byte is copied, its lease released.
+    let job = tc.start_copy(0, &src, &dst).await;
+    let seen = follow_job(tc.tracker().await, job.clone())
+        .await
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.last().unwrap().0, pb::JobStatus::Failed);
+    let error = tc.job(&job).await.error.unwrap();
+    assert_eq!(error.code, "GENERATION_EXHAUSTED", "{error:?}");
+    wait_for(Duration::from_secs(10), "the copy's lease released", || async {
+        tc.keys("leases/volumes/").await.is_empty().then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(recorded(&tc, &dst).await.as_deref(), Some(max.as_str()));
+    assert_eq!(std::fs::metadata(tc.volume_path(&dst)).unwrap().size(), 16 * MIB);
+
+    // A garbled record is an error naming its key, never generation 0; other volumes are served.
+    put_recorded(&tc, &dst, "not-a-number").await;
+    let err = tc
+        .spm_host()
+        .await
+        .get_volume_info(pb::GetVolumeInfoRequest {
+            volume: Some(dst.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    assert_eq!(reason(&err).as_deref(), Some("BAD_RECORD"));
+    assert!(err.message().contains(&dst.volume_id), "{}", err.message());
+    let err = tc
+        .spm_host()
+        .await
+        .fence_volume(fence_req(&dst, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    assert!(tc.keys("leases/volumes/").await.is_empty());
+    assert_eq!(tc.info(0, &src).await.metadata.unwrap().generation, 0);
+}

@@ -41,6 +41,14 @@ pub enum JobErrorCode {
     HostUnreachable,
     /// The destination volume vanished (scheduler-side).
     DestinationMissing,
+    /// The destination's generation is at its maximum: no copy can commit it again.
+    GenerationExhausted,
+    /// A volume's file is not a regular file inside its image directory (a symlink planted in its
+    /// place, a device, a directory): nothing is read or written through it.
+    UnsafeFile,
+    /// A source volume's backing reference is not the sibling volume its metadata names, in its
+    /// recorded format (a path outside the image, a `json:` or `nbd:` reference, another image).
+    UnsafeBackingFile,
 }
 
 /// What an ended attempt means to the engine.
@@ -59,7 +67,7 @@ pub enum AttemptClass {
     Failure,
 }
 
-const ALL: [JobErrorCode; 17] = [
+const ALL: [JobErrorCode; 20] = [
     JobErrorCode::CopyFailed,
     JobErrorCode::ImageLocked,
     JobErrorCode::NoSpace,
@@ -77,6 +85,9 @@ const ALL: [JobErrorCode; 17] = [
     JobErrorCode::UnverifiedSuccess,
     JobErrorCode::HostUnreachable,
     JobErrorCode::DestinationMissing,
+    JobErrorCode::GenerationExhausted,
+    JobErrorCode::UnsafeFile,
+    JobErrorCode::UnsafeBackingFile,
 ];
 
 impl JobErrorCode {
@@ -100,6 +111,9 @@ impl JobErrorCode {
             Self::UnverifiedSuccess => "UNVERIFIED_SUCCESS",
             Self::HostUnreachable => "HOST_UNREACHABLE",
             Self::DestinationMissing => "DESTINATION_MISSING",
+            Self::GenerationExhausted => "GENERATION_EXHAUSTED",
+            Self::UnsafeFile => "UNSAFE_FILE",
+            Self::UnsafeBackingFile => "UNSAFE_BACKING_FILE",
         }
     }
 
@@ -127,7 +141,10 @@ impl JobErrorCode {
             | Self::SourceUnreadable
             | Self::StorageError
             | Self::GenerationMismatch
-            | Self::DestinationMissing => AttemptClass::Failure,
+            | Self::DestinationMissing
+            | Self::GenerationExhausted
+            | Self::UnsafeFile
+            | Self::UnsafeBackingFile => AttemptClass::Failure,
         }
     }
 }

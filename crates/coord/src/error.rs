@@ -15,6 +15,22 @@ pub enum CoordError {
         /// What prost said.
         source: prost::DecodeError,
     },
+    /// A value under our prefix that is not text of the form its key promises.
+    #[error("corrupt record at {key}: {why}")]
+    BadRecord {
+        /// The key holding the bad value.
+        key: String,
+        /// What the value should have been.
+        why: String,
+    },
+    /// A generation would not rise: a bug of the caller, refused before it reaches etcd.
+    #[error("generation {to} is not above {from}")]
+    GenerationNotRaised {
+        /// The recorded generation.
+        from: u64,
+        /// The generation asked for.
+        to: u64,
+    },
     /// Another job holds the volume lease.
     #[error("volume lease held by host {} for job {}", .0.host_id, .0.job_id)]
     LeaseHeld(VolumeLease),

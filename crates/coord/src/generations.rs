@@ -6,10 +6,15 @@
 //! with a generation mismatch instead of overwriting a retried copy. The volume's metadata file
 //! carries the same number for readers; a record missing from etcd means "never committed through
 //! etcd" and the file's number stands.
+//!
+//! Generation arithmetic is checked (this module denies `clippy::arithmetic_side_effects`): at
+//! `u64::MAX` a commit or fence is refused as [`Refused::Exhausted`], never wrapped to 0, and a
+//! record that is not a decimal number is an error ([`CoordError::BadRecord`]), never read as 0.
+#![deny(clippy::arithmetic_side_effects)]
 use datapath_api::volume::{DiskKey, VolumeKey};
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 
-use crate::{Coord, Result};
+use crate::{Coord, CoordError, Result};
 
 /// Why a commit or a fence did not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,11 +26,19 @@ pub enum Refused {
         /// What etcd holds.
         found: u64,
     },
+    /// The generation is at `u64::MAX`: it cannot be raised again.
+    Exhausted,
 }
 
-/// A generation record's number (decimal text); an unreadable one counts as 0, "never committed".
-pub(crate) fn decode_generation(value: &[u8]) -> u64 {
-    String::from_utf8_lossy(value).trim().parse().unwrap_or(0)
+/// A generation record's number (decimal text, as etcdctl shows it).
+pub fn decode_generation(key: &[u8], value: &[u8]) -> Result<u64> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| CoordError::BadRecord {
+            key: String::from_utf8_lossy(key).into_owned(),
+            why: "a generation is a decimal number".into(),
+        })
 }
 
 impl Coord {
@@ -35,14 +48,17 @@ impl Coord {
             .client()
             .get(self.keys().generation(volume), None)
             .await?;
-        Ok(resp
-            .kvs()
+        resp.kvs()
             .first()
-            .map(|kv| (decode_generation(kv.value()), kv.mod_revision())))
+            .map(|kv| Ok((decode_generation(kv.key(), kv.value())?, kv.mod_revision())))
+            .transpose()
     }
 
     /// Sets the generation of `volume` to `to`, if the lease taken at `token` still stands and the
     /// record is still what the caller read (`expected`, from [`Coord::generation`]; `None`: absent).
+    /// `to` must be above the expected number: the transaction pins the record by its mod revision,
+    /// so the number it replaces is exactly the one checked here (etcd 3.4 compares values only as
+    /// bytes, which would not order decimal numbers).
     async fn swap_generation(
         &self,
         volume: &VolumeKey,
@@ -50,6 +66,10 @@ impl Coord {
         expected: Option<(u64, i64)>,
         to: u64,
     ) -> Result<bool> {
+        let below = expected.map_or(0, |(g, _)| g);
+        if to <= below {
+            return Err(CoordError::GenerationNotRaised { from: below, to });
+        }
         let key = self.keys().generation(volume);
         let lease_key = self.keys().volume_lease(volume);
         let record = match expected {
@@ -73,6 +93,9 @@ impl Coord {
         token: i64,
         from: u64,
     ) -> Result<std::result::Result<(), Refused>> {
+        let Some(to) = from.checked_add(1) else {
+            return Ok(Err(Refused::Exhausted));
+        };
         let current = self.generation(volume).await?;
         if current.is_some_and(|(g, _)| g != from) {
             // A lost lease is the first reason: a copy whose host was fenced reports FENCED, not the
@@ -80,7 +103,7 @@ impl Coord {
             return self.refusal(volume, token).await.map(Err);
         }
         if self
-            .swap_generation(volume, token, current, from + 1)
+            .swap_generation(volume, token, current, to)
             .await?
         {
             return Ok(Ok(()));
@@ -107,7 +130,7 @@ impl Coord {
         if !self.holds_volume_lease(volume, token).await? {
             return Ok(Refused::LeaseLost);
         }
-        let found = self.generation(volume).await?.map(|(g, _)| g).unwrap_or(0);
+        let found = self.generation(volume).await?.map_or(0, |(g, _)| g);
         Ok(Refused::GenerationMoved { found })
     }
 
@@ -122,7 +145,8 @@ impl Coord {
         Ok(())
     }
 
-    /// Every recorded generation of an image, for operators and tests.
+    /// Every recorded generation of an image, for operators and tests; a record that does not
+    /// decode fails the call.
     pub async fn image_generations(&self, disk: &DiskKey) -> Result<Vec<(String, u64)>> {
         let resp = self
             .client()
@@ -131,15 +155,32 @@ impl Coord {
                 Some(GetOptions::new().with_prefix()),
             )
             .await?;
-        Ok(resp
-            .kvs()
+        resp.kvs()
             .iter()
             .map(|kv| {
-                (
+                Ok((
                     String::from_utf8_lossy(kv.key()).into_owned(),
-                    decode_generation(kv.value()),
-                )
+                    decode_generation(kv.key(), kv.value())?,
+                ))
             })
-            .collect())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_generation;
+
+    #[test]
+    fn a_generation_record_is_a_decimal_number_or_an_error() {
+        assert_eq!(decode_generation(b"k", b"7").unwrap(), 7);
+        assert_eq!(
+            decode_generation(b"k", u64::MAX.to_string().as_bytes()).unwrap(),
+            u64::MAX
+        );
+        for bad in [&b""[..], b"x", b"-1", b" 3", b"18446744073709551616", b"\xff"] {
+            let e = decode_generation(b"gen/key", bad).unwrap_err().to_string();
+            assert!(e.contains("gen/key"), "{e}");
+        }
     }
 }

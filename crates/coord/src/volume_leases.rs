@@ -91,3 +91,55 @@ impl Coord {
             .transpose()
     }
 }
+
+/// A volume lease taken for one operation, released on every path: by [`LeaseGuard::release`], or
+/// — when the operation returned early, panicked or its future was dropped (a cancelled call) — by
+/// a task spawned on drop. Without it, a lease left behind would block the volume until the
+/// holder's session ends.
+pub struct LeaseGuard {
+    coord: Coord,
+    volume: VolumeKey,
+    token: i64,
+    released: bool,
+}
+
+impl LeaseGuard {
+    /// Guards the lease of `volume` taken at `token`.
+    pub fn new(coord: &Coord, volume: VolumeKey, token: i64) -> Self {
+        Self {
+            coord: coord.clone(),
+            volume,
+            token,
+            released: false,
+        }
+    }
+
+    /// The lease's fencing token.
+    pub fn token(&self) -> i64 {
+        self.token
+    }
+
+    /// Releases the lease now; whether it was still the one taken at the token.
+    pub async fn release(mut self) -> Result<bool> {
+        self.released = true;
+        self.coord
+            .release_volume_lease(&self.volume, self.token)
+            .await
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let (coord, volume, token) = (self.coord.clone(), self.volume, self.token);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if !matches!(coord.release_volume_lease(&volume, token).await, Ok(true)) {
+                    tracing::warn!(%volume, "lease not released; it expires with the session");
+                }
+            });
+        }
+    }
+}

@@ -48,8 +48,8 @@ pub enum Known<T> {
 struct State {
     synced: bool,
     revision: i64,
-    /// Generation and the record's mod revision.
-    generations: HashMap<VolumeKey, (u64, i64)>,
+    /// Generation and the record's mod revision; `None`: the record does not decode.
+    generations: HashMap<VolumeKey, Option<(u64, i64)>>,
     /// `None`: the record does not decode.
     leases: HashMap<VolumeKey, Option<VolumeLease>>,
 }
@@ -74,9 +74,9 @@ impl VolumeView {
     pub fn generation(&self, volume: &VolumeKey) -> Known<(u64, i64)> {
         let state = self.state.read().expect("volume view lock");
         match (state.synced, state.generations.get(volume)) {
-            (false, _) => Known::Unknown,
+            (false, _) | (true, Some(None)) => Known::Unknown,
             (true, None) => Known::Absent,
-            (true, Some(g)) => Known::Present(*g),
+            (true, Some(Some(g))) => Known::Present(*g),
         }
     }
 
@@ -223,9 +223,10 @@ fn apply(coord: &Coord, state: &RwLock<State>, resp: &WatchResponse) -> Result<(
     Ok(())
 }
 
-fn generation_of(coord: &Coord, kv: &KeyValue) -> Option<(VolumeKey, (u64, i64))> {
+fn generation_of(coord: &Coord, kv: &KeyValue) -> Option<(VolumeKey, Option<(u64, i64)>)> {
     let volume = coord.keys().parse_generation(kv.key())?;
-    Some((volume, (decode_generation(kv.value()), kv.mod_revision())))
+    let generation = decode_generation(kv.key(), kv.value()).ok();
+    Some((volume, generation.map(|g| (g, kv.mod_revision()))))
 }
 
 fn lease_of(coord: &Coord, kv: &KeyValue) -> Option<(VolumeKey, Option<VolumeLease>)> {
@@ -274,7 +275,7 @@ mod tests {
         let in_step = view(State {
             synced: true,
             revision: 10,
-            generations: HashMap::from([(raised, (4, 8))]),
+            generations: HashMap::from([(raised, Some((4, 8))), (bad, None)]),
             leases: HashMap::from([(held, Some(lease())), (bad, None)]),
         });
         assert!(in_step.lease_free(&free));
@@ -288,6 +289,10 @@ mod tests {
         );
         assert_eq!(in_step.lease(&held), Known::Present(lease()));
         assert_eq!(in_step.lease(&bad), Known::Unknown);
+        assert!(
+            !in_step.generation_not_above(&bad, 0),
+            "an undecodable generation is read from etcd"
+        );
         assert!(in_step.generation_not_above(&free, 0));
         assert!(in_step.generation_not_above(&raised, 4));
         assert!(in_step.generation_not_above(&raised, 5));

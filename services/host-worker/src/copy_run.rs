@@ -151,6 +151,13 @@ async fn copy_under_lease(
         ));
     }
     let generation = dmeta.generation;
+    // Checked before a byte is copied: a volume at the highest generation can never commit.
+    let Some(committed) = generation.checked_add(1) else {
+        return Err(Failure::failed(
+            JobErrorCode::GenerationExhausted,
+            format!("destination volume {dst} is at the highest generation: it cannot be committed"),
+        ));
+    };
     let attempt = storage
         .link_attempt(&dst, spec.job_id)
         .map_err(|e| storage_failed("link", &dst, &e))?;
@@ -247,9 +254,15 @@ async fn copy_under_lease(
             ),
             ))
         }
+        Ok(Err(CommitRefused::Exhausted)) => {
+            return Err(Failure::failed(
+                JobErrorCode::GenerationExhausted,
+                format!("destination volume {dst} is at the highest generation"),
+            ))
+        }
         Err(e) => return Err(etcd_failed(&e)),
     }
-    now.generation = generation + 1;
+    now.generation = committed;
     now.legality = Legality::Legal;
     storage
         .write_meta(&dst, &now)

@@ -165,6 +165,12 @@ impl From<Error> for Status {
             Error::NoSpm(_) => status(Code::Unavailable, "NO_SPM", msg, None),
             Error::Io { .. } => status(Code::Internal, "STORAGE_IO_ERROR", msg, None),
             Error::Qemu(_) => status(Code::Internal, "QEMU_IMG_FAILED", msg, None),
+            Error::Coord(CoordError::Decode { .. } | CoordError::BadRecord { .. }) => {
+                status(Code::DataLoss, "BAD_RECORD", msg, None)
+            }
+            Error::Coord(CoordError::GenerationNotRaised { .. }) => {
+                status(Code::Internal, "GENERATION_NOT_RAISED", msg, None)
+            }
             Error::Coord(_) => status(Code::Unavailable, "ETCD_UNAVAILABLE", msg, None),
             Error::Tracker(s) => {
                 // Pass the job-tracker's verdict through with its own details.

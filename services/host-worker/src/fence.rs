@@ -11,6 +11,10 @@
 //! The file comes first: a fencer that dies after it leaves a volume at its old generation with an
 //! empty file, which the engine fences again; the other order could leave a raised generation —
 //! read as "already fenced" — over the stale writer's file.
+//!
+//! Generation arithmetic is checked: at `u64::MAX` the fence is refused (GENERATION_EXHAUSTED)
+//! before anything changes, and the fencer's lease is released on every path (a guard).
+#![deny(clippy::arithmetic_side_effects)]
 use std::sync::Arc;
 
 use datapath_api::{
@@ -19,7 +23,7 @@ use datapath_api::{
     pb,
     volume::{Legality, VolumeKey},
 };
-use datapath_coord::{generations::Refused, CoordError};
+use datapath_coord::{generations::Refused, volume_leases::LeaseGuard, CoordError};
 use tracing::{info, warn};
 
 use crate::{error::Error, spm, worker::Worker};
@@ -51,11 +55,9 @@ pub async fn fence_volume(
         }
         Err(e) => return Err(e.into()),
     };
-    let result = fence_under_lease(worker, &volume, token, req.generation).await;
-    if !matches!(
-        worker.coord.release_volume_lease(&volume, token).await,
-        Ok(true)
-    ) {
+    let lease = LeaseGuard::new(&worker.coord, volume, token);
+    let result = fence_under_lease(worker, &volume, lease.token(), req.generation).await;
+    if !matches!(lease.release().await, Ok(true)) {
         warn!(%volume, "fence lease not released; it expires with the session");
     }
     result
@@ -69,6 +71,14 @@ fn lease_held(volume: &VolumeKey, holder: &str) -> Error {
     )
 }
 
+fn exhausted(volume: &VolumeKey) -> Error {
+    Error::precondition(
+        JobErrorCode::GenerationExhausted.as_str(),
+        "volume",
+        format!("volume {volume} is at the highest generation: it cannot be fenced again"),
+    )
+}
+
 async fn fence_under_lease(
     worker: &Worker,
     volume: &VolumeKey,
@@ -78,11 +88,15 @@ async fn fence_under_lease(
     let mut meta = worker.storage.read_meta(volume, "volume")?;
     let recorded = worker.coord.generation(volume).await?;
     let current = meta.generation.max(recorded.map_or(0, |(g, _)| g));
-    if current == from + 1 && meta.generation == from + 1 && meta.legality == Legality::Legal {
+    let committed = from.checked_add(1).ok_or_else(|| exhausted(volume))?;
+    if current == committed && meta.generation == committed && meta.legality == Legality::Legal {
         info!(%volume, generation = current, "not fenced: the copy did commit");
         return Ok(false);
     }
-    let fenced = current.max(from + 1) + 1;
+    let fenced = current
+        .max(committed)
+        .checked_add(1)
+        .ok_or_else(|| exhausted(volume))?;
     let fresh = worker.storage.prepare_fresh_file(volume, &meta).await?;
     if !worker.coord.holds_volume_lease(volume, token).await? {
         return Err(Error::SessionLost);
@@ -96,6 +110,7 @@ async fn fence_under_lease(
     {
         Ok(()) => {}
         Err(Refused::LeaseLost) => return Err(Error::SessionLost),
+        Err(Refused::Exhausted) => return Err(exhausted(volume)),
         Err(Refused::GenerationMoved { found }) => {
             return Err(Error::precondition(
                 "GENERATION_MOVED",

@@ -82,6 +82,12 @@ impl From<Error> for Status {
                 msg,
                 Some("start_revision"),
             ),
+            Error::Coord(CoordError::Decode { .. } | CoordError::BadRecord { .. }) => {
+                status(Code::DataLoss, "BAD_RECORD", msg, None)
+            }
+            Error::Coord(CoordError::GenerationNotRaised { .. }) => {
+                status(Code::Internal, "GENERATION_NOT_RAISED", msg, None)
+            }
             Error::Coord(_) => status(Code::Unavailable, "ETCD_UNAVAILABLE", msg, None),
         }
     }

@@ -116,6 +116,12 @@ impl From<Error> for Status {
             Error::OperationNotFound(_) => {
                 status(Code::NotFound, "OPERATION_NOT_FOUND", msg, Some("name"))
             }
+            Error::Coord(CoordError::Decode { .. } | CoordError::BadRecord { .. }) => {
+                status(Code::DataLoss, "BAD_RECORD", msg, None)
+            }
+            Error::Coord(CoordError::GenerationNotRaised { .. }) => {
+                status(Code::Internal, "GENERATION_NOT_RAISED", msg, None)
+            }
             Error::Coord(_) => status(Code::Unavailable, "ETCD_UNAVAILABLE", msg, None),
             Error::Host { status: s, host } => Status::with_details(
                 s.code(),

@@ -75,7 +75,7 @@ pub(super) async fn still_copied(run: &Run, v: &pb::FlowVolume) -> Result<(), St
         }
     };
     let meta = info.metadata.unwrap_or_default();
-    let g = v.expected_generation + 1;
+    let g = v.expected_generation.saturating_add(1);
     if info.lease.is_some() {
         return Err(format!("destination volume {} is leased", dst.volume_id));
     }
@@ -176,9 +176,13 @@ enum Decision {
 }
 
 fn decide(meta: &pb::VolumeMetadata, g: u64) -> Decision {
-    if meta.generation == g + 1 && meta.legality == pb::Legality::Legal as i32 {
+    // A copy placed at the highest generation cannot have committed, and no fence can raise it.
+    let Some(committed) = g.checked_add(1) else {
+        return Decision::Failed;
+    };
+    if meta.generation == committed && meta.legality == pb::Legality::Legal as i32 {
         Decision::Succeeded
-    } else if meta.generation > g + 1 {
+    } else if meta.generation > committed {
         Decision::Failed
     } else {
         Decision::Fence
@@ -235,5 +239,10 @@ mod tests {
         assert_eq!(decide(&meta(3, false), 3), Decision::Fence);
         assert_eq!(decide(&meta(3, true), 3), Decision::Fence);
         assert_eq!(decide(&meta(5, false), 3), Decision::Failed);
+        assert_eq!(
+            decide(&meta(u64::MAX, true), u64::MAX),
+            Decision::Failed,
+            "nothing commits past the highest generation"
+        );
     }
 }
