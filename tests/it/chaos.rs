@@ -22,6 +22,9 @@ const MIB: u64 = 1 << 20;
 const OPERATIONS: usize = 30;
 const IN_FLIGHT: usize = 4;
 const TTL: Duration = Duration::from_secs(4);
+/// The share of operations that must succeed under the faults (stated, so a run that refused
+/// everything fails).
+const MIN_SUCCESS_PERCENT: usize = 80;
 
 /// A fault in force, and when it is healed.
 enum Fault {
@@ -249,6 +252,20 @@ async fn chaos_thirty_operations_under_random_faults_leave_every_disk_whole() {
         outcomes[0],
         outcomes[1],
         injected.len()
+    );
+
+    // A system that refused everything would keep every disk whole: most operations must succeed.
+    // Faults last at most 7 s against a 2-minute retry budget and 3 attempts, so a failure means a
+    // copy failed three times for real; earlier runs had all 30 succeed.
+    assert_eq!(
+        outcomes[0] + outcomes[1],
+        OPERATIONS,
+        "every operation ended"
+    );
+    assert!(
+        outcomes[0] * 100 >= OPERATIONS * MIN_SUCCESS_PERCENT,
+        "only {} of {OPERATIONS} operations succeeded (at least {MIN_SUCCESS_PERCENT} % must)",
+        outcomes[0]
     );
 
     // Every disk whole in exactly one place; every finished clone equals the template.

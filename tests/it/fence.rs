@@ -185,13 +185,18 @@ async fn a_volume_at_the_highest_generation_is_refused_cleanly_and_its_lease_rel
     assert_eq!(seen.last().unwrap().0, pb::JobStatus::Failed);
     let error = tc.job(&job).await.error.unwrap();
     assert_eq!(error.code, "GENERATION_EXHAUSTED", "{error:?}");
-    wait_for(Duration::from_secs(10), "the copy's lease released", || async {
-        tc.keys("leases/volumes/").await.is_empty().then_some(())
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the copy's lease released",
+        || async { tc.keys("leases/volumes/").await.is_empty().then_some(()) },
+    )
     .await
     .unwrap();
     assert_eq!(recorded(&tc, &dst).await.as_deref(), Some(max.as_str()));
-    assert_eq!(std::fs::metadata(tc.volume_path(&dst)).unwrap().size(), 16 * MIB);
+    assert_eq!(
+        std::fs::metadata(tc.volume_path(&dst)).unwrap().size(),
+        16 * MIB
+    );
 
     // A garbled record is an error naming its key, never generation 0; other volumes are served.
     put_recorded(&tc, &dst, "not-a-number").await;

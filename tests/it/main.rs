@@ -2,6 +2,7 @@
 //! real qemu-img on real files. Build the binaries first (`cargo build --workspace --bins`).
 mod authz;
 mod bad_input;
+mod bad_records;
 mod chaos;
 mod clone_disk;
 mod copy;
@@ -14,6 +15,7 @@ mod fence;
 mod frozen_host;
 mod harness;
 mod health;
+mod hostile_storage;
 mod invariants;
 mod job_tracker;
 mod metrics;

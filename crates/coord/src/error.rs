@@ -34,6 +34,12 @@ pub enum CoordError {
     /// Another job holds the volume lease.
     #[error("volume lease held by host {} for job {}", .0.host_id, .0.job_id)]
     LeaseHeld(VolumeLease),
+    /// A copy reads the volume (a read hold): it cannot be written now.
+    #[error("volume is read by job {} on host {}", .0.job_id, .0.host_id)]
+    VolumeHeld(VolumeLease),
+    /// The volume's image is being deleted by the SPM (its host id).
+    #[error("the image is being deleted by host {0}")]
+    ImageDeleting(String),
     /// A watch asked for history that etcd has compacted away.
     #[error("revision {requested} is compacted (oldest kept is {compacted})")]
     Compacted {

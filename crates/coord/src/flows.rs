@@ -137,7 +137,8 @@ impl Coord {
             .transpose()
     }
 
-    /// Every flow, and the revision the listing was read at.
+    /// Every flow (a record that does not decode is skipped: `quarantine.rs`), and the revision the
+    /// listing was read at.
     pub async fn list_flows(&self) -> Result<(Vec<Versioned<pb::Flow>>, i64)> {
         let resp = self
             .client()
@@ -147,13 +148,13 @@ impl Coord {
         let flows = resp
             .kvs()
             .iter()
-            .map(|kv| {
-                Ok(Versioned {
-                    value: decode(kv.key(), kv.value())?,
+            .filter_map(|kv| {
+                Some(Versioned {
+                    value: crate::quarantine::listed("flows", kv)?,
                     mod_revision: kv.mod_revision(),
                 })
             })
-            .collect::<Result<_>>()?;
+            .collect();
         Ok((flows, revision))
     }
 
@@ -305,8 +306,12 @@ impl FlowWatch {
                 let Some(operation) = self.keys.parse_flow(kv.key()) else {
                     continue;
                 };
+                // A put that does not decode is skipped (`quarantine.rs`), as a listing skips it.
                 let flow = match event.event_type() {
-                    EventType::Put => Some(decode(kv.key(), kv.value())?),
+                    EventType::Put => match crate::quarantine::listed("flows", kv) {
+                        Some(flow) => Some(flow),
+                        None => continue,
+                    },
                     EventType::Delete => None,
                 };
                 changes.push(FlowChange {

@@ -102,10 +102,7 @@ impl Coord {
             // generation the fencer raised.
             return self.refusal(volume, token).await.map(Err);
         }
-        if self
-            .swap_generation(volume, token, current, to)
-            .await?
-        {
+        if self.swap_generation(volume, token, current, to).await? {
             return Ok(Ok(()));
         }
         self.refusal(volume, token).await.map(Err)
@@ -178,7 +175,14 @@ mod tests {
             decode_generation(b"k", u64::MAX.to_string().as_bytes()).unwrap(),
             u64::MAX
         );
-        for bad in [&b""[..], b"x", b"-1", b" 3", b"18446744073709551616", b"\xff"] {
+        for bad in [
+            &b""[..],
+            b"x",
+            b"-1",
+            b" 3",
+            b"18446744073709551616",
+            b"\xff",
+        ] {
             let e = decode_generation(b"gen/key", bad).unwrap_err().to_string();
             assert!(e.contains("gen/key"), "{e}");
         }

@@ -122,7 +122,8 @@ impl Coord {
         Ok(self.client().txn(txn).await?.succeeded())
     }
 
-    /// Every job record in id order, and the revision the listing was read at.
+    /// Every job record in id order (a record that does not decode is skipped: `quarantine.rs`),
+    /// and the revision the listing was read at.
     pub async fn list_jobs(&self) -> Result<(Vec<pb::Job>, i64)> {
         let resp = self
             .client()
@@ -132,8 +133,8 @@ impl Coord {
         let jobs = resp
             .kvs()
             .iter()
-            .map(|kv| decode(kv.key(), kv.value()))
-            .collect::<Result<_>>()?;
+            .filter_map(|kv| crate::quarantine::listed("jobs", kv))
+            .collect();
         Ok((jobs, revision))
     }
 
@@ -187,14 +188,17 @@ impl JobWatch {
                 let Some(job_id) = self.keys.parse_job(kv.key()) else {
                     continue;
                 };
+                // A put that does not decode is skipped (`quarantine.rs`), as a listing skips it.
                 let job = match event.event_type() {
-                    EventType::Put => Some(decode(kv.key(), kv.value())?),
+                    EventType::Put => match crate::quarantine::listed("jobs", kv) {
+                        Some(job) => Some(job),
+                        None => continue,
+                    },
                     EventType::Delete => None,
                 };
                 let previous = event
                     .prev_kv()
-                    .map(|p| decode(p.key(), p.value()))
-                    .transpose()?;
+                    .and_then(|p| pb::Job::decode(p.value()).ok());
                 changes.push(JobChange {
                     revision: kv.mod_revision(),
                     job_id,

@@ -6,6 +6,8 @@
 //! | `spm/<lease>` | etcd election: host id | each candidate's session lease; the oldest key is the SPM |
 //! | `scheduler/<lease>` | etcd election: scheduler address | each replica's session lease |
 //! | `leases/volumes/<sd>/<img>/<vol>` | `VolumeLease` | the holder's session lease; create-if-absent |
+//! | `holds/volumes/<sd>/<img>/<vol>/<job_id>` | `VolumeLease` (the reader) | the reader's session lease; while a copy reads the volume |
+//! | `deleting/<sd>/<img>` | the SPM's host id (text) | the SPM's session lease; while it deletes the image |
 //! | `generations/<sd>/<img>/<vol>` | generation (text) | permanent; deleted with the image |
 //! | `jobs/<job_id>` | `Job` (job-tracker only) | until deleted, or the retention lease after it ended |
 //! | `flows/<operation_id>` | `Flow` (scheduler leader) | until the operation ends and its retention passes |
@@ -110,6 +112,46 @@ impl Keys {
         format!("{}{volume}", self.volume_leases())
     }
 
+    /// `leases/volumes/<sd>/<img>/`: the leases of one image's volumes.
+    pub fn image_leases(&self, disk: &DiskKey) -> String {
+        format!("{}{disk}/", self.volume_leases())
+    }
+
+    /// `holds/volumes/`.
+    pub fn volume_holds(&self) -> String {
+        format!("{}holds/volumes/", self.prefix)
+    }
+
+    /// `holds/volumes/<sd>/<img>/<vol>/`: the read holds of one volume.
+    pub fn holds_of(&self, volume: &VolumeKey) -> String {
+        format!("{}{volume}/", self.volume_holds())
+    }
+
+    /// `holds/volumes/<sd>/<img>/<vol>/<job_id>`: job `job`'s read hold on `volume`.
+    pub fn volume_hold(&self, volume: &VolumeKey, job: JobId) -> String {
+        format!("{}{job}", self.holds_of(volume))
+    }
+
+    /// `holds/volumes/<sd>/<img>/`: the read holds of one image's volumes.
+    pub fn image_holds(&self, disk: &DiskKey) -> String {
+        format!("{}{disk}/", self.volume_holds())
+    }
+
+    /// The volume of a `holds/volumes/<sd>/<img>/<vol>/<job_id>` key.
+    pub fn parse_volume_hold(&self, key: &[u8]) -> Option<VolumeKey> {
+        let rest = std::str::from_utf8(key)
+            .ok()?
+            .strip_prefix(&self.volume_holds())?;
+        let (volume, job) = rest.rsplit_once('/')?;
+        JobId::parse("key", job).ok()?;
+        parse_volume(volume)
+    }
+
+    /// `deleting/<sd>/<img>`: present while the SPM deletes the image.
+    pub fn image_deleting(&self, disk: &DiskKey) -> String {
+        format!("{}deleting/{disk}", self.prefix)
+    }
+
     /// `generations/<sd>/<img>/<vol>`.
     pub fn generation(&self, volume: &VolumeKey) -> String {
         format!("{}generations/{volume}", self.prefix)
@@ -164,13 +206,16 @@ impl Keys {
         let rest = key.strip_prefix(&self.prefix)?;
         Some(match rest {
             r if r.starts_with("hosts/") => RecordKind::Host,
-            r if r.starts_with("leases/volumes/") => RecordKind::VolumeLease,
+            r if r.starts_with("leases/volumes/") || r.starts_with("holds/volumes/") => {
+                RecordKind::VolumeLease
+            }
             r if r.starts_with("jobs/") => RecordKind::Job,
             r if r.starts_with("flows/") => RecordKind::Flow,
             r if r.starts_with("locks/disks/") => RecordKind::DiskLock,
             r if r.starts_with("config/")
                 || r.starts_with("requests/")
                 || r.starts_with("generations/")
+                || r.starts_with("deleting/")
                 || r.starts_with("spm/")
                 || r.starts_with("scheduler/") =>
             {
@@ -252,6 +297,16 @@ mod tests {
         ] {
             assert_eq!(keys.parse_generation(bad.as_bytes()), None, "{bad}");
         }
+        let hold = keys.volume_hold(&v, JobId::random());
+        assert_eq!(keys.parse_volume_hold(hold.as_bytes()), Some(v));
+        assert!(hold.starts_with(&keys.holds_of(&v)));
+        assert!(hold.starts_with(&keys.image_holds(&v.disk())));
+        assert!(lease.starts_with(&keys.image_leases(&v.disk())));
+        assert_eq!(keys.parse_volume_hold(lease.as_bytes()), None);
+        assert_eq!(
+            keys.parse_volume_hold(format!("{}x", keys.holds_of(&v)).as_bytes()),
+            None
+        );
     }
 
     #[test]

@@ -13,8 +13,10 @@ pub mod jobs;
 pub mod keys;
 pub mod metrics;
 mod probe;
+pub mod quarantine;
 pub mod session;
 pub mod snapshot;
+pub mod volume_holds;
 pub mod volume_leases;
 pub mod volume_view;
 

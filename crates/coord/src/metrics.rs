@@ -9,7 +9,7 @@ use std::{
     time::Instant,
 };
 
-use datapath_telemetry::metrics::{latency_histogram, register, HistogramFamily};
+use datapath_telemetry::metrics::{latency_histogram, register, CounterFamily, HistogramFamily};
 use etcd_client::{BalancedChannelBuilder, Channel};
 use http::{Request, Response};
 use prometheus_client::{encoding::EncodeLabelSet, metrics::counter::Counter};
@@ -24,6 +24,13 @@ use tower::{util::BoxCloneSyncService, Service};
 pub struct EtcdLabels {
     /// `get`, `put`, `delete`, `txn`, `watch_create`, `lease_grant`, `lease_keep_alive`, `campaign`, …
     pub operation: &'static str,
+}
+
+/// The label of a record that did not decode.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RecordLabels {
+    /// `jobs`, `flows`, `hosts`, `generations`, `leases`, …: the key's place in the layout.
+    pub kind: &'static str,
 }
 
 /// The coordination layer's families.
@@ -41,6 +48,9 @@ pub struct CoordMetrics {
     /// `datapath_volume_view_resyncs_total`: times the volume view fell out of step with etcd (a
     /// watch broke or was compacted) and read everything again.
     pub volume_view_resyncs: Counter,
+    /// `datapath_etcd_bad_records_total{kind}`: records skipped because they did not decode (each
+    /// time a listing or a watch met one).
+    pub bad_records: CounterFamily<RecordLabels>,
 }
 
 /// The families, registered on first use.
@@ -52,6 +62,7 @@ pub fn metrics() -> &'static CoordMetrics {
             lease_renewal_failures: Counter::default(),
             session_lost: Counter::default(),
             volume_view_resyncs: Counter::default(),
+            bad_records: CounterFamily::default(),
         };
         register(
             "datapath_etcd_request_duration_seconds",
@@ -77,6 +88,11 @@ pub fn metrics() -> &'static CoordMetrics {
             "datapath_volume_view_resyncs",
             "Times the volume view fell out of step with etcd and read everything again",
             m.volume_view_resyncs.clone(),
+        );
+        register(
+            "datapath_etcd_bad_records",
+            "etcd records skipped because they did not decode, by kind",
+            m.bad_records.clone(),
         );
         m
     });

@@ -144,11 +144,9 @@ impl Snapshot {
                 let disk = &n["disks/".len()..];
                 self.disk_locks.push(entry(kv, disk, v));
             }),
-            ("generations", _) => text
-                .trim()
-                .parse::<u64>()
+            ("generations", _) => crate::generations::decode_generation(kv.key(), kv.value())
                 .map(|v| self.generations.push(entry(kv, name, v)))
-                .map_err(|e| format!("not a generation: {e}")),
+                .map_err(|_| "not a generation (a decimal number)".to_string()),
             ("spm", _) => {
                 self.spm.push(entry(kv, name, text));
                 Ok(())

@@ -7,14 +7,20 @@ use datapath_api::{
     pb::VolumeLease,
     volume::VolumeKey,
 };
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use prost::Message;
 
-use crate::{error::CoordError, hosts::decode, Coord, Result};
+use crate::{
+    error::CoordError,
+    hosts::decode,
+    volume_holds::{absent, none_under, Busy},
+    Coord, Result,
+};
 
 impl Coord {
-    /// Takes the lease of `volume` for `job` on `host`, bound to `session_lease`. Returns its fencing
-    /// token, or `LeaseHeld` naming the holder.
+    /// Takes the lease of `volume` for `job` on `host`, bound to `session_lease`, if no one leases
+    /// it, no copy reads it (holds: `volume_holds.rs`) and its image is not being deleted. Returns
+    /// its fencing token, or `LeaseHeld` / `VolumeHeld` / `ImageDeleting` naming why not.
     pub async fn acquire_volume_lease(
         &self,
         volume: &VolumeKey,
@@ -22,35 +28,42 @@ impl Coord {
         job: JobId,
         session_lease: i64,
     ) -> Result<i64> {
-        let key = self.keys().volume_lease(volume);
+        let keys = self.keys();
+        let key = keys.volume_lease(volume);
         let value = VolumeLease {
             host_id: host.to_string(),
             job_id: job.to_string(),
             revision: 0,
         };
+        let deleting = keys.image_deleting(&volume.disk());
+        let holds = keys.holds_of(volume);
         let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .when([
+                absent(key.clone()),
+                none_under(holds.clone()),
+                absent(deleting.clone()),
+            ])
             .and_then([TxnOp::put(
                 key.clone(),
                 value.encode_to_vec(),
                 Some(PutOptions::new().with_lease(session_lease)),
             )])
-            .or_else([TxnOp::get(key.clone(), None)]);
+            .or_else([
+                TxnOp::get(key.clone(), None),
+                TxnOp::get(holds, Some(GetOptions::new().with_prefix().with_limit(1))),
+                TxnOp::get(deleting, None),
+            ]);
         let resp = self.client().txn(txn).await?;
         if resp.succeeded() {
             return Ok(resp.header().map(|h| h.revision()).unwrap_or_default());
         }
-        for op in resp.op_responses() {
-            if let TxnOpResponse::Get(get) = op {
-                if let Some(kv) = get.kvs().first() {
-                    let mut holder: VolumeLease = decode(kv.key(), kv.value())?;
-                    holder.revision = kv.create_revision();
-                    return Err(CoordError::LeaseHeld(holder));
-                }
-            }
-        }
-        // The holder vanished between compare and get; the caller may simply try again.
-        Err(CoordError::LeaseHeld(VolumeLease::default()))
+        Err(match self.busy(resp.op_responses())? {
+            Some(Busy::Leased(holder)) => CoordError::LeaseHeld(holder),
+            Some(Busy::Held(reader)) => CoordError::VolumeHeld(reader),
+            Some(Busy::Deleting(spm)) => CoordError::ImageDeleting(spm),
+            // The holder vanished between compare and get; the caller may simply try again.
+            None => CoordError::LeaseHeld(VolumeLease::default()),
+        })
     }
 
     /// Releases the lease of `volume` if it is still the one taken at `token`. Returns whether it was.

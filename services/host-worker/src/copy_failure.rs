@@ -125,6 +125,12 @@ pub fn storage_failure(what: &str, volume: &VolumeKey, e: &Error) -> (JobErrorCo
             JobErrorCode::StorageError,
             format!("cannot {what} volume {volume}: qemu-img failed (see the host's log)"),
         ),
+        Error::UnsafeFile { .. } => (JobErrorCode::UnsafeFile, e.to_string()),
+        Error::Precondition { reason, .. }
+            if *reason == JobErrorCode::UnsafeBackingFile.as_str() =>
+        {
+            (JobErrorCode::UnsafeBackingFile, e.to_string())
+        }
         other => (
             JobErrorCode::StorageError,
             format!("cannot {what}: {other}"),

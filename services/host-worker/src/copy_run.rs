@@ -58,6 +58,10 @@ pub(crate) async fn execute(
         )
         .await;
     let dst = spec.destination.volume;
+    // The source's files and backing chain are checked before the destination is touched.
+    let src_path = crate::backing::check_chain(&worker.storage, &spec.source.volume)
+        .await
+        .map_err(|e| storage_failed("read", &spec.source.volume, &e))?;
     let token = match worker
         .coord
         .acquire_volume_lease(&dst, worker.host_id, id, lease_id)
@@ -76,7 +80,7 @@ pub(crate) async fn execute(
         Err(e) => return Err(etcd_failed(&e)),
     };
     info!(%id, volume = %dst, token, "destination lease taken");
-    let result = copy_under_lease(worker, spec, control, token, meter).await;
+    let result = copy_under_lease(worker, spec, control, token, meter, &src_path).await;
     let released = tokio::time::timeout(
         Duration::from_secs(3),
         worker.coord.release_volume_lease(&dst, token),
@@ -117,6 +121,7 @@ async fn copy_under_lease(
     control: &JobControl,
     token: i64,
     meter: &CopyMeter,
+    src_path: &std::path::Path,
 ) -> Result<(), Failure> {
     let storage = &worker.storage;
     let (src, dst) = (spec.source.volume, spec.destination.volume);
@@ -155,7 +160,9 @@ async fn copy_under_lease(
     let Some(committed) = generation.checked_add(1) else {
         return Err(Failure::failed(
             JobErrorCode::GenerationExhausted,
-            format!("destination volume {dst} is at the highest generation: it cannot be committed"),
+            format!(
+                "destination volume {dst} is at the highest generation: it cannot be committed"
+            ),
         ));
     };
     let attempt = storage
@@ -175,13 +182,17 @@ async fn copy_under_lease(
             let pmeta = storage
                 .read_meta(&parent, "destination.parent")
                 .map_err(|e| storage_failed("read the metadata of", &parent, &e))?;
+            // qemu-img opens the destination's backing file by this name: it must be a regular
+            // file reached without a symlink.
+            storage
+                .checked_volume_path(&parent)
+                .map_err(|e| storage_failed("open", &parent, &e))?;
             Some((p.to_string(), pmeta.format))
         }
         None => None,
     };
-    let src_path = storage.volume_path(&src);
     let convert = qemu::Convert {
-        src: &src_path,
+        src: src_path,
         src_format: smeta.format,
         dst: attempt.path(),
         dst_format: dmeta.format,
@@ -193,7 +204,7 @@ async fn copy_under_lease(
     let ends = CopyEnds {
         src,
         dst,
-        src_path: &src_path,
+        src_path,
         dst_path: attempt.path(),
         root: storage.root(),
     };

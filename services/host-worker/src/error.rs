@@ -76,15 +76,25 @@ pub enum Error {
     /// hands): the caller should retry shortly.
     #[error("no SPM to make structural changes: {0}")]
     NoSpm(String),
-    /// A filesystem call failed.
-    #[error("{what} {path}: {source}")]
+    /// A filesystem call failed. The message names the volume, image or domain, never the path
+    /// (which the host logs when the error is made).
+    #[error("cannot {what} {subject}: {source}")]
     Io {
         /// The action.
         what: &'static str,
-        /// The path.
-        path: String,
+        /// What the path is, by id (`storage::subject`).
+        subject: String,
         /// The cause.
         source: std::io::Error,
+    },
+    /// A file on the storage is not what it must be: a symlink at some step of its path, or not a
+    /// regular file. Nothing was read or written through it.
+    #[error("{subject} refused: {why}")]
+    UnsafeFile {
+        /// What the path is, by id.
+        subject: String,
+        /// What is wrong with it.
+        why: &'static str,
     },
     /// qemu-img failed.
     #[error("qemu-img: {0}")]
@@ -98,11 +108,20 @@ pub enum Error {
 }
 
 impl Error {
-    /// An I/O failure on `path`.
+    /// An I/O failure on `path`, logged here with the path; the error itself names ids only.
     pub fn io(what: &'static str, path: &Path, source: std::io::Error) -> Self {
+        let subject = crate::storage::subject(path);
+        if crate::storage::beneath::is_unsafe(&source) {
+            tracing::warn!(path = %path.display(), what, error = %source, "unsafe file on the storage refused");
+            return Self::UnsafeFile {
+                subject,
+                why: "a symlink on its path, or not a regular file",
+            };
+        }
+        tracing::warn!(path = %path.display(), what, error = %source, "storage operation failed");
         Self::Io {
             what,
-            path: path.display().to_string(),
+            subject,
             source,
         }
     }
@@ -164,6 +183,7 @@ impl From<Error> for Status {
             ),
             Error::NoSpm(_) => status(Code::Unavailable, "NO_SPM", msg, None),
             Error::Io { .. } => status(Code::Internal, "STORAGE_IO_ERROR", msg, None),
+            Error::UnsafeFile { .. } => status(Code::FailedPrecondition, "UNSAFE_FILE", msg, None),
             Error::Qemu(_) => status(Code::Internal, "QEMU_IMG_FAILED", msg, None),
             Error::Coord(CoordError::Decode { .. } | CoordError::BadRecord { .. }) => {
                 status(Code::DataLoss, "BAD_RECORD", msg, None)

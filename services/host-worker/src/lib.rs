@@ -3,6 +3,7 @@
 //! itself (kills every copy) when it cannot renew that lease in time.
 #![warn(missing_docs)]
 
+pub mod backing;
 mod copier;
 pub mod copy;
 pub mod copy_failure;

@@ -68,6 +68,50 @@ pub async fn create(
     run(cmd).await
 }
 
+/// What a volume's header says of its backing file, read by `qemu-img info` of that one file: its
+/// format given (`-f`, never probed), its backing never opened, no lock taken (`-U`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The backing reference as written in the header (`backing-filename`), if any.
+    pub backing: Option<String>,
+    /// The backing format the header names (`backing-filename-format`), if any.
+    pub backing_format: Option<String>,
+}
+
+/// Reads the header of `path` in `format`.
+pub async fn header(path: &Path, format: Format) -> Result<Header, Error> {
+    let mut cmd = command();
+    cmd.args(["info", "-U", "--output=json", "-f"])
+        .arg(format.qemu_name())
+        .arg(path);
+    let out = cmd
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .output()
+        .await
+        .map_err(|e| Error::Qemu(format!("cannot run qemu-img: {e}")))?;
+    if !out.status.success() {
+        tracing::warn!(path = %path.display(), stderr = %String::from_utf8_lossy(&out.stderr).trim(), "qemu-img info failed");
+        return Err(Error::Qemu("qemu-img info failed".into()));
+    }
+    parse_header(&out.stdout)
+        .ok_or_else(|| Error::Qemu("qemu-img info printed no JSON object".into()))
+}
+
+/// The backing fields of `qemu-img info --output=json`.
+pub fn parse_header(json: &[u8]) -> Option<Header> {
+    let value: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let field = |name: &str| match value.as_object()?.get(name)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        _ => None,
+    };
+    value.as_object()?;
+    Some(Header {
+        backing: field("backing-filename"),
+        backing_format: field("backing-filename-format"),
+    })
+}
+
 async fn run(mut cmd: Command) -> Result<(), Error> {
     let out = cmd
         .stdout(Stdio::null())
@@ -76,12 +120,12 @@ async fn run(mut cmd: Command) -> Result<(), Error> {
         .await
         .map_err(|e| Error::Qemu(format!("cannot run qemu-img: {e}")))?;
     if out.status.success() {
-        Ok(())
-    } else {
-        Err(Error::Qemu(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ))
+        return Ok(());
     }
+    // The raw stderr (with paths) stays in the host's log; the error names volumes by id.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    tracing::warn!(stderr = %stderr.trim(), status = ?out.status, "qemu-img failed");
+    Err(Error::Qemu(crate::storage::scrub_paths(stderr.trim())))
 }
 
 /// What to convert: the source file and format, the destination file and format, and the

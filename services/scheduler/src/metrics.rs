@@ -88,7 +88,7 @@ fn metrics() -> &'static SchedulerMetrics {
         }
         for kind in KINDS {
             drop(m.running.get_or_create(&KindLabel { kind }));
-            for result in ["succeeded", "failed", "cancelled"] {
+            for result in ["succeeded", "failed", "cancelled", "parked"] {
                 drop(
                     m.operations
                         .get_or_create(&OperationLabels { kind, result }),
@@ -180,6 +180,7 @@ pub fn operation_ended(kind: i32, failure: Option<&pb::OperationError>) {
     let result = match failure {
         None => "succeeded",
         Some(e) if e.reason == "CANCELLED" => "cancelled",
+        Some(e) if e.reason == "NEEDS_OPERATOR" => "parked",
         Some(_) => "failed",
     };
     metrics()

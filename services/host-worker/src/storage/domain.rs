@@ -3,7 +3,7 @@ use std::{collections::BTreeMap, fs};
 
 use datapath_api::{ids::StorageDomainId, pb};
 
-use super::{sync_dir, write_atomic, Storage};
+use super::Storage;
 use crate::error::Error;
 
 impl Storage {
@@ -32,8 +32,10 @@ impl Storage {
             created.seconds
         );
         let meta = md.join("metadata");
-        write_atomic(&meta, text.as_bytes()).map_err(|e| Error::io("write", &meta, e))?;
-        sync_dir(&self.root).map_err(|e| Error::io("sync", &self.root, e))?;
+        self.write_atomic(&meta, text.as_bytes())
+            .map_err(|e| Error::io("write", &meta, e))?;
+        self.sync_dir(&self.root)
+            .map_err(|e| Error::io("sync", &self.root, e))?;
         Ok(pb::StorageDomain {
             storage_domain_id: sd.to_string(),
             name: name.to_string(),
@@ -44,7 +46,7 @@ impl Storage {
     /// The domain's record; `DomainNotFound` naming `field` when it is not under the root.
     pub fn domain(&self, sd: StorageDomainId, field: &str) -> Result<pb::StorageDomain, Error> {
         let path = self.domain_dir(sd).join("dom_md").join("metadata");
-        let text = fs::read_to_string(&path).map_err(|e| match e.kind() {
+        let text = self.read_text(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::DomainNotFound {
                 sd,
                 field: field.to_string(),

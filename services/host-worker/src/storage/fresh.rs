@@ -22,7 +22,7 @@ use std::{
 
 use datapath_api::{ids::JobId, volume::VolumeKey};
 
-use super::{metadata::VolumeMeta, sync_dir, Storage};
+use super::{metadata::VolumeMeta, Storage};
 use crate::{error::Error, qemu};
 
 /// The infix of attempt names: `<vol>.job-<job id>`.
@@ -40,14 +40,19 @@ impl Storage {
     pub fn link_attempt(&self, v: &VolumeKey, job: JobId) -> Result<AttemptLink, Error> {
         let path = self.attempt_path(v, job);
         // Left by an earlier run of the same job (a restarted worker): it may name an old inode.
-        match fs::remove_file(&path) {
+        match self.remove(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("remove", &path, e)),
         }
         let data = self.volume_path(v);
-        fs::hard_link(&data, &path).map_err(|e| Error::io("link", &data, e))?;
-        Ok(AttemptLink { path })
+        // Only a regular file reached without a symlink is linked, and the link is checked again.
+        self.link_regular(&data, &path)
+            .map_err(|e| Error::io("link", &data, e))?;
+        Ok(AttemptLink {
+            storage: self.clone(),
+            path,
+        })
     }
 
     /// Creates a fresh data file for `v` beside it, as its metadata describes it (the parent's
@@ -61,18 +66,24 @@ impl Storage {
         let backing = match meta.parent {
             Some(p) => {
                 let parent = VolumeKey { volume: p, ..*v };
-                Some((p.to_string(), self.read_meta(&parent, "parent")?.format))
+                let format = self.read_meta(&parent, "parent")?.format;
+                self.checked_volume_path(&parent)?;
+                Some((p.to_string(), format))
             }
             None => None,
         };
         let dir = self.image_dir(v.storage_domain, v.image);
         let fresh = FreshFile {
+            storage: self.clone(),
             tmp: dir.join(format!("{}.fresh-{}", v.volume, uuid::Uuid::new_v4())),
             target: self.volume_path(v),
             dir,
             volume: v.volume.to_string(),
             installed: false,
         };
+        // A random name in a directory reached without a symlink: nothing can be planted there.
+        self.create_empty(&fresh.tmp)
+            .map_err(|e| Error::io("create", &fresh.tmp, e))?;
         qemu::create(
             &fresh.tmp,
             meta.format,
@@ -81,8 +92,7 @@ impl Storage {
             backing,
         )
         .await?;
-        fs::File::open(&fresh.tmp)
-            .and_then(|f| f.sync_all())
+        self.sync_file(&fresh.tmp)
             .map_err(|e| Error::io("sync", &fresh.tmp, e))?;
         Ok(fresh)
     }
@@ -91,6 +101,7 @@ impl Storage {
 /// An attempt name; removed when dropped.
 #[derive(Debug)]
 pub struct AttemptLink {
+    storage: Storage,
     path: PathBuf,
 }
 
@@ -103,13 +114,14 @@ impl AttemptLink {
 
 impl Drop for AttemptLink {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        let _ = self.storage.remove(&self.path);
     }
 }
 
 /// A volume's fresh data file, not yet in place; removed when dropped uninstalled.
 #[derive(Debug)]
 pub struct FreshFile {
+    storage: Storage,
     tmp: PathBuf,
     target: PathBuf,
     dir: PathBuf,
@@ -122,14 +134,22 @@ impl FreshFile {
     /// the new one), makes that durable, then removes every attempt name of the volume. The caller
     /// must have just confirmed that it holds the volume's lease.
     pub fn install(mut self) -> Result<(), Error> {
-        fs::rename(&self.tmp, &self.target).map_err(|e| Error::io("rename", &self.tmp, e))?;
+        let storage = &self.storage;
+        storage
+            .regular(&self.tmp)
+            .map_err(|e| Error::io("check", &self.tmp, e))?;
+        storage
+            .rename_within(&self.tmp, &self.target)
+            .map_err(|e| Error::io("rename", &self.tmp, e))?;
         self.installed = true;
-        sync_dir(&self.dir).map_err(|e| Error::io("sync", &self.dir, e))?;
+        storage
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io("sync", &self.dir, e))?;
         let prefix = format!("{}{ATTEMPT}", self.volume);
         let entries = fs::read_dir(&self.dir).map_err(|e| Error::io("read", &self.dir, e))?;
         for entry in entries.flatten() {
             if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = fs::remove_file(entry.path());
+                let _ = storage.remove(&entry.path());
             }
         }
         Ok(())
@@ -139,7 +159,7 @@ impl FreshFile {
 impl Drop for FreshFile {
     fn drop(&mut self) {
         if !self.installed {
-            let _ = fs::remove_file(&self.tmp);
+            let _ = self.storage.remove(&self.tmp);
         }
     }
 }

@@ -6,9 +6,11 @@
 //! <root>/<sd>/images/<img>/<vol>.meta       volume metadata
 //! ```
 //!
-//! Paths are built only from parsed ids, never from request text. Metadata files are replaced
-//! atomically (write a temporary file, fsync, rename, fsync the directory), so a crash leaves either
-//! the old or the new metadata, never a torn one.
+//! Paths are built only from parsed ids, never from request text, and every file under the root is
+//! reached without following a symlink (`beneath.rs`). Metadata files are replaced atomically (write
+//! a temporary file, fsync, rename, fsync the directory), so a crash leaves either the old or the
+//! new metadata, never a torn one.
+pub mod beneath;
 pub mod domain;
 pub mod fresh;
 pub mod metadata;
@@ -99,40 +101,81 @@ impl Storage {
     }
 }
 
-/// Replaces `path` with `contents` atomically and durably.
+/// What a path under the storage root is, in the domain's words and by id (`volume <id>`, `the
+/// metadata of volume <id>`, `image <id>`, …): what callers and job records are told instead of the
+/// path, which stays in the host's log.
+pub fn subject(path: &Path) -> String {
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let is_id = |s: &str| uuid::Uuid::parse_str(s).is_ok();
+    let file = name(path);
+    let parent = path.parent().map(name).unwrap_or_default();
+    let grandparent = path
+        .parent()
+        .and_then(Path::parent)
+        .map(name)
+        .unwrap_or_default();
+    if let Some(vol) = file.strip_suffix(".meta").filter(|v| is_id(v)) {
+        format!("the metadata of volume {vol}")
+    } else if let Some((vol, _)) = file.split_once(".job-").filter(|(v, _)| is_id(v)) {
+        format!("the attempt file of volume {vol}")
+    } else if let Some((vol, _)) = file.split_once(".fresh-").filter(|(v, _)| is_id(v)) {
+        format!("the fresh file of volume {vol}")
+    } else if is_id(&file) && parent == "images" {
+        format!("image {file}")
+    } else if is_id(&file) && grandparent == "images" {
+        format!("volume {file}")
+    } else if file == "metadata" && parent == "dom_md" {
+        format!("the metadata of storage domain {grandparent}")
+    } else if file == "images" || file == "dom_md" {
+        format!("storage domain {parent}")
+    } else if is_id(&file) {
+        format!("storage domain {file}")
+    } else {
+        "a file".to_string()
+    }
+}
+
+/// `text` (a tool's message) with every absolute path in it replaced by what it is ([`subject`]).
+pub fn scrub_paths(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('/') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | ':' | ',' | ')'))
+            .unwrap_or(tail.len());
+        out.push_str(&subject(Path::new(&tail[..end])));
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Replaces the local file `path` (outside shared storage: the host's own state) with `contents`
+/// atomically and durably, through a temporary file created exclusively under a random name.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = write_temp(path, contents)?;
-    fs::rename(&tmp, path)?;
+    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4()));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    let written = f
+        .write_all(contents)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
     fs::File::open(dir)?.sync_all()
-}
-
-/// Creates `path` holding `contents`, failing with `AlreadyExists` if it exists: the file appears
-/// whole (a hard link to a durable temporary file), so no reader ever sees it empty or half written.
-pub fn create_exclusive(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = write_temp(path, contents)?;
-    let linked = fs::hard_link(&tmp, path);
-    fs::remove_file(&tmp)?;
-    linked?;
-    fs::File::open(dir)?.sync_all()
-}
-
-/// A durable temporary file beside `path`, with a name no other writer uses.
-fn write_temp(path: &Path, contents: &[u8]) -> std::io::Result<std::path::PathBuf> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(contents)?;
-    f.sync_all()?;
-    Ok(tmp)
-}
-
-/// Makes `path`'s directory entry durable.
-pub fn sync_dir(path: &Path) -> std::io::Result<()> {
-    fs::File::open(path)?.sync_all()
 }
 
 #[cfg(test)]
@@ -140,17 +183,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_exclusive_create_appears_whole_once_and_leaves_no_temporary() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("v.meta");
-        create_exclusive(&path, b"FORMAT=RAW\n").unwrap();
-        let again = create_exclusive(&path, b"FORMAT=COW\n").unwrap_err();
-        assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists);
-        assert_eq!(fs::read_to_string(&path).unwrap(), "FORMAT=RAW\n");
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["v.meta"]);
+    fn paths_are_named_by_what_they_are() {
+        let (sd, img, vol) = (
+            "1d1c3c55-2a4c-4ad1-9c4e-2d1f2a3b4c5d",
+            "2e2c3c55-2a4c-4ad1-9c4e-2d1f2a3b4c5d",
+            "3f3c3c55-2a4c-4ad1-9c4e-2d1f2a3b4c5d",
+        );
+        let root = Path::new("/secret/mount");
+        let img_dir = root.join(sd).join("images").join(img);
+        for (path, said) in [
+            (img_dir.join(vol), format!("volume {vol}")),
+            (
+                img_dir.join(format!("{vol}.meta")),
+                format!("the metadata of volume {vol}"),
+            ),
+            (
+                img_dir.join(format!("{vol}.job-x")),
+                format!("the attempt file of volume {vol}"),
+            ),
+            (img_dir.clone(), format!("image {img}")),
+            (
+                root.join(sd).join("dom_md/metadata"),
+                format!("the metadata of storage domain {sd}"),
+            ),
+            (root.join(sd), format!("storage domain {sd}")),
+            (root.join("elsewhere"), "a file".to_string()),
+        ] {
+            assert_eq!(subject(&path), said);
+            assert!(!subject(&path).contains("secret"));
+        }
+        let stderr = format!(
+            "qemu-img: {}/{sd}/images/{img}/{vol}: Could not open '/etc/shadow': denied",
+            root.display()
+        );
+        assert_eq!(
+            scrub_paths(&stderr),
+            format!("qemu-img: volume {vol}: Could not open 'a file': denied")
+        );
     }
 }

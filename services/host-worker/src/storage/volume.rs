@@ -6,7 +6,7 @@ use datapath_api::{
     volume::{Allocation, Format, Legality, Role, VolumeKey},
 };
 
-use super::{metadata::VolumeMeta, sync_dir, write_atomic, Storage};
+use super::{metadata::VolumeMeta, Storage};
 use crate::{error::Error, qemu};
 
 /// What CreateVolume asks for, validated.
@@ -35,7 +35,7 @@ impl Storage {
     pub fn read_meta(&self, v: &VolumeKey, field: &str) -> Result<VolumeMeta, Error> {
         self.domain(v.storage_domain, &format!("{field}.storage_domain_id"))?;
         let path = self.meta_path(v);
-        let text = fs::read_to_string(&path).map_err(|e| match e.kind() {
+        let text = self.read_text(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::VolumeNotFound {
                 volume: *v,
                 field: field.to_string(),
@@ -48,15 +48,25 @@ impl Storage {
     /// Replaces a volume's metadata atomically.
     pub fn write_meta(&self, v: &VolumeKey, meta: &VolumeMeta) -> Result<(), Error> {
         let path = self.meta_path(v);
-        write_atomic(&path, meta.render().as_bytes()).map_err(|e| Error::io("write", &path, e))
+        self.write_atomic(&path, meta.render().as_bytes())
+            .map_err(|e| Error::io("write", &path, e))
     }
 
-    /// Bytes the data file occupies.
+    /// Bytes the data file occupies (0 if it is not a regular file reached safely).
     pub fn allocated_bytes(&self, v: &VolumeKey) -> u64 {
         use std::os::unix::fs::MetadataExt as _;
-        fs::metadata(self.volume_path(v))
-            .map(|m| m.blocks() * 512)
+        self.regular(&self.volume_path(v))
+            .map(|m| m.blocks().saturating_mul(512))
             .unwrap_or(0)
+    }
+
+    /// The data file of `v`, checked to be a regular file reached without a symlink: the only kind
+    /// of name handed to qemu-img.
+    pub fn checked_volume_path(&self, v: &VolumeKey) -> Result<std::path::PathBuf, Error> {
+        let path = self.volume_path(v);
+        self.regular(&path)
+            .map_err(|e| Error::io("open", &path, e))?;
+        Ok(path)
     }
 
     /// Creates a volume: metadata first (ILLEGAL, created whole and exclusively, so a taken id fails
@@ -77,11 +87,11 @@ impl Storage {
             description: new.description.clone(),
             created: datapath_api::time::now().seconds,
         };
-        if let Some(parent) = new.parent {
-            let pkey = VolumeKey {
-                volume: parent,
-                ..*v
-            };
+        // The parent's format comes from its metadata, never guessed, and its data file must be a
+        // regular file: checked before anything is made.
+        let mut parent = None;
+        if let Some(p) = new.parent {
+            let pkey = VolumeKey { volume: p, ..*v };
             let pmeta = self.read_meta(&pkey, "parent_volume_id")?;
             if new.capacity == 0 {
                 meta.capacity = pmeta.capacity;
@@ -95,24 +105,33 @@ impl Storage {
                     ),
                 ));
             }
+            self.checked_volume_path(&pkey)?;
+            parent = Some((p.to_string(), pmeta.format));
         }
         let img_dir = self.image_dir(v.storage_domain, v.image);
-        fs::create_dir_all(&img_dir).map_err(|e| Error::io("create", &img_dir, e))?;
+        self.ensure_dir(&img_dir)
+            .map_err(|e| Error::io("create", &img_dir, e))?;
         let meta_path = self.meta_path(v);
-        match super::create_exclusive(&meta_path, meta.render().as_bytes()) {
+        match self.create_exclusive(&meta_path, meta.render().as_bytes()) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(Error::VolumeExists(*v))
             }
             Err(e) => return Err(Error::io("create", &meta_path, e)),
         }
-        let parent = new.parent.map(|p| {
-            let pmeta = self.read_meta(&VolumeKey { volume: p, ..*v }, "parent_volume_id");
-            (
-                p.to_string(),
-                pmeta.map(|m| m.format).unwrap_or(Format::Cow),
-            )
-        });
+        // The data file is made here, exclusively and beneath the root, before qemu-img writes its
+        // header into it: a name planted in advance (a symlink to a host file) is never opened.
+        let data = self.volume_path(v);
+        if let Err(e) = self.create_empty(&data) {
+            let _ = self.remove(&meta_path);
+            return Err(match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Error::UnsafeFile {
+                    subject: super::subject(&data),
+                    why: "a file of that name exists without the volume's metadata",
+                },
+                _ => Error::io("create", &data, e),
+            });
+        }
         qemu::create(
             &self.volume_path(v),
             meta.format,
@@ -121,7 +140,8 @@ impl Storage {
             parent,
         )
         .await?;
-        sync_dir(&img_dir).map_err(|e| Error::io("sync", &img_dir, e))?;
+        self.sync_dir(&img_dir)
+            .map_err(|e| Error::io("sync", &img_dir, e))?;
         meta.legality = new.legality;
         self.write_meta(v, &meta)?;
         Ok(meta)
@@ -222,7 +242,8 @@ impl Storage {
             .images_dir(sd)
             .join(format!(".deleting-{img}-{}", uuid::Uuid::new_v4()));
         fs::rename(&dir, &trash).map_err(|e| Error::io("rename", &dir, e))?;
-        sync_dir(&self.images_dir(sd)).map_err(|e| Error::io("sync", &dir, e))?;
+        self.sync_dir(&self.images_dir(sd))
+            .map_err(|e| Error::io("sync", &dir, e))?;
         fs::remove_dir_all(&trash).map_err(|e| Error::io("remove", &trash, e))
     }
 }

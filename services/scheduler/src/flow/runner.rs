@@ -86,6 +86,9 @@ pub async fn run(
         // Ended; its record is bound to its retention lease and must not be rewritten.
         return Ok(());
     }
+    if let Some(why) = super::check::unreadable(&record.get().await) {
+        return park(&record, &why).await;
+    }
     let _running = metrics::Running::new(meta(&record.get().await).kind);
     let (abandon, _) = watch::channel(false);
     let flow = record.update(|f| f.runs += 1).await?;
@@ -154,6 +157,30 @@ async fn drive(run: &Run) -> Result<(), Stop> {
             }
         }
     }
+}
+
+/// Parks a flow that cannot be run safely (`check.rs`): its operation ends with `NEEDS_OPERATOR`,
+/// nothing of it runs, its locks are kept, and its record is kept too (no retention lease), so
+/// the disks stay untouched until an operator has looked.
+async fn park(record: &FlowRecord, why: &str) -> Result<(), Stop> {
+    warn!(op = %record.op, why, "flow parked: it cannot be run safely; an operator must look at it");
+    let error = pb::OperationError {
+        code: Code::FailedPrecondition as i32,
+        message: format!(
+            "the flow cannot be run safely ({why}): nothing of it was run and its disks stay locked; \
+             inspect it with `dpctl debug etcd`"
+        ),
+        reason: "NEEDS_OPERATOR".into(),
+    };
+    let flow = record
+        .update(|f| {
+            let op = f.operation.get_or_insert_with(Default::default);
+            op.done = true;
+            op.result = Some(pb::operation::Result::Error(error.clone()));
+        })
+        .await?;
+    metrics::operation_ended(meta(&flow).kind, Some(&error));
+    Ok(())
 }
 
 fn is_move(flow: &pb::Flow) -> bool {
