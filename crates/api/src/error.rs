@@ -102,3 +102,13 @@ impl From<FieldViolation> for Status {
         status(Code::InvalidArgument, v.reason, v.message, Some(&v.field))
     }
 }
+
+/// `text` quoted for an error message, cut to its first 40 characters: a caller's input is named,
+/// never echoed whole (it may be megabytes).
+pub fn excerpt(text: &str) -> String {
+    const KEEP: usize = 40;
+    match text.char_indices().nth(KEEP) {
+        None => format!("{text:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &text[..cut], text.len()),
+    }
+}

@@ -28,7 +28,7 @@ macro_rules! uuid_id {
                     FieldViolation::new(
                         field,
                         "MALFORMED_ID",
-                        format!("{text:?} is not a UUID"),
+                        format!("{} is not a UUID", crate::error::excerpt(text)),
                     )
                 })
             }
@@ -103,6 +103,13 @@ impl OperationId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_malformed_id_is_not_echoed_whole() {
+        let long = "x".repeat(1 << 20);
+        let err = VolumeId::parse("volume.volume_id", &long).unwrap_err();
+        assert!(err.message.len() < 200, "{}", err.message.len());
+    }
 
     #[test]
     fn parse_rejects_paths_and_names_the_field() {

@@ -49,6 +49,11 @@ pub enum JobErrorCode {
     /// A source volume's backing reference is not the sibling volume its metadata names, in its
     /// recorded format (a path outside the image, a `json:` or `nbd:` reference, another image).
     UnsafeBackingFile,
+    /// The destination is read by another copy (a read hold): it cannot be written until that
+    /// copy ends.
+    VolumeInUse,
+    /// The image of the source or the destination is being deleted.
+    ImageDeleting,
 }
 
 /// What an ended attempt means to the engine.
@@ -67,7 +72,7 @@ pub enum AttemptClass {
     Failure,
 }
 
-const ALL: [JobErrorCode; 20] = [
+const ALL: [JobErrorCode; 22] = [
     JobErrorCode::CopyFailed,
     JobErrorCode::ImageLocked,
     JobErrorCode::NoSpace,
@@ -88,6 +93,8 @@ const ALL: [JobErrorCode; 20] = [
     JobErrorCode::GenerationExhausted,
     JobErrorCode::UnsafeFile,
     JobErrorCode::UnsafeBackingFile,
+    JobErrorCode::VolumeInUse,
+    JobErrorCode::ImageDeleting,
 ];
 
 impl JobErrorCode {
@@ -114,6 +121,8 @@ impl JobErrorCode {
             Self::GenerationExhausted => "GENERATION_EXHAUSTED",
             Self::UnsafeFile => "UNSAFE_FILE",
             Self::UnsafeBackingFile => "UNSAFE_BACKING_FILE",
+            Self::VolumeInUse => "VOLUME_IN_USE",
+            Self::ImageDeleting => "IMAGE_DELETING",
         }
     }
 
@@ -127,6 +136,7 @@ impl JobErrorCode {
         match self {
             Self::ImageLocked
             | Self::LeaseHeld
+            | Self::VolumeInUse
             | Self::EtcdUnavailable
             | Self::SessionLost
             | Self::HostUnreachable => AttemptClass::Transient,
@@ -144,7 +154,8 @@ impl JobErrorCode {
             | Self::DestinationMissing
             | Self::GenerationExhausted
             | Self::UnsafeFile
-            | Self::UnsafeBackingFile => AttemptClass::Failure,
+            | Self::UnsafeBackingFile
+            | Self::ImageDeleting => AttemptClass::Failure,
         }
     }
 }

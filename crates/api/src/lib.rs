@@ -5,6 +5,7 @@
 pub mod error;
 pub mod ids;
 pub mod job_error;
+pub mod limits;
 pub mod page;
 pub mod time;
 pub mod volume;

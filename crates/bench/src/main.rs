@@ -10,10 +10,13 @@
 //!   MoveDisk's answer → the first byte copied.
 //! - `telemetry`: RPC latency and copy time with an OTLP exporter against none, in one run.
 //! - `tls`: RPC latency, connections and copy time with mutual TLS against `--insecure`, in one run.
+//! - `flood`: a 2 GiB copy alone and while one client opens 1,000 WatchJobs streams and loops on
+//!   malformed calls; another client's latency meanwhile.
 mod accept;
 mod cluster;
 mod copy;
 mod etcd_writes;
+mod flood;
 mod side;
 mod spread;
 mod telemetry;
@@ -24,7 +27,7 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(about = "datapath benchmarks")]
 struct Args {
-    /// Which benchmark: copy, accept, etcd-writes, spread, telemetry, tls or all.
+    /// Which benchmark: copy, accept, etcd-writes, spread, telemetry, tls, flood or all.
     #[arg(default_value = "all")]
     which: String,
     /// Rounds of the copy benchmark (default 5) and of the spread benchmark (default 3).
@@ -57,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
         "spread",
         "telemetry",
         "tls",
+        "flood",
     ]
     .contains(&args.which.as_str())
     {
@@ -85,6 +89,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if all || args.which == "tls" {
         tls::run(&base, args.rounds.unwrap_or(5)).await?;
+    }
+    if all || args.which == "flood" {
+        flood::run(&base, args.rounds.unwrap_or(4)).await?;
     }
     Ok(())
 }

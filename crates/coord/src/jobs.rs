@@ -138,6 +138,18 @@ impl Coord {
         Ok((jobs, revision))
     }
 
+    /// Job `job_id` (if it exists and decodes) and the revision it was read at: a one-job listing.
+    pub async fn job_snapshot(&self, job_id: JobId) -> Result<(Vec<pb::Job>, i64)> {
+        let resp = self.client().get(self.keys().job(job_id), None).await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        let jobs = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| crate::quarantine::listed("jobs", kv))
+            .collect();
+        Ok((jobs, revision))
+    }
+
     /// Grants a lease of `ttl_secs` that is never renewed: ended jobs bound to it are deleted by etcd
     /// itself when it expires, even while the job-tracker is down.
     pub async fn grant_retention_lease(&self, ttl_secs: i64) -> Result<i64> {

@@ -173,6 +173,22 @@ impl Coord {
         })
     }
 
+    /// etcd's current revision (one read of the prefix's first key).
+    pub async fn revision(&self) -> Result<i64> {
+        let resp = self
+            .client()
+            .get(
+                self.keys.prefix(),
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_keys_only()
+                        .with_limit(1),
+                ),
+            )
+            .await?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
+    }
+
     /// The key layout.
     pub fn keys(&self) -> &Keys {
         &self.keys

@@ -184,3 +184,51 @@ impl Coord {
         Ok(None)
     }
 }
+
+/// Job `job`'s holds on a chain, released on every path: by [`HoldGuard::release`], or by a task
+/// spawned on drop (an early return, a panic, a dropped future). The holds are bound to the host's
+/// session lease besides, so a host that dies drops them with it.
+pub struct HoldGuard {
+    coord: Coord,
+    chain: Vec<VolumeKey>,
+    job: JobId,
+    released: bool,
+}
+
+impl HoldGuard {
+    /// Guards holds already taken with [`Coord::hold_volumes`].
+    pub fn new(coord: &Coord, chain: Vec<VolumeKey>, job: JobId) -> Self {
+        Self {
+            coord: coord.clone(),
+            chain,
+            job,
+            released: false,
+        }
+    }
+
+    /// Releases the holds now.
+    pub async fn release(mut self) -> Result<()> {
+        self.released = true;
+        self.coord.release_holds(&self.chain, self.job).await
+    }
+}
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let (coord, chain, job) = (
+            self.coord.clone(),
+            std::mem::take(&mut self.chain),
+            self.job,
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = coord.release_holds(&chain, job).await {
+                    tracing::warn!(%job, error = %e, "read holds not released; they expire with the session");
+                }
+            });
+        }
+    }
+}

@@ -1,5 +1,5 @@
-//! A watched copy of every volume's generation record and lease (`generations/` and
-//! `leases/volumes/`), so that the frequent reads of a volume — GetVolumeInfo, CopyData's checks —
+//! A watched copy of every volume's generation record, lease and read holds (`generations/`,
+//! `leases/volumes/`, `holds/volumes/`), so that the frequent reads of a volume — GetVolumeInfo, CopyData's checks —
 //! cost no etcd round trip. Built from one range read of each prefix at one revision, then kept by a
 //! watch of each from the next revision; a broken or compacted watch sends it back to a full read,
 //! and until that read is done the view answers nothing.
@@ -15,10 +15,13 @@
 //!   file: so a view behind etcd shows what the file already shows, and a record above the file is
 //!   confirmed against etcd before it is reported.
 //!
+//! - a read hold is read only to refuse a copy into the held volume early; the view says "no hold"
+//!   at worst a moment late, and the copy's own lease transaction requires no hold anyway.
+//!
 //! A record that does not decode is kept as "unknown" and its readers go to etcd, which reports
 //! the decode error as before.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, RwLock},
     time::Duration,
 };
@@ -52,6 +55,8 @@ struct State {
     generations: HashMap<VolumeKey, Option<(u64, i64)>>,
     /// `None`: the record does not decode.
     leases: HashMap<VolumeKey, Option<VolumeLease>>,
+    /// The keys of each volume's read holds (never empty).
+    holds: HashMap<VolumeKey, HashSet<Vec<u8>>>,
 }
 
 /// The watched view; cheap to clone. The watch stops when the last clone is dropped.
@@ -94,6 +99,13 @@ impl VolumeView {
     /// that is for etcd to confirm (a lease shown may have been released since).
     pub fn lease_free(&self, volume: &VolumeKey) -> bool {
         self.lease(volume) == Known::Absent
+    }
+
+    /// Whether the view alone can say that no copy holds `volume` for reading. It never says one
+    /// does: a hold shown may have been released since.
+    pub fn hold_free(&self, volume: &VolumeKey) -> bool {
+        let state = self.state.read().expect("volume view lock");
+        state.synced && !state.holds.contains_key(volume)
     }
 
     /// Whether the view alone can say that no generation record of `volume` is above `on_file`.
@@ -150,17 +162,19 @@ async fn follow(coord: &Coord, state: &RwLock<State>) -> Result<()> {
         .get(keys.generations(), Some(GetOptions::new().with_prefix()))
         .await?;
     let revision = gens.header().map(|h| h.revision()).unwrap_or_default();
+    let at_revision = GetOptions::new().with_prefix().with_revision(revision);
     let leases = client
-        .get(
-            keys.volume_leases(),
-            Some(GetOptions::new().with_prefix().with_revision(revision)),
-        )
+        .get(keys.volume_leases(), Some(at_revision.clone()))
         .await?;
+    let holds = client.get(keys.volume_holds(), Some(at_revision)).await?;
     let from = WatchOptions::new()
         .with_prefix()
         .with_start_revision(revision + 1);
     let mut gen_watch = client.watch(keys.generations(), Some(from.clone())).await?;
-    let mut lease_watch = client.watch(keys.volume_leases(), Some(from)).await?;
+    let mut lease_watch = client
+        .watch(keys.volume_leases(), Some(from.clone()))
+        .await?;
+    let mut hold_watch = client.watch(keys.volume_holds(), Some(from)).await?;
     {
         let mut s = state.write().expect("volume view lock");
         s.generations = gens
@@ -173,6 +187,12 @@ async fn follow(coord: &Coord, state: &RwLock<State>) -> Result<()> {
             .iter()
             .filter_map(|kv| lease_of(coord, kv))
             .collect();
+        s.holds = HashMap::new();
+        for kv in holds.kvs() {
+            if let Some(volume) = keys.parse_volume_hold(kv.key()) {
+                s.holds.entry(volume).or_default().insert(kv.key().to_vec());
+            }
+        }
         s.revision = revision;
         s.synced = true;
         debug!(
@@ -186,6 +206,7 @@ async fn follow(coord: &Coord, state: &RwLock<State>) -> Result<()> {
         let resp = tokio::select! {
             r = gen_watch.message() => r?,
             r = lease_watch.message() => r?,
+            r = hold_watch.message() => r?,
         };
         let Some(resp) = resp else { return Ok(()) };
         apply(coord, state, &resp)?;
@@ -217,6 +238,16 @@ fn apply(coord: &Coord, state: &RwLock<State>, resp: &WatchResponse) -> Result<(
                 Some((_, l)) => s.leases.insert(volume, l),
                 None => s.leases.remove(&volume),
             };
+        } else if let Some(volume) = keys.parse_volume_hold(kv.key()) {
+            let held = s.holds.entry(volume).or_default();
+            if put {
+                held.insert(kv.key().to_vec());
+            } else {
+                held.remove(kv.key());
+            }
+            if held.is_empty() {
+                s.holds.remove(&volume);
+            }
         }
         s.revision = s.revision.max(kv.mod_revision());
     }
@@ -277,8 +308,14 @@ mod tests {
             revision: 10,
             generations: HashMap::from([(raised, Some((4, 8))), (bad, None)]),
             leases: HashMap::from([(held, Some(lease())), (bad, None)]),
+            holds: HashMap::from([(held, HashSet::from([b"k".to_vec()]))]),
         });
         assert!(in_step.lease_free(&free));
+        assert!(in_step.hold_free(&free));
+        assert!(
+            !in_step.hold_free(&held),
+            "a hold shown is confirmed in etcd"
+        );
         assert!(
             !in_step.lease_free(&held),
             "a lease shown is confirmed in etcd"
@@ -306,6 +343,7 @@ mod tests {
             ..State::default()
         });
         assert!(!out_of_step.lease_free(&free));
+        assert!(!out_of_step.hold_free(&free));
         assert!(!out_of_step.generation_not_above(&free, 0));
         assert_eq!(out_of_step.generation(&free), Known::Unknown);
     }

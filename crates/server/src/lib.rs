@@ -12,6 +12,7 @@ mod grpc_metrics;
 pub mod health;
 pub mod limit;
 mod metrics_endpoint;
+pub mod streams;
 
 use std::{future::Future, time::Duration};
 
@@ -33,6 +34,13 @@ pub struct ServerOptions {
     /// Calls handled at once across all connections; more wait for a slot. Health checks are exempt.
     #[arg(long, env = "DATAPATH_CONCURRENCY_LIMIT", default_value_t = 256)]
     pub concurrency_limit: usize,
+    /// Server streams (WatchJobs, WatchOperation) open at once; more are refused
+    /// (RESOURCE_EXHAUSTED). The scheduler's own streams are exempt.
+    #[arg(long, env = "DATAPATH_MAX_STREAMS", default_value_t = streams::DEFAULT_TOTAL)]
+    pub max_streams: usize,
+    /// Server streams one caller (a certificate's identity) may hold open at once.
+    #[arg(long, env = "DATAPATH_MAX_STREAMS_PER_CALLER", default_value_t = streams::DEFAULT_PER_CALLER)]
+    pub max_streams_per_caller: usize,
     /// Mutual TLS for this process's server and its clients, or `--insecure`.
     #[command(flatten)]
     pub tls: datapath_tls::TlsOptions,
@@ -43,8 +51,17 @@ impl Default for ServerOptions {
         Self {
             request_timeout: Duration::from_secs(30),
             concurrency_limit: 256,
+            max_streams: streams::DEFAULT_TOTAL,
+            max_streams_per_caller: streams::DEFAULT_PER_CALLER,
             tls: datapath_tls::TlsOptions::insecure(),
         }
+    }
+}
+
+impl ServerOptions {
+    /// The stream limits these options set.
+    pub fn stream_limits(&self) -> streams::StreamLimits {
+        streams::StreamLimits::new(self.max_streams, self.max_streams_per_caller)
     }
 }
 

@@ -15,10 +15,20 @@ use crate::{error::Error, qemu, storage::Storage};
 /// Layers a chain may have; a longer one is taken for a loop in the metadata.
 const MAX_DEPTH: usize = 256;
 
-/// Checks the chain of `top` (metadata and headers agree, every file a regular file beneath the
-/// root); returns the top's data file, the name to hand to qemu-img.
-pub async fn check_chain(storage: &Storage, top: &VolumeKey) -> Result<PathBuf, Error> {
+/// A source chain that passed [`check_chain`].
+#[derive(Debug)]
+pub struct Chain {
+    /// The top's data file: the name to hand to qemu-img.
+    pub top: PathBuf,
+    /// Every volume of the chain, top first: what the copy reads, and holds.
+    pub volumes: Vec<VolumeKey>,
+}
+
+/// Checks the chain of `top`: metadata and headers agree, every file a regular file beneath the
+/// root.
+pub async fn check_chain(storage: &Storage, top: &VolumeKey) -> Result<Chain, Error> {
     let top_path = storage.checked_volume_path(top)?;
+    let mut volumes = vec![*top];
     let mut volume = *top;
     let mut path = top_path.clone();
     for _ in 0..MAX_DEPTH {
@@ -26,7 +36,10 @@ pub async fn check_chain(storage: &Storage, top: &VolumeKey) -> Result<PathBuf, 
         let header = qemu::header(&path, meta.format).await?;
         let Some(parent) = meta.parent else {
             return match header.backing {
-                None => Ok(top_path),
+                None => Ok(Chain {
+                    top: top_path,
+                    volumes,
+                }),
                 Some(_) => Err(unsafe_backing(
                     &volume,
                     "its header names a backing file but its metadata names no parent",
@@ -55,6 +68,7 @@ pub async fn check_chain(storage: &Storage, top: &VolumeKey) -> Result<PathBuf, 
         }
         path = storage.checked_volume_path(&parent_key)?;
         volume = parent_key;
+        volumes.push(parent_key);
     }
     Err(unsafe_backing(top, "its chain is longer than 256 volumes"))
 }

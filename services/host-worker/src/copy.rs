@@ -93,6 +93,7 @@ pub async fn copy_data(worker: &Arc<Worker>, req: &pb::CopyDataRequest) -> Resul
                 .await?
                 .ok_or(Error::JobExists(spec.job_id))
         }
+        Err(Refused::QueueFull(max)) => return Err(Error::QueueFull(max)),
         Err(Refused::DestinationBusy(other)) => {
             return Err(Error::precondition(
                 JobErrorCode::LeaseHeld.as_str(),
@@ -104,6 +105,23 @@ pub async fn copy_data(worker: &Arc<Worker>, req: &pb::CopyDataRequest) -> Resul
             ))
         }
     };
+    // From the insert on, the job is this host's: it is registered and run by a task of its own,
+    // so a caller that goes away mid-call (a scheduler killed while it waited for this answer)
+    // cannot leave a job that is known everywhere and runs nowhere.
+    let registration = register_and_start(worker.clone(), spec, job, control, span);
+    tokio::spawn(registration.in_current_span())
+        .await
+        .map_err(|e| Error::Tracker(tonic::Status::internal(format!("job registration: {e}"))))?
+}
+
+/// Registers an inserted job with the job-tracker and starts it; on a refusal, forgets it here.
+async fn register_and_start(
+    worker: Arc<Worker>,
+    spec: CopyDataSpec,
+    job: pb::Job,
+    control: Arc<JobControl>,
+    span: tracing::Span,
+) -> Result<pb::Job, Error> {
     let (job, created) = match worker.reporter.create(job).await {
         Ok(r) => r,
         Err(e) => {
@@ -193,6 +211,18 @@ async fn validate(worker: &Worker, spec: &CopyDataSpec) -> Result<u64, Error> {
                     holder.job_id, holder.host_id
                 ),
             ));
+        }
+        if field == "destination.volume" {
+            if let Some(reader) = worker.volume_hold(volume).await? {
+                return Err(Error::precondition(
+                    JobErrorCode::VolumeInUse.as_str(),
+                    field,
+                    format!(
+                        "volume {volume} is read by job {} on host {}: it cannot be written until that copy ends",
+                        reader.job_id, reader.host_id
+                    ),
+                ));
+            }
         }
         if let Some(job) = worker.jobs.writing(volume) {
             return Err(Error::precondition(

@@ -1,5 +1,5 @@
-//! An accepted copy, steps 3–6 of `copy.rs`: wait for a job slot, take the destination's lease, and
-//! under it copy through the job's attempt name (`storage/fresh.rs`), flush, and commit the new
+//! An accepted copy, steps 3–6 of `copy.rs`: wait for a job slot, check the source's chain and hold
+//! it for reading, take the destination's lease, and under it copy through the job's attempt name (`storage/fresh.rs`), flush, and commit the new
 //! generation in one etcd transaction on the lease's fencing token.
 //!
 //! Every write this worker makes to the volume's name — the attempt link, the ILLEGAL mark — comes
@@ -13,7 +13,11 @@ use datapath_api::{
     job_error::JobErrorCode,
     volume::{CopyDataSpec, Legality, VolumeKey},
 };
-use datapath_coord::{generations::Refused as CommitRefused, CoordError};
+use datapath_coord::{
+    generations::Refused as CommitRefused,
+    volume_holds::{Busy, HoldGuard},
+    CoordError,
+};
 use tracing::{info, warn, Instrument as _};
 
 use crate::{
@@ -58,27 +62,8 @@ pub(crate) async fn execute(
         )
         .await;
     let dst = spec.destination.volume;
-    // The source's files and backing chain are checked before the destination is touched.
-    let src_path = crate::backing::check_chain(&worker.storage, &spec.source.volume)
-        .await
-        .map_err(|e| storage_failed("read", &spec.source.volume, &e))?;
-    let token = match worker
-        .coord
-        .acquire_volume_lease(&dst, worker.host_id, id, lease_id)
-        .await
-    {
-        Ok(token) => token,
-        Err(CoordError::LeaseHeld(h)) => {
-            return Err(Failure::failed(
-                JobErrorCode::LeaseHeld,
-                format!(
-                    "volume {dst} is leased by job {} on host {}",
-                    h.job_id, h.host_id
-                ),
-            ))
-        }
-        Err(e) => return Err(etcd_failed(&e)),
-    };
+    let (src_path, holds) = hold_source(worker, spec, lease_id).await?;
+    let token = take_destination_lease(worker, spec, lease_id).await?;
     info!(%id, volume = %dst, token, "destination lease taken");
     let result = copy_under_lease(worker, spec, control, token, meter, &src_path).await;
     let released = tokio::time::timeout(
@@ -92,7 +77,84 @@ pub(crate) async fn execute(
             warn!(%id, volume = %dst, ?other, "destination lease not released; it expires with the session")
         }
     }
+    if let Err(e) = holds.release().await {
+        warn!(%id, error = %e, "read holds on the source not released; they expire with the session");
+    }
     result
+}
+
+/// Checks the source's files and backing chain, then takes the job's read hold on every volume of
+/// it (`volume_holds.rs`): from here until the job ends, the source cannot be deleted or written.
+/// Both happen before the destination is touched.
+async fn hold_source(
+    worker: &Worker,
+    spec: &CopyDataSpec,
+    lease_id: i64,
+) -> Result<(std::path::PathBuf, HoldGuard), Failure> {
+    let src = spec.source.volume;
+    let chain = crate::backing::check_chain(&worker.storage, &src)
+        .await
+        .map_err(|e| storage_failed("read", &src, &e))?;
+    match worker
+        .coord
+        .hold_volumes(&chain.volumes, worker.host_id, spec.job_id, lease_id)
+        .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(Busy::Deleting(_))) => {
+            return Err(Failure::failed(
+                JobErrorCode::ImageDeleting,
+                format!("the image of source volume {src} is being deleted"),
+            ))
+        }
+        Ok(Err(Busy::Leased(h) | Busy::Held(h))) => {
+            return Err(Failure::failed(
+                JobErrorCode::LeaseHeld,
+                format!(
+                    "a volume of the chain of source volume {src} is written by job {} on host {}",
+                    h.job_id, h.host_id
+                ),
+            ))
+        }
+        Err(e) => return Err(etcd_failed(&e)),
+    }
+    let holds = HoldGuard::new(&worker.coord, chain.volumes, spec.job_id);
+    Ok((chain.top, holds))
+}
+
+/// Takes the destination's volume lease (its fencing token).
+async fn take_destination_lease(
+    worker: &Worker,
+    spec: &CopyDataSpec,
+    lease_id: i64,
+) -> Result<i64, Failure> {
+    let dst = spec.destination.volume;
+    match worker
+        .coord
+        .acquire_volume_lease(&dst, worker.host_id, spec.job_id, lease_id)
+        .await
+    {
+        Ok(token) => Ok(token),
+        Err(CoordError::LeaseHeld(h)) => Err(Failure::failed(
+            JobErrorCode::LeaseHeld,
+            format!(
+                "volume {dst} is leased by job {} on host {}",
+                h.job_id, h.host_id
+            ),
+        )),
+        Err(CoordError::VolumeHeld(h)) => Err(Failure::failed(
+            JobErrorCode::VolumeInUse,
+            format!(
+                "volume {dst} is read by job {} on host {}",
+                h.job_id, h.host_id
+            ),
+        )),
+        Err(CoordError::ImageDeleting(_)) => Err(Failure::failed(
+            JobErrorCode::ImageDeleting,
+            format!("the image of destination volume {dst} is being deleted"),
+        )),
+        Err(e) => Err(etcd_failed(&e)),
+    }
 }
 
 fn etcd_failed(e: &CoordError) -> Failure {

@@ -61,6 +61,9 @@ pub enum Error {
     /// This host does not run that job.
     #[error("job {0} is not running on this host")]
     JobNotFound(JobId),
+    /// As many copies as allowed already wait for a slot on this host.
+    #[error("{0} copies already wait for a slot on this host; try again later or another host")]
+    QueueFull(usize),
     /// The host holds no valid session lease: it must not start work.
     #[error("this host holds no valid etcd session lease")]
     SessionLost,
@@ -183,11 +186,24 @@ impl From<Error> for Status {
             ),
             Error::NoSpm(_) => status(Code::Unavailable, "NO_SPM", msg, None),
             Error::Io { .. } => status(Code::Internal, "STORAGE_IO_ERROR", msg, None),
+            Error::QueueFull(_) => status(Code::ResourceExhausted, "HOST_QUEUE_FULL", msg, None),
             Error::UnsafeFile { .. } => status(Code::FailedPrecondition, "UNSAFE_FILE", msg, None),
             Error::Qemu(_) => status(Code::Internal, "QEMU_IMG_FAILED", msg, None),
             Error::Coord(CoordError::Decode { .. } | CoordError::BadRecord { .. }) => {
                 status(Code::DataLoss, "BAD_RECORD", msg, None)
             }
+            Error::Coord(CoordError::VolumeHeld(_)) => status(
+                Code::FailedPrecondition,
+                "VOLUME_IN_USE",
+                msg,
+                Some("volume"),
+            ),
+            Error::Coord(CoordError::ImageDeleting(_)) => status(
+                Code::FailedPrecondition,
+                "IMAGE_DELETING",
+                msg,
+                Some("volume"),
+            ),
             Error::Coord(CoordError::GenerationNotRaised { .. }) => {
                 status(Code::Internal, "GENERATION_NOT_RAISED", msg, None)
             }

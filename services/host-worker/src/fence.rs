@@ -71,6 +71,32 @@ fn lease_held(volume: &VolumeKey, holder: &str) -> Error {
     )
 }
 
+/// No generation is left above the volume's.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Exhausted;
+
+/// The generation a fence records, from the metadata file's generation and legality, the one etcd
+/// records, and the generation `from` the lost copy started at: `None` when that copy did commit
+/// (the file and etcd both at `from + 1`, LEGAL); otherwise one above everything any attempt may
+/// hold — above the file, the record and `from + 1` — or [`Exhausted`].
+pub fn fence_target(
+    on_file: u64,
+    recorded: Option<u64>,
+    from: u64,
+    legal: bool,
+) -> Result<Option<u64>, Exhausted> {
+    let current = on_file.max(recorded.unwrap_or(0));
+    let committed = from.checked_add(1).ok_or(Exhausted)?;
+    if current == committed && on_file == committed && legal {
+        return Ok(None);
+    }
+    current
+        .max(committed)
+        .checked_add(1)
+        .map(Some)
+        .ok_or(Exhausted)
+}
+
 fn exhausted(volume: &VolumeKey) -> Error {
     Error::precondition(
         JobErrorCode::GenerationExhausted.as_str(),
@@ -87,16 +113,15 @@ async fn fence_under_lease(
 ) -> Result<bool, Error> {
     let mut meta = worker.storage.read_meta(volume, "volume")?;
     let recorded = worker.coord.generation(volume).await?;
-    let current = meta.generation.max(recorded.map_or(0, |(g, _)| g));
-    let committed = from.checked_add(1).ok_or_else(|| exhausted(volume))?;
-    if current == committed && meta.generation == committed && meta.legality == Legality::Legal {
-        info!(%volume, generation = current, "not fenced: the copy did commit");
-        return Ok(false);
-    }
-    let fenced = current
-        .max(committed)
-        .checked_add(1)
-        .ok_or_else(|| exhausted(volume))?;
+    let legal = meta.legality == Legality::Legal;
+    let fenced = match fence_target(meta.generation, recorded.map(|(g, _)| g), from, legal) {
+        Ok(Some(fenced)) => fenced,
+        Ok(None) => {
+            info!(%volume, generation = meta.generation, "not fenced: the copy did commit");
+            return Ok(false);
+        }
+        Err(Exhausted) => return Err(exhausted(volume)),
+    };
     let fresh = worker.storage.prepare_fresh_file(volume, &meta).await?;
     if !worker.coord.holds_volume_lease(volume, token).await? {
         return Err(Error::SessionLost);
@@ -124,4 +149,49 @@ async fn fence_under_lease(
     worker.storage.write_meta(volume, &meta)?;
     info!(%volume, from, fenced, "volume fenced");
     Ok(true)
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // the properties compare in u128, where nothing wraps
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{fence_target, Exhausted};
+
+    proptest! {
+        /// A fence always lands above every generation any attempt may hold, or says there is
+        /// none left; it never wraps and never panics, at any value.
+        #[test]
+        fn a_fence_lands_above_everything_or_is_refused(
+            on_file in prop_oneof![any::<u64>(), (u64::MAX - 3)..=u64::MAX, 0u64..8],
+            recorded in proptest::option::of(prop_oneof![any::<u64>(), (u64::MAX - 3)..=u64::MAX, 0u64..8]),
+            from in prop_oneof![any::<u64>(), (u64::MAX - 3)..=u64::MAX, 0u64..8],
+            legal in any::<bool>(),
+        ) {
+            let highest = on_file.max(recorded.unwrap_or(0));
+            match fence_target(on_file, recorded, from, legal) {
+                Ok(Some(g)) => {
+                    prop_assert!(g > highest);
+                    prop_assert!(u128::from(g) > u128::from(from) + 1);
+                }
+                Ok(None) => {
+                    prop_assert!(legal);
+                    prop_assert_eq!(u128::from(on_file), u128::from(from) + 1);
+                    prop_assert_eq!(highest, on_file);
+                }
+                Err(Exhausted) => {
+                    prop_assert!(from == u64::MAX || highest.max(from + 1) == u64::MAX);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_committed_copy_is_not_fenced_and_the_top_is_refused() {
+        assert_eq!(fence_target(4, Some(4), 3, true), Ok(None));
+        assert_eq!(fence_target(4, Some(4), 3, false), Ok(Some(5)));
+        assert_eq!(fence_target(3, None, 3, false), Ok(Some(5)));
+        assert_eq!(fence_target(0, Some(u64::MAX), 0, false), Err(Exhausted));
+        assert_eq!(fence_target(0, None, u64::MAX, false), Err(Exhausted));
+    }
 }

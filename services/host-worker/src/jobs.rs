@@ -140,6 +140,8 @@ pub enum Refused {
     SameId,
     /// Another job here will write the same destination.
     DestinationBusy(JobId),
+    /// As many jobs as allowed already wait for a slot (the number).
+    QueueFull(usize),
 }
 
 fn writing(entries: &HashMap<JobId, Entry>, destination: &VolumeKey) -> Option<JobId> {
@@ -158,14 +160,30 @@ struct Entry {
 }
 
 /// The table of this host's jobs.
-#[derive(Default)]
 pub struct HostJobs {
     entries: Mutex<HashMap<JobId, Entry>>,
+    /// At most this many jobs wait PENDING for a slot; more are refused.
+    max_pending: usize,
     /// Notified whenever the set of jobs or their states change (the host record shows the load).
     pub changed: Notify,
 }
 
+impl Default for HostJobs {
+    fn default() -> Self {
+        Self::with_max_pending(usize::MAX)
+    }
+}
+
 impl HostJobs {
+    /// A table that refuses a job while `max_pending` jobs already wait for a slot.
+    pub fn with_max_pending(max_pending: usize) -> Self {
+        Self {
+            entries: Mutex::default(),
+            max_pending,
+            changed: Notify::new(),
+        }
+    }
+
     /// Adds a job, unless one with that id is here or another job here writes its destination.
     pub fn insert(
         &self,
@@ -181,6 +199,18 @@ impl HostJobs {
         // this host cannot both be queued.
         if let Some(other) = writing(&entries, &destination) {
             return Err(Refused::DestinationBusy(other));
+        }
+        let waiting = entries
+            .values()
+            .filter(|e| {
+                matches!(
+                    e.job.status(),
+                    pb::JobStatus::Pending | pb::JobStatus::Unspecified
+                )
+            })
+            .count();
+        if waiting >= self.max_pending {
+            return Err(Refused::QueueFull(self.max_pending));
         }
         let control = JobControl::new();
         entries.insert(

@@ -71,6 +71,14 @@ pub struct Config {
     /// Copies run at once; more wait PENDING.
     #[arg(long, env = "DATAPATH_JOB_SLOTS", default_value_t = 2)]
     pub job_slots: u32,
+    /// Copies that may wait PENDING for a slot; CopyData beyond them is refused
+    /// (RESOURCE_EXHAUSTED), so a flood of requests cannot grow the host's queue without bound.
+    #[arg(long, env = "DATAPATH_MAX_QUEUED_JOBS", default_value_t = 256)]
+    pub max_queued_jobs: usize,
+    /// The largest volume CreateVolume makes, in bytes (16 TiB): a preallocated volume or a clone
+    /// cannot fill a storage domain by one request.
+    #[arg(long, env = "DATAPATH_MAX_VOLUME_CAPACITY", default_value_t = datapath_api::limits::DEFAULT_MAX_VOLUME_CAPACITY)]
+    pub max_volume_capacity: u64,
     /// TTL of the etcd session lease; copies are killed before it can expire unrenewed.
     #[arg(long, env = "DATAPATH_SESSION_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub session_ttl: Duration,
@@ -149,10 +157,11 @@ pub async fn run(
         session: session.subscribe(),
         spm: spm::Spm::default(),
         reporter: reporter::Reporter::new(&config.job_tracker, host_id, tls.as_ref())?,
-        jobs: jobs::HostJobs::default(),
+        jobs: jobs::HostJobs::with_max_pending(config.max_queued_jobs),
         slots: Arc::new(Semaphore::new(config.job_slots.max(1) as usize)),
         job_slots: config.job_slots.max(1),
         copy_bandwidth_limit: copy_limit(&config),
+        max_volume_capacity: config.max_volume_capacity,
         session_ttl: config.session_ttl,
     });
     metrics::init();

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use datapath_api::{
     error::FieldViolation,
     ids::{ImageId, JobId, StorageDomainId, VolumeId},
+    limits,
     page::PageRequest,
     pb::{self, host_worker_service_server::HostWorkerService},
     volume::{Allocation, Format, Legality, Role, VolumeKey},
 };
+use datapath_coord::volume_holds::Busy;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
@@ -47,8 +49,13 @@ impl HostWorkerApi {
     }
 }
 
-fn new_volume(req: &pb::CreateVolumeRequest) -> Result<NewVolume, FieldViolation> {
+fn new_volume(
+    req: &pb::CreateVolumeRequest,
+    max_capacity: u64,
+) -> Result<NewVolume, FieldViolation> {
     let volume = VolumeKey::from_pb("volume", req.volume.as_ref())?;
+    limits::description("description", &req.description)?;
+    limits::capacity("capacity_bytes", req.capacity_bytes, max_capacity)?;
     let format = Format::from_pb("format", req.format)?;
     let parent = match req.parent_volume_id.as_str() {
         "" => None,
@@ -98,6 +105,7 @@ impl HostWorkerService for HostWorkerApi {
     ) -> Result<Response<pb::CreateStorageDomainResponse>, Status> {
         let req = req.into_inner();
         let sd = StorageDomainId::parse("storage_domain_id", &req.storage_domain_id)?;
+        limits::name("name", &req.name)?;
         let domain = self.worker.storage.create_domain(sd, &req.name)?;
         info!(%sd, "storage domain created");
         self.worker.jobs.changed.notify_waiters();
@@ -120,7 +128,7 @@ impl HostWorkerService for HostWorkerApi {
         &self,
         req: Request<pb::CreateVolumeRequest>,
     ) -> Result<Response<pb::CreateVolumeResponse>, Status> {
-        let new = new_volume(req.get_ref())?;
+        let new = new_volume(req.get_ref(), self.worker.max_volume_capacity)?;
         spm::require(&self.worker).await?;
         self.worker.storage.create_volume(&new).await?;
         info!(volume = %new.volume, format = ?new.format, capacity = new.capacity, "volume created");
@@ -208,37 +216,59 @@ impl HostWorkerService for HostWorkerApi {
         let img = ImageId::parse("image_id", &req.image_id)?;
         spm::require(&self.worker).await?;
         self.worker.storage.domain(sd, "storage_domain_id")?;
+        let disk = datapath_api::volume::DiskKey {
+            storage_domain: sd,
+            image: img,
+        };
         for vol in self.worker.storage.volume_ids(sd, img)? {
             let key = VolumeKey {
                 storage_domain: sd,
                 image: img,
                 volume: vol,
             };
-            let leased = self
-                .worker
-                .coord
-                .volume_lease(&key)
-                .await
-                .map_err(Error::from)?;
-            if leased.is_some() || self.worker.jobs.writing(&key).is_some() {
-                return Err(Error::precondition(
-                    "IMAGE_IN_USE",
-                    "image_id",
-                    format!("volume {key} is being written by a job"),
-                )
-                .into());
+            if let Some(job) = self.worker.jobs.writing(&key) {
+                return Err(image_in_use(&format!("volume {key} is written by job {job}")).into());
             }
         }
-        self.worker.storage.delete_image(sd, img)?;
-        let disk = datapath_api::volume::DiskKey {
-            storage_domain: sd,
-            image: img,
-        };
-        if let Err(e) = self.worker.coord.delete_image_generations(&disk).await {
-            // Harmless if left: a volume created again under the same ids is read, copied into and
-            // committed at the recorded generation, which only ever rises.
-            warn!(%sd, %img, error = %e, "could not forget the image's generations");
+        // One transaction: no volume of the image leased (written) or held (read by a copy), and
+        // the image marked as being deleted, so no lease or hold can be taken until it is gone.
+        let lease_id = self.worker.lease_id()?;
+        match self
+            .worker
+            .coord
+            .begin_image_deletion(&disk, self.worker.host_id, lease_id)
+            .await
+            .map_err(Error::from)?
+        {
+            Ok(()) => {}
+            Err(Busy::Leased(h)) => {
+                return Err(image_in_use(&format!(
+                    "a volume is written by job {} on host {}",
+                    h.job_id, h.host_id
+                ))
+                .into())
+            }
+            Err(Busy::Held(h)) => {
+                return Err(image_in_use(&format!(
+                    "a volume is read by job {} on host {}",
+                    h.job_id, h.host_id
+                ))
+                .into())
+            }
+            Err(Busy::Deleting(_)) => {}
         }
+        let deleted = self.worker.storage.delete_image(sd, img);
+        if deleted.is_ok() {
+            if let Err(e) = self.worker.coord.delete_image_generations(&disk).await {
+                // Harmless if left: a volume created again under the same ids is read, copied into
+                // and committed at the recorded generation, which only ever rises.
+                warn!(%sd, %img, error = %e, "could not forget the image's generations");
+            }
+        }
+        if let Err(e) = self.worker.coord.end_image_deletion(&disk).await {
+            warn!(%sd, %img, error = %e, "deletion mark not removed; it expires with the session");
+        }
+        deleted?;
         info!(%sd, %img, "image deleted");
         Ok(Response::new(pb::DeleteImageResponse {}))
     }
@@ -284,4 +314,12 @@ impl HostWorkerService for HostWorkerApi {
         info!(job_id = %id, "abort requested");
         Ok(Response::new(pb::AbortHostJobResponse {}))
     }
+}
+
+fn image_in_use(why: &str) -> Error {
+    Error::precondition(
+        "IMAGE_IN_USE",
+        "image_id",
+        format!("the image cannot be deleted now: {why}"),
+    )
 }

@@ -31,6 +31,8 @@ pub struct Worker {
     pub job_slots: u32,
     /// Bytes per second one copy may move; 0 is unlimited.
     pub copy_bandwidth_limit: u64,
+    /// The largest volume CreateVolume makes.
+    pub max_volume_capacity: u64,
     /// The session lease's TTL, which the copier watchdog's deadline is derived from.
     pub session_ttl: std::time::Duration,
 }
@@ -52,6 +54,15 @@ impl Worker {
             return Ok(None);
         }
         Ok(self.coord.volume_lease(volume).await?)
+    }
+
+    /// A read hold on `volume` (a copy reading it), if any. The view answers "none"; a hold it shows
+    /// is confirmed against etcd.
+    pub async fn volume_hold(&self, volume: &VolumeKey) -> Result<Option<VolumeLease>, Error> {
+        if self.view_in_step() && self.volumes.hold_free(volume) {
+            return Ok(None);
+        }
+        Ok(self.coord.volume_holds(volume).await?.into_iter().next())
     }
 
     /// The generation etcd records for `volume` when it is above `on_file`, the metadata file's: a

@@ -18,6 +18,9 @@ fn watchdog(deadline_ms: u64, program: &[&str]) -> Command {
 #[test]
 fn a_copier_that_ends_passes_its_exit_code_through() {
     let mut child = watchdog(5_000, &["sh", "-c", "exit 3"]).spawn().unwrap();
+    // Held open while waiting: Child::wait would close it, and a closed pipe means "the worker is
+    // gone" (exit 124) — a race with the copier's own end on a loaded machine.
+    let _stdin = child.stdin.take().unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(3));
 }

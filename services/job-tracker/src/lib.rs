@@ -88,7 +88,7 @@ pub async fn run(
         async move { coord.probe().await }
     }));
     let routes = Routes::new(health_server).add_service(JobTrackerServiceServer::new(
-        service::JobTrackerApi::new(tracker.clone(), tls.clone()),
+        service::JobTrackerApi::new(tracker.clone(), tls.clone(), config.server.stream_limits()),
     ));
     info!(address = %listener.local_addr()?, "job-tracker listening");
     let served = datapath_server::serve(

@@ -22,12 +22,22 @@ pub struct JobTrackerApi {
     tracker: Arc<Tracker>,
     /// For the calls it makes to hosts (forwarded aborts).
     tls: Option<datapath_tls::Tls>,
+    streams: datapath_server::streams::StreamLimits,
 }
 
 impl JobTrackerApi {
-    /// Serves `tracker`; calls hosts over mutual TLS when `tls` is given.
-    pub fn new(tracker: Arc<Tracker>, tls: Option<datapath_tls::Tls>) -> Self {
-        Self { tracker, tls }
+    /// Serves `tracker` with at most `streams` WatchJobs streams open; calls hosts over mutual TLS
+    /// when `tls` is given.
+    pub fn new(
+        tracker: Arc<Tracker>,
+        tls: Option<datapath_tls::Tls>,
+        streams: datapath_server::streams::StreamLimits,
+    ) -> Self {
+        Self {
+            tracker,
+            tls,
+            streams,
+        }
     }
 
     /// Tells the job's host to abort it. Best effort: the request is already recorded in the job.
@@ -169,8 +179,9 @@ impl JobTrackerService for JobTrackerApi {
         &self,
         req: Request<pb::WatchJobsRequest>,
     ) -> Result<Response<Self::WatchJobsStream>, Status> {
+        let permit = self.streams.acquire(&req)?;
         Ok(Response::new(
-            watch_jobs(self.tracker.clone(), req.into_inner()).await?,
+            watch_jobs(self.tracker.clone(), req.into_inner(), permit).await?,
         ))
     }
 

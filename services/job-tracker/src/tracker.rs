@@ -59,6 +59,7 @@ impl Tracker {
         let job = job.ok_or_else(|| FieldViolation::missing("job"))?;
         let job_id = JobId::parse("job.job_id", &job.job_id)?;
         HostId::parse("job.host_id", &job.host_id)?;
+        datapath_api::limits::description("job.description", &job.description)?;
         if job.params.is_none() {
             return Err(FieldViolation::missing("job.params").into());
         }

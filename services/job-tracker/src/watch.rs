@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use datapath_api::pb::{self, JobEventType, WatchJobsResponse};
+use datapath_server::streams::{Permitted, StreamPermit};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -11,13 +12,14 @@ use tracing::debug;
 
 use crate::{error::Error, tracker::matches, tracker::Tracker};
 
-/// The stream type served by WatchJobs.
-pub type JobStream = ReceiverStream<Result<WatchJobsResponse, Status>>;
+/// The stream type served by WatchJobs: it holds its stream permits until the client drops it.
+pub type JobStream = Permitted<ReceiverStream<Result<WatchJobsResponse, Status>>>;
 
 /// Opens a watch for `req`.
 pub async fn watch_jobs(
     tracker: Arc<Tracker>,
     req: pb::WatchJobsRequest,
+    permit: StreamPermit,
 ) -> Result<JobStream, Error> {
     if req.start_revision < 0 {
         return Err(datapath_api::error::FieldViolation::new(
@@ -28,14 +30,31 @@ pub async fn watch_jobs(
         .into());
     }
     let coord = tracker.coord().clone();
+    let one_job = pb_job_id(&req.job_id)?;
     let filter = move |job: &pb::Job| {
         (req.job_id.is_empty() || job.job_id == req.job_id)
             && matches(job, &req.host_id, None, &req.entity)
     };
     let (tx, rx) = mpsc::channel(256);
     let mut snapshot = Vec::new();
+    if req.start_revision > 0 {
+        // A revision etcd has not reached yet is refused (and i64::MAX cannot overflow below).
+        let current = coord.revision().await?;
+        if req.start_revision > current {
+            return Err(datapath_api::error::FieldViolation::new(
+                "start_revision",
+                "OUT_OF_RANGE",
+                format!("is beyond etcd's current revision {current}"),
+            )
+            .into());
+        }
+    }
     let after = if req.start_revision == 0 {
-        let (jobs, revision) = coord.list_jobs().await?;
+        // One job asked for: read that one, not every job.
+        let (jobs, revision) = match one_job {
+            Some(id) => coord.job_snapshot(id).await?,
+            None => coord.list_jobs().await?,
+        };
         snapshot.extend(
             jobs.into_iter()
                 .filter(|j| filter(j))
@@ -57,7 +76,15 @@ pub async fn watch_jobs(
             }
         }
         loop {
-            let batch = match watch.next().await {
+            // A client that went away ends the etcd watch at once, not at the next job change.
+            let next = tokio::select! {
+                () = tx.closed() => {
+                    debug!("job watcher went away");
+                    return;
+                }
+                next = watch.next() => next,
+            };
+            let batch = match next {
                 Ok(Some(batch)) => batch,
                 Ok(None) => {
                     let _ = tx
@@ -98,5 +125,12 @@ pub async fn watch_jobs(
             }
         }
     });
-    Ok(ReceiverStream::new(rx))
+    Ok(Permitted::new(ReceiverStream::new(rx), permit))
+}
+
+fn pb_job_id(text: &str) -> Result<Option<datapath_api::ids::JobId>, Error> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(datapath_api::ids::JobId::parse("job_id", text)?))
 }

@@ -146,8 +146,9 @@ pub async fn run(
         let coord = coord.clone();
         async move { coord.probe().await }
     }));
-    let routes = Routes::new(health_server)
-        .add_service(SchedulerServiceServer::new(api::SchedulerApi::new(engine)));
+    let routes = Routes::new(health_server).add_service(SchedulerServiceServer::new(
+        api::SchedulerApi::new(engine, config.server.stream_limits()),
+    ));
     info!(%address, policy = ?config.host_selection, "scheduler listening");
     let served = datapath_server::serve(
         listener,

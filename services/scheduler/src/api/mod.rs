@@ -14,12 +14,13 @@ use crate::engine::Engine;
 /// The SchedulerService implementation.
 pub struct SchedulerApi {
     engine: Arc<Engine>,
+    streams: datapath_server::streams::StreamLimits,
 }
 
 impl SchedulerApi {
-    /// Serves `engine`.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    /// Serves `engine`, with at most `streams` WatchOperation streams open.
+    pub fn new(engine: Arc<Engine>, streams: datapath_server::streams::StreamLimits) -> Self {
+        Self { engine, streams }
     }
 }
 
@@ -74,8 +75,9 @@ impl SchedulerService for SchedulerApi {
         req: Request<pb::WatchOperationRequest>,
     ) -> Result<Response<Self::WatchOperationStream>, Status> {
         operations::require_name(&req.get_ref().name)?;
+        let permit = self.streams.acquire(&req)?;
         Ok(Response::new(
-            operations::watch(&self.engine, &req.get_ref().name).await?,
+            operations::watch(&self.engine, &req.get_ref().name, permit).await?,
         ))
     }
 

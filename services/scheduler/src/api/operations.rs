@@ -67,7 +67,11 @@ pub async fn list(
 }
 
 /// WatchOperation: the operation now, then every change until it is done (or deleted).
-pub async fn watch(engine: &Engine, name: &str) -> Result<OperationStream, Error> {
+pub async fn watch(
+    engine: &Engine,
+    name: &str,
+    permit: datapath_server::streams::StreamPermit,
+) -> Result<OperationStream, Error> {
     let op = parse(name)?;
     let first = engine
         .coord
@@ -101,7 +105,10 @@ pub async fn watch(engine: &Engine, name: &str) -> Result<OperationStream, Error
             next,
         ))
     });
-    Ok(Box::pin(stream))
+    Ok(Box::pin(datapath_server::streams::Permitted::new(
+        Box::pin(stream),
+        permit,
+    )))
 }
 
 /// CancelOperation: FAILED_PRECONDITION once the operation is done.

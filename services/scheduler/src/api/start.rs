@@ -94,6 +94,7 @@ pub async fn move_disk(
     engine: &Arc<Engine>,
     req: &pb::MoveDiskRequest,
 ) -> Result<pb::Operation, Error> {
+    datapath_api::limits::request_id("request_id", &req.request_id)?;
     let result = try_move_disk(engine, req).await;
     settle(engine, &req.request_id, result).await
 }
@@ -103,6 +104,7 @@ pub async fn clone_disk(
     engine: &Arc<Engine>,
     req: &pb::CloneDiskRequest,
 ) -> Result<pb::Operation, Error> {
+    datapath_api::limits::request_id("request_id", &req.request_id)?;
     let result = try_clone_disk(engine, req).await;
     settle(engine, &req.request_id, result).await
 }

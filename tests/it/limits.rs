@@ -1,0 +1,291 @@
+//! Every limit of README.md's "Limits" table, end to end: one request just inside it is served, one
+//! just outside it is refused with its status, field and reason, and changes nothing.
+use std::time::Duration;
+
+use datapath_api::{
+    error::{field, reason},
+    limits, pb,
+};
+use tonic::Code;
+
+use crate::{
+    disks::scheduler,
+    harness::{copy_request, throttle, wait_for, TestCluster},
+    scheduler_bad_input::move_req,
+};
+
+const MIB: u64 = 1 << 20;
+
+fn refused(s: &tonic::Status, code: Code, at: &str, why: &str) {
+    assert_eq!(s.code(), code, "{s:?}");
+    assert_eq!(field(s).as_deref(), Some(at), "{s:?}");
+    assert_eq!(reason(s).as_deref(), Some(why), "{s:?}");
+    assert!(s.message().len() < 300, "the input is not echoed whole");
+}
+
+#[tokio::test]
+async fn each_limit_serves_the_edge_and_refuses_one_past_it() {
+    let tc = TestCluster::start(1, |c| {
+        c.env.push((
+            "DATAPATH_MAX_VOLUME_CAPACITY".into(),
+            (64 * MIB).to_string(),
+        ));
+    })
+    .await
+    .unwrap();
+    let mut host = tc.spm_host().await;
+
+    // A storage domain's name: 256 bytes.
+    for (len, ok) in [
+        (limits::NAME_MAX_BYTES, true),
+        (limits::NAME_MAX_BYTES + 1, false),
+    ] {
+        let sd = uuid::Uuid::new_v4().to_string();
+        let r = host
+            .create_storage_domain(pb::CreateStorageDomainRequest {
+                storage_domain_id: sd.clone(),
+                name: "n".repeat(len),
+            })
+            .await;
+        let dir = tc.cluster.storage_root().join(&sd);
+        match r {
+            Ok(_) => assert!(ok && dir.exists()),
+            Err(s) => {
+                assert!(!ok, "{s:?}");
+                refused(&s, Code::InvalidArgument, "name", "TOO_LONG");
+                assert!(!dir.exists(), "nothing made");
+            }
+        }
+    }
+
+    // A volume's description (1 KiB) and capacity (the host's limit, 64 MiB here).
+    let sd = tc.domain().await;
+    let img = uuid::Uuid::new_v4().to_string();
+    let cases = [
+        (limits::DESCRIPTION_MAX_BYTES, 64 * MIB, None),
+        (
+            limits::DESCRIPTION_MAX_BYTES + 1,
+            MIB,
+            Some(("description", "TOO_LONG")),
+        ),
+        (
+            0,
+            64 * MIB + 512,
+            Some(("capacity_bytes", "CAPACITY_TOO_LARGE")),
+        ),
+    ];
+    for (description, capacity, refusal) in cases {
+        let volume = pb::VolumeRef {
+            storage_domain_id: sd.clone(),
+            image_id: img.clone(),
+            volume_id: uuid::Uuid::new_v4().to_string(),
+        };
+        let r = host
+            .create_volume(pb::CreateVolumeRequest {
+                volume: Some(volume.clone()),
+                format: pb::VolumeFormat::Raw as i32,
+                capacity_bytes: capacity,
+                description: "d".repeat(description),
+                ..Default::default()
+            })
+            .await;
+        match (r, refusal) {
+            (Ok(_), None) => assert!(tc.volume_path(&volume).exists()),
+            (Err(s), Some((field, why))) => {
+                refused(&s, Code::InvalidArgument, field, why);
+                assert!(!tc.volume_path(&volume).exists(), "nothing made");
+            }
+            (r, want) => panic!("{r:?}, wanted {want:?}"),
+        }
+    }
+
+    // A request id is a UUID (AIP-155); a refused one leaves nothing in etcd.
+    let mut s = scheduler(&tc).await;
+    let other = tc.domain().await;
+    let bad = format!("{}x", uuid::Uuid::new_v4());
+    let err = s
+        .move_disk(move_req(&sd, &img, &other, &bad))
+        .await
+        .unwrap_err();
+    refused(&err, Code::InvalidArgument, "request_id", "MALFORMED_ID");
+    assert!(tc.keys("requests/").await.is_empty());
+    assert!(tc.keys("flows/").await.is_empty());
+    let err = s
+        .move_disk(move_req(&sd, &img, &other, &"r".repeat(1 << 20)))
+        .await
+        .unwrap_err();
+    refused(&err, Code::InvalidArgument, "request_id", "MALFORMED_ID");
+    let good = uuid::Uuid::new_v4().to_string();
+    s.move_disk(move_req(&sd, &img, &other, &good))
+        .await
+        .expect("a UUID request id is taken");
+
+    // WatchJobs from a revision etcd has reached, not from one beyond it (nor i64::MAX).
+    let mut tracker = tc.tracker().await;
+    let now = tc
+        .etcd
+        .clone()
+        .get(tc.cluster.etcd_prefix(), None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let watch = |start_revision: i64| {
+        let mut tracker = tracker.clone();
+        async move {
+            tracker
+                .watch_jobs(pb::WatchJobsRequest {
+                    start_revision,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    watch(now).await.expect("the current revision is taken");
+    for beyond in [now + 1000, i64::MAX] {
+        let err = watch(beyond).await.unwrap_err();
+        refused(
+            &err,
+            Code::InvalidArgument,
+            "start_revision",
+            "OUT_OF_RANGE",
+        );
+    }
+    // A job's description: 1 KiB.
+    let host_id = tc.keys("hosts/").await[0]
+        .0
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut as_host = tc.tracker_as_host(&host_id).await;
+    for (len, ok) in [
+        (limits::DESCRIPTION_MAX_BYTES, true),
+        (limits::DESCRIPTION_MAX_BYTES + 1, false),
+    ] {
+        let job_id = uuid::Uuid::new_v4().to_string();
+        let r = as_host
+            .create_job(pb::CreateJobRequest {
+                job: Some(pb::Job {
+                    job_id: job_id.clone(),
+                    host_id: host_id.clone(),
+                    description: "d".repeat(len),
+                    params: Some(pb::job::Params::CopyData(Default::default())),
+                    ..Default::default()
+                }),
+            })
+            .await;
+        match r {
+            Ok(_) => assert!(ok),
+            Err(s) => {
+                assert!(!ok, "{s:?}");
+                refused(&s, Code::InvalidArgument, "job.description", "TOO_LONG");
+                assert!(tc.keys(&format!("jobs/{job_id}")).await.is_empty());
+            }
+        }
+    }
+    // A gRPC message: 4 MiB (tonic's limit), refused before any handler runs.
+    let err = tracker
+        .list_jobs(pb::ListJobsRequest {
+            page_token: "t".repeat(5 << 20),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+}
+
+#[tokio::test]
+async fn a_host_queues_at_most_its_limit_of_copies_and_refuses_the_next() {
+    let tc = TestCluster::start(1, |c| {
+        c.job_slots = 1;
+        c.env.push(("DATAPATH_MAX_QUEUED_JOBS".into(), "2".into()));
+        throttle(c, 2 * MIB);
+    })
+    .await
+    .unwrap();
+    let (src, first) = tc
+        .source_and_destination(pb::VolumeFormat::Raw, 16 * MIB, 8)
+        .await;
+    let job = tc.start_copy(0, &src, &first).await;
+    // The first copy holds the only slot; two more may wait.
+    wait_for(
+        Duration::from_secs(20),
+        "the first copy running",
+        || async { (tc.job(&job).await.status() == pb::JobStatus::Running).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let mut host = tc.host(0).await;
+    for _ in 0..2 {
+        let (_, dst) = tc
+            .source_and_destination(pb::VolumeFormat::Raw, 16 * MIB, 1)
+            .await;
+        host.copy_data(copy_request(
+            &uuid::Uuid::new_v4().to_string(),
+            &src,
+            &dst,
+            None,
+        ))
+        .await
+        .expect("a queued copy within the limit");
+    }
+    let (_, dst) = tc
+        .source_and_destination(pb::VolumeFormat::Raw, 16 * MIB, 1)
+        .await;
+    let refused_job = uuid::Uuid::new_v4().to_string();
+    let err = host
+        .copy_data(copy_request(&refused_job, &src, &dst, None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(reason(&err).as_deref(), Some("HOST_QUEUE_FULL"));
+    assert!(tc.keys(&format!("jobs/{refused_job}")).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_caller_holds_at_most_its_share_of_watch_streams() {
+    let tc = TestCluster::start(1, |c| {
+        c.env
+            .push(("DATAPATH_MAX_STREAMS_PER_CALLER".into(), "3".into()));
+    })
+    .await
+    .unwrap();
+    let tracker = tc.tracker().await;
+    let open = || {
+        let mut tracker = tracker.clone();
+        async move {
+            tracker
+                .watch_jobs(pb::WatchJobsRequest::default())
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        streams.push(open().await.expect("within the caller's share"));
+    }
+    let err = open().await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(reason(&err).as_deref(), Some("TOO_MANY_STREAMS"));
+    // Another caller (a host) is not held to the operator's share.
+    let host_id = tc.keys("hosts/").await[0]
+        .0
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    tc.tracker_as_host(&host_id)
+        .await
+        .watch_jobs(pb::WatchJobsRequest::default())
+        .await
+        .expect("another caller's stream");
+    // A stream the client closes gives its permit back.
+    drop(streams.pop());
+    wait_for(Duration::from_secs(10), "a permit given back", || async {
+        open().await.ok()
+    })
+    .await
+    .unwrap();
+}
