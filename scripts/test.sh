@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs prerequisites when missing, then formatting, lints,
-# the proto lint, a build of every binary, and every test — unit tests and the end-to-end suite on
-# real etcd, real service binaries and real qemu-img.
+# the proto lint, a build of every binary, every test — unit tests and the end-to-end suite on
+# real etcd, real service binaries and real qemu-img — and every fuzz target for 15 s each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -21,3 +21,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked -- --test-threads 2
 fi
+echo "== fuzz (every target, 15 s each, on its committed seeds)"
+bash fuzz/run.sh 15

@@ -76,7 +76,15 @@ fn allowed(from: S, to: S) -> bool {
 pub fn apply(job_id: JobId, job: &pb::Job, update: &Update) -> Result<Option<pb::Job>, Error> {
     let from = job.status();
     let to = update.status.unwrap_or(from);
-    if is_terminal(from) && (to != from || update.progress.is_some_and(|p| p > job.progress)) {
+    // An ended job never changes again: not its status, its progress, nor its error (a report
+    // that repeats it exactly is a no-op). Found by the `transition_props` property test.
+    let new_error = update
+        .error
+        .as_ref()
+        .is_some_and(|e| job.error.as_ref() != Some(e));
+    if is_terminal(from)
+        && (to != from || update.progress.is_some_and(|p| p > job.progress) || new_error)
+    {
         return Err(Error::Ended(job_id));
     }
     if !allowed(from, to) {

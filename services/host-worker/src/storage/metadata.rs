@@ -63,7 +63,13 @@ impl VolumeMeta {
             legality: Legality::parse_str(get("LEGALITY")?).ok_or_else(|| bad("LEGALITY"))?,
             generation: get("GEN")?.parse().map_err(|_| bad("GEN"))?,
             created: get("CTIME")?.parse().map_err(|_| bad("CTIME"))?,
-            description: map.get("DESCRIPTION").copied().unwrap_or("").to_string(),
+            // A bare CR (a hand edit) reads as the space render() writes for it, so a parsed value
+            // survives the next rewrite unchanged (found by the `volume_metadata` fuzz target).
+            description: map
+                .get("DESCRIPTION")
+                .copied()
+                .unwrap_or("")
+                .replace('\r', " "),
         })
     }
 
@@ -113,5 +119,13 @@ mod tests {
             parsed
         );
         assert!(VolumeMeta::parse("FORMAT=XYZ\n").is_err());
+    }
+
+    #[test]
+    fn a_bare_carriage_return_survives_a_rewrite() {
+        // The `volume_metadata` fuzz target's finding, kept as a case.
+        let text = "FORMAT=RAW\nTYPE=SPARSE\nCAP=0\nPUUID=\nVOLTYPE=LEAF\nLEGALITY=LEGAL\nGEN=0\nCTIME=0\nDESCRIPTION=a\rb\n";
+        let parsed = VolumeMeta::parse(text).unwrap();
+        assert_eq!(VolumeMeta::parse(&parsed.render()).unwrap(), parsed);
     }
 }
