@@ -289,3 +289,58 @@ async fn a_caller_holds_at_most_its_share_of_watch_streams() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_caller_faster_than_its_call_rate_is_slowed_then_refused_and_the_services_are_not() {
+    let tc = TestCluster::start(1, |c| {
+        c.env.push(("DATAPATH_MAX_CALL_RATE".into(), "20".into()));
+    })
+    .await
+    .unwrap();
+    let host = tc.spm_host().await;
+    let bad = || pb::GetVolumeInfoRequest {
+        volume: Some(pb::VolumeRef {
+            storage_domain_id: "x".into(),
+            ..Default::default()
+        }),
+    };
+    // The burst (20) goes at once; the next 20 are spread over about a second.
+    let start = std::time::Instant::now();
+    for _ in 0..40 {
+        let err = host.clone().get_volume_info(bad()).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    }
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(800), "not slowed: {took:?}");
+    // Many at once: those that would wait more than a second are refused.
+    let calls: Vec<_> = (0..60)
+        .map(|_| {
+            let mut host = host.clone();
+            tokio::spawn(async move { host.get_volume_info(bad()).await })
+        })
+        .collect();
+    let mut refused = 0;
+    for c in calls {
+        if let Err(s) = c.await.unwrap() {
+            if s.code() == Code::ResourceExhausted {
+                assert_eq!(reason(&s).as_deref(), Some("TOO_MANY_CALLS"));
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "none refused");
+    // Health checks and the services' own identities are not held to it.
+    let host_id = tc.keys("hosts/").await[0]
+        .0
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut as_host = tc.tracker_as_host(&host_id).await;
+    for _ in 0..60 {
+        as_host
+            .list_jobs(pb::ListJobsRequest::default())
+            .await
+            .expect("a host is exempt");
+    }
+}

@@ -57,11 +57,16 @@ impl Bench {
         let config = ClusterConfig {
             dir: dir.path().to_path_buf(),
             bin_dir: exe.parent().map(Path::to_path_buf),
+            // No per-caller call rate: the benchmarks' own client calls back to back, far above
+            // it (the `flood` benchmark sets it back to measure it).
             env: [
-                vec![(
-                    "RUST_LOG".to_string(),
-                    std::env::var("DATAPATH_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-                )],
+                vec![
+                    (
+                        "RUST_LOG".to_string(),
+                        std::env::var("DATAPATH_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+                    ),
+                    ("DATAPATH_MAX_CALL_RATE".to_string(), "0".to_string()),
+                ],
                 config.env,
             ]
             .concat(),

@@ -141,7 +141,9 @@ async fn other_client(
 }
 
 pub async fn run(base: &Path, rounds: usize) -> anyhow::Result<()> {
-    let mut b = Bench::start(base, 2, vec![]).await?;
+    // The services' default per-caller call rate (the other benchmarks turn it off).
+    let rate = vec![("DATAPATH_MAX_CALL_RATE".to_string(), "1000".to_string())];
+    let mut b = Bench::start(base, 2, rate).await?;
     let (a, d) = (b.domain().await?, b.domain().await?);
     let img = uuid::Uuid::new_v4().to_string();
     let src = b.raw_volume(&a, &img, SIZE, Legality::Legal).await?;

@@ -12,6 +12,7 @@ mod grpc_metrics;
 pub mod health;
 pub mod limit;
 mod metrics_endpoint;
+pub mod rate;
 pub mod streams;
 
 use std::{future::Future, time::Duration};
@@ -34,6 +35,11 @@ pub struct ServerOptions {
     /// Calls handled at once across all connections; more wait for a slot. Health checks are exempt.
     #[arg(long, env = "DATAPATH_CONCURRENCY_LIMIT", default_value_t = 256)]
     pub concurrency_limit: usize,
+    /// Calls per second one caller (a certificate's identity; an address under `--insecure`) may
+    /// make; beyond it a call waits for its turn, and one that would wait over a second is refused
+    /// (RESOURCE_EXHAUSTED). The services' own identities are exempt. 0: no limit.
+    #[arg(long, env = "DATAPATH_MAX_CALL_RATE", default_value_t = 1000)]
+    pub max_call_rate: u32,
     /// Server streams (WatchJobs, WatchOperation) open at once; more are refused
     /// (RESOURCE_EXHAUSTED). The scheduler's own streams are exempt.
     #[arg(long, env = "DATAPATH_MAX_STREAMS", default_value_t = streams::DEFAULT_TOTAL)]
@@ -51,6 +57,7 @@ impl Default for ServerOptions {
         Self {
             request_timeout: Duration::from_secs(30),
             concurrency_limit: 256,
+            max_call_rate: 1000,
             max_streams: streams::DEFAULT_TOTAL,
             max_streams_per_caller: streams::DEFAULT_PER_CALLER,
             tls: datapath_tls::TlsOptions::insecure(),
@@ -120,6 +127,7 @@ pub async fn serve(
         .layer(datapath_telemetry::GrpcTraceLayer)
         .layer(GrpcMetricsLayer::new(options.request_timeout))
         .layer(authz::AuthorizeLayer::new(tls.is_some()))
+        .layer(rate::CallerRateLayer::new(options.max_call_rate))
         .layer(limit::ConcurrencyLimitExceptHealthLayer::new(
             options.concurrency_limit,
         ))
