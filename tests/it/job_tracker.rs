@@ -186,10 +186,15 @@ async fn list_filters_and_paginates() {
     let tc = TestCluster::start(1, made_up_hosts_kept).await.unwrap();
     let mut t = tc.tracker().await;
     let host = uuid::Uuid::new_v4().to_string();
+    let other = uuid::Uuid::new_v4().to_string();
     let mut ids = Vec::new();
     for i in 0..7 {
         let job = new_job(&host, if i % 2 == 0 { "even" } else { "odd" });
         create(&tc, &job).await.unwrap();
+        // Jobs of another host between them: a filtered page is read in several bounded chunks.
+        for _ in 0..3 {
+            create(&tc, &new_job(&other, "elsewhere")).await.unwrap();
+        }
         if i < 2 {
             update(&tc, &job, &host, Some(JobStatus::Running), None)
                 .await
@@ -509,4 +514,38 @@ async fn the_jobs_of_a_host_gone_for_good_end_fenced() {
     assert_eq!(error.code, "FENCED");
     assert!(error.message.contains(&gone), "{error:?}");
     assert!(tc.keys(&format!("hosts/{gone}")).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_job_pending_past_the_expiry_ends_never_started() {
+    let tc = TestCluster::start(1, |c| {
+        c.env
+            .push(("DATAPATH_PENDING_JOB_EXPIRY".into(), "2s".into()));
+    })
+    .await
+    .unwrap();
+    // A live host's job that its host never starts (made by CreateJob alone).
+    let host = tc.keys("hosts/").await[0]
+        .0
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let job = new_job(&host, "queued");
+    create(&tc, &job).await.unwrap();
+    // A running job of the same age, which the same sweeps see: never touched.
+    let running = new_job(&host, "running");
+    create(&tc, &running).await.unwrap();
+    update(&tc, &running, &host, Some(JobStatus::Running), None)
+        .await
+        .unwrap();
+    let ended = wait_for(Duration::from_secs(15), "the job to expire", || async {
+        let j = tc.job(&job.job_id).await;
+        (j.status() == JobStatus::Failed).then_some(j)
+    })
+    .await
+    .unwrap();
+    let error = ended.error.unwrap();
+    assert_eq!(error.code, "NEVER_STARTED", "{error:?}");
+    assert_eq!(tc.job(&running.job_id).await.status(), JobStatus::Running);
 }

@@ -54,6 +54,8 @@ pub enum JobErrorCode {
     VolumeInUse,
     /// The image of the source or the destination is being deleted.
     ImageDeleting,
+    /// The job stayed PENDING past the job-tracker's expiry (its host may still start it).
+    NeverStarted,
 }
 
 /// What an ended attempt means to the engine.
@@ -72,7 +74,7 @@ pub enum AttemptClass {
     Failure,
 }
 
-const ALL: [JobErrorCode; 22] = [
+const ALL: [JobErrorCode; 23] = [
     JobErrorCode::CopyFailed,
     JobErrorCode::ImageLocked,
     JobErrorCode::NoSpace,
@@ -95,6 +97,7 @@ const ALL: [JobErrorCode; 22] = [
     JobErrorCode::UnsafeBackingFile,
     JobErrorCode::VolumeInUse,
     JobErrorCode::ImageDeleting,
+    JobErrorCode::NeverStarted,
 ];
 
 impl JobErrorCode {
@@ -123,6 +126,7 @@ impl JobErrorCode {
             Self::UnsafeBackingFile => "UNSAFE_BACKING_FILE",
             Self::VolumeInUse => "VOLUME_IN_USE",
             Self::ImageDeleting => "IMAGE_DELETING",
+            Self::NeverStarted => "NEVER_STARTED",
         }
     }
 
@@ -144,7 +148,8 @@ impl JobErrorCode {
             | Self::HostShutdown
             | Self::WatchdogExpired
             | Self::CopyLost
-            | Self::UnverifiedSuccess => AttemptClass::Lost,
+            | Self::UnverifiedSuccess
+            | Self::NeverStarted => AttemptClass::Lost,
             Self::CopyFailed
             | Self::NoSpace
             | Self::IoError

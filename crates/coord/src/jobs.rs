@@ -138,6 +138,43 @@ impl Coord {
         Ok((jobs, revision))
     }
 
+    /// Up to `limit` job records in id order, strictly after job id `after` (all from the first
+    /// with `None`), the id of the last key read (where the next read starts, even when that
+    /// record did not decode), and whether more follow: one bounded etcd range read, for pages
+    /// that never read every job.
+    pub async fn list_jobs_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<pb::Job>, Option<String>, bool)> {
+        let prefix = self.keys().jobs();
+        let start = match after {
+            Some(id) => format!("{prefix}{id}\0"),
+            None => prefix.clone(),
+        };
+        // The end of the `jobs/` range: the prefix with its last byte ('/') raised by one.
+        let end = format!("{}0", prefix.trim_end_matches('/'));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let resp = self
+            .client()
+            .get(
+                start,
+                Some(GetOptions::new().with_range(end).with_limit(limit)),
+            )
+            .await?;
+        let jobs = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| crate::quarantine::listed("jobs", kv))
+            .collect();
+        let last = resp.kvs().last().map(|kv| {
+            String::from_utf8_lossy(kv.key())
+                .trim_start_matches(prefix.as_str())
+                .to_string()
+        });
+        Ok((jobs, last, resp.more()))
+    }
+
     /// Job `job_id` (if it exists and decodes) and the revision it was read at: a one-job listing.
     pub async fn job_snapshot(&self, job_id: JobId) -> Result<(Vec<pb::Job>, i64)> {
         let resp = self.client().get(self.keys().job(job_id), None).await?;

@@ -41,6 +41,10 @@ pub struct Config {
     /// FAILED (FENCED): it expired with the host's session lease, so the host fenced itself already.
     #[arg(long, env = "DATAPATH_LOST_HOST_GRACE", default_value = "2s", value_parser = humantime::parse_duration)]
     pub lost_host_grace: Duration,
+    /// A job still PENDING this long after it was created is ended FAILED (NEVER_STARTED): a
+    /// host's queue is bounded, and CreateJob must not fill etcd with jobs that never run.
+    #[arg(long, env = "DATAPATH_PENDING_JOB_EXPIRY", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub pending_job_expiry: Duration,
     /// Address to serve Prometheus metrics on, at `/metrics` (plain HTTP).
     #[arg(
         long,
@@ -81,7 +85,11 @@ pub async fn run(
             }
         }
     });
-    let sweeper = tokio::spawn(lost::sweep(tracker.clone(), config.lost_host_grace));
+    let sweeper = tokio::spawn(lost::sweep(
+        tracker.clone(),
+        config.lost_host_grace,
+        config.pending_job_expiry,
+    ));
     // Its liveness is its store's: every call reads or writes etcd.
     let prober = tokio::spawn(probe_forever(health, ProbeTiming::default(), move || {
         let coord = coord.clone();

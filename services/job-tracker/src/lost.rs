@@ -24,8 +24,10 @@ use crate::{
 /// How often registrations and jobs are compared.
 const EVERY: Duration = Duration::from_secs(1);
 
-/// Ends the jobs of hosts whose registration has been gone for `grace`. Runs until dropped.
-pub async fn sweep(tracker: Arc<Tracker>, grace: Duration) {
+/// Ends the jobs of hosts whose registration has been gone for `grace`, and jobs still PENDING
+/// `pending_expiry` after they were created (CreateJob cannot fill etcd with jobs that never run).
+/// Runs until dropped.
+pub async fn sweep(tracker: Arc<Tracker>, grace: Duration, pending_expiry: Duration) {
     let mut missing: HashMap<String, Instant> = HashMap::new();
     loop {
         tokio::time::sleep(EVERY).await;
@@ -40,8 +42,18 @@ pub async fn sweep(tracker: Arc<Tracker>, grace: Duration) {
         crate::metrics::count_jobs(&jobs);
         let live: Vec<&str> = hosts.iter().map(|h| h.host_id.as_str()).collect();
         missing.retain(|h, _| !live.contains(&h.as_str()));
+        let now = datapath_api::time::now().seconds;
         for job in jobs.iter().filter(|j| !is_terminal(j.status())) {
             if live.contains(&job.host_id.as_str()) {
+                let age = job
+                    .created_at
+                    .as_ref()
+                    .map_or(0, |t| now.saturating_sub(t.seconds));
+                if job.status() == pb::JobStatus::Pending
+                    && u64::try_from(age).unwrap_or(0) >= pending_expiry.as_secs()
+                {
+                    expire(&tracker, job).await;
+                }
                 continue;
             }
             let since = *missing
@@ -85,6 +97,30 @@ async fn end(tracker: &Tracker, job: &pb::Job) {
     {
         Ok(_) => info!(%job_id, host = %job.host_id, "job of a lost host ended FENCED"),
         Err(e) => warn!(%job_id, error = %e, "could not end the job of a lost host"),
+    }
+}
+
+/// Ends a job that stayed PENDING past the expiry. Its host may still hold it queued and start it
+/// later, so the code is of the "lost" class: the engine concludes the copy from the destination.
+async fn expire(tracker: &Tracker, job: &pb::Job) {
+    let Ok(job_id) = JobId::parse("job_id", &job.job_id) else {
+        return;
+    };
+    let update = Update {
+        status: Some(pb::JobStatus::Failed),
+        progress: None,
+        error: Some(pb::JobError {
+            code: JobErrorCode::NeverStarted.to_string(),
+            message: format!(
+                "the job waited on host {} without starting for longer than the job-tracker's \
+                 --pending-job-expiry",
+                job.host_id
+            ),
+        }),
+    };
+    match tracker.write_as_tracker(job_id, &update).await {
+        Ok(_) => info!(%job_id, host = %job.host_id, "job that never started ended"),
+        Err(e) => warn!(%job_id, error = %e, "could not end a job that never started"),
     }
 }
 

@@ -113,12 +113,26 @@ impl Tracker {
                 )
             })?),
         };
-        let (jobs, _) = self.coord.list_jobs().await?;
-        let jobs = jobs
-            .into_iter()
-            .filter(|j| matches(j, &req.host_id, status, &req.entity))
-            .collect();
-        let (jobs, next) = page.paginate(jobs, |j| j.job_id.clone());
+        // Read in bounded chunks from the page token on, never every job at once, until the page
+        // and one more match (which says whether a next page exists) or the jobs run out.
+        let mut matched = Vec::new();
+        let mut after = page.after.clone();
+        loop {
+            let (chunk, last, more) = self
+                .coord
+                .list_jobs_after(after.as_deref(), page.size + 1)
+                .await?;
+            after = last.or(after);
+            matched.extend(
+                chunk
+                    .into_iter()
+                    .filter(|j| matches(j, &req.host_id, status, &req.entity)),
+            );
+            if !more || matched.len() > page.size {
+                break;
+            }
+        }
+        let (jobs, next) = page.paginate(matched, |j| j.job_id.clone());
         let jobs = jobs
             .into_iter()
             .map(|j| match JobId::parse("job_id", &j.job_id) {
