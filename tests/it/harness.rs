@@ -195,6 +195,13 @@ impl TestCluster {
             .to_string()
     }
 
+    /// The id of a registered host (the first in key order).
+    pub async fn a_host_id(&self) -> String {
+        let hosts = self.keys("hosts/").await;
+        let key = &hosts.first().expect("a registered host").0;
+        key.rsplit('/').next().unwrap_or_default().to_string()
+    }
+
     /// Every key under `<prefix><sub>` with its mod revision.
     pub async fn keys(&self, sub: &str) -> Vec<(String, i64)> {
         let prefix = format!("{}{sub}", self.cluster.etcd_prefix());

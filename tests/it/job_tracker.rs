@@ -525,12 +525,7 @@ async fn a_job_pending_past_the_expiry_ends_never_started() {
     .await
     .unwrap();
     // A live host's job that its host never starts (made by CreateJob alone).
-    let host = tc.keys("hosts/").await[0]
-        .0
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let host = tc.a_host_id().await;
     let job = new_job(&host, "queued");
     create(&tc, &job).await.unwrap();
     // A running job of the same age, which the same sweeps see: never touched.

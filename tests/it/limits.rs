@@ -153,12 +153,7 @@ async fn each_limit_serves_the_edge_and_refuses_one_past_it() {
         );
     }
     // A job's description: 1 KiB.
-    let host_id = tc.keys("hosts/").await[0]
-        .0
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let host_id = tc.a_host_id().await;
     let mut as_host = tc.tracker_as_host(&host_id).await;
     for (len, ok) in [
         (limits::DESCRIPTION_MAX_BYTES, true),
@@ -270,12 +265,7 @@ async fn a_caller_holds_at_most_its_share_of_watch_streams() {
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert_eq!(reason(&err).as_deref(), Some("TOO_MANY_STREAMS"));
     // Another caller (a host) is not held to the operator's share.
-    let host_id = tc.keys("hosts/").await[0]
-        .0
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let host_id = tc.a_host_id().await;
     tc.tracker_as_host(&host_id)
         .await
         .watch_jobs(pb::WatchJobsRequest::default())
@@ -330,12 +320,7 @@ async fn a_caller_faster_than_its_call_rate_is_slowed_then_refused_and_the_servi
     }
     assert!(refused > 0, "none refused");
     // Health checks and the services' own identities are not held to it.
-    let host_id = tc.keys("hosts/").await[0]
-        .0
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let host_id = tc.a_host_id().await;
     let mut as_host = tc.tracker_as_host(&host_id).await;
     for _ in 0..60 {
         as_host

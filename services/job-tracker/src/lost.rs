@@ -66,7 +66,29 @@ pub async fn sweep(tracker: Arc<Tracker>, grace: Duration, pending_expiry: Durat
     }
 }
 
+/// Ends the job of a lost host FAILED (FENCED).
 async fn end(tracker: &Tracker, job: &pb::Job) {
+    let message = format!(
+        "host {} lost its session lease: its copy was killed, or is stopped and will be killed \
+         when it wakes; the job is not resumed",
+        job.host_id
+    );
+    fail(tracker, job, JobErrorCode::Fenced, message).await;
+}
+
+/// Ends a job that stayed PENDING past the expiry. Its host may still hold it queued and start it
+/// later, so the code is of the "lost" class: the engine concludes the copy from the destination.
+async fn expire(tracker: &Tracker, job: &pb::Job) {
+    let message = format!(
+        "the job waited on host {} without starting for longer than the job-tracker's \
+         --pending-job-expiry",
+        job.host_id
+    );
+    fail(tracker, job, JobErrorCode::NeverStarted, message).await;
+}
+
+/// Ends `job` FAILED with `code`, as the job-tracker's own decision (in the job's trace).
+async fn fail(tracker: &Tracker, job: &pb::Job, code: JobErrorCode, message: String) {
     let Ok(job_id) = JobId::parse("job_id", &job.job_id) else {
         return;
     };
@@ -74,12 +96,8 @@ async fn end(tracker: &Tracker, job: &pb::Job) {
         status: Some(pb::JobStatus::Failed),
         progress: None,
         error: Some(pb::JobError {
-            code: JobErrorCode::Fenced.to_string(),
-            message: format!(
-                "host {} lost its session lease: its copy was killed, or is stopped and will be \
-                 killed when it wakes; the job is not resumed",
-                job.host_id
-            ),
+            code: code.to_string(),
+            message,
         }),
     };
     // A decision about the job's copy: it belongs in the job's trace.
@@ -95,32 +113,8 @@ async fn end(tracker: &Tracker, job: &pb::Job) {
         .instrument(span)
         .await
     {
-        Ok(_) => info!(%job_id, host = %job.host_id, "job of a lost host ended FENCED"),
-        Err(e) => warn!(%job_id, error = %e, "could not end the job of a lost host"),
-    }
-}
-
-/// Ends a job that stayed PENDING past the expiry. Its host may still hold it queued and start it
-/// later, so the code is of the "lost" class: the engine concludes the copy from the destination.
-async fn expire(tracker: &Tracker, job: &pb::Job) {
-    let Ok(job_id) = JobId::parse("job_id", &job.job_id) else {
-        return;
-    };
-    let update = Update {
-        status: Some(pb::JobStatus::Failed),
-        progress: None,
-        error: Some(pb::JobError {
-            code: JobErrorCode::NeverStarted.to_string(),
-            message: format!(
-                "the job waited on host {} without starting for longer than the job-tracker's \
-                 --pending-job-expiry",
-                job.host_id
-            ),
-        }),
-    };
-    match tracker.write_as_tracker(job_id, &update).await {
-        Ok(_) => info!(%job_id, host = %job.host_id, "job that never started ended"),
-        Err(e) => warn!(%job_id, error = %e, "could not end a job that never started"),
+        Ok(_) => info!(%job_id, host = %job.host_id, %code, "job ended by the job-tracker"),
+        Err(e) => warn!(%job_id, error = %e, %code, "could not end the job"),
     }
 }
 
