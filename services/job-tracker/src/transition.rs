@@ -45,6 +45,14 @@ impl Update {
                 "a FAILED job needs an error code",
             ));
         }
+        // The proto's rule: an error is set when, and only when, the job is FAILED.
+        if error.is_some() && status != Some(S::Failed) {
+            return Err(FieldViolation::new(
+                "error",
+                "INVALID_VALUE",
+                "an error goes only with status FAILED",
+            ));
+        }
         Ok(Self {
             status,
             progress: req.progress,
@@ -183,5 +191,21 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Update::from_pb(&req).unwrap_err().field, "progress");
+        for status in [S::Unspecified, S::Running, S::Succeeded, S::Aborted] {
+            let req = pb::UpdateJobRequest {
+                status: status as i32,
+                error: Some(pb::JobError {
+                    code: "COPY_FAILED".into(),
+                    message: String::new(),
+                }),
+                ..Default::default()
+            };
+            let e = Update::from_pb(&req).unwrap_err();
+            assert_eq!(
+                (e.field.as_str(), e.reason),
+                ("error", "INVALID_VALUE"),
+                "{status:?}"
+            );
+        }
     }
 }

@@ -290,8 +290,8 @@ proptest! {
         }
     }
 
-    /// Validation: unknown statuses, progress above 100 and FAILED without an error code are refused,
-    /// naming their field; everything else is carried over as sent.
+    /// Validation: unknown statuses, progress above 100, FAILED without an error code and an error
+    /// without FAILED are refused, naming their field; everything else is carried over as sent.
     #[test]
     fn from_pb_enforces_the_request_limits(req in request()) {
         let r = Update::from_pb(&req);
@@ -302,6 +302,8 @@ proptest! {
             prop_assert_eq!(r.unwrap_err().field, "progress");
         } else if req.status == S::Failed as i32 && code.is_none() {
             prop_assert_eq!(r.unwrap_err().field, "error.code");
+        } else if code.is_some() && req.status != S::Failed as i32 {
+            prop_assert_eq!(r.unwrap_err().field, "error");
         } else {
             let u = r.unwrap();
             prop_assert_eq!(u.status, (req.status != 0).then(|| S::try_from(req.status).unwrap()));
