@@ -203,6 +203,42 @@ pub(crate) fn print_rpc(sides: &[Side], rpc: Rpc, times: &[Vec<Duration>], base:
     }
 }
 
+/// `rounds` rounds of the 2 GiB copy on every side and of `qemu-img convert` alone, the order
+/// rotating so a slow phase of the disk does not always hit the same one; returns the times of
+/// `qemu-img` alone (each side keeps its own in `copies`).
+pub(crate) async fn copy_rounds(
+    sides: &mut [Side],
+    rounds: usize,
+    label: &str,
+) -> anyhow::Result<Vec<Duration>> {
+    let n = sides.len();
+    let mut alone = Vec::new();
+    for round in 0..rounds {
+        for who in (0..=n).map(|i| (round + i) % (n + 1)) {
+            crate::cluster::settle()?;
+            if who < n {
+                sides[who].copy_once().await?;
+            } else {
+                let dst = sides[0].destination().await?;
+                alone.push(crate::copy::qemu_img_alone(
+                    &sides[0].bench.path(&sides[0].src),
+                    &sides[0].bench.path(&dst),
+                )?);
+            }
+        }
+        let each: Vec<String> = sides
+            .iter()
+            .map(|s| format!("{} {:?}", s.name, s.copies[round]))
+            .collect();
+        eprintln!(
+            "{label} round {round}: {}, qemu-img {:?}",
+            each.join(", "),
+            alone[round]
+        );
+    }
+    Ok(alone)
+}
+
 pub(crate) fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1000.0)
 }

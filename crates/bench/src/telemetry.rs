@@ -19,8 +19,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 
 use crate::{
-    cluster::{median, settle},
-    side::{interleaved, print_rpc, Rpc, Side},
+    cluster::median,
+    side::{copy_rounds, interleaved, print_rpc, Rpc, Side},
 };
 
 /// An OTLP collector that counts the spans it receives and keeps none.
@@ -101,27 +101,7 @@ pub async fn run(base: &Path, rounds: usize) -> anyhow::Result<()> {
         print_rpc(&sides, rpc, &times, 0);
     }
 
-    let mut alone = Vec::new();
-    for round in 0..rounds {
-        // Rotate who goes first, so a slow phase of the disk does not always hit the same side.
-        for who in (0..4).map(|i| (round + i) % 4) {
-            settle()?;
-            match who {
-                0..=2 => sides[who].copy_once().await?,
-                _ => {
-                    let dst = sides[0].destination().await?;
-                    alone.push(crate::copy::qemu_img_alone(
-                        &sides[0].bench.path(&sides[0].src),
-                        &sides[0].bench.path(&dst),
-                    )?);
-                }
-            }
-        }
-        eprintln!(
-            "telemetry round {round}: tracing off {:?}, no exporter {:?}, exporter {:?}, qemu-img {:?}",
-            sides[0].copies[round], sides[1].copies[round], sides[2].copies[round], alone[round]
-        );
-    }
+    let alone = copy_rounds(&mut sides, rounds, "telemetry").await?;
     let medians = print_copies(&sides, &alone, rounds);
     println!(
         "| exporter ÷ tracing off | {:.3}× | |",

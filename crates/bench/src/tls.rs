@@ -11,8 +11,8 @@ use std::{path::Path, time::Duration};
 use dpctl::local::ClusterConfig;
 
 use crate::{
-    cluster::{percentile, settle},
-    side::{interleaved, ms, print_rpc, Rpc, Side},
+    cluster::percentile,
+    side::{copy_rounds, interleaved, ms, print_rpc, Rpc, Side},
     telemetry::print_copies,
 };
 
@@ -115,26 +115,7 @@ pub async fn run(base: &Path, rounds: usize) -> anyhow::Result<()> {
         );
     }
 
-    let mut alone = Vec::new();
-    for round in 0..rounds {
-        for who in (0..3).map(|i| (round + i) % 3) {
-            settle()?;
-            match who {
-                0 | 1 => sides[who].copy_once().await?,
-                _ => {
-                    let dst = sides[0].destination().await?;
-                    alone.push(crate::copy::qemu_img_alone(
-                        &sides[0].bench.path(&sides[0].src),
-                        &sides[0].bench.path(&dst),
-                    )?);
-                }
-            }
-        }
-        eprintln!(
-            "tls round {round}: insecure {:?}, mutual TLS {:?}, qemu-img {:?}",
-            sides[0].copies[round], sides[1].copies[round], alone[round]
-        );
-    }
+    let alone = copy_rounds(&mut sides, rounds, "tls").await?;
     // `--rounds 0` measures the RPCs only.
     if rounds > 0 {
         let medians = print_copies(&sides, &alone, rounds);

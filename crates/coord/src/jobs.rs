@@ -129,13 +129,7 @@ impl Coord {
             .client()
             .get(self.keys().jobs(), Some(GetOptions::new().with_prefix()))
             .await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        let jobs = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| crate::quarantine::listed("jobs", kv))
-            .collect();
-        Ok((jobs, revision))
+        Ok(listed_jobs(&resp))
     }
 
     /// Up to `limit` job records in id order, strictly after job id `after` (all from the first
@@ -162,11 +156,7 @@ impl Coord {
                 Some(GetOptions::new().with_range(end).with_limit(limit)),
             )
             .await?;
-        let jobs = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| crate::quarantine::listed("jobs", kv))
-            .collect();
+        let (jobs, _) = listed_jobs(&resp);
         let last = resp.kvs().last().map(|kv| {
             String::from_utf8_lossy(kv.key())
                 .trim_start_matches(prefix.as_str())
@@ -178,13 +168,7 @@ impl Coord {
     /// Job `job_id` (if it exists and decodes) and the revision it was read at: a one-job listing.
     pub async fn job_snapshot(&self, job_id: JobId) -> Result<(Vec<pb::Job>, i64)> {
         let resp = self.client().get(self.keys().job(job_id), None).await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        let jobs = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| crate::quarantine::listed("jobs", kv))
-            .collect();
-        Ok((jobs, revision))
+        Ok(listed_jobs(&resp))
     }
 
     /// Grants a lease of `ttl_secs` that is never renewed: ended jobs bound to it are deleted by etcd
@@ -206,6 +190,18 @@ impl Coord {
             requested: after_revision + 1,
         })
     }
+}
+
+/// The jobs a range read found (those that do not decode skipped: `quarantine.rs`) and the
+/// revision it was read at.
+fn listed_jobs(resp: &etcd_client::GetResponse) -> (Vec<pb::Job>, i64) {
+    let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+    let jobs = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| crate::quarantine::listed("jobs", kv))
+        .collect();
+    (jobs, revision)
 }
 
 /// A live stream of job changes.
