@@ -3,7 +3,7 @@
 //! `generations/` leaves every service serving and every other flow running; the bad records show
 //! in `dpctl debug etcd` and in `datapath_etcd_bad_records_total`; a flow whose step this
 //! scheduler does not know is parked (`NEEDS_OPERATOR`), never run from a default.
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use datapath_api::pb;
 use prost::Message as _;
@@ -130,16 +130,7 @@ async fn garbage_in_etcd_is_skipped_and_counted_and_every_other_flow_runs() {
     );
     let tracker_page = scrape_text(tc.cluster.job_tracker_metrics()).await;
     assert!(bad_records(&tracker_page, "jobs") >= 1.0, "{tracker_page}");
-    let bin = dpctl::local::find_binary("dpctl", &dpctl::local::search_dirs(None)).unwrap();
-    let out = Command::new(bin)
-        .envs(tc.dpctl_env())
-        .args(["debug", "etcd"])
-        .args(["--etcd-endpoints", &tc.cluster.etcd_endpoints().join(",")])
-        .args(["--etcd-prefix", &prefix])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let text = crate::dpctl_debug::debug_etcd(&tc, &[]);
     for key in &bad_keys {
         assert!(
             text.lines()

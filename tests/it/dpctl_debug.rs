@@ -14,7 +14,7 @@ use crate::{
 const MIB: u64 = 1 << 20;
 
 /// Runs `dpctl debug etcd` on the cluster's etcd and prefix; its stdout.
-fn debug_etcd(tc: &TestCluster, extra: &[&str]) -> String {
+pub(crate) fn debug_etcd(tc: &TestCluster, extra: &[&str]) -> String {
     let bin = dpctl::local::find_binary("dpctl", &dpctl::local::search_dirs(None)).unwrap();
     let out = Command::new(bin)
         .envs(tc.dpctl_env())

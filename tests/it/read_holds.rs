@@ -43,6 +43,18 @@ async fn a_source_read_by_a_copy_cannot_be_deleted_written_or_fenced_until_the_c
     let session = tc.etcd.clone().get(host_key.as_str(), None).await.unwrap();
     assert_eq!(hold.lease(), session.kvs()[0].lease());
     assert_ne!(hold.lease(), 0);
+    // An operator sees it in `dpctl debug etcd`, with the reading job.
+    let text = crate::dpctl_debug::debug_etcd(&tc, &[]);
+    // Only the section itself: the raw key under OTHER KEYS would name the job too.
+    let holds = text
+        .split("READ HOLDS")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .unwrap_or_else(|| panic!("no READ HOLDS section:\n{text}"));
+    assert!(
+        holds.contains(&job) && holds.contains(&src.volume_id),
+        "{text}"
+    );
 
     // DeleteImage of the source: refused, naming the reading job; nothing deleted.
     let err = tc

@@ -62,6 +62,10 @@ pub struct Snapshot {
     pub schedulers: Candidates,
     /// `leases/volumes/<sd>/<img>/<vol>`: held volume leases (`revision` is the fencing token).
     pub volume_leases: Vec<Entry<pb::VolumeLease>>,
+    /// `holds/volumes/<sd>/<img>/<vol>/<job_id>`: copies reading a volume (the reader).
+    pub volume_holds: Vec<Entry<pb::VolumeLease>>,
+    /// `deleting/<sd>/<img>`: images the SPM is deleting (its host id).
+    pub image_deletions: Vec<Entry<String>>,
     /// `jobs/<job_id>`.
     pub jobs: Vec<Entry<pb::Job>>,
     /// `flows/<operation_id>`.
@@ -140,6 +144,13 @@ impl Snapshot {
                     self.volume_leases.push(entry(kv, volume, v));
                 })
             }
+            ("holds", n) if n.starts_with("volumes/") => decode(kv).map(|v| {
+                self.volume_holds.push(entry(kv, &n["volumes/".len()..], v));
+            }),
+            ("deleting", _) => {
+                self.image_deletions.push(entry(kv, name, text));
+                Ok(())
+            }
             ("locks", n) if n.starts_with("disks/") => decode(kv).map(|v| {
                 let disk = &n["disks/".len()..];
                 self.disk_locks.push(entry(kv, disk, v));
@@ -182,6 +193,8 @@ impl Snapshot {
             .chain(self.spm.iter().map(|e| e.lease))
             .chain(self.schedulers.iter().map(|e| e.lease))
             .chain(self.volume_leases.iter().map(|e| e.lease))
+            .chain(self.volume_holds.iter().map(|e| e.lease))
+            .chain(self.image_deletions.iter().map(|e| e.lease))
             .chain(self.jobs.iter().map(|e| e.lease))
             .chain(self.flows.iter().map(|e| e.lease))
             .chain(self.requests.iter().map(|e| e.lease))

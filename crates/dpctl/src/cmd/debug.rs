@@ -80,6 +80,8 @@ pub fn to_json(s: &Snapshot) -> anyhow::Result<Value> {
         "spmCandidates": s.spm.iter().map(plain).collect::<Vec<_>>(),
         "schedulerCandidates": s.schedulers.iter().map(plain).collect::<Vec<_>>(),
         "volumeLeases": proto_entries(&s.volume_leases, &ttl)?,
+        "volumeHolds": proto_entries(&s.volume_holds, &ttl)?,
+        "imageDeletions": s.image_deletions.iter().map(plain).collect::<Vec<_>>(),
         "jobs": proto_entries(&s.jobs, &ttl)?,
         "flows": proto_entries(&s.flows, &ttl)?,
         "diskLocks": proto_entries(&s.disk_locks, &ttl)?,

@@ -91,6 +91,36 @@ pub fn render(s: &Snapshot) -> anyhow::Result<String> {
         &rows,
     );
 
+    section(&mut out, "READ HOLDS", s.volume_holds.len());
+    let rows: Vec<Vec<String>> = s
+        .volume_holds
+        .iter()
+        .map(|e| {
+            // `<sd>/<img>/<vol>/<job_id>`: the volume is the name without its last part.
+            let volume = e.name.rsplit_once('/').map_or(e.name.as_str(), |(v, _)| v);
+            vec![
+                volume.to_string(),
+                e.value.host_id.clone(),
+                e.value.job_id.clone(),
+                lease(e.lease),
+            ]
+        })
+        .collect();
+    table_or_none(
+        &mut out,
+        &["VOLUME", "READER", "JOB_ID", "LEASE(TTL)"],
+        &rows,
+    );
+    if !s.image_deletions.is_empty() {
+        section(&mut out, "IMAGES BEING DELETED", s.image_deletions.len());
+        let rows: Vec<Vec<String>> = s
+            .image_deletions
+            .iter()
+            .map(|e| vec![e.name.clone(), e.value.clone(), lease(e.lease)])
+            .collect();
+        table_or_none(&mut out, &["IMAGE", "SPM", "LEASE(TTL)"], &rows);
+    }
+
     section(&mut out, "JOBS", s.jobs.len());
     let rows: Vec<Vec<String>> = s.jobs.iter().map(|e| job_row(e, &lease)).collect();
     table_or_none(
