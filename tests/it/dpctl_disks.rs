@@ -115,7 +115,7 @@ async fn dpctl_moves_and_clones_disks_and_shows_operations() {
 
     let ops = ok(dpctl(&tc, &["-o", "json", "ops", "list"]));
     assert_eq!(ops.matches("\"name\"").count(), 3, "{ops}");
-    // The API pages newest first (AIP-158).
+    // The API pages in the order operations were started (AIP-158).
     let mut s = crate::disks::scheduler(&tc).await;
     let list = |token: String| datapath_api::pb::ListOperationsRequest {
         page_size: 2,
@@ -147,9 +147,36 @@ async fn dpctl_moves_and_clones_disks_and_shows_operations() {
         .map(created)
         .collect();
     assert!(
-        all.windows(2).all(|w| w[0] >= w[1]),
-        "not newest first: {all:?}"
+        all.windows(2).all(|w| w[0] <= w[1]),
+        "not in the order started: {all:?}"
     );
+    // A filter that only the last operation matches, with pages of one: the reads from etcd go on
+    // past the operations that do not match (two per read here) until the page is full.
+    let cloned = s
+        .list_operations(datapath_api::pb::ListOperationsRequest {
+            image_id: clone.image_id.clone(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cloned.operations.len(), 1, "{cloned:?}");
+    assert!(cloned.next_page_token.is_empty(), "{cloned:?}");
+    assert_eq!(
+        cloned.operations[0].name, p2.operations[0].name,
+        "the clone, started last"
+    );
+    let running = s
+        .list_operations(datapath_api::pb::ListOperationsRequest {
+            done: Some(false),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(running.operations.is_empty() && running.next_page_token.is_empty());
     let got = ok(dpctl(&tc, &["ops", "get", &name(&first)]));
     assert!(got.contains(&name(&first)), "{got}");
 

@@ -261,3 +261,87 @@ async fn a_source_whose_header_names_any_other_backing_file_is_refused() {
         .unwrap();
     assert_eq!(seen.last().unwrap().0, pb::JobStatus::Succeeded, "{seen:?}");
 }
+
+/// Rewrites the qcow2 `path` as an image whose data lives in the external file `data_file`
+/// (`data_file_raw`: the file holds the guest's bytes as they are).
+fn plant_data_file(path: &Path, data_file: &Path, size: u64) {
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            &format!(
+                "compat=1.1,data_file={},data_file_raw=on",
+                data_file.display()
+            ),
+            path.to_str().unwrap(),
+            &size.to_string(),
+        ],
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn an_external_data_file_named_by_a_source_or_a_destination_is_never_opened() {
+    let tc = TestCluster::start(1, |_| {}).await.unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let sd = tc.domain().await;
+    let dst_domain = tc.domain().await;
+    let volume = |sd: String, img: String, format, legality| {
+        let tc = &tc;
+        async move { tc.volume(&sd, &img, format, 4 * MIB, legality).await }
+    };
+
+    // A source whose data would be read from a host file: its content must not reach a volume.
+    let img = uuid::Uuid::new_v4().to_string();
+    let src = volume(
+        sd.clone(),
+        img.clone(),
+        pb::VolumeFormat::Cow,
+        pb::Legality::Legal,
+    )
+    .await;
+    let secret = outside.path().join("source-data");
+    plant_data_file(&tc.volume_path(&src), &secret, 4 * MIB);
+    std::fs::write(&secret, "root:secret:0:0\n".repeat(4 * MIB as usize / 16)).unwrap();
+    let dst = volume(
+        dst_domain.clone(),
+        img,
+        pb::VolumeFormat::Cow,
+        pb::Legality::Illegal,
+    )
+    .await;
+    let dst_sum = sha256(&tc.volume_path(&dst));
+    let error = copy_fails(&tc, &src, &dst).await;
+    assert_eq!(error.code, "UNSAFE_BACKING_FILE", "{error:?}");
+    assert!(error.message.contains("data file"), "{error:?}");
+    assert_eq!(sha256(&tc.volume_path(&dst)), dst_sum, "untouched");
+
+    // A destination whose writes would land in a host file: that file must not change.
+    let img = uuid::Uuid::new_v4().to_string();
+    let src = volume(
+        sd.clone(),
+        img.clone(),
+        pb::VolumeFormat::Raw,
+        pb::Legality::Legal,
+    )
+    .await;
+    std::fs::write(tc.volume_path(&src), vec![0x5a; 4 * MIB as usize]).unwrap();
+    let dst = volume(
+        dst_domain,
+        img,
+        pb::VolumeFormat::Cow,
+        pb::Legality::Illegal,
+    )
+    .await;
+    let target = outside.path().join("destination-data");
+    plant_data_file(&tc.volume_path(&dst), &target, 4 * MIB);
+    let target_sum = sha256(&target);
+    let error = copy_fails(&tc, &src, &dst).await;
+    assert_eq!(error.code, "UNSAFE_BACKING_FILE", "{error:?}");
+    assert!(error.message.contains(&dst.volume_id), "{error:?}");
+    assert_eq!(sha256(&target), target_sum, "not a byte written outside");
+}

@@ -544,3 +544,48 @@ async fn a_job_pending_past_the_expiry_ends_never_started() {
     assert_eq!(error.code, "NEVER_STARTED", "{error:?}");
     assert_eq!(tc.job(&running.job_id).await.status(), JobStatus::Running);
 }
+
+#[tokio::test]
+async fn a_host_registers_at_most_its_limit_of_unended_jobs() {
+    let tc = TestCluster::start(1, |c| {
+        c.env
+            .push(("DATAPATH_MAX_OPEN_JOBS_PER_HOST".into(), "3".into()));
+    })
+    .await
+    .unwrap();
+    let host = tc.a_host_id().await;
+    let jobs: Vec<pb::Job> = (0..3).map(|i| new_job(&host, &format!("e{i}"))).collect();
+    for job in &jobs {
+        create(&tc, job).await.unwrap();
+    }
+    // One past the limit: refused, and nothing written.
+    let extra = new_job(&host, "extra");
+    let err = create(&tc, &extra).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(
+        datapath_api::error::reason(&err).as_deref(),
+        Some("HOST_JOBS_FULL")
+    );
+    assert_eq!(
+        datapath_api::error::field(&err).as_deref(),
+        Some("job.host_id")
+    );
+    assert!(tc.keys(&format!("jobs/{}", extra.job_id)).await.is_empty());
+    // A retried create of a registered job is still answered as one.
+    let again = create(&tc, &jobs[0]).await.unwrap();
+    assert!(!again.created, "{again:?}");
+    // Once a job ends, the next sweep (once a second) makes room for one more.
+    update(&tc, &jobs[0], &host, Some(JobStatus::Running), None)
+        .await
+        .unwrap();
+    update(&tc, &jobs[0], &host, Some(JobStatus::Succeeded), Some(100))
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(10), "room for one more job", || async {
+        create(&tc, &extra).await.ok()
+    })
+    .await
+    .unwrap();
+    let err = create(&tc, &new_job(&host, "over")).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+}

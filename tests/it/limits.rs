@@ -180,15 +180,35 @@ async fn each_limit_serves_the_edge_and_refuses_one_past_it() {
             }
         }
     }
-    // A gRPC message: 4 MiB (tonic's limit), refused before any handler runs.
-    let err = tracker
-        .list_jobs(pb::ListJobsRequest {
-            page_token: "t".repeat(5 << 20),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    // A gRPC message: 4 MiB, refused from its frame header before any handler runs. The page
+    // token's field costs 1 tag byte and a 4-byte length, so 4 MiB − 5 bytes of token is a message
+    // of exactly 4 MiB: it reaches the handler, which refuses the token itself.
+    let limit = datapath_server::message_size::MAX_MESSAGE_BYTES;
+    for (token_len, ok) in [(limit - 5, true), (limit - 4, false)] {
+        let err = tracker
+            .list_jobs(pb::ListJobsRequest {
+                page_token: "t".repeat(token_len),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        if ok {
+            refused(
+                &err,
+                Code::InvalidArgument,
+                "page_token",
+                "INVALID_PAGE_TOKEN",
+            );
+        } else {
+            assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+            assert_eq!(
+                reason(&err).as_deref(),
+                Some("MESSAGE_TOO_LARGE"),
+                "{err:?}"
+            );
+            assert!(err.message().contains(&(limit + 1).to_string()), "{err:?}");
+        }
+    }
 }
 
 #[tokio::test]

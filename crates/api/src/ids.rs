@@ -19,6 +19,12 @@ macro_rules! uuid_id {
                 Self(Uuid::new_v4())
             }
 
+            /// A new id that sorts after every id made before it (a UUIDv7: milliseconds since
+            /// the epoch, then random bits), so that a listing in key order is in creation order.
+            pub fn time_ordered() -> Self {
+                Self(Uuid::now_v7())
+            }
+
             /// Parses `text`, naming `field` in the error.
             pub fn parse(field: &str, text: &str) -> Result<Self, FieldViolation> {
                 if text.is_empty() {

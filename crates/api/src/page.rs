@@ -63,6 +63,33 @@ impl PageRequest {
     }
 }
 
+impl PageRequest {
+    /// The items that match `keep` from the page token on, read in chunks of `size + 1` by
+    /// `read(after, limit)` → (items, the key of the last item read, whether more follow), until
+    /// the page and one more match (which says whether a next page exists) or the items run out:
+    /// a page never reads a whole store at once. For [`PageRequest::paginate`].
+    pub async fn gather<T, E, F, Fut>(
+        &self,
+        mut read: F,
+        keep: impl Fn(&T) -> bool,
+    ) -> Result<Vec<T>, E>
+    where
+        F: FnMut(Option<String>, usize) -> Fut,
+        Fut: std::future::Future<Output = Result<(Vec<T>, Option<String>, bool), E>>,
+    {
+        let mut matched = Vec::new();
+        let mut after = self.after.clone();
+        loop {
+            let (chunk, last, more) = read(after.clone(), self.size + 1).await?;
+            after = last.or(after);
+            matched.extend(chunk.into_iter().filter(|item| keep(item)));
+            if !more || matched.len() > self.size {
+                return Ok(matched);
+            }
+        }
+    }
+}
+
 const TOKEN_PREFIX: &str = "dp1.";
 
 fn encode_token(key: &str) -> String {
@@ -101,6 +128,42 @@ mod tests {
             token = next;
         }
         assert_eq!(seen, items);
+    }
+
+    /// A store of 0..25 read 3 at a time at most: the pages of the even items cover them once,
+    /// and no read asks for more than a page and one.
+    #[tokio::test]
+    async fn gathered_pages_read_in_bounded_chunks() {
+        let items: Vec<String> = (0..25).map(|i| format!("k{i:02}")).collect();
+        let reads = std::cell::Cell::new(0);
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        loop {
+            let req = PageRequest::parse(2, &token).unwrap();
+            let read = |after: Option<String>, limit: usize| {
+                reads.set(reads.get() + 1);
+                assert_eq!(limit, 3);
+                let rest: Vec<String> = items
+                    .iter()
+                    .filter(|k| after.as_ref().is_none_or(|a| *k > a))
+                    .cloned()
+                    .collect();
+                let chunk: Vec<String> = rest.iter().take(limit).cloned().collect();
+                let last = chunk.last().cloned();
+                async move { Ok::<_, ()>((chunk, last, rest.len() > limit)) }
+            };
+            let even = |k: &String| k[1..].parse::<u32>().unwrap() % 2 == 0;
+            let matched = req.gather(read, even).await.unwrap();
+            let (page, next) = req.paginate(matched, |s| s.clone());
+            seen.extend(page);
+            if next.is_empty() {
+                break;
+            }
+            token = next;
+        }
+        let evens: Vec<String> = items.iter().step_by(2).cloned().collect();
+        assert_eq!(seen, evens);
+        assert!(reads.get() < 25, "{} reads", reads.get());
     }
 
     #[test]

@@ -158,6 +158,22 @@ impl Coord {
         Ok((flows, revision))
     }
 
+    /// Up to `limit` flows in operation-id order strictly after operation id `after`, the id of the
+    /// last key read and whether more follow: one bounded range read (see `Coord::range_after`).
+    pub async fn list_flows_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<pb::Flow>, Option<String>, bool)> {
+        let (resp, last, more) = self.range_after(&self.keys().flows(), after, limit).await?;
+        let flows = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| crate::quarantine::listed("flows", kv))
+            .collect();
+        Ok((flows, last, more))
+    }
+
     /// Replaces a flow if it is still at `mod_revision` (and, with `leader`, while that leadership
     /// stands). Returns the new revision, or `None` if either changed.
     pub async fn put_flow_if(

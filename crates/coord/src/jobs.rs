@@ -141,28 +141,9 @@ impl Coord {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<pb::Job>, Option<String>, bool)> {
-        let prefix = self.keys().jobs();
-        let start = match after {
-            Some(id) => format!("{prefix}{id}\0"),
-            None => prefix.clone(),
-        };
-        // The end of the `jobs/` range: the prefix with its last byte ('/') raised by one.
-        let end = format!("{}0", prefix.trim_end_matches('/'));
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let resp = self
-            .client()
-            .get(
-                start,
-                Some(GetOptions::new().with_range(end).with_limit(limit)),
-            )
-            .await?;
+        let (resp, last, more) = self.range_after(&self.keys().jobs(), after, limit).await?;
         let (jobs, _) = listed_jobs(&resp);
-        let last = resp.kvs().last().map(|kv| {
-            String::from_utf8_lossy(kv.key())
-                .trim_start_matches(prefix.as_str())
-                .to_string()
-        });
-        Ok((jobs, last, resp.more()))
+        Ok((jobs, last, more))
     }
 
     /// Job `job_id` (if it exists and decodes) and the revision it was read at: a one-job listing.

@@ -189,6 +189,43 @@ impl Coord {
         Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
     }
 
+    /// Up to `limit` keys of the directory `prefix` (ending in '/') in key order, strictly after
+    /// the name `after` (from the first with `None`), with the name of the last key read (where the
+    /// next read starts, even when that record does not decode) and whether more follow: one bounded
+    /// range read, so that a page never reads a whole directory.
+    pub(crate) async fn range_after(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(etcd_client::GetResponse, Option<String>, bool)> {
+        let start = match after {
+            Some(name) => format!("{prefix}{name}\0"),
+            None => prefix.to_string(),
+        };
+        // The end of the directory: the prefix with its last byte ('/') raised by one.
+        let end = format!("{}0", prefix.trim_end_matches('/'));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let resp = self
+            .client()
+            .get(
+                start,
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_range(end)
+                        .with_limit(limit),
+                ),
+            )
+            .await?;
+        let last = resp.kvs().last().map(|kv| {
+            String::from_utf8_lossy(kv.key())
+                .trim_start_matches(prefix)
+                .to_string()
+        });
+        let more = resp.more();
+        Ok((resp, last, more))
+    }
+
     /// The key layout.
     pub fn keys(&self) -> &Keys {
         &self.keys

@@ -1,7 +1,8 @@
 //! The scaffolding every datapath gRPC server shares, so no service repeats it: `grpc.health.v1`,
 //! server reflection (v1 and v1alpha: grpcurl 1.8 speaks only v1alpha), and the cross-cutting tower
 //! layers — gRPC spans and trace context, gRPC metrics ([`GrpcMetricsLayer`]), a per-request timeout
-//! and a global concurrency limit that health checks bypass ([`limit`]) — plus graceful shutdown on
+//! and a global concurrency limit that health checks bypass ([`limit`]), the largest request message
+//! ([`message_size`]) — plus graceful shutdown on
 //! SIGTERM or Ctrl-C, and the `/metrics` listener ([`MetricsEndpoint`]). With TLS settings
 //! ([`load_tls`]) every server requires a client certificate signed by the cluster CA, and lets a
 //! caller call only what its identity may ([`authz`]).
@@ -11,6 +12,7 @@ pub mod authz;
 mod grpc_metrics;
 pub mod health;
 pub mod limit;
+pub mod message_size;
 mod metrics_endpoint;
 pub mod rate;
 pub mod streams;
@@ -131,6 +133,7 @@ pub async fn serve(
         .layer(limit::ConcurrencyLimitExceptHealthLayer::new(
             options.concurrency_limit,
         ))
+        .layer(message_size::MessageSizeLayer::default())
         .add_routes(routes)
         .add_service(v1)
         .add_service(v1alpha)

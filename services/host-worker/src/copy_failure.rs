@@ -8,19 +8,31 @@ use datapath_api::{job_error::JobErrorCode, volume::VolumeKey};
 
 use crate::error::Error;
 
-/// The two volumes of a copy and the file names qemu-img was given for them.
+/// The two volumes of a copy and the names qemu-img was given for them (see
+/// `image_files::OpenChain::names`).
 #[derive(Debug, Clone, Copy)]
 pub struct CopyEnds<'a> {
     /// The source volume.
     pub src: VolumeKey,
     /// The destination volume.
     pub dst: VolumeKey,
-    /// The source's file, as given to qemu-img.
-    pub src_path: &'a Path,
-    /// The destination's attempt name, as given to qemu-img.
-    pub dst_path: &'a Path,
-    /// The storage root, cut from any other path qemu-img names (a backing file, say).
+    /// The source's `json:` image and the names of the descriptors in it.
+    pub src_names: &'a [String],
+    /// The destination's `json:` image and the names of the descriptors in it.
+    pub dst_names: &'a [String],
+    /// The storage root, cut from any other path qemu-img names.
     pub root: &'a Path,
+}
+
+/// Whether qemu-img's `text` names one of `names`: the whole `json:` image, or a descriptor's
+/// name as qemu quotes it (`'…'`, `[…]`, in JSON, or before a colon), so fd 7 is not taken for 71.
+fn mentions(text: &str, names: &[String]) -> bool {
+    names.iter().any(|n| {
+        n.starts_with("json:") && text.contains(n.as_str())
+            || ['\'', ']', '"', ':']
+                .iter()
+                .any(|end| text.contains(&format!("{n}{end}")))
+    })
 }
 
 /// The code and message of a `qemu-img convert` that exited with `status` after printing `stderr`.
@@ -30,7 +42,7 @@ pub fn convert_failure(
     ends: &CopyEnds<'_>,
 ) -> (JobErrorCode, String) {
     let (src, dst) = (ends.src.volume, ends.dst.volume);
-    let names_source = stderr.contains(&format!("'{}'", ends.src_path.display()));
+    let names_source = mentions(stderr, ends.src_names);
     if stderr.contains("copier-watchdog: copier killed") {
         return (
             JobErrorCode::WatchdogExpired,
@@ -95,16 +107,23 @@ fn last_cause(stderr: &str, ends: &CopyEnds<'_>) -> String {
         .map(str::trim)
         .rfind(|l| !l.is_empty() && !l.starts_with("copier-watchdog:"))
         .unwrap_or("no message");
-    let named = line
-        .replace(
-            &ends.dst_path.display().to_string(),
-            &format!("destination volume {}", ends.dst.volume),
+    let mut named = line.to_string();
+    // Longest first: an image's `json:` before the descriptors in it, fd 71 before fd 7.
+    let mut names: Vec<(&String, String)> = ends
+        .dst_names
+        .iter()
+        .map(|n| (n, format!("destination volume {}", ends.dst.volume)))
+        .chain(
+            ends.src_names
+                .iter()
+                .map(|n| (n, format!("source volume {}", ends.src.volume))),
         )
-        .replace(
-            &ends.src_path.display().to_string(),
-            &format!("source volume {}", ends.src.volume),
-        )
-        .replace(&format!("{}/", ends.root.display()), "");
+        .collect();
+    names.sort_by_key(|(n, _)| std::cmp::Reverse(n.len()));
+    for (name, volume) in names {
+        named = named.replace(name.as_str(), &volume);
+    }
+    let named = named.replace(&format!("{}/", ends.root.display()), "");
     let cause = named.rsplit(": ").next().unwrap_or(&named);
     cause.chars().take(200).collect()
 }
@@ -159,31 +178,41 @@ mod tests {
     fn qemu_img_failures_get_a_code_and_a_message_without_paths() {
         let (src, dst) = (key(), key());
         let root = Path::new("/srv/datapath");
-        let src_path = root.join(format!(
-            "{}/images/{}/{}",
-            src.storage_domain, src.image, src.volume
-        ));
-        let dst_path = root.join(format!(
-            "{}/images/{}/{}.job-x",
-            dst.storage_domain, dst.image, dst.volume
-        ));
+        let spec = |fds: &[u32]| {
+            let node = |fd: u32| {
+                format!(
+                    r#"{{"driver":"qcow2","file":{{"driver":"file","filename":"/proc/self/fd/{fd}"}}"#
+                )
+            };
+            format!("json:{},\"backing\":{}}}}}", node(fds[0]), node(fds[1]))
+        };
+        let src_names = vec![
+            spec(&[7, 8]),
+            "/proc/self/fd/7".into(),
+            "/proc/self/fd/8".into(),
+        ];
+        let dst_names = vec![
+            spec(&[71, 10]),
+            "/proc/self/fd/71".into(),
+            "/proc/self/fd/10".into(),
+        ];
         let ends = CopyEnds {
             src,
             dst,
-            src_path: &src_path,
-            dst_path: &dst_path,
+            src_names: &src_names,
+            dst_names: &dst_names,
             root,
         };
         let exit1 = Some(ExitStatus::from_raw(256));
-        let (s, d) = (src_path.display(), dst_path.display());
+        let (s, d) = (&src_names[0], &dst_names[0]);
         let table = [
             (
-                format!("qemu-img: Could not open '{d}': Failed to get \"write\" lock\nIs another process using the image [{d}]?\n"),
+                format!("qemu-img: Could not open '{d}': Failed to get \"write\" lock\nIs another process using the image [/proc/self/fd/71]?\n"),
                 JobErrorCode::ImageLocked,
                 format!("destination volume {}", dst.volume),
             ),
             (
-                format!("qemu-img: Could not open '{s}': Failed to get shared \"write\" lock\n"),
+                format!("qemu-img: Could not open '{s}': Failed to get shared \"write\" lock\nIs another process using the image [/proc/self/fd/7]?\n"),
                 JobErrorCode::ImageLocked,
                 format!("source volume {}", src.volume),
             ),
@@ -198,12 +227,12 @@ mod tests {
                 format!("reading source volume {}", src.volume),
             ),
             (
-                format!("qemu-img: Could not open '{s}': Could not open '{s}': No such file or directory\n"),
+                "qemu-img: Could not open '/proc/self/fd/8': No such file or directory\n".to_string(),
                 JobErrorCode::SourceUnreadable,
                 "No such file or directory".to_string(),
             ),
             (
-                format!("qemu-img: Could not open '{s}': Could not open backing file: Could not open '/srv/datapath/x/images/y/z': Permission denied\n"),
+                format!("qemu-img: Could not open '{s}': Could not open '/srv/datapath/x/images/y/z': Permission denied\n"),
                 JobErrorCode::SourceUnreadable,
                 "Permission denied".to_string(),
             ),
@@ -223,6 +252,10 @@ mod tests {
             assert_eq!(got, code, "{stderr}");
             assert!(message.contains(&says), "{message:?} lacks {says:?}");
             assert!(!message.contains("/srv"), "a path in {message:?}");
+            assert!(
+                !message.contains("/proc/self/fd"),
+                "a descriptor in {message:?}"
+            );
             assert!(
                 !message.contains("ExitStatus"),
                 "debug output in {message:?}"

@@ -3,8 +3,9 @@
 //! generation in one etcd transaction on the lease's fencing token.
 //!
 //! Every write this worker makes to the volume's name — the attempt link, the ILLEGAL mark — comes
-//! right after a fresh read of its lease, and qemu-img opens only the attempt name, which the lease
-//! read proved to be the volume's file while the lease stood. A worker stopped anywhere in here and
+//! right after a fresh read of its lease, and qemu-img writes only the file opened through the
+//! attempt name (by its descriptor: `image_files.rs`), which the lease read proved to be the
+//! volume's file while the lease stood. A worker stopped anywhere in here and
 //! woken after its lease expired (and the volume was fenced with a fresh file) therefore writes only
 //! into the unlinked old file, and its commit is refused by etcd.
 use std::{sync::Arc, time::Duration};
@@ -25,6 +26,7 @@ use crate::{
     copy::Failure,
     copy_failure::{storage_failure, CopyEnds},
     error::Error,
+    image_files::OpenChain,
     jobs::{JobControl, StopReason},
     metrics::CopyMeter,
     qemu, spans,
@@ -62,10 +64,10 @@ pub(crate) async fn execute(
         )
         .await;
     let dst = spec.destination.volume;
-    let (src_path, holds) = hold_source(worker, spec, lease_id).await?;
+    let (src_files, holds) = hold_source(worker, spec, lease_id).await?;
     let token = take_destination_lease(worker, spec, lease_id).await?;
     info!(%id, volume = %dst, token, "destination lease taken");
-    let result = copy_under_lease(worker, spec, control, token, meter, &src_path).await;
+    let result = copy_under_lease(worker, spec, control, token, meter, &src_files).await;
     let released = tokio::time::timeout(
         Duration::from_secs(3),
         worker.coord.release_volume_lease(&dst, token),
@@ -90,9 +92,9 @@ async fn hold_source(
     worker: &Worker,
     spec: &CopyDataSpec,
     lease_id: i64,
-) -> Result<(std::path::PathBuf, HoldGuard), Failure> {
+) -> Result<(OpenChain, HoldGuard), Failure> {
     let src = spec.source.volume;
-    let chain = crate::backing::check_chain(&worker.storage, &src)
+    let chain = crate::backing::check_chain(&worker.storage, &src, "source.volume")
         .await
         .map_err(|e| storage_failed("read", &src, &e))?;
     match worker
@@ -119,7 +121,7 @@ async fn hold_source(
         Err(e) => return Err(etcd_failed(&e)),
     }
     let holds = HoldGuard::new(&worker.coord, chain.volumes, spec.job_id);
-    Ok((chain.top, holds))
+    Ok((chain.files, holds))
 }
 
 /// Takes the destination's volume lease (its fencing token).
@@ -183,16 +185,13 @@ async fn copy_under_lease(
     control: &JobControl,
     token: i64,
     meter: &CopyMeter,
-    src_path: &std::path::Path,
+    src_files: &OpenChain,
 ) -> Result<(), Failure> {
     let storage = &worker.storage;
     let (src, dst) = (spec.source.volume, spec.destination.volume);
     let on_disk = storage
         .read_meta(&dst, "destination.volume")
         .map_err(|e| storage_failed("read the metadata of", &dst, &e))?;
-    let smeta = storage
-        .read_meta(&src, "source.volume")
-        .map_err(|e| storage_failed("read the metadata of", &src, &e))?;
     let mut dmeta = on_disk.clone();
     // A commit or fence recorded in etcd whose metadata write was lost (a crash in between) counts:
     // the volume is at the recorded generation, and not LEGAL.
@@ -230,6 +229,10 @@ async fn copy_under_lease(
     let attempt = storage
         .link_attempt(&dst, spec.job_id)
         .map_err(|e| storage_failed("link", &dst, &e))?;
+    // What qemu-img writes: the attempt's file on its backing chain, every header checked.
+    let dst_files = crate::backing::destination_chain(storage, &dst, &dmeta, attempt.file())
+        .await
+        .map_err(|e| storage_failed("open", &dst, &e))?;
     confirm_lease(worker, &dst, token).await?;
     dmeta.legality = Legality::Illegal;
     if on_disk.legality != Legality::Illegal || on_disk.generation != generation {
@@ -237,48 +240,36 @@ async fn copy_under_lease(
             .write_meta(&dst, &dmeta)
             .map_err(|e| storage_failed("mark ILLEGAL", &dst, &e))?;
     }
-
-    let backing = match dmeta.parent {
-        Some(p) => {
-            let parent = VolumeKey { volume: p, ..dst };
-            let pmeta = storage
-                .read_meta(&parent, "destination.parent")
-                .map_err(|e| storage_failed("read the metadata of", &parent, &e))?;
-            // qemu-img opens the destination's backing file by this name: it must be a regular
-            // file reached without a symlink.
-            storage
-                .checked_volume_path(&parent)
-                .map_err(|e| storage_failed("open", &parent, &e))?;
-            Some((p.to_string(), pmeta.format))
-        }
-        None => None,
-    };
     let convert = qemu::Convert {
-        src: src_path,
-        src_format: smeta.format,
-        dst: attempt.path(),
-        dst_format: dmeta.format,
-        dst_backing: backing,
+        src: src_files,
+        dst: &dst_files,
+        dst_backing: dmeta
+            .parent
+            .zip(dst_files.backing_format())
+            .map(|(p, f)| (p.to_string(), f)),
         rate_limit: worker.copy_bandwidth_limit,
         preallocated: dmeta.allocation == datapath_api::volume::Allocation::Preallocated,
         watchdog: Some(crate::watchdog::timing(worker.session_ttl).0),
     };
+    let (src_names, dst_names) = (src_files.names(), dst_files.names());
     let ends = CopyEnds {
         src,
         dst,
-        src_path,
-        dst_path: attempt.path(),
+        src_names: &src_names,
+        dst_names: &dst_names,
         root: storage.root(),
     };
     copier::run_copier(worker, spec.job_id, control, &convert, &ends, meter)
         .instrument(spans::qemu_img(&convert))
         .await?;
 
-    // Flushed through the attempt name: the file this copy wrote, whatever the volume's name
-    // points at now.
-    let written = attempt.path().to_path_buf();
-    let synced =
-        tokio::task::spawn_blocking(move || std::fs::File::open(&written)?.sync_all()).await;
+    // Flushed through the attempt's descriptor: the file this copy wrote, whatever the volume's
+    // name points at now.
+    let written = attempt
+        .file()
+        .try_clone()
+        .map_err(|e| storage_failed("flush", &dst, &Error::io("sync", attempt.path(), e)))?;
+    let synced = tokio::task::spawn_blocking(move || written.sync_all()).await;
     match synced {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod fence;
 pub mod health;
 pub mod identity;
+pub mod image_files;
 pub mod jobs;
 pub mod metrics;
 pub mod qemu;

@@ -1,7 +1,7 @@
 //! qemu-img: creating volumes and the copier process. The copier never outlives its host-worker: it is
 //! started with a parent-death signal (SIGKILL) and killed on drop, because oVirt once shipped a bug
 //! where qemu-img kept writing after VDSM died, into a volume already deleted and reused.
-use std::{path::Path, process::Stdio};
+use std::{fs::File, os::fd::AsRawFd as _, process::Stdio};
 
 use datapath_api::volume::{Allocation, Format};
 use tokio::{
@@ -9,7 +9,10 @@ use tokio::{
     process::{Child, Command},
 };
 
-use crate::error::Error;
+use crate::{
+    error::Error,
+    image_files::{self, OpenChain},
+};
 
 fn command() -> Command {
     let mut cmd = Command::new("qemu-img");
@@ -38,9 +41,11 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
     }
 }
 
-/// Creates a volume's data file; `backing` is the parent's file name in the same image directory.
+/// Writes a new volume's header into `file` (created empty by the worker, beneath the root). With
+/// `backing` (the parent's file name in the same image directory, and its format) the name is only
+/// written into the header (`-u`): qemu-img does not open it, the caller checked the parent.
 pub async fn create(
-    path: &Path,
+    file: &File,
     format: Format,
     allocation: Allocation,
     capacity: u64,
@@ -61,10 +66,16 @@ pub async fn create(
     if !opts.is_empty() {
         cmd.arg("-o").arg(opts.join(","));
     }
-    if let Some((file, fmt)) = &backing {
-        cmd.arg("-b").arg(file).arg("-F").arg(fmt.qemu_name());
+    if let Some((name, fmt)) = &backing {
+        cmd.arg("-u")
+            .arg("-b")
+            .arg(name)
+            .arg("-F")
+            .arg(fmt.qemu_name());
     }
-    cmd.arg(path).arg(capacity.to_string());
+    cmd.arg(image_files::fd_path(file))
+        .arg(capacity.to_string());
+    image_files::inherit(cmd.as_std_mut(), vec![file.as_raw_fd()]);
     run(cmd).await
 }
 
@@ -76,14 +87,17 @@ pub struct Header {
     pub backing: Option<String>,
     /// The backing format the header names (`backing-filename-format`), if any.
     pub backing_format: Option<String>,
+    /// An external data file the header names (a qcow2 `data-file`), if any: qemu would open it by
+    /// that name, so a volume with one is never opened for a copy.
+    pub data_file: Option<String>,
 }
 
-/// Reads the header of `path` in `format`.
-pub async fn header(path: &Path, format: Format) -> Result<Header, Error> {
+/// Reads the header of `file` in `format`.
+pub async fn header(file: &File, format: Format) -> Result<Header, Error> {
     let mut cmd = command();
-    cmd.args(["info", "-U", "--output=json", "-f"])
-        .arg(format.qemu_name())
-        .arg(path);
+    cmd.args(["info", "-U", "--output=json"])
+        .arg(image_files::single(file, format));
+    image_files::inherit(cmd.as_std_mut(), vec![file.as_raw_fd()]);
     let out = cmd
         .stderr(Stdio::piped())
         .stdout(Stdio::piped())
@@ -91,7 +105,7 @@ pub async fn header(path: &Path, format: Format) -> Result<Header, Error> {
         .await
         .map_err(|e| Error::Qemu(format!("cannot run qemu-img: {e}")))?;
     if !out.status.success() {
-        tracing::warn!(path = %path.display(), stderr = %String::from_utf8_lossy(&out.stderr).trim(), "qemu-img info failed");
+        tracing::warn!(stderr = %String::from_utf8_lossy(&out.stderr).trim(), "qemu-img info failed");
         return Err(Error::Qemu("qemu-img info failed".into()));
     }
     parse_header(&out.stdout)
@@ -106,9 +120,15 @@ pub fn parse_header(json: &[u8]) -> Option<Header> {
         _ => None,
     };
     value.as_object()?;
+    let data_file = match value.pointer("/format-specific/data/data-file") {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(other) => Some(other.to_string()),
+        None => None,
+    };
     Some(Header {
         backing: field("backing-filename"),
         backing_format: field("backing-filename-format"),
+        data_file,
     })
 }
 
@@ -128,18 +148,14 @@ async fn run(mut cmd: Command) -> Result<(), Error> {
     Err(Error::Qemu(crate::storage::scrub_paths(stderr.trim())))
 }
 
-/// What to convert: the source file and format, the destination file and format, and the
-/// destination's backing file (then only the source layer's own data is copied).
+/// What to convert: the source chain, the destination (its attempt file and backing chain), and
+/// the destination's backing file name (then only the source layer's own data is copied).
 #[derive(Debug, Clone)]
 pub struct Convert<'a> {
-    /// Source file.
-    pub src: &'a Path,
-    /// Source format.
-    pub src_format: Format,
-    /// Destination file (it exists: `-n`).
-    pub dst: &'a Path,
-    /// Destination format.
-    pub dst_format: Format,
+    /// The source volume's chain, opened.
+    pub src: &'a OpenChain,
+    /// The destination: its attempt file on top of its backing chain, opened (it exists: `-n`).
+    pub dst: &'a OpenChain,
     /// The destination's backing file name and format, for a layer of a chain.
     pub dst_backing: Option<(String, Format)>,
     /// Bytes per second, 0 for no limit.
@@ -151,22 +167,24 @@ pub struct Convert<'a> {
     pub watchdog: Option<std::time::Duration>,
 }
 
-/// Whether `path` can be opened with O_DIRECT (not on tmpfs, for one).
-pub fn supports_direct_io(path: &Path) -> bool {
+/// Whether `file` can be opened with O_DIRECT (not on tmpfs, for one): re-opened through its
+/// descriptor, so the very file checked.
+pub fn supports_direct_io(file: &File) -> bool {
     use std::os::unix::fs::OpenOptionsExt as _;
     std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
-        .open(path)
+        .open(image_files::fd_path(file))
         .is_ok()
 }
 
 /// Starts `qemu-img convert -p` writing into the existing destination. Both ends bypass the page
 /// cache (`-t none -T none`, as VDSM does) where the filesystem allows O_DIRECT — faster here and it
 /// keeps a copy from flooding the host's page cache — else writeback; either way qemu-img flushes at
-/// the end (its default target mode, unsafe, never does).
+/// the end (its default target mode, unsafe, never does). Both images are `json:` images of
+/// inherited descriptors (`image_files.rs`).
 pub fn spawn_convert(c: &Convert<'_>) -> Result<Child, Error> {
-    let direct = supports_direct_io(c.src) && supports_direct_io(c.dst);
+    let direct = supports_direct_io(c.src.top()) && supports_direct_io(c.dst.top());
     let (target, source) = if direct {
         ("none", "none")
     } else {
@@ -176,10 +194,8 @@ pub fn spawn_convert(c: &Convert<'_>) -> Result<Child, Error> {
         Some(deadline) => watched(deadline)?,
         None => command(),
     };
-    cmd.args(["convert", "-p", "-n", "-t", target, "-T", source, "-f"])
-        .arg(c.src_format.qemu_name())
-        .arg("-O")
-        .arg(c.dst_format.qemu_name());
+    cmd.args(["convert", "-p", "-n", "-t", target, "-T", source, "-O"])
+        .arg(c.dst.format().qemu_name());
     if c.rate_limit > 0 {
         cmd.arg("-r").arg(c.rate_limit.to_string());
     }
@@ -187,9 +203,13 @@ pub fn spawn_convert(c: &Convert<'_>) -> Result<Child, Error> {
         cmd.args(["-S", "0"]);
     }
     if let Some((file, fmt)) = &c.dst_backing {
+        // With `-n` the name is not opened: it tells qemu-img the destination has a backing file.
         cmd.arg("-B").arg(file).arg("-F").arg(fmt.qemu_name());
     }
-    cmd.arg(c.src).arg(c.dst);
+    cmd.arg(c.src.spec()).arg(c.dst.spec());
+    let mut fds = c.src.fds();
+    fds.extend(c.dst.fds());
+    image_files::inherit(cmd.as_std_mut(), fds);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.spawn()
         .map_err(|e| Error::Qemu(format!("cannot run qemu-img: {e}")))

@@ -156,17 +156,22 @@ impl HostWorkerService for HostWorkerApi {
         let req = req.into_inner();
         let sd = StorageDomainId::parse("storage_domain_id", &req.storage_domain_id)?;
         let page = PageRequest::parse(req.page_size, &req.page_token)?;
-        let images = self
-            .worker
-            .storage
-            .images(sd)?
+        // The page is cut from the directory listing; only its images' metadata is read.
+        let storage = &self.worker.storage;
+        let (ids, next_page_token) = page.paginate(storage.image_ids(sd)?, |i| i.to_string());
+        let images = ids
             .into_iter()
-            .map(|(img, vols)| pb::Image {
-                image_id: img.to_string(),
-                volume_ids: vols.iter().map(|v| v.to_string()).collect(),
+            .map(|img| {
+                Ok(pb::Image {
+                    image_id: img.to_string(),
+                    volume_ids: storage
+                        .image_volume_ids(sd, img)?
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect(),
+                })
             })
-            .collect();
-        let (images, next_page_token) = page.paginate(images, |i| i.image_id.clone());
+            .collect::<Result<Vec<_>, crate::error::Error>>()?;
         Ok(Response::new(pb::ListImagesResponse {
             images,
             next_page_token,

@@ -41,6 +41,16 @@ pub enum Error {
         /// The status asked for.
         to: String,
     },
+    /// The host has as many unended jobs as the job-tracker registers for one host.
+    #[error(
+        "host {host} has {limit} unended jobs already, the job-tracker's --max-open-jobs-per-host"
+    )]
+    HostJobsFull {
+        /// The host.
+        host: String,
+        /// The limit.
+        limit: usize,
+    },
     /// Concurrent writers kept changing the record.
     #[error("job {0} changed concurrently; try again")]
     Contended(JobId),
@@ -74,6 +84,12 @@ impl From<Error> for Status {
                 "INVALID_TRANSITION",
                 msg,
                 Some("status"),
+            ),
+            Error::HostJobsFull { .. } => status(
+                Code::ResourceExhausted,
+                "HOST_JOBS_FULL",
+                msg,
+                Some("job.host_id"),
             ),
             Error::Contended(_) => status(Code::Aborted, "CONTENDED", msg, None),
             Error::Coord(CoordError::Compacted { .. }) => status(

@@ -6,6 +6,7 @@
 pub mod error;
 pub mod lost;
 pub mod metrics;
+pub mod open_jobs;
 pub mod service;
 pub mod tracker;
 pub mod transition;
@@ -45,6 +46,11 @@ pub struct Config {
     /// host's queue is bounded, and CreateJob must not fill etcd with jobs that never run.
     #[arg(long, env = "DATAPATH_PENDING_JOB_EXPIRY", default_value = "24h", value_parser = humantime::parse_duration)]
     pub pending_job_expiry: Duration,
+    /// Unended (PENDING or RUNNING) jobs one host may have; CreateJob beyond it is refused
+    /// RESOURCE_EXHAUSTED (HOST_JOBS_FULL). Above a host's --max-queued-jobs plus its slots, so it
+    /// stops only a host that lies about its queue. 0: no limit.
+    #[arg(long, env = "DATAPATH_MAX_OPEN_JOBS_PER_HOST", default_value_t = 1024)]
+    pub max_open_jobs_per_host: usize,
     /// Address to serve Prometheus metrics on, at `/metrics` (plain HTTP).
     #[arg(
         long,
@@ -73,7 +79,11 @@ pub async fn run(
         .connect_tls(tls.as_ref().map(|t| t.client(None)))
         .await
         .context("connect to etcd")?;
-    let tracker = tracker::Tracker::new(coord.clone(), config.job_retention);
+    let tracker = tracker::Tracker::new(
+        coord.clone(),
+        config.job_retention,
+        config.max_open_jobs_per_host,
+    );
     let (health, health_server) = ServerHealth::new(&["datapath.v1.JobTrackerService"]).await;
     let flusher = tokio::spawn({
         let tracker = tracker.clone();

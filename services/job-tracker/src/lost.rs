@@ -32,14 +32,17 @@ pub async fn sweep(tracker: Arc<Tracker>, grace: Duration, pending_expiry: Durat
     loop {
         tokio::time::sleep(EVERY).await;
         // An etcd error is no evidence that a host is gone: skip the round.
+        tracker.open_jobs().listing_begins();
         let (Ok(hosts), Ok((jobs, _))) = (
             tracker.coord().list_hosts().await,
             tracker.coord().list_jobs().await,
         ) else {
             continue;
         };
-        // The listing is read anyway: it also sets the jobs-by-status gauge, once a second.
+        // The listing is read anyway: it also sets the jobs-by-status gauge and the per-host
+        // counts of unended jobs, once a second.
         crate::metrics::count_jobs(&jobs);
+        tracker.open_jobs().listed(&jobs);
         let live: Vec<&str> = hosts.iter().map(|h| h.host_id.as_str()).collect();
         missing.retain(|h, _| !live.contains(&h.as_str()));
         let now = datapath_api::time::now().seconds;

@@ -19,6 +19,7 @@ use tracing::{debug, warn};
 
 use crate::{
     error::Error,
+    open_jobs::OpenJobs,
     transition::{apply, is_terminal, Update},
 };
 
@@ -37,16 +38,24 @@ pub struct Tracker {
     coord: Coord,
     retention: Duration,
     slots: Mutex<HashMap<JobId, Slot>>,
+    open: OpenJobs,
 }
 
 impl Tracker {
-    /// A tracker whose ended jobs live `retention` (zero: forever).
-    pub fn new(coord: Coord, retention: Duration) -> Arc<Self> {
+    /// A tracker whose ended jobs live `retention` (zero: forever), and that registers at most
+    /// `max_open_per_host` unended jobs per host (zero: no limit).
+    pub fn new(coord: Coord, retention: Duration, max_open_per_host: usize) -> Arc<Self> {
         Arc::new(Self {
             coord,
             retention,
             slots: Mutex::new(HashMap::new()),
+            open: OpenJobs::new(max_open_per_host),
         })
+    }
+
+    /// The per-host count of unended jobs, which the sweeper's listing refreshes.
+    pub fn open_jobs(&self) -> &OpenJobs {
+        &self.open
     }
 
     /// The etcd handle.
@@ -76,7 +85,23 @@ impl Tracker {
         record.abort_requested = false;
         record.created_at = Some(now);
         record.updated_at = Some(now);
-        match self.coord.create_job(job_id, &record).await? {
+        if !self.open.admit(&record.host_id) {
+            // A retried create of a job that exists is still answered as such.
+            return match self.coord.get_job(job_id).await? {
+                Some(v) if v.job.host_id == record.host_id && v.job.params == record.params => {
+                    Ok((self.with_pending(job_id, v.job), false))
+                }
+                _ => Err(Error::HostJobsFull {
+                    host: record.host_id,
+                    limit: self.open.limit(),
+                }),
+            };
+        }
+        let created = self.coord.create_job(job_id, &record).await;
+        if !matches!(created, Ok(Created::New(_))) {
+            self.open.release(&record.host_id);
+        }
+        match created? {
             Created::New(v) => {
                 crate::metrics::transition(&v.job);
                 Ok((v.job, true))
@@ -113,25 +138,13 @@ impl Tracker {
                 )
             })?),
         };
-        // Read in bounded chunks from the page token on, never every job at once, until the page
-        // and one more match (which says whether a next page exists) or the jobs run out.
-        let mut matched = Vec::new();
-        let mut after = page.after.clone();
-        loop {
-            let (chunk, last, more) = self
-                .coord
-                .list_jobs_after(after.as_deref(), page.size + 1)
-                .await?;
-            after = last.or(after);
-            matched.extend(
-                chunk
-                    .into_iter()
-                    .filter(|j| matches(j, &req.host_id, status, &req.entity)),
-            );
-            if !more || matched.len() > page.size {
-                break;
-            }
-        }
+        let coord = &self.coord;
+        let matched = page
+            .gather(
+                |after, limit| async move { coord.list_jobs_after(after.as_deref(), limit).await },
+                |j| matches(j, &req.host_id, status, &req.entity),
+            )
+            .await?;
         let (jobs, next) = page.paginate(matched, |j| j.job_id.clone());
         let jobs = jobs
             .into_iter()

@@ -28,7 +28,7 @@ pub fn operation_name_arg(text: &str) -> Result<String, String> {
 /// Operation commands.
 #[derive(Debug, Subcommand)]
 pub enum OpsCommand {
-    /// List operations, newest first (all pages).
+    /// List operations in the order they were started (all pages).
     List {
         /// Only the operations on this image.
         #[arg(long, env = "DATAPATH_OPS_IMAGE_ID", value_parser = image_id_arg)]

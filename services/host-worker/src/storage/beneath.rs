@@ -7,13 +7,13 @@
 //! metadata files must be regular files, and names are created, renamed and linked relative to a
 //! directory descriptor opened the same way. The root itself is configuration, trusted.
 //!
-//! qemu-img opens files by name; it is handed only names this module checked just before (see
-//! PROTOCOLS.md, "Storage that cannot be redirected", for the window that leaves).
+//! qemu-img never opens a file by name: it is handed descriptors this module opened
+//! (`image_files.rs`).
 use std::{
     ffi::OsStr,
     fs,
     io::{self, Read as _, Write as _},
-    os::unix::ffi::OsStrExt as _,
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     path::Path,
 };
 
@@ -33,13 +33,20 @@ const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
 #[error("not a regular file")]
 pub struct NotRegular;
 
+/// A name that was replaced by another file while it was being linked.
+#[derive(Debug, thiserror::Error)]
+#[error("the file was replaced while it was linked")]
+pub struct Replaced;
+
 /// Whether `e` says a path was refused as unsafe: a symlink on the way (`ELOOP`; `ENOTDIR` where a
 /// directory was planted as a symlink), an escape from the root, or not a regular file.
 pub fn is_unsafe(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::ELOOP | libc::EXDEV | libc::ENOTDIR)
-    ) || e.get_ref().is_some_and(|inner| inner.is::<NotRegular>())
+    ) || e
+        .get_ref()
+        .is_some_and(|inner| inner.is::<NotRegular>() || inner.is::<Replaced>())
 }
 
 impl Storage {
@@ -126,14 +133,20 @@ impl Storage {
         dir.sync_all()
     }
 
-    /// Links the regular file `from` as `to` in the same directory (an existing `to` fails).
-    pub fn link_regular(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.regular(from)?;
+    /// Links the regular file `from` as `to` in the same directory (an existing `to` fails), and
+    /// opens it through the new name: the inode that `from` named when it was checked, or an error.
+    pub fn link_regular(&self, from: &Path, to: &Path) -> io::Result<fs::File> {
+        let source = self.open_regular(from)?;
         let (dir, from_name) = self.parent_of(from)?;
         let (_, to_name) = self.parent_of(to)?;
         linkat(&dir, from_name, &dir, to_name, AtFlags::empty())?;
-        // Checked again through the new name: it names the inode linked, whatever `from` is now.
-        self.regular(to).map(|_| ())
+        // Checked again through the new name: `from` may have been swapped before the link.
+        let linked = self.open_regular(to)?;
+        let (a, b) = (source.metadata()?, linked.metadata()?);
+        if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, Replaced));
+        }
+        Ok(linked)
     }
 
     /// Renames `from` over `to`, both in one directory.
@@ -143,21 +156,22 @@ impl Storage {
         Ok(renameat(&dir, from_name, &dir, to_name)?)
     }
 
-    /// Creates `path` as an empty regular file; `AlreadyExists` if anything has that name.
-    pub fn create_empty(&self, path: &Path) -> io::Result<()> {
+    /// Creates `path` as an empty regular file, `AlreadyExists` if anything has that name; the
+    /// file, open for writing.
+    pub fn create_empty(&self, path: &Path) -> io::Result<fs::File> {
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL;
         self.open_beneath(path, flags, Mode::from_raw_mode(0o644))
-            .map(|_| ())
     }
 
-    /// Flushes the regular file `path`.
-    pub fn sync_file(&self, path: &Path) -> io::Result<()> {
-        let flags = OFlags::RDONLY | OFlags::NONBLOCK;
-        let file = self.open_beneath(path, flags, Mode::empty())?;
-        if !file.metadata()?.file_type().is_file() {
+    /// Opens the regular file `path` for reading, reached without a symlink. It is first opened
+    /// `O_PATH` and checked, then re-opened through that descriptor: a FIFO or a device planted
+    /// there is never opened, and the file returned is the inode checked.
+    pub fn open_regular(&self, path: &Path) -> io::Result<fs::File> {
+        let checked = self.open_beneath(path, OFlags::PATH, Mode::empty())?;
+        if !checked.metadata()?.file_type().is_file() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, NotRegular));
         }
-        file.sync_all()
+        fs::File::open(crate::image_files::fd_path(&checked))
     }
 
     /// Creates the directory `path` if it is missing (its parent must exist).

@@ -46,12 +46,15 @@ impl Storage {
             Err(e) => return Err(Error::io("remove", &path, e)),
         }
         let data = self.volume_path(v);
-        // Only a regular file reached without a symlink is linked, and the link is checked again.
-        self.link_regular(&data, &path)
+        // Only a regular file reached without a symlink is linked, and the link is opened and
+        // checked to be that very file.
+        let file = self
+            .link_regular(&data, &path)
             .map_err(|e| Error::io("link", &data, e))?;
         Ok(AttemptLink {
             storage: self.clone(),
             path,
+            file,
         })
     }
 
@@ -82,33 +85,33 @@ impl Storage {
             installed: false,
         };
         // A random name in a directory reached without a symlink: nothing can be planted there.
-        self.create_empty(&fresh.tmp)
+        let file = self
+            .create_empty(&fresh.tmp)
             .map_err(|e| Error::io("create", &fresh.tmp, e))?;
-        qemu::create(
-            &fresh.tmp,
-            meta.format,
-            meta.allocation,
-            meta.capacity,
-            backing,
-        )
-        .await?;
-        self.sync_file(&fresh.tmp)
+        qemu::create(&file, meta.format, meta.allocation, meta.capacity, backing).await?;
+        file.sync_all()
             .map_err(|e| Error::io("sync", &fresh.tmp, e))?;
         Ok(fresh)
     }
 }
 
-/// An attempt name; removed when dropped.
+/// An attempt name and the file it was made for, open; the name is removed when dropped.
 #[derive(Debug)]
 pub struct AttemptLink {
     storage: Storage,
     path: PathBuf,
+    file: fs::File,
 }
 
 impl AttemptLink {
-    /// The name qemu-img opens and the copy flushes.
+    /// The attempt name.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The file the copy writes (qemu-img through this descriptor) and flushes.
+    pub fn file(&self) -> &fs::File {
+        &self.file
     }
 }
 

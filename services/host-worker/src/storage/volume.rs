@@ -60,8 +60,16 @@ impl Storage {
             .unwrap_or(0)
     }
 
-    /// The data file of `v`, checked to be a regular file reached without a symlink: the only kind
-    /// of name handed to qemu-img.
+    /// The data file of `v`, opened: a regular file reached without a symlink. qemu-img is
+    /// handed its descriptor, never its name (`image_files.rs`).
+    pub fn open_volume(&self, v: &VolumeKey) -> Result<std::fs::File, Error> {
+        let path = self.volume_path(v);
+        self.open_regular(&path)
+            .map_err(|e| Error::io("open", &path, e))
+    }
+
+    /// The data file of `v`, checked to be a regular file reached without a symlink (a parent
+    /// whose name a new volume's header will carry).
     pub fn checked_volume_path(&self, v: &VolumeKey) -> Result<std::path::PathBuf, Error> {
         let path = self.volume_path(v);
         self.regular(&path)
@@ -122,24 +130,20 @@ impl Storage {
         // The data file is made here, exclusively and beneath the root, before qemu-img writes its
         // header into it: a name planted in advance (a symlink to a host file) is never opened.
         let data = self.volume_path(v);
-        if let Err(e) = self.create_empty(&data) {
-            let _ = self.remove(&meta_path);
-            return Err(match e.kind() {
-                std::io::ErrorKind::AlreadyExists => Error::UnsafeFile {
-                    subject: super::subject(&data),
-                    why: "a file of that name exists without the volume's metadata",
-                },
-                _ => Error::io("create", &data, e),
-            });
-        }
-        qemu::create(
-            &self.volume_path(v),
-            meta.format,
-            meta.allocation,
-            meta.capacity,
-            parent,
-        )
-        .await?;
+        let file = match self.create_empty(&data) {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = self.remove(&meta_path);
+                return Err(match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => Error::UnsafeFile {
+                        subject: super::subject(&data),
+                        why: "a file of that name exists without the volume's metadata",
+                    },
+                    _ => Error::io("create", &data, e),
+                });
+            }
+        };
+        qemu::create(&file, meta.format, meta.allocation, meta.capacity, parent).await?;
         self.sync_dir(&img_dir)
             .map_err(|e| Error::io("sync", &img_dir, e))?;
         meta.legality = new.legality;
@@ -147,8 +151,8 @@ impl Storage {
         Ok(meta)
     }
 
-    /// The images of a domain, in id order, each with its volume ids (base first).
-    pub fn images(&self, sd: StorageDomainId) -> Result<Vec<(ImageId, Vec<VolumeId>)>, Error> {
+    /// The image ids of a domain, in id order: one directory listing, no metadata read.
+    pub fn image_ids(&self, sd: StorageDomainId) -> Result<Vec<ImageId>, Error> {
         self.domain(sd, "storage_domain_id")?;
         let dir = self.images_dir(sd);
         let entries = fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))?;
@@ -157,13 +161,23 @@ impl Storage {
             .filter_map(|e| ImageId::parse("img", e.file_name().to_str()?).ok())
             .collect();
         ids.sort();
-        ids.into_iter()
-            .map(|img| {
-                Ok((
-                    img,
-                    self.chain(sd, img)?.into_iter().map(|(id, _)| id).collect(),
-                ))
-            })
+        Ok(ids)
+    }
+
+    /// The volume ids of image `img`, base first.
+    pub fn image_volume_ids(
+        &self,
+        sd: StorageDomainId,
+        img: ImageId,
+    ) -> Result<Vec<VolumeId>, Error> {
+        Ok(self.chain(sd, img)?.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// The images of a domain, in id order, each with its volume ids (base first).
+    pub fn images(&self, sd: StorageDomainId) -> Result<Vec<(ImageId, Vec<VolumeId>)>, Error> {
+        self.image_ids(sd)?
+            .into_iter()
+            .map(|img| Ok((img, self.image_volume_ids(sd, img)?)))
             .collect()
     }
 

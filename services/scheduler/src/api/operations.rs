@@ -27,18 +27,8 @@ pub async fn get(engine: &Engine, name: &str) -> Result<pb::Operation, Error> {
     Ok(flow.value.operation.unwrap_or_default())
 }
 
-/// The pagination key: newest first, then by name.
-fn order_key(op: &pb::Operation) -> String {
-    let created = op
-        .metadata
-        .as_ref()
-        .and_then(|m| m.created_at)
-        .map(|t| t.seconds as u64 * 1_000_000_000 + t.nanos as u64)
-        .unwrap_or_default();
-    format!("{:020}{}", u64::MAX - created, op.name)
-}
-
-/// ListOperations.
+/// ListOperations, in operation-id order: the order the operations were started in, since their ids
+/// are time-ordered, read from etcd in bounded chunks ([`PageRequest::gather`]).
 pub async fn list(
     engine: &Engine,
     req: &pb::ListOperationsRequest,
@@ -47,19 +37,31 @@ pub async fn list(
     if !req.image_id.is_empty() {
         datapath_api::ids::ImageId::parse("image_id", &req.image_id)?;
     }
-    let (flows, _) = engine.coord.list_flows().await?;
-    let mut ops: Vec<pb::Operation> = flows
+    let wanted = |f: &pb::Flow| {
+        let on_image = req.image_id.is_empty()
+            || meta(f).disk.as_ref().map(|d| &d.image_id) == Some(&req.image_id)
+            || f.destination.as_ref().map(|d| &d.image_id) == Some(&req.image_id);
+        let Some(op) = f.operation.as_ref() else {
+            return false;
+        };
+        on_image && req.done.is_none_or(|d| op.done == d)
+    };
+    let coord = &engine.coord;
+    let matched: Vec<pb::Operation> = page
+        .gather(
+            |after, limit| async move { coord.list_flows_after(after.as_deref(), limit).await },
+            wanted,
+        )
+        .await?
         .into_iter()
-        .filter(|f| {
-            req.image_id.is_empty()
-                || meta(&f.value).disk.as_ref().map(|d| &d.image_id) == Some(&req.image_id)
-                || f.value.destination.as_ref().map(|d| &d.image_id) == Some(&req.image_id)
-        })
-        .filter_map(|f| f.value.operation)
-        .filter(|o| req.done.is_none_or(|done| o.done == done))
+        .filter_map(|f| f.operation)
         .collect();
-    ops.sort_by_key(order_key);
-    let (operations, next_page_token) = page.paginate(ops, order_key);
+    let (operations, next_page_token) = page.paginate(matched, |o| {
+        o.name
+            .strip_prefix(OperationId::NAME_PREFIX)
+            .unwrap_or(&o.name)
+            .to_string()
+    });
     Ok(pb::ListOperationsResponse {
         operations,
         next_page_token,

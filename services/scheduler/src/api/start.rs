@@ -180,7 +180,7 @@ async fn try_move_disk(
             field: "destination_storage_domain_id".into(),
         });
     }
-    let op = OperationId::random();
+    let op = OperationId::time_ordered();
     let flow = plan::move_flow(op, &req.request_id, &source, &destination, &volumes);
     start(engine, op, flow, &owned, None).await
 }
@@ -268,7 +268,7 @@ async fn try_clone_disk(
     let format = format.map(Format::to_pb).unwrap_or_else(|| {
         pb::VolumeFormat::try_from(meta.format).unwrap_or(pb::VolumeFormat::Cow)
     });
-    let op = OperationId::random();
+    let op = OperationId::time_ordered();
     let flow = plan::clone_flow(op, &req.request_id, &info, &new, format, allocation.to_pb());
     start(
         engine,
