@@ -151,3 +151,48 @@ async fn the_volumes_of_a_chain_copy_in_parallel_up_to_the_limit() {
 async fn by_default_the_volumes_of_a_chain_copy_one_by_one() {
     assert_eq!(move_counting_parallel_copies(1).await, 1);
 }
+
+/// One sample of the scheduler's `/metrics`.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn every_copy_is_followed_through_the_one_job_stream() {
+    let tc = TestCluster::start(3, |c| throttle(c, 4 * MIB))
+        .await
+        .unwrap();
+    let (a, b) = (tc.domain().await, tc.domain().await);
+    let mut names = Vec::new();
+    for _ in 0..6 {
+        let disk = crate::disks::qcow2_disk(&tc, &a, 8 * MIB, 4).await;
+        names.push(crate::disks::start_move(&tc, &a, &disk.image_id, &b).await);
+    }
+    let metrics = tc.cluster.scheduler_metrics();
+    wait_for(
+        Duration::from_secs(30),
+        "three copies followed at once",
+        || async {
+            let text = crate::metrics::scrape_text(metrics).await;
+            (sample(&text, "datapath_scheduler_followed_jobs")? >= 3.0).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    for name in &names {
+        let last = crate::disks::follow(&tc, name, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert!(error_of(&last).is_none(), "{last:#?}");
+    }
+    let text = crate::metrics::scrape_text(metrics).await;
+    assert_eq!(
+        sample(&text, "datapath_scheduler_job_watch_opens_total"),
+        Some(1.0),
+        "one stream for every copy"
+    );
+    assert_eq!(sample(&text, "datapath_scheduler_followed_jobs"), Some(0.0));
+}

@@ -12,11 +12,14 @@
 //! - `tls`: RPC latency, connections and copy time with mutual TLS against `--insecure`, in one run.
 //! - `flood`: a 2 GiB copy alone and while one client opens 1,000 WatchJobs streams and loops on
 //!   malformed calls; another client's latency meanwhile.
+//! - `moves`: M MoveDisks of 1 MiB disks at once on three hosts, for each M in `--counts`: wall
+//!   time and the scheduler's, job-tracker's and etcd's CPU time per move (not part of `all`).
 mod accept;
 mod cluster;
 mod copy;
 mod etcd_writes;
 mod flood;
+mod moves;
 mod side;
 mod spread;
 mod telemetry;
@@ -27,7 +30,7 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(about = "datapath benchmarks")]
 struct Args {
-    /// Which benchmark: copy, accept, etcd-writes, spread, telemetry, tls, flood or all.
+    /// Which benchmark: copy, accept, etcd-writes, spread, telemetry, tls, flood, all, or moves.
     #[arg(default_value = "all")]
     which: String,
     /// Rounds of the copy benchmark (default 5) and of the spread benchmark (default 3).
@@ -39,6 +42,9 @@ struct Args {
     /// The spread benchmark's per-host bandwidth limit in MiB/s (0: none).
     #[arg(long, default_value_t = 32)]
     host_limit_mib: u64,
+    /// The numbers of simultaneous moves of the `moves` benchmark.
+    #[arg(long, value_delimiter = ',', default_value = "30,300,1000")]
+    counts: Vec<usize>,
     /// Where the clusters keep their files (needs ~6 GiB free for `copy`).
     #[arg(long, env = "DATAPATH_BENCH_DIR")]
     dir: Option<std::path::PathBuf>,
@@ -61,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         "telemetry",
         "tls",
         "flood",
+        "moves",
     ]
     .contains(&args.which.as_str())
     {
@@ -89,6 +96,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if all || args.which == "tls" {
         tls::run(&base, args.rounds.unwrap_or(5)).await?;
+    }
+    if args.which == "moves" {
+        moves::run(&base, &args.counts).await?;
     }
     if all || args.which == "flood" {
         flood::run(&base, args.rounds.unwrap_or(4)).await?;

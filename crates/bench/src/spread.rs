@@ -65,7 +65,7 @@ async fn spread(base: &Path, rounds: usize, host_limit: u64) -> anyhow::Result<(
         SchedulerServiceClient::new(b.cluster.channel(&b.cluster.scheduler_url()).await?);
     let (a, d) = (b.domain().await?, b.domain().await?);
     let t = Instant::now();
-    wait_reach(&mut sched, &[&a, &d]).await?;
+    wait_reach(&mut sched, &[&a, &d], HOSTS).await?;
     eprintln!(
         "spread: every host announced the new domains after {}",
         ms(t.elapsed())
@@ -155,7 +155,12 @@ async fn spread(base: &Path, rounds: usize, host_limit: u64) -> anyhow::Result<(
 
 /// Waits until the scheduler sees every host reach every one of `domains`: a host announces a new
 /// domain with its next registration (every few seconds), and until then placement cannot use it.
-async fn wait_reach(sched: &mut Scheduler, domains: &[&str]) -> anyhow::Result<()> {
+/// Waits until `expected` live hosts reach every one of `domains`.
+pub(crate) async fn wait_reach(
+    sched: &mut Scheduler,
+    domains: &[&str],
+    expected: usize,
+) -> anyhow::Result<()> {
     let until = Instant::now() + Duration::from_secs(30);
     loop {
         let hosts = sched
@@ -172,11 +177,11 @@ async fn wait_reach(sched: &mut Scheduler, domains: &[&str]) -> anyhow::Result<(
                     .all(|d| h.storage_domain_ids.iter().any(|s| s == d))
             })
             .count();
-        if reaching == HOSTS {
+        if reaching == expected {
             return Ok(());
         }
         if Instant::now() > until {
-            bail!("only {reaching} of {HOSTS} hosts reach the new domains after 30 s");
+            bail!("only {reaching} of {expected} hosts reach the new domains after 30 s");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -339,7 +344,7 @@ async fn overhead(base: &Path, moves: usize) -> anyhow::Result<()> {
     let mut sched =
         SchedulerServiceClient::new(b.cluster.channel(&b.cluster.scheduler_url()).await?);
     let (a, d) = (b.domain().await?, b.domain().await?);
-    wait_reach(&mut sched, &[&a, &d]).await?;
+    wait_reach(&mut sched, &[&a, &d], HOSTS).await?;
     let mut disks = Vec::new();
     for _ in 0..moves {
         let img = uuid::Uuid::new_v4().to_string();

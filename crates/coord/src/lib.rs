@@ -3,6 +3,7 @@
 //! registrations, volume leases, and job records with compare-and-swap and resumable watches.
 #![warn(missing_docs)]
 
+pub mod cluster_view;
 pub mod config;
 pub mod election;
 pub mod error;

@@ -66,7 +66,7 @@ pub struct VolumeView {
     _task: Option<Arc<TaskGuard>>,
 }
 
-struct TaskGuard(AbortHandle);
+pub(crate) struct TaskGuard(pub(crate) AbortHandle);
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {

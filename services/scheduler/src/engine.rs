@@ -8,8 +8,8 @@ use std::{
 };
 
 use datapath_api::pb;
-use datapath_coord::{election::Role, Coord};
-use tokio::sync::Mutex;
+use datapath_coord::{cluster_view::ClusterView, volume_view::Known, Coord};
+use tokio::sync::{Mutex, Notify};
 use tonic::{Code, Status};
 
 use crate::{
@@ -39,10 +39,23 @@ pub struct Settings {
     pub failpoint: Option<String>,
 }
 
+/// The queue of the steps waiting for a host between two storage domains.
+pub type PlacementQueue = Arc<Mutex<()>>;
+
 /// The shared context.
 pub struct Engine {
     /// etcd.
     pub coord: Coord,
+    /// Hosts, the SPM and the settings, watched: read without an etcd round trip.
+    pub view: ClusterView,
+    /// Every followed copy job, through one WatchJobs stream.
+    pub jobs: crate::job_watch::JobWatch,
+    /// Notified when a placement of this scheduler is forgotten (a slot it counted is free).
+    pub unplaced: Notify,
+    /// One queue per pair of storage domains for the steps waiting for a host: only the first
+    /// of each queue looks for one (and wakes on changes), the others wait their turn, so a
+    /// thousand waiting steps cost what one does.
+    pub placement_queues: std::sync::Mutex<HashMap<(String, String), PlacementQueue>>,
     /// The other services.
     pub clients: Clients,
     /// The placement policy.
@@ -67,20 +80,60 @@ pub const UNANSWERED_FOR: Duration = Duration::from_secs(30);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Engine {
-    /// Live hosts, in id order.
+    /// Live hosts, in id order: from the view, or etcd while the view is out of step.
     pub async fn live_hosts(&self) -> Result<Vec<pb::Host>, Error> {
-        Ok(self.coord.list_hosts().await?)
+        match self.view.hosts() {
+            Some(hosts) => Ok(hosts),
+            None => Ok(self.coord.list_hosts().await?),
+        }
+    }
+
+    /// Host `host_id`'s registration, if it is live: from the view, or etcd while the view is
+    /// out of step.
+    pub async fn host(&self, host_id: &str) -> Result<Option<pb::Host>, Error> {
+        match self.view.host(host_id) {
+            Known::Present(h) => Ok(Some(h)),
+            Known::Absent => Ok(None),
+            Known::Unknown => {
+                let id = datapath_api::ids::HostId::parse("host_id", host_id)?;
+                Ok(self.coord.get_host(id).await?)
+            }
+        }
+    }
+
+    /// Whether host `host_id` is registered (live). An etcd error is not evidence that it is
+    /// gone: then it counts as live.
+    pub async fn host_live(&self, host_id: &str) -> bool {
+        match self.host(host_id).await {
+            Ok(h) => h.is_some(),
+            Err(Error::Invalid(_)) => false,
+            Err(_) => true,
+        }
+    }
+
+    /// The host id the SPM election names, if any.
+    pub async fn spm_id(&self) -> Result<Option<String>, Error> {
+        match self.view.spm() {
+            Known::Present(id) => Ok(Some(id)),
+            Known::Absent => Ok(None),
+            Known::Unknown => Ok(self
+                .coord
+                .leader(datapath_coord::election::Role::Spm)
+                .await?
+                .map(|l| l.value)),
+        }
     }
 
     /// The SPM's host id and registration, when one is elected and registered.
     pub async fn spm(&self) -> Result<Option<pb::Host>, Error> {
-        let Some(leader) = self.coord.leader(Role::Spm).await? else {
+        let Some(id) = self.spm_id().await? else {
             return Ok(None);
         };
-        let Ok(id) = datapath_api::ids::HostId::parse("spm", &leader.value) else {
-            return Ok(None);
-        };
-        Ok(self.coord.get_host(id).await?)
+        Ok(self
+            .live_hosts()
+            .await?
+            .into_iter()
+            .find(|h| h.host_id == id))
     }
 
     /// A client of the SPM, or UNAVAILABLE while none is elected.
@@ -103,7 +156,7 @@ impl Engine {
 
     /// [`Engine::host_reaching`], with the chosen host's address.
     async fn reader(&self, sd: &str, field: &str) -> Result<(String, HostClient), Error> {
-        let spm = self.coord.leader(Role::Spm).await?.map(|l| l.value);
+        let spm = self.spm_id().await?;
         let mut hosts: Vec<pb::Host> = self
             .live_hosts()
             .await?
@@ -184,12 +237,26 @@ impl Engine {
 
     /// Whether data steps may run on any host (default true).
     pub async fn data_operations_by_hsm(&self) -> Result<bool, Error> {
-        Ok(self
-            .coord
-            .get_config(DATA_OPERATIONS_BY_HSM)
-            .await?
-            .map(|v| v != "false")
-            .unwrap_or(true))
+        let value = match self.view.config(DATA_OPERATIONS_BY_HSM) {
+            Known::Present(v) => Some(v),
+            Known::Absent => None,
+            Known::Unknown => self.coord.get_config(DATA_OPERATIONS_BY_HSM).await?,
+        };
+        Ok(value.map(|v| v != "false").unwrap_or(true))
+    }
+
+    /// The placement queue of steps from storage domain `src` to `dst`.
+    pub fn placement_queue(&self, src: &str, dst: &str) -> PlacementQueue {
+        let mut queues = self
+            .placement_queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Queues nobody waits in are dropped, so the map holds only pairs in use.
+        queues.retain(|_, q| Arc::strong_count(q) > 1);
+        queues
+            .entry((src.to_string(), dst.to_string()))
+            .or_default()
+            .clone()
     }
 }
 

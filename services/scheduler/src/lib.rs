@@ -9,6 +9,7 @@ pub mod clients;
 pub mod engine;
 pub mod error;
 pub mod flow;
+pub mod job_watch;
 pub mod leader;
 pub mod metrics;
 pub mod selection;
@@ -114,9 +115,14 @@ pub async fn run(
         .connect_tls(tls.as_ref().map(|t| t.client(None)))
         .await
         .context("connect to etcd")?;
+    let clients = clients::Clients::new(&config.job_tracker, tls.clone())?;
     let engine = Arc::new(engine::Engine {
         coord: coord.clone(),
-        clients: clients::Clients::new(&config.job_tracker, tls.clone())?,
+        view: coord.cluster_view(),
+        jobs: job_watch::JobWatch::start(clients.tracker(), coord.clone()),
+        unplaced: Default::default(),
+        placement_queues: Default::default(),
+        clients,
         selector: selection::build(
             config.host_selection,
             config.host_selector_url.as_deref(),

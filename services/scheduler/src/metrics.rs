@@ -42,6 +42,8 @@ struct SchedulerMetrics {
     attempts: CounterFamily<ResultLabel>,
     running: GaugeFamily<KindLabel>,
     is_leader: Gauge,
+    followed_jobs: Gauge,
+    job_watch_opens: prometheus_client::metrics::counter::Counter,
 }
 
 const KINDS: [&str; 2] = ["move_disk", "clone_disk"];
@@ -54,6 +56,8 @@ fn metrics() -> &'static SchedulerMetrics {
             attempts: Default::default(),
             running: Default::default(),
             is_leader: Gauge::default(),
+            followed_jobs: Gauge::default(),
+            job_watch_opens: Default::default(),
         };
         register(
             "datapath_flow_step_duration_seconds",
@@ -82,6 +86,16 @@ fn metrics() -> &'static SchedulerMetrics {
             "datapath_scheduler_is_leader",
             "1 while this replica is the acting scheduler",
             m.is_leader.clone(),
+        );
+        register(
+            "datapath_scheduler_followed_jobs",
+            "Copy jobs this scheduler follows now, all through its one job stream",
+            m.followed_jobs.clone(),
+        );
+        register(
+            "datapath_scheduler_job_watch_opens",
+            "Times this scheduler opened its one job stream (WatchJobs): once, plus once per break",
+            m.job_watch_opens.clone(),
         );
         for result in ATTEMPT_RESULTS {
             drop(m.attempts.get_or_create(&ResultLabel { result }));
@@ -224,4 +238,16 @@ impl Drop for Running {
 /// Whether this replica acts.
 pub fn set_leader(leading: bool) {
     metrics().is_leader.set(i64::from(leading));
+}
+
+/// Sets how many copy jobs are followed now.
+pub fn set_followed_jobs(n: usize) {
+    metrics()
+        .followed_jobs
+        .set(i64::try_from(n).unwrap_or(i64::MAX));
+}
+
+/// Counts one opening of the job stream.
+pub fn job_watch_opened() {
+    metrics().job_watch_opens.inc();
 }

@@ -182,10 +182,9 @@ async fn start_attempt(
 pub(super) async fn send_copy(run: &Run, v: &pb::FlowVolume) -> Result<(), tonic::Status> {
     let host = run
         .engine
-        .coord
-        .get_host(datapath_api::ids::HostId::parse("host_id", &v.host_id)?)
+        .host(&v.host_id)
         .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+        .map_err(tonic::Status::from)?
         .ok_or_else(|| tonic::Status::unavailable(format!("host {} is not live", v.host_id)))?;
     let req = pb::CopyDataRequest {
         job_id: v.job_id.clone(),

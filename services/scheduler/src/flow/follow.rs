@@ -67,6 +67,8 @@ pub(super) async fn follow(run: &Run, idx: usize, v: &pb::FlowVolume) -> Result<
         if run.stopping() && !abort_sent {
             abort_sent = abort(run, &v.job_id).await;
         }
+        // Subscribed before the read: a change after it is not missed.
+        let news = run.engine.jobs.subscribe(&v.job_id);
         let got = run
             .engine
             .clients
@@ -82,7 +84,7 @@ pub(super) async fn follow(run: &Run, idx: usize, v: &pb::FlowVolume) -> Result<
                     note(run, idx, &job).await?;
                     return Ok(Ended::Reported(end));
                 }
-                if let Some(end) = watch_job(run, idx, v, &mut abort_sent).await? {
+                if let Some(end) = watch_job(run, idx, v, &job, news, &mut abort_sent).await? {
                     return Ok(end);
                 }
             }
@@ -143,45 +145,38 @@ async fn not_taken(
     }))
 }
 
-/// Streams the job's changes; `None` when the stream broke (the caller reads the job again).
+/// Follows the job's changes (the scheduler's one job stream: `job_watch.rs`); `None` when they
+/// may have been missed or the job was deleted (the caller reads the job again). Every
+/// [`HOST_CHECK`] the job's host is looked up in the cluster view, and — when the job said nothing
+/// since the last check — its destination lease in etcd.
 async fn watch_job(
     run: &Run,
     idx: usize,
     v: &pb::FlowVolume,
+    read: &pb::Job,
+    mut news: crate::job_watch::Subscription,
     abort_sent: &mut bool,
 ) -> Result<Option<Ended>, Stop> {
-    let stream = run
-        .engine
-        .clients
-        .tracker()
-        .watch_jobs(pb::WatchJobsRequest {
-            job_id: v.job_id.clone(),
-            ..Default::default()
-        })
-        .await;
-    let mut stream = match stream {
-        Ok(s) => s.into_inner(),
-        Err(_) => {
-            tokio::time::sleep(RETRY).await;
-            return Ok(None);
-        }
-    };
+    use crate::job_watch::JobNews;
     let mut stop = run.stop_signal();
     let mut host_check = tokio::time::interval(HOST_CHECK);
     let mut lease = LeaseSeen::default();
+    lease.note(read);
+    let mut heard = false;
     loop {
         tokio::select! {
-            msg = stream.message() => {
-                let Ok(Some(event)) = msg else { return Ok(None) };
-                let Some(job) = event.job else { continue };
-                if event.r#type == pb::JobEventType::Deleted as i32 {
-                    return Ok(None);
+            word = news.next() => match word {
+                JobNews::Changed(job) => {
+                    heard = true;
+                    lease.note(&job);
+                    note(run, idx, &job).await?;
+                    if let Some(end) = ended(&job) {
+                        return Ok(Some(Ended::Reported(end)));
+                    }
                 }
-                note(run, idx, &job).await?;
-                if let Some(end) = ended(&job) {
-                    return Ok(Some(Ended::Reported(end)));
-                }
-            }
+                JobNews::Nothing => {}
+                JobNews::Deleted | JobNews::Resync => return Ok(None),
+            },
             _ = stop.changed() => {
                 if !*abort_sent && run.stopping() {
                     *abort_sent = abort(run, &v.job_id).await;
@@ -192,7 +187,7 @@ async fn watch_job(
                     warn!(op = %run.record.op, host = %v.host_id, "the copy's host is gone; asking the destination");
                     return conclude(run, v).await.map(|e| Some(Ended::Concluded(e)));
                 }
-                if lease.released(run, v).await {
+                if !std::mem::take(&mut heard) && lease.released(run, v).await {
                     warn!(op = %run.record.op, job_id = %v.job_id, "the copy released its lease but its job never ended; asking the destination");
                     return conclude(run, v).await.map(|e| Some(Ended::Concluded(e)));
                 }
@@ -203,12 +198,18 @@ async fn watch_job(
 
 /// Whether an attempt's destination lease was seen held by its job and is free now: the worker
 /// committed or gave up, yet its job's end never reached the job-tracker (a worker that reaches etcd
-/// but not the job-tracker). Only a lease seen held counts: a job is RUNNING a moment before it takes
-/// its lease, and concluding then would fence a copy about to start.
+/// but not the job-tracker). Only a lease known to have been taken counts — seen held, or implied by
+/// progress (qemu-img runs only under the lease): a job is RUNNING a moment before it takes its
+/// lease, and concluding then would fence a copy about to start.
 #[derive(Default)]
 struct LeaseSeen(bool);
 
 impl LeaseSeen {
+    /// Takes what the job says: progress means its copier ran, under the lease.
+    fn note(&mut self, job: &pb::Job) {
+        self.0 |= job.progress > 0;
+    }
+
     async fn released(&mut self, run: &Run, v: &pb::FlowVolume) -> bool {
         let Ok(key) = VolumeKey::from_pb("destination", v.destination.as_ref()) else {
             return false;
@@ -267,13 +268,5 @@ async fn abort(run: &Run, job_id: &str) -> bool {
 }
 
 async fn host_live(run: &Run, host_id: &str) -> bool {
-    let Ok(id) = datapath_api::ids::HostId::parse("host_id", host_id) else {
-        return false;
-    };
-    // An etcd error is not evidence that the host is gone.
-    run.engine
-        .coord
-        .get_host(id)
-        .await
-        .map_or(true, |h| h.is_some())
+    run.engine.host_live(host_id).await
 }

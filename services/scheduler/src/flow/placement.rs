@@ -1,7 +1,8 @@
 //! Placing one copy: the candidates are the live hosts that reach both domains with a free slot; the
 //! configured policy picks one, or the SPM-only policy while `data_operations_by_hsm` is false (read
-//! at every placement, so a change applies to the next step). With no candidate the step waits; with
-//! no host reaching both domains for too long it fails.
+//! at every placement, so a change applies to the next step). With no candidate the step waits for
+//! a change of the cluster view or a freed placement; with no host reaching both domains for too
+//! long it fails.
 use std::time::{Duration, Instant};
 
 use datapath_api::pb;
@@ -20,17 +21,35 @@ pub enum Placement {
     NoHost(String),
 }
 
-const WAIT: Duration = Duration::from_millis(200);
+/// The longest a waiting step sleeps without a change before it looks again (a safety net: the
+/// cluster view's changes and this scheduler's freed placements wake it).
+const WAIT: Duration = Duration::from_secs(1);
 
-/// Chooses the host for `v`'s next attempt and counts it as placed.
+/// Chooses the host for `v`'s next attempt and counts it as placed. Steps between the same two
+/// domains queue (`Engine::placement_queue`): the first looks for a host, waking on every change
+/// of the cluster view and every placement freed; the others wait their turn without a cost.
 pub async fn place(run: &Run, v: &pb::FlowVolume) -> Result<Placement, Stop> {
     let src = v.source.clone().unwrap_or_default().storage_domain_id;
     let dst = v.destination.clone().unwrap_or_default().storage_domain_id;
     let since = Instant::now();
+    let queue = run.engine.placement_queue(&src, &dst);
+    let mut stop = run.stop_signal();
+    let _turn = loop {
+        if run.stopping() {
+            return Ok(Placement::Stopped);
+        }
+        tokio::select! {
+            turn = queue.lock() => break turn,
+            _ = stop.changed() => {}
+        }
+    };
+    let mut changes = run.engine.view.changes();
     loop {
         if run.stopping() {
             return Ok(Placement::Stopped);
         }
+        changes.borrow_and_update();
+        let unplaced = run.engine.unplaced.notified();
         if let Some(host) = try_place(run, v, &src, &dst).await {
             return Ok(Placement::Host(host));
         }
@@ -43,19 +62,19 @@ pub async fn place(run: &Run, v: &pb::FlowVolume) -> Result<Placement, Stop> {
                 "no live host reaches both storage domain {src} and {dst}"
             )));
         }
-        tokio::time::sleep(WAIT).await;
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = unplaced => {}
+            _ = stop.changed() => {}
+            _ = tokio::time::sleep(WAIT) => {}
+        }
     }
 }
 
 async fn try_place(run: &Run, v: &pb::FlowVolume, src: &str, dst: &str) -> Option<pb::Host> {
     let engine = &run.engine;
     let hosts = engine.live_hosts().await.ok()?;
-    let spm = engine
-        .coord
-        .leader(datapath_coord::election::Role::Spm)
-        .await
-        .ok()?
-        .map(|l| l.value);
+    let spm = engine.spm_id().await.ok()?;
     let by_hsm = engine.data_operations_by_hsm().await.ok()?;
     let mut placed = engine.placed.lock().await;
     let mut candidates = selection::candidates(&hosts, &placed, src, dst);
@@ -109,4 +128,6 @@ pub async fn unplace(run: &Run, v: &pb::FlowVolume) {
             placed.remove(&v.host_id);
         }
     }
+    drop(placed);
+    run.engine.unplaced.notify_waiters();
 }

@@ -1,0 +1,182 @@
+//! The control plane under many operations at once (issue 13's real-copy probe): three hosts with
+//! four job slots each, M MoveDisks of 1 MiB raw disks sent at once by 16 clients, for growing M.
+//! For each M, on a fresh cluster: the wall time, moves per second, and the CPU time the
+//! scheduler, the job-tracker and etcd spent per move (from `/proc/<pid>/stat`), so that a cost
+//! that grows with the number of operations in flight shows as a rising figure per move.
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use datapath_api::pb::{self, scheduler_service_client::SchedulerServiceClient};
+use dpctl::local::ClusterConfig;
+use tonic::transport::Channel;
+
+use crate::cluster::Bench;
+
+const HOSTS: usize = 3;
+const SLOTS: u32 = 4;
+const CLIENTS: usize = 16;
+const MIB: u64 = 1 << 20;
+
+type Scheduler = SchedulerServiceClient<Channel>;
+
+/// One row of the table.
+struct Row {
+    moves: usize,
+    wall: Duration,
+    cpu: [Duration; 3],
+}
+
+pub async fn run(base: &Path, counts: &[usize]) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for &m in counts {
+        rows.push(one(base, m).await?);
+    }
+    println!("\n== moves: {HOSTS} hosts × {SLOTS} slots, M MoveDisks of 1 MiB raw disks at once, {CLIENTS} clients");
+    println!("| M | wall | moves/s | scheduler CPU/move | job-tracker CPU/move | etcd CPU/move | sum/move |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let per = |d: Duration| d.as_secs_f64() * 1000.0 / r.moves as f64;
+        let sum: f64 = r.cpu.iter().map(|d| per(*d)).sum();
+        println!(
+            "| {} | {:.1} s | {:.1} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
+            r.moves,
+            r.wall.as_secs_f64(),
+            r.moves as f64 / r.wall.as_secs_f64(),
+            per(r.cpu[0]),
+            per(r.cpu[1]),
+            per(r.cpu[2]),
+            sum
+        );
+    }
+    Ok(())
+}
+
+async fn one(base: &Path, m: usize) -> anyhow::Result<Row> {
+    let mut b = Bench::start_with(
+        base,
+        ClusterConfig {
+            hosts: HOSTS,
+            job_slots: SLOTS,
+            ..ClusterConfig::default()
+        },
+    )
+    .await?;
+    let sched: Scheduler =
+        SchedulerServiceClient::new(b.cluster.channel(&b.cluster.scheduler_url()).await?);
+    let (from, to) = (b.domain().await?, b.domain().await?);
+    crate::spread::wait_reach(&mut sched.clone(), &[&from, &to], HOSTS).await?;
+    let mut disks = Vec::with_capacity(m);
+    for _ in 0..m {
+        let img = uuid::Uuid::new_v4().to_string();
+        b.raw_volume(&from, &img, MIB, pb::Legality::Legal).await?;
+        disks.push(img);
+    }
+    let pids = [
+        b.cluster
+            .scheduler_mut()
+            .pid()
+            .context("the scheduler runs")?,
+        b.cluster
+            .job_tracker_mut()
+            .pid()
+            .context("the job-tracker runs")?,
+        b.cluster.etcd_mut().pid().context("etcd runs")?,
+    ];
+    crate::cluster::settle()?;
+    let before = pids.map(cpu_time);
+    let started = Instant::now();
+    let chunks: Vec<Vec<String>> = disks
+        .chunks(m.div_ceil(CLIENTS).max(1))
+        .map(<[String]>::to_vec)
+        .collect();
+    let mut senders = Vec::new();
+    for chunk in chunks {
+        let mut s = sched.clone();
+        let (from, to) = (from.clone(), to.clone());
+        senders.push(tokio::spawn(async move {
+            for img in chunk {
+                s.move_disk(pb::MoveDiskRequest {
+                    image: Some(pb::DiskRef {
+                        storage_domain_id: from.clone(),
+                        image_id: img,
+                    }),
+                    destination_storage_domain_id: to.clone(),
+                    request_id: String::new(),
+                })
+                .await
+                .context("MoveDisk")?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for s in senders {
+        s.await??;
+    }
+    let failed = wait_done(&mut sched.clone(), m).await?;
+    let wall = started.elapsed();
+    let after = pids.map(cpu_time);
+    if failed > 0 {
+        bail!("{failed} of {m} moves failed");
+    }
+    let cpu = [0, 1, 2].map(|i| after[i].saturating_sub(before[i]));
+    eprintln!("moves M={m}: {:.1} s", wall.as_secs_f64());
+    Ok(Row {
+        moves: m,
+        wall,
+        cpu,
+    })
+}
+
+/// Waits until `m` operations are done (one ListOperations a second); how many failed.
+async fn wait_done(sched: &mut Scheduler, m: usize) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(60 + m as u64);
+    loop {
+        let mut done = 0;
+        let mut failed = 0;
+        let mut token = String::new();
+        loop {
+            let page = sched
+                .list_operations(pb::ListOperationsRequest {
+                    page_size: 1000,
+                    page_token: token,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            for op in &page.operations {
+                done += usize::from(op.done);
+                failed += usize::from(matches!(op.result, Some(pb::operation::Result::Error(_))));
+            }
+            token = page.next_page_token;
+            if token.is_empty() {
+                break;
+            }
+        }
+        if done >= m {
+            return Ok(failed);
+        }
+        if Instant::now() > deadline {
+            bail!("{done} of {m} moves done by the deadline");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// User plus system CPU time of process `pid` so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
+        .sum();
+    // Linux reports these in USER_HZ, 100 on every ABI it runs on.
+    Duration::from_millis(ticks * 10)
+}
