@@ -14,18 +14,17 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, RwLock},
-    time::Duration,
 };
 
 use datapath_api::pb;
-use etcd_client::{EventType, GetOptions, KeyValue, WatchOptions, WatchResponse};
+use etcd_client::KeyValue;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
 
-use crate::{volume_view::Known, Coord, CoordError, Result};
-
-/// The longest pause between two attempts to read and watch again.
-const MAX_PAUSE: Duration = Duration::from_secs(2);
+use crate::{
+    volume_view::Known,
+    watched::{self, TaskGuard, Watched},
+    Coord,
+};
 
 #[derive(Default)]
 struct State {
@@ -42,15 +41,31 @@ struct State {
 /// The watched view; cheap to clone. The watch stops when the last clone is dropped.
 #[derive(Clone)]
 pub struct ClusterView {
-    state: Arc<RwLock<State>>,
+    state: Arc<Shared>,
     changes: watch::Receiver<u64>,
-    _task: Option<Arc<crate::volume_view::TaskGuard>>,
+    _task: Option<Arc<TaskGuard>>,
+}
+
+/// What the view's task and its readers share.
+struct Shared {
+    state: RwLock<State>,
+    changes: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().expect("cluster view lock")
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().expect("cluster view lock")
+    }
 }
 
 impl ClusterView {
     /// Every live host in id order; `None` while the view is not in step with etcd.
     pub fn hosts(&self) -> Option<Vec<pb::Host>> {
-        let state = self.state.read().expect("cluster view lock");
+        let state = self.state.read();
         state
             .synced
             .then(|| state.hosts.values().cloned().collect())
@@ -58,7 +73,7 @@ impl ClusterView {
 
     /// One host's registration.
     pub fn host(&self, host_id: &str) -> Known<pb::Host> {
-        let state = self.state.read().expect("cluster view lock");
+        let state = self.state.read();
         match (state.synced, state.hosts.get(host_id)) {
             (false, _) => Known::Unknown,
             (true, None) => Known::Absent,
@@ -68,7 +83,7 @@ impl ClusterView {
 
     /// The host id the SPM election names (its oldest candidate).
     pub fn spm(&self) -> Known<String> {
-        let state = self.state.read().expect("cluster view lock");
+        let state = self.state.read();
         if !state.synced {
             return Known::Unknown;
         }
@@ -80,7 +95,7 @@ impl ClusterView {
 
     /// A runtime setting.
     pub fn config(&self, name: &str) -> Known<String> {
-        let state = self.state.read().expect("cluster view lock");
+        let state = self.state.read();
         match (state.synced, state.config.get(name)) {
             (false, _) => Known::Unknown,
             (true, None) => Known::Absent,
@@ -96,7 +111,7 @@ impl ClusterView {
 
     /// Whether the view is in step with etcd, and the revision it reflects.
     pub fn synced(&self) -> (bool, i64) {
-        let state = self.state.read().expect("cluster view lock");
+        let state = self.state.read();
         (state.synced, state.revision)
     }
 }
@@ -104,31 +119,16 @@ impl ClusterView {
 impl Coord {
     /// Starts the cluster view: it is [`Known::Unknown`] until its first full read is done.
     pub fn cluster_view(&self) -> ClusterView {
-        let state = Arc::new(RwLock::new(State::default()));
         let (tx, rx) = watch::channel(0u64);
-        let task = tokio::spawn(follow_forever(self.clone(), state.clone(), tx));
+        let state = Arc::new(Shared {
+            state: RwLock::default(),
+            changes: tx,
+        });
         ClusterView {
+            _task: Some(watched::start(self, state.clone())),
             state,
             changes: rx,
-            _task: Some(Arc::new(crate::volume_view::TaskGuard(task.abort_handle()))),
         }
-    }
-}
-
-async fn follow_forever(coord: Coord, state: Arc<RwLock<State>>, changes: watch::Sender<u64>) {
-    let mut pause = Duration::from_millis(50);
-    loop {
-        let outcome = follow(&coord, &state, &changes).await;
-        state.write().expect("cluster view lock").synced = false;
-        changes.send_modify(|n| *n += 1);
-        match outcome {
-            Ok(()) => info!("cluster view: a watch ended; reading everything again"),
-            Err(e) => {
-                warn!(error = %e, "cluster view: out of step with etcd; reading everything again")
-            }
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(MAX_PAUSE);
     }
 }
 
@@ -142,71 +142,46 @@ fn prefixes(coord: &Coord) -> [String; 3] {
     ]
 }
 
-/// One full read, then the watches until one of them ends or fails.
-async fn follow(coord: &Coord, state: &RwLock<State>, changes: &watch::Sender<u64>) -> Result<()> {
-    let [hosts_prefix, spm_prefix, config_prefix] = prefixes(coord);
-    let mut client = coord.client();
-    let hosts = client
-        .get(hosts_prefix.clone(), Some(GetOptions::new().with_prefix()))
-        .await?;
-    let revision = hosts.header().map(|h| h.revision()).unwrap_or_default();
-    let at_revision = GetOptions::new().with_prefix().with_revision(revision);
-    let spm = client
-        .get(spm_prefix.clone(), Some(at_revision.clone()))
-        .await?;
-    let config = client.get(config_prefix.clone(), Some(at_revision)).await?;
-    let from = WatchOptions::new()
-        .with_prefix()
-        .with_start_revision(revision + 1);
-    let mut host_watch = client.watch(hosts_prefix, Some(from.clone())).await?;
-    let mut spm_watch = client.watch(spm_prefix, Some(from.clone())).await?;
-    let mut config_watch = client.watch(config_prefix, Some(from)).await?;
-    {
-        let mut s = state.write().expect("cluster view lock");
+impl Watched for Shared {
+    const NAME: &'static str = "cluster";
+
+    fn prefixes(&self, coord: &Coord) -> Vec<String> {
+        prefixes(coord).to_vec()
+    }
+
+    fn reset(&self, coord: &Coord, revision: i64, kvs: &[KeyValue]) {
+        let mut s = self.write();
         *s = State {
             synced: true,
             revision,
             ..State::default()
         };
-        for kv in hosts.kvs().iter().chain(spm.kvs()).chain(config.kvs()) {
+        for kv in kvs {
             put(coord, &mut s, kv);
         }
-        debug!(revision, hosts = s.hosts.len(), "cluster view in step");
     }
-    changes.send_modify(|n| *n += 1);
-    loop {
-        let resp = tokio::select! {
-            r = host_watch.message() => r?,
-            r = spm_watch.message() => r?,
-            r = config_watch.message() => r?,
-        };
-        let Some(resp) = resp else { return Ok(()) };
-        apply(coord, state, &resp)?;
-        changes.send_modify(|n| *n += 1);
-    }
-}
 
-fn apply(coord: &Coord, state: &RwLock<State>, resp: &WatchResponse) -> Result<()> {
-    if resp.compact_revision() > 0 {
-        return Err(CoordError::Compacted {
-            requested: state.read().expect("cluster view lock").revision + 1,
-            compacted: resp.compact_revision(),
-        });
-    }
-    if resp.canceled() {
-        return Err(CoordError::WatchCanceled(resp.cancel_reason().to_string()));
-    }
-    let mut s = state.write().expect("cluster view lock");
-    for event in resp.events() {
-        let Some(kv) = event.kv() else { continue };
-        if event.event_type() == EventType::Put {
+    fn change(&self, coord: &Coord, put_it: bool, kv: &KeyValue) {
+        let mut s = self.write();
+        if put_it {
             put(coord, &mut s, kv);
         } else {
             delete(coord, &mut s, kv);
         }
         s.revision = s.revision.max(kv.mod_revision());
     }
-    Ok(())
+
+    fn out_of_step(&self) {
+        self.write().synced = false;
+    }
+
+    fn revision(&self) -> i64 {
+        self.read().revision
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
 }
 
 fn put(coord: &Coord, s: &mut State, kv: &KeyValue) {
@@ -246,9 +221,12 @@ mod tests {
     use super::*;
 
     fn view(state: State) -> ClusterView {
-        let (_tx, rx) = watch::channel(0);
+        let (tx, rx) = watch::channel(0);
         ClusterView {
-            state: Arc::new(RwLock::new(state)),
+            state: Arc::new(Shared {
+                state: RwLock::new(state),
+                changes: tx,
+            }),
             changes: rx,
             _task: None,
         }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod flows;
 pub mod generations;
 pub mod hosts;
+pub mod job_view;
 pub mod jobs;
 pub mod keys;
 pub mod metrics;
@@ -20,6 +21,7 @@ pub mod snapshot;
 pub mod volume_holds;
 pub mod volume_leases;
 pub mod volume_view;
+mod watched;
 
 use std::{
     sync::{
@@ -174,19 +176,9 @@ impl Coord {
         })
     }
 
-    /// etcd's current revision (one read of the prefix's first key).
+    /// etcd's current revision (a read of one key, the bare prefix).
     pub async fn revision(&self) -> Result<i64> {
-        let resp = self
-            .client()
-            .get(
-                self.keys.prefix(),
-                Some(
-                    etcd_client::GetOptions::new()
-                        .with_keys_only()
-                        .with_limit(1),
-                ),
-            )
-            .await?;
+        let resp = self.client().get(self.keys.prefix(), None).await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
     }
 

@@ -66,7 +66,7 @@ pub struct VolumeView {
     _task: Option<Arc<TaskGuard>>,
 }
 
-pub(crate) struct TaskGuard(pub(crate) AbortHandle);
+struct TaskGuard(AbortHandle);
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {

@@ -29,25 +29,28 @@ const EVERY: Duration = Duration::from_secs(1);
 /// Runs until dropped.
 pub async fn sweep(tracker: Arc<Tracker>, grace: Duration, pending_expiry: Duration) {
     let mut missing: HashMap<String, Instant> = HashMap::new();
+    // Hosts and jobs are read from watched views (no etcd read per round): the cost of a round
+    // grows with the jobs not yet ended, not with every job retained.
+    let hosts_view = tracker.coord().cluster_view();
     loop {
         tokio::time::sleep(EVERY).await;
-        // An etcd error is no evidence that a host is gone: skip the round.
+        // A view out of step is no evidence that a host is gone: skip the round.
         tracker.open_jobs().listing_begins();
-        let (Ok(hosts), Ok((jobs, _))) = (
-            tracker.coord().list_hosts().await,
-            tracker.coord().list_jobs().await,
+        let (Some(hosts), Some(jobs), Some(counts)) = (
+            hosts_view.hosts(),
+            tracker.view().jobs_where(|j| !is_terminal(j.status())),
+            tracker.view().count_by(crate::metrics::status_label),
         ) else {
             continue;
         };
-        // The listing is read anyway: it also sets the jobs-by-status gauge and the per-host
-        // counts of unended jobs, once a second.
-        crate::metrics::count_jobs(&jobs);
+        crate::metrics::set_job_counts(&counts);
         tracker.open_jobs().listed(&jobs);
-        let live: Vec<&str> = hosts.iter().map(|h| h.host_id.as_str()).collect();
-        missing.retain(|h, _| !live.contains(&h.as_str()));
+        let live: std::collections::HashSet<&str> =
+            hosts.iter().map(|h| h.host_id.as_str()).collect();
+        missing.retain(|h, _| !live.contains(h.as_str()));
         let now = datapath_api::time::now().seconds;
-        for job in jobs.iter().filter(|j| !is_terminal(j.status())) {
-            if live.contains(&job.host_id.as_str()) {
+        for job in &jobs {
+            if live.contains(job.host_id.as_str()) {
                 let age = job
                     .created_at
                     .as_ref()

@@ -84,13 +84,21 @@ pub fn transition(job: &pb::Job) {
 
 /// Sets the jobs gauge from a full listing of the jobs in etcd.
 pub fn count_jobs(jobs: &[pb::Job]) {
+    let mut counts = std::collections::HashMap::new();
+    for label in jobs.iter().filter_map(status_label) {
+        *counts.entry(label).or_default() += 1;
+    }
+    set_job_counts(&counts);
+}
+
+/// Sets the jobs gauge from the number of jobs with each status label.
+pub fn set_job_counts(counts: &std::collections::HashMap<&'static str, usize>) {
     let m = metrics();
     for status in STATUSES {
-        let n = jobs
-            .iter()
-            .filter(|j| status_label(j) == Some(status))
-            .count();
-        m.jobs.get_or_create(&StatusLabel { status }).set(n as i64);
+        let n = counts.get(status).copied().unwrap_or(0);
+        m.jobs
+            .get_or_create(&StatusLabel { status })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 }
 

@@ -39,6 +39,7 @@ pub struct Tracker {
     retention: Duration,
     slots: Mutex<HashMap<JobId, Slot>>,
     open: OpenJobs,
+    view: datapath_coord::job_view::JobView,
 }
 
 impl Tracker {
@@ -46,11 +47,17 @@ impl Tracker {
     /// `max_open_per_host` unended jobs per host (zero: no limit).
     pub fn new(coord: Coord, retention: Duration, max_open_per_host: usize) -> Arc<Self> {
         Arc::new(Self {
+            view: coord.job_view(),
             coord,
             retention,
             slots: Mutex::new(HashMap::new()),
             open: OpenJobs::new(max_open_per_host),
         })
+    }
+
+    /// Every job record, watched (`job_view.rs`).
+    pub fn view(&self) -> &datapath_coord::job_view::JobView {
+        &self.view
     }
 
     /// The per-host count of unended jobs, which the sweeper's listing refreshes.

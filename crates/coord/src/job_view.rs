@@ -1,0 +1,149 @@
+//! A watched copy of every job record (`jobs/`), for the job-tracker: its lost-host sweeper, its
+//! per-host count of unended jobs and its jobs-by-status gauge read it once a second, where they
+//! used to list every job from etcd once a second — a cost that grew with the jobs retained. Kept
+//! as every watched copy is (`watched.rs`); a record that does not decode is left out and counted
+//! (`quarantine.rs`). Out of step, it answers `None` and its readers skip their round.
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+use datapath_api::pb;
+use etcd_client::KeyValue;
+
+use crate::{
+    watched::{self, TaskGuard, Watched},
+    Coord,
+};
+
+#[derive(Default)]
+struct State {
+    synced: bool,
+    revision: i64,
+    jobs: HashMap<Vec<u8>, pb::Job>,
+}
+
+/// The watched jobs; cheap to clone. The watch stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct JobView {
+    shared: Arc<Shared>,
+    _task: Option<Arc<TaskGuard>>,
+}
+
+struct Shared(RwLock<State>);
+
+impl JobView {
+    /// The jobs `keep` selects, cloned; `None` while the view is out of step.
+    pub fn jobs_where(&self, keep: impl Fn(&pb::Job) -> bool) -> Option<Vec<pb::Job>> {
+        let s = self.shared.0.read().expect("job view lock");
+        s.synced
+            .then(|| s.jobs.values().filter(|j| keep(j)).cloned().collect())
+    }
+
+    /// How many jobs carry each label `label` gives (jobs it gives none are not counted); `None`
+    /// while the view is out of step.
+    pub fn count_by(
+        &self,
+        label: impl Fn(&pb::Job) -> Option<&'static str>,
+    ) -> Option<HashMap<&'static str, usize>> {
+        let s = self.shared.0.read().expect("job view lock");
+        s.synced.then(|| {
+            let mut counts = HashMap::new();
+            for l in s.jobs.values().filter_map(&label) {
+                *counts.entry(l).or_default() += 1;
+            }
+            counts
+        })
+    }
+}
+
+impl Coord {
+    /// Starts the job view: `None` from its readers until its first full read is done.
+    pub fn job_view(&self) -> JobView {
+        let shared = Arc::new(Shared(RwLock::default()));
+        JobView {
+            _task: Some(watched::start(self, shared.clone())),
+            shared,
+        }
+    }
+}
+
+impl Watched for Shared {
+    const NAME: &'static str = "jobs";
+
+    fn prefixes(&self, coord: &Coord) -> Vec<String> {
+        vec![coord.keys().jobs()]
+    }
+
+    fn reset(&self, _: &Coord, revision: i64, kvs: &[KeyValue]) {
+        let jobs = kvs
+            .iter()
+            .filter_map(|kv| Some((kv.key().to_vec(), crate::quarantine::listed("jobs", kv)?)))
+            .collect();
+        *self.0.write().expect("job view lock") = State {
+            synced: true,
+            revision,
+            jobs,
+        };
+    }
+
+    fn change(&self, _: &Coord, put: bool, kv: &KeyValue) {
+        let job = put
+            .then(|| crate::quarantine::listed::<pb::Job>("jobs", kv))
+            .flatten();
+        let mut s = self.0.write().expect("job view lock");
+        match job {
+            Some(job) => s.jobs.insert(kv.key().to_vec(), job),
+            None => s.jobs.remove(kv.key()),
+        };
+        s.revision = s.revision.max(kv.mod_revision());
+    }
+
+    fn out_of_step(&self) {
+        self.0.write().expect("job view lock").synced = false;
+    }
+
+    fn revision(&self) -> i64 {
+        self.0.read().expect("job view lock").revision
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(state: State) -> JobView {
+        JobView {
+            shared: Arc::new(Shared(RwLock::new(state))),
+            _task: None,
+        }
+    }
+
+    #[test]
+    fn out_of_step_the_view_answers_nothing_and_in_step_it_counts() {
+        assert!(view(State::default()).jobs_where(|_| true).is_none());
+        let job = |host: &str, status: pb::JobStatus| {
+            let mut j = pb::Job {
+                host_id: host.into(),
+                ..Default::default()
+            };
+            j.set_status(status);
+            j
+        };
+        let v = view(State {
+            synced: true,
+            revision: 3,
+            jobs: HashMap::from([
+                (b"a".to_vec(), job("h", pb::JobStatus::Running)),
+                (b"b".to_vec(), job("h", pb::JobStatus::Succeeded)),
+                (b"c".to_vec(), job("g", pb::JobStatus::Running)),
+            ]),
+        });
+        let running = v
+            .jobs_where(|j| j.status() == pb::JobStatus::Running)
+            .unwrap();
+        assert_eq!(running.len(), 2);
+        let counts = v.count_by(|j| (j.host_id == "h").then_some("h")).unwrap();
+        assert_eq!(counts.get("h"), Some(&2));
+    }
+}
