@@ -14,12 +14,16 @@
 //!   malformed calls; another client's latency meanwhile.
 //! - `moves`: M MoveDisks of 1 MiB disks at once on three hosts, for each M in `--counts`: wall
 //!   time and the scheduler's, job-tracker's and etcd's CPU time per move (not part of `all`).
+//! - `scale`: N host-workers with simulated copies and M MoveDisks at once, for each N in
+//!   `--hosts` and M in `--ops`: the control plane's time, latencies, CPU, etcd writes and memory
+//!   (not part of `all`).
 mod accept;
 mod cluster;
 mod copy;
 mod etcd_writes;
 mod flood;
 mod moves;
+mod scale;
 mod side;
 mod spread;
 mod telemetry;
@@ -30,7 +34,8 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(about = "datapath benchmarks")]
 struct Args {
-    /// Which benchmark: copy, accept, etcd-writes, spread, telemetry, tls, flood, all, or moves.
+    /// Which benchmark: copy, accept, etcd-writes, spread, telemetry, tls, flood, all, moves or
+    /// scale.
     #[arg(default_value = "all")]
     which: String,
     /// Rounds of the copy benchmark (default 5) and of the spread benchmark (default 3).
@@ -45,6 +50,12 @@ struct Args {
     /// The numbers of simultaneous moves of the `moves` benchmark.
     #[arg(long, value_delimiter = ',', default_value = "30,300,1000")]
     counts: Vec<usize>,
+    /// The numbers of host-workers of the `scale` benchmark.
+    #[arg(long, value_delimiter = ',', default_value = "10,100")]
+    hosts: Vec<usize>,
+    /// The numbers of simultaneous operations of the `scale` benchmark.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    ops: Vec<usize>,
     /// Where the clusters keep their files (needs ~6 GiB free for `copy`).
     #[arg(long, env = "DATAPATH_BENCH_DIR")]
     dir: Option<std::path::PathBuf>,
@@ -68,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
         "tls",
         "flood",
         "moves",
+        "scale",
     ]
     .contains(&args.which.as_str())
     {
@@ -96,6 +108,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if all || args.which == "tls" {
         tls::run(&base, args.rounds.unwrap_or(5)).await?;
+    }
+    if args.which == "scale" {
+        scale::run(&base, &args.hosts, &args.ops).await?;
     }
     if args.which == "moves" {
         moves::run(&base, &args.counts).await?;

@@ -166,7 +166,7 @@ async fn wait_done(sched: &mut Scheduler, m: usize) -> anyhow::Result<usize> {
 }
 
 /// User plus system CPU time of process `pid` so far.
-fn cpu_time(pid: u32) -> Duration {
+pub(crate) fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let fields: Vec<&str> = stat

@@ -26,6 +26,9 @@ pub(crate) async fn run_copier(
     ends: &CopyEnds<'_>,
     meter: &CopyMeter,
 ) -> Result<(), Failure> {
+    if worker.simulated_copy_rate > 0 {
+        return simulate(worker, id, control, ends, meter).await;
+    }
     let mut child = qemu::spawn_convert(convert)
         .map_err(|e| Failure::failed(JobErrorCode::CopyFailed, e.to_string()))?;
     meter.copier_started();
@@ -85,6 +88,38 @@ pub(crate) async fn run_copier(
             Err(Failure::failed(code, message))
         }
     }
+}
+
+/// `--simulated-copy-rate` (benchmarks only): the copy takes the source's allocated bytes at that
+/// rate, in ten steps of progress, and writes nothing. It stops as a real copy does.
+async fn simulate(
+    worker: &Arc<Worker>,
+    id: JobId,
+    control: &JobControl,
+    ends: &CopyEnds<'_>,
+    meter: &CopyMeter,
+) -> Result<(), Failure> {
+    const STEPS: u32 = 10;
+    let bytes = worker.storage.allocated_bytes(&ends.src);
+    let step = std::time::Duration::from_secs_f64(
+        bytes as f64 / worker.simulated_copy_rate as f64 / f64::from(STEPS),
+    );
+    meter.copier_started();
+    let mut result = Ok(());
+    for i in 1..=STEPS {
+        tokio::select! {
+            () = tokio::time::sleep(step) => {}
+            reason = control.stopped() => {
+                result = Err(Failure::Stopped(reason));
+                break;
+            }
+        }
+        let p = i * 100 / STEPS;
+        worker.jobs.update(id, |j| j.progress = j.progress.max(p));
+        worker.reporter.progress(id, p).await;
+    }
+    meter.copier_ended();
+    result
 }
 
 /// Reads the copier's stderr into `text`, except the watchdog's bytes-written reports, which go to

@@ -87,6 +87,13 @@ pub struct Config {
     /// `volume_copy_bps_limit`; 0 is unlimited.
     #[arg(long, env = "DATAPATH_COPY_BANDWIDTH_LIMIT", default_value_t = 0)]
     pub copy_bandwidth_limit: u64,
+    /// FOR BENCHMARKS ONLY (the control plane's scale benchmark, as kubemark's hollow nodes): bytes
+    /// per second at which a copy is *simulated* — no qemu-img runs and no data byte is read or
+    /// written; the job's progress advances at this rate — while everything else (the source
+    /// check and read holds, the lease, the ILLEGAL mark, the generation commit, the job's
+    /// reports) is real. A destination then holds what it was created with. 0 (the default): off.
+    #[arg(long, env = "DATAPATH_SIMULATED_COPY_RATE", default_value_t = 0)]
+    pub simulated_copy_rate: u64,
     /// Bandwidth limit of the whole host in bytes per second (its storage link), like Proxmox's
     /// `bwlimit`: each of the job slots gets an equal share, so the host's copies together never
     /// exceed it; 0 is unlimited.
@@ -162,6 +169,7 @@ pub async fn run(
         slots: Arc::new(Semaphore::new(config.job_slots.max(1) as usize)),
         job_slots: config.job_slots.max(1),
         copy_bandwidth_limit: copy_limit(&config),
+        simulated_copy_rate: config.simulated_copy_rate,
         max_volume_capacity: config.max_volume_capacity,
         session_ttl: config.session_ttl,
     });

@@ -31,6 +31,9 @@ pub struct Worker {
     pub job_slots: u32,
     /// Bytes per second one copy may move; 0 is unlimited.
     pub copy_bandwidth_limit: u64,
+    /// Benchmarks only: copies are simulated at this many bytes per second (`--simulated-copy-rate`;
+    /// 0: real copies).
+    pub simulated_copy_rate: u64,
     /// The largest volume CreateVolume makes.
     pub max_volume_capacity: u64,
     /// The session lease's TTL, which the copier watchdog's deadline is derived from.

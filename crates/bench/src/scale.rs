@@ -1,0 +1,281 @@
+//! The control plane with many hosts (issue 13): N real host-worker processes sharing one storage
+//! root, in `--simulated-copy-rate` mode (no qemu-img, no data byte moved; leases, generations,
+//! jobs and commits real, as kubemark's hollow nodes), a job-tracker and a scheduler; M MoveDisks
+//! of empty 1 MiB disks sent at once by 16 clients. For each (N, M), on a fresh cluster: the time
+//! to move them all, MoveDisk's answer p50/p99, a copy job's end → its operation done p50/p99, the
+//! CPU time of the scheduler, the job-tracker and etcd per operation, etcd writes per operation
+//! (revisions), etcd's database size and each service's peak RSS; then a check that every source
+//! is gone and every disk is in its new domain.
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use datapath_api::pb::{
+    self, job_tracker_service_client::JobTrackerServiceClient,
+    scheduler_service_client::SchedulerServiceClient,
+};
+use dpctl::local::ClusterConfig;
+use tonic::transport::Channel;
+
+use crate::cluster::{percentile, Bench};
+
+const SLOTS: u32 = 4;
+const CLIENTS: usize = 16;
+const MIB: u64 = 1 << 20;
+/// The simulated copy rate: the disks are empty, so a copy takes no time at any rate.
+const RATE: u64 = 256 * MIB;
+/// Operations whose job end → done delay is measured.
+const SAMPLED: usize = 200;
+
+type Scheduler = SchedulerServiceClient<Channel>;
+
+struct Row {
+    hosts: usize,
+    ops: usize,
+    wall: Duration,
+    accept: Vec<Duration>,
+    settle: Vec<Duration>,
+    cpu: [Duration; 3],
+    writes: i64,
+    db_bytes: i64,
+    rss_kib: [u64; 3],
+}
+
+pub async fn run(base: &Path, hosts: &[usize], ops: &[usize]) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for &n in hosts {
+        for &m in ops {
+            rows.push(one(base, n, m).await?);
+        }
+    }
+    println!("\n== scale: N hosts (simulated copies) × {SLOTS} slots, M MoveDisks of empty 1 MiB disks at once, {CLIENTS} clients");
+    println!("| N | M | wall | ops/s | accept p50 / p99 | job end → done p50 / p99 | scheduler / job-tracker / etcd CPU per op | etcd writes/op | etcd db | peak RSS scheduler / job-tracker / etcd |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in &mut rows {
+        r.accept.sort();
+        r.settle.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let per = |d: Duration| ms(d) / r.ops as f64;
+        println!(
+            "| {} | {} | {:.1} s | {:.1} | {:.1} / {:.1} ms | {:.0} / {:.0} ms | {:.2} / {:.2} / {:.2} ms | {:.1} | {:.1} MiB | {} / {} / {} MiB |",
+            r.hosts,
+            r.ops,
+            r.wall.as_secs_f64(),
+            r.ops as f64 / r.wall.as_secs_f64(),
+            ms(percentile(&r.accept, 0.5)),
+            ms(percentile(&r.accept, 0.99)),
+            ms(percentile(&r.settle, 0.5)),
+            ms(percentile(&r.settle, 0.99)),
+            per(r.cpu[0]),
+            per(r.cpu[1]),
+            per(r.cpu[2]),
+            r.writes as f64 / r.ops as f64,
+            r.db_bytes as f64 / MIB as f64,
+            r.rss_kib[0] / 1024,
+            r.rss_kib[1] / 1024,
+            r.rss_kib[2] / 1024,
+        );
+    }
+    Ok(())
+}
+
+async fn one(base: &Path, n: usize, m: usize) -> anyhow::Result<Row> {
+    let started = Instant::now();
+    let mut b = Bench::start_with(
+        base,
+        ClusterConfig {
+            hosts: n,
+            job_slots: SLOTS,
+            env: vec![("DATAPATH_SIMULATED_COPY_RATE".into(), RATE.to_string())],
+            ..ClusterConfig::default()
+        },
+    )
+    .await?;
+    eprintln!(
+        "scale N={n} M={m}: cluster up in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let sched: Scheduler =
+        SchedulerServiceClient::new(b.cluster.channel(&b.cluster.scheduler_url()).await?);
+    let tracker = b.tracker.clone();
+    let (from, to) = (b.domain().await?, b.domain().await?);
+    crate::spread::wait_reach(&mut sched.clone(), &[&from, &to], n).await?;
+    let mut disks = Vec::with_capacity(m);
+    for _ in 0..m {
+        let img = uuid::Uuid::new_v4().to_string();
+        b.raw_volume(&from, &img, MIB, pb::Legality::Legal).await?;
+        disks.push(img);
+    }
+    let pids = [
+        b.cluster
+            .scheduler_mut()
+            .pid()
+            .context("the scheduler runs")?,
+        b.cluster
+            .job_tracker_mut()
+            .pid()
+            .context("the job-tracker runs")?,
+        b.cluster.etcd_mut().pid().context("etcd runs")?,
+    ];
+    let mut etcd =
+        etcd_client::Client::connect(b.cluster.etcd_endpoints(), b.cluster.etcd_options()).await?;
+    let revision = |s: &etcd_client::StatusResponse| s.header().map(|h| h.revision()).unwrap_or(0);
+    let first = etcd.status().await?;
+    let before = pids.map(crate::moves::cpu_time);
+    let t0 = Instant::now();
+    let mut senders = Vec::new();
+    for chunk in disks.chunks(m.div_ceil(CLIENTS).max(1)) {
+        let (mut s, chunk) = (sched.clone(), chunk.to_vec());
+        let (from, to) = (from.clone(), to.clone());
+        senders.push(tokio::spawn(async move {
+            let mut took = Vec::with_capacity(chunk.len());
+            for img in chunk {
+                let t = Instant::now();
+                s.move_disk(pb::MoveDiskRequest {
+                    image: Some(pb::DiskRef {
+                        storage_domain_id: from.clone(),
+                        image_id: img,
+                    }),
+                    destination_storage_domain_id: to.clone(),
+                    request_id: String::new(),
+                })
+                .await
+                .context("MoveDisk")?;
+                took.push(t.elapsed());
+            }
+            anyhow::Ok(took)
+        }));
+    }
+    let mut accept = Vec::with_capacity(m);
+    for s in senders {
+        accept.extend(s.await??);
+    }
+    let done = wait_done(&mut sched.clone(), m).await?;
+    let wall = t0.elapsed();
+    let after = pids.map(crate::moves::cpu_time);
+    let last = etcd.status().await?;
+    let failed = done
+        .iter()
+        .filter(|o| matches!(o.result, Some(pb::operation::Result::Error(_))))
+        .count();
+    if failed > 0 {
+        bail!("{failed} of {m} operations failed");
+    }
+    let settle = settle_times(tracker, &done).await?;
+    check_moved(&mut b, &from, &to, m).await?;
+    Ok(Row {
+        hosts: n,
+        ops: m,
+        wall,
+        accept,
+        settle,
+        cpu: [0, 1, 2].map(|i| after[i].saturating_sub(before[i])),
+        writes: revision(&last) - revision(&first),
+        db_bytes: last.db_size(),
+        rss_kib: pids.map(peak_rss_kib),
+    })
+}
+
+/// Every operation once all `m` are done.
+async fn wait_done(sched: &mut Scheduler, m: usize) -> anyhow::Result<Vec<pb::Operation>> {
+    let deadline = Instant::now() + Duration::from_secs(120 + m as u64 / 5);
+    loop {
+        let mut all = Vec::with_capacity(m);
+        let mut token = String::new();
+        loop {
+            let page = sched
+                .list_operations(pb::ListOperationsRequest {
+                    page_size: 1000,
+                    page_token: token,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            all.extend(page.operations);
+            token = page.next_page_token;
+            if token.is_empty() {
+                break;
+            }
+        }
+        let done = all.iter().filter(|o| o.done).count();
+        if done >= m {
+            return Ok(all);
+        }
+        if Instant::now() > deadline {
+            bail!("{done} of {m} operations done by the deadline");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// For a sample of operations: the time from their copy job's last record to the operation's.
+async fn settle_times(
+    mut tracker: JobTrackerServiceClient<Channel>,
+    ops: &[pb::Operation],
+) -> anyhow::Result<Vec<Duration>> {
+    let mut times = Vec::new();
+    let step = (ops.len() / SAMPLED).max(1);
+    for op in ops.iter().step_by(step) {
+        let Some(meta) = &op.metadata else { continue };
+        let Some(job_id) = meta.volumes.last().map(|v| v.job_id.clone()) else {
+            continue;
+        };
+        let job = tracker
+            .get_job(pb::GetJobRequest { job_id })
+            .await?
+            .into_inner()
+            .job
+            .context("a job")?;
+        let (Some(ended), Some(done)) = (job.updated_at, meta.updated_at) else {
+            continue;
+        };
+        let nanos = |t: prost_types::Timestamp| t.seconds as i128 * 1_000_000_000 + t.nanos as i128;
+        let d = (nanos(done) - nanos(ended)).max(0);
+        times.push(Duration::from_nanos(u64::try_from(d).unwrap_or(0)));
+    }
+    Ok(times)
+}
+
+/// Every source image gone, every disk in its new domain.
+async fn check_moved(b: &mut Bench, from: &str, to: &str, m: usize) -> anyhow::Result<()> {
+    let count = |sd: &str| {
+        let mut host = b.host.clone();
+        let sd = sd.to_string();
+        async move {
+            let mut n = 0;
+            let mut token = String::new();
+            loop {
+                let page = host
+                    .list_images(pb::ListImagesRequest {
+                        storage_domain_id: sd.clone(),
+                        page_size: 1000,
+                        page_token: token,
+                    })
+                    .await?
+                    .into_inner();
+                n += page.images.len();
+                token = page.next_page_token;
+                if token.is_empty() {
+                    return anyhow::Ok(n);
+                }
+            }
+        }
+    };
+    let (left, arrived) = (count(from).await?, count(to).await?);
+    if left != 0 || arrived != m {
+        bail!("{left} images left in the source domain, {arrived} of {m} in the destination");
+    }
+    Ok(())
+}
+
+/// The peak resident set of `pid` (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
