@@ -109,3 +109,38 @@ async fn a_snapshot_chain_moves_layer_by_layer_and_the_source_goes() {
         tc.keys("locks/").await
     );
 }
+
+/// `--simulated-copy-rate` (the scale benchmark's hollow hosts): the move runs every step for real
+/// — lease, ILLEGAL mark, commit, job reports, source deletion — but no data byte is copied.
+#[tokio::test]
+async fn a_simulated_copy_commits_and_reports_but_copies_no_byte() {
+    let tc = TestCluster::start(1, |c| {
+        c.env
+            .push(("DATAPATH_SIMULATED_COPY_RATE".into(), (8 * MIB).to_string()));
+    })
+    .await
+    .unwrap();
+    let (a, b) = (tc.domain().await, tc.domain().await);
+    let disk = crate::disks::qcow2_disk(&tc, &a, 8 * MIB, 4).await;
+    let name = start_move(&tc, &a, &disk.image_id, &b).await;
+    let last = follow(&tc, &name, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert!(error_of(&last).is_none(), "{last:#?}");
+    let dst = moved(&disk, &b);
+    assert_eq!(tc.meta(&dst, "LEGALITY"), "LEGAL");
+    assert_eq!(tc.meta(&dst, "GEN"), "1", "committed once");
+    let job_id = &last.metadata.unwrap().volumes[0].job_id;
+    let job = tc.job(job_id).await;
+    assert_eq!(job.status(), pb::JobStatus::Succeeded);
+    assert_eq!(job.progress, 100);
+    use std::os::unix::fs::MetadataExt as _;
+    let allocated = std::fs::metadata(tc.volume_path(&dst)).unwrap().blocks() * 512;
+    assert!(
+        allocated < MIB,
+        "{allocated} bytes allocated: the 4 MiB of data were copied"
+    );
+    assert!(!tc.volume_path(&disk).exists(), "the source was deleted");
+}

@@ -71,13 +71,50 @@ pub async fn place(run: &Run, v: &pb::FlowVolume) -> Result<Placement, Stop> {
     }
 }
 
+/// How often a choice is made again when the chosen host filled up while the policy decided.
+const CHOICES: usize = 3;
+
+/// The policy's choice for `v`, counted as placed. The placements are not held locked while the
+/// policy decides (an external policy is a gRPC call): the choice is checked against them again
+/// afterwards, and made again if the chosen host filled up meanwhile.
 async fn try_place(run: &Run, v: &pb::FlowVolume, src: &str, dst: &str) -> Option<pb::Host> {
     let engine = &run.engine;
     let hosts = engine.live_hosts().await.ok()?;
     let spm = engine.spm_id().await.ok()?;
     let by_hsm = engine.data_operations_by_hsm().await.ok()?;
-    let mut placed = engine.placed.lock().await;
-    let mut candidates = selection::candidates(&hosts, &placed, src, dst);
+    for _ in 0..CHOICES {
+        let step = step(run, v, &hosts, spm.clone(), src, dst).await;
+        let chosen = if by_hsm {
+            engine.selector.select(&step).await
+        } else {
+            SpmOnly.select(&step).await
+        }?;
+        let mut placed = engine.placed.lock().await;
+        let still_free = selection::candidates(&hosts, &placed, src, dst);
+        let Some(c) = still_free.into_iter().find(|c| c.host.host_id == chosen) else {
+            continue;
+        };
+        let entry = placed.entry(chosen.clone()).or_default();
+        entry.0 += 1;
+        entry.1 += v.size_bytes;
+        debug!(host = %chosen, policy = if by_hsm { engine.selector.name() } else { "spm-only" }, "copy placed");
+        return Some(c.host);
+    }
+    None
+}
+
+/// What the policy decides on: the candidates as the placements stand now.
+async fn step(
+    run: &Run,
+    v: &pb::FlowVolume,
+    hosts: &[pb::Host],
+    spm: Option<String>,
+    src: &str,
+    dst: &str,
+) -> Step {
+    let placed = run.engine.placed.lock().await;
+    let mut candidates = selection::candidates(hosts, &placed, src, dst);
+    drop(placed);
     // A retry prefers a host that has not failed this volume, when there is one.
     if candidates
         .iter()
@@ -85,7 +122,7 @@ async fn try_place(run: &Run, v: &pb::FlowVolume, src: &str, dst: &str) -> Optio
     {
         candidates.retain(|c| !v.failed_hosts.contains(&c.host.host_id));
     }
-    let step = Step {
+    Step {
         candidates,
         spm,
         params: pb::CopyDataParams {
@@ -99,23 +136,7 @@ async fn try_place(run: &Run, v: &pb::FlowVolume, src: &str, dst: &str) -> Optio
             }),
         },
         size_bytes: v.size_bytes,
-    };
-    let chosen = if by_hsm {
-        engine.selector.select(&step).await
-    } else {
-        SpmOnly.select(&step).await
-    }?;
-    let host = step
-        .candidates
-        .iter()
-        .find(|c| c.host.host_id == chosen)?
-        .host
-        .clone();
-    let entry = placed.entry(chosen.clone()).or_default();
-    entry.0 += 1;
-    entry.1 += v.size_bytes;
-    debug!(host = %chosen, policy = if by_hsm { engine.selector.name() } else { "spm-only" }, "copy placed");
-    Some(host)
+    }
 }
 
 /// Forgets a placement once its attempt ended (or never started).
