@@ -89,6 +89,10 @@ async fn try_place(run: &Run, v: &pb::FlowVolume, src: &str, dst: &str) -> Optio
         } else {
             SpmOnly.select(&step).await
         }?;
+        // Only a host the policy was offered (an external policy may answer anything).
+        if !step.candidates.iter().any(|c| c.host.host_id == chosen) {
+            return None;
+        }
         let mut placed = engine.placed.lock().await;
         let still_free = selection::candidates(&hosts, &placed, src, dst);
         let Some(c) = still_free.into_iter().find(|c| c.host.host_id == chosen) else {
