@@ -5,7 +5,8 @@
 //! to move them all, MoveDisk's answer p50/p99, a copy job's end → its operation done p50/p99, the
 //! CPU time of the scheduler, the job-tracker and etcd per operation, etcd writes per operation
 //! (revisions), etcd's database size and each service's peak RSS; then a check that every source
-//! is gone and every disk is in its new domain.
+//! is gone and every disk is in its new domain. Before the moves, the idle cluster's cost: CPU
+//! shares of a core over 10 s and etcd writes per second.
 use std::{
     path::Path,
     time::{Duration, Instant},
@@ -41,7 +42,13 @@ struct Row {
     writes: i64,
     db_bytes: i64,
     rss_kib: [u64; 3],
+    /// Idle, before the moves: CPU share of a core of the scheduler, job-tracker and etcd, and
+    /// etcd writes per second.
+    idle: ([f64; 3], f64),
 }
+
+/// How long the idle cluster is watched.
+const IDLE: Duration = Duration::from_secs(10);
 
 pub async fn run(base: &Path, hosts: &[usize], ops: &[usize]) -> anyhow::Result<()> {
     let mut rows = Vec::new();
@@ -51,15 +58,15 @@ pub async fn run(base: &Path, hosts: &[usize], ops: &[usize]) -> anyhow::Result<
         }
     }
     println!("\n== scale: N hosts (simulated copies) × {SLOTS} slots, M MoveDisks of empty 1 MiB disks at once, {CLIENTS} clients");
-    println!("| N | M | wall | ops/s | accept p50 / p99 | job end → done p50 / p99 | scheduler / job-tracker / etcd CPU per op | etcd writes/op | etcd db | peak RSS scheduler / job-tracker / etcd |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| N | M | wall | ops/s | accept p50 / p99 | job end → done p50 / p99 | scheduler / job-tracker / etcd CPU per op | etcd writes/op | etcd db | peak RSS scheduler / job-tracker / etcd | idle: scheduler / job-tracker / etcd CPU, etcd writes/s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &mut rows {
         r.accept.sort();
         r.settle.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let per = |d: Duration| ms(d) / r.ops as f64;
         println!(
-            "| {} | {} | {:.1} s | {:.1} | {:.1} / {:.1} ms | {:.0} / {:.0} ms | {:.2} / {:.2} / {:.2} ms | {:.1} | {:.1} MiB | {} / {} / {} MiB |",
+            "| {} | {} | {:.1} s | {:.1} | {:.1} / {:.1} ms | {:.0} / {:.0} ms | {:.2} / {:.2} / {:.2} ms | {:.1} | {:.1} MiB | {} / {} / {} MiB | {:.1} / {:.1} / {:.1} %, {:.1} |",
             r.hosts,
             r.ops,
             r.wall.as_secs_f64(),
@@ -76,6 +83,10 @@ pub async fn run(base: &Path, hosts: &[usize], ops: &[usize]) -> anyhow::Result<
             r.rss_kib[0] / 1024,
             r.rss_kib[1] / 1024,
             r.rss_kib[2] / 1024,
+            r.idle.0[0] * 100.0,
+            r.idle.0[1] * 100.0,
+            r.idle.0[2] * 100.0,
+            r.idle.1,
         );
     }
     Ok(())
@@ -102,12 +113,6 @@ async fn one(base: &Path, n: usize, m: usize) -> anyhow::Result<Row> {
     let tracker = b.tracker.clone();
     let (from, to) = (b.domain().await?, b.domain().await?);
     crate::spread::wait_reach(&mut sched.clone(), &[&from, &to], n).await?;
-    let mut disks = Vec::with_capacity(m);
-    for _ in 0..m {
-        let img = uuid::Uuid::new_v4().to_string();
-        b.raw_volume(&from, &img, MIB, pb::Legality::Legal).await?;
-        disks.push(img);
-    }
     let pids = [
         b.cluster
             .scheduler_mut()
@@ -122,6 +127,26 @@ async fn one(base: &Path, n: usize, m: usize) -> anyhow::Result<Row> {
     let mut etcd =
         etcd_client::Client::connect(b.cluster.etcd_endpoints(), b.cluster.etcd_options()).await?;
     let revision = |s: &etcd_client::StatusResponse| s.header().map(|h| h.revision()).unwrap_or(0);
+    // The idle cost: every host registered, nothing to do.
+    let (cpu0, rev0) = (
+        pids.map(crate::moves::cpu_time),
+        revision(&etcd.status().await?),
+    );
+    tokio::time::sleep(IDLE).await;
+    let (cpu1, rev1) = (
+        pids.map(crate::moves::cpu_time),
+        revision(&etcd.status().await?),
+    );
+    let idle = (
+        [0, 1, 2].map(|i| cpu1[i].saturating_sub(cpu0[i]).as_secs_f64() / IDLE.as_secs_f64()),
+        (rev1 - rev0) as f64 / IDLE.as_secs_f64(),
+    );
+    let mut disks = Vec::with_capacity(m);
+    for _ in 0..m {
+        let img = uuid::Uuid::new_v4().to_string();
+        b.raw_volume(&from, &img, MIB, pb::Legality::Legal).await?;
+        disks.push(img);
+    }
     let first = etcd.status().await?;
     let before = pids.map(crate::moves::cpu_time);
     let t0 = Instant::now();
@@ -175,6 +200,7 @@ async fn one(base: &Path, n: usize, m: usize) -> anyhow::Result<Row> {
         writes: revision(&last) - revision(&first),
         db_bytes: last.db_size(),
         rss_kib: pids.map(peak_rss_kib),
+        idle,
     })
 }
 

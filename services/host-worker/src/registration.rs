@@ -36,8 +36,8 @@ pub async fn fence_on_loss(worker: Arc<Worker>) {
 
 /// Keeps `hosts/<host_id>` current while the session is valid: written at each new lease, when the
 /// jobs change, when the storage domains it reaches change (looked at every second, so a domain created
-/// through another host becomes usable here within a second), and at least every few seconds. Every
-/// successful write publishes its lease on `registered`.
+/// through another host becomes usable here within a second), and again whenever a read every few
+/// seconds finds it gone or changed. Every successful write publishes its lease on `registered`.
 pub async fn register(
     worker: Arc<Worker>,
     address: String,
@@ -54,9 +54,22 @@ pub async fn register(
             loop {
                 let changed = worker.jobs.changed.notified();
                 let host = record(&worker, &address, lease_id, registered_at);
-                let due = written
-                    .as_ref()
-                    .is_none_or(|(last, at)| *last != host || at.elapsed() >= REFRESH);
+                let mut checked = false;
+                let due = match &written {
+                    None => true,
+                    Some((last, _)) if *last != host => true,
+                    // Unchanged: the key lives as long as the session lease, so it is only read
+                    // back (a read, not a write: 500 idle hosts must not keep etcd writing) and
+                    // written again if it is gone or differs (deleted or edited by hand).
+                    Some((last, at)) if at.elapsed() >= REFRESH => {
+                        checked = true;
+                        registration_lost(&worker, last).await
+                    }
+                    Some(_) => false,
+                };
+                if let (true, Some((_, at))) = (checked, written.as_mut()) {
+                    *at = Instant::now();
+                }
                 if due {
                     match worker
                         .coord
@@ -89,7 +102,13 @@ pub async fn register(
 
 /// How often the host looks at its storage domains.
 const LOOK_AGAIN: Duration = Duration::from_secs(1);
-/// How often the record is written even when nothing changed.
+/// Whether the registration in etcd is gone or differs from `last`, the one written (an etcd
+/// error says neither).
+async fn registration_lost(worker: &Worker, last: &pb::Host) -> bool {
+    matches!(worker.coord.get_host(worker.host_id).await, Ok(h) if h.as_ref() != Some(last))
+}
+
+/// How often the record is read back when nothing changed.
 const REFRESH: Duration = Duration::from_secs(5);
 
 fn record(
