@@ -325,7 +325,10 @@ async fn a_host_stays_serving_while_every_peer_is_stopped() {
         .unwrap();
     tc.cluster.scheduler_mut().signal(Signal::SIGCONT).unwrap();
     tc.cluster.host_mut(1).signal(Signal::SIGCONT).unwrap();
-    assert!(result.unwrap(), "the host's registration went or changed lease");
+    assert!(
+        result.unwrap(),
+        "the host's registration went or changed lease"
+    );
     assert_eq!(health_now.unwrap(), SERVING);
     assert_eq!(lease_now, Some(lease), "the host lost its lease");
     assert_eq!(watcher.seen(), [SERVING], "its health changed");
