@@ -36,8 +36,9 @@ pub async fn fence_on_loss(worker: Arc<Worker>) {
 
 /// Keeps `hosts/<host_id>` current while the session is valid: written at each new lease, when the
 /// jobs change, when the storage domains it reaches change (looked at every second, so a domain created
-/// through another host becomes usable here within a second), and again whenever a read every few
-/// seconds finds it gone or changed. Every successful write publishes its lease on `registered`.
+/// through another host becomes usable here within a second), and again whenever a read every 30 s
+/// finds it gone or changed (deleted or edited by hand: the key otherwise lives as long as the
+/// session lease). Every successful write publishes its lease on `registered`.
 pub async fn register(
     worker: Arc<Worker>,
     address: String,
@@ -108,8 +109,9 @@ async fn registration_lost(worker: &Worker, last: &pb::Host) -> bool {
     matches!(worker.coord.get_host(worker.host_id).await, Ok(h) if h.as_ref() != Some(last))
 }
 
-/// How often the record is read back when nothing changed.
-const REFRESH: Duration = Duration::from_secs(5);
+/// How often the record is read back when nothing changed. 30 s: 500 idle hosts reading every 5 s
+/// took 5 % of a core of etcd (BENCHMARKS.md).
+const REFRESH: Duration = Duration::from_secs(30);
 
 fn record(
     worker: &Worker,
