@@ -85,6 +85,15 @@ impl Bench {
         })
     }
 
+    /// A client of the cluster's scheduler.
+    pub async fn scheduler(
+        &self,
+    ) -> anyhow::Result<pb::scheduler_service_client::SchedulerServiceClient<Channel>> {
+        Ok(pb::scheduler_service_client::SchedulerServiceClient::new(
+            self.cluster.channel(&self.cluster.scheduler_url()).await?,
+        ))
+    }
+
     pub async fn domain(&mut self) -> anyhow::Result<String> {
         let id = uuid::Uuid::new_v4().to_string();
         self.host

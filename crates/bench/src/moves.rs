@@ -17,10 +17,10 @@ use crate::cluster::Bench;
 
 const HOSTS: usize = 3;
 const SLOTS: u32 = 4;
-const CLIENTS: usize = 16;
+pub(crate) const CLIENTS: usize = 16;
 const MIB: u64 = 1 << 20;
 
-type Scheduler = SchedulerServiceClient<Channel>;
+pub(crate) type Scheduler = SchedulerServiceClient<Channel>;
 
 /// One row of the table.
 struct Row {
@@ -64,60 +64,19 @@ async fn one(base: &Path, m: usize) -> anyhow::Result<Row> {
         },
     )
     .await?;
-    let sched: Scheduler =
-        SchedulerServiceClient::new(b.cluster.channel(&b.cluster.scheduler_url()).await?);
+    let sched: Scheduler = b.scheduler().await?;
     let (from, to) = (b.domain().await?, b.domain().await?);
     crate::spread::wait_reach(&mut sched.clone(), &[&from, &to], HOSTS).await?;
-    let mut disks = Vec::with_capacity(m);
-    for _ in 0..m {
-        let img = uuid::Uuid::new_v4().to_string();
-        b.raw_volume(&from, &img, MIB, pb::Legality::Legal).await?;
-        disks.push(img);
-    }
-    let pids = [
-        b.cluster
-            .scheduler_mut()
-            .pid()
-            .context("the scheduler runs")?,
-        b.cluster
-            .job_tracker_mut()
-            .pid()
-            .context("the job-tracker runs")?,
-        b.cluster.etcd_mut().pid().context("etcd runs")?,
-    ];
+    let disks = disks(&mut b, &from, m).await?;
+    let pids = control_plane_pids(&mut b)?;
     crate::cluster::settle()?;
     let before = pids.map(cpu_time);
     let started = Instant::now();
-    let chunks: Vec<Vec<String>> = disks
-        .chunks(m.div_ceil(CLIENTS).max(1))
-        .map(<[String]>::to_vec)
-        .collect();
-    let mut senders = Vec::new();
-    for chunk in chunks {
-        let mut s = sched.clone();
-        let (from, to) = (from.clone(), to.clone());
-        senders.push(tokio::spawn(async move {
-            for img in chunk {
-                s.move_disk(pb::MoveDiskRequest {
-                    image: Some(pb::DiskRef {
-                        storage_domain_id: from.clone(),
-                        image_id: img,
-                    }),
-                    destination_storage_domain_id: to.clone(),
-                    request_id: String::new(),
-                })
-                .await
-                .context("MoveDisk")?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for s in senders {
-        s.await??;
-    }
-    let failed = wait_done(&mut sched.clone(), m).await?;
+    send_moves(&sched, &from, &to, disks).await?;
+    let ops = wait_done(&mut sched.clone(), m).await?;
     let wall = started.elapsed();
     let after = pids.map(cpu_time);
+    let failed = failed(&ops);
     if failed > 0 {
         bail!("{failed} of {m} moves failed");
     }
@@ -130,12 +89,78 @@ async fn one(base: &Path, m: usize) -> anyhow::Result<Row> {
     })
 }
 
-/// Waits until `m` operations are done (one ListOperations a second); how many failed.
-async fn wait_done(sched: &mut Scheduler, m: usize) -> anyhow::Result<usize> {
-    let deadline = Instant::now() + Duration::from_secs(60 + m as u64);
+/// `m` images in `sd`, each one empty raw volume of 1 MiB.
+pub(crate) async fn disks(b: &mut Bench, sd: &str, m: usize) -> anyhow::Result<Vec<String>> {
+    let mut disks = Vec::with_capacity(m);
+    for _ in 0..m {
+        let img = uuid::Uuid::new_v4().to_string();
+        b.raw_volume(sd, &img, MIB, pb::Legality::Legal).await?;
+        disks.push(img);
+    }
+    Ok(disks)
+}
+
+/// The scheduler's, the job-tracker's and etcd's process ids.
+pub(crate) fn control_plane_pids(b: &mut Bench) -> anyhow::Result<[u32; 3]> {
+    Ok([
+        b.cluster
+            .scheduler_mut()
+            .pid()
+            .context("the scheduler runs")?,
+        b.cluster
+            .job_tracker_mut()
+            .pid()
+            .context("the job-tracker runs")?,
+        b.cluster.etcd_mut().pid().context("etcd runs")?,
+    ])
+}
+
+/// Sends a MoveDisk of every disk of `disks` from `from` to `to`, by [`CLIENTS`] clients at once;
+/// how long each took to answer.
+pub(crate) async fn send_moves(
+    sched: &Scheduler,
+    from: &str,
+    to: &str,
+    disks: Vec<String>,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut senders = Vec::new();
+    for chunk in disks.chunks(disks.len().div_ceil(CLIENTS).max(1)) {
+        let (mut s, chunk) = (sched.clone(), chunk.to_vec());
+        let (from, to) = (from.to_string(), to.to_string());
+        senders.push(tokio::spawn(async move {
+            let mut took = Vec::with_capacity(chunk.len());
+            for img in chunk {
+                let t = Instant::now();
+                s.move_disk(pb::MoveDiskRequest {
+                    image: Some(pb::DiskRef {
+                        storage_domain_id: from.clone(),
+                        image_id: img,
+                    }),
+                    destination_storage_domain_id: to.clone(),
+                    request_id: String::new(),
+                })
+                .await
+                .context("MoveDisk")?;
+                took.push(t.elapsed());
+            }
+            anyhow::Ok(took)
+        }));
+    }
+    let mut accept = Vec::with_capacity(disks.len());
+    for s in senders {
+        accept.extend(s.await??);
+    }
+    Ok(accept)
+}
+
+/// Every operation once `m` are done (one ListOperations a second).
+pub(crate) async fn wait_done(
+    sched: &mut Scheduler,
+    m: usize,
+) -> anyhow::Result<Vec<pb::Operation>> {
+    let deadline = Instant::now() + Duration::from_secs(120 + m as u64 / 5);
     loop {
-        let mut done = 0;
-        let mut failed = 0;
+        let mut all = Vec::with_capacity(m);
         let mut token = String::new();
         loop {
             let page = sched
@@ -146,23 +171,28 @@ async fn wait_done(sched: &mut Scheduler, m: usize) -> anyhow::Result<usize> {
                 })
                 .await?
                 .into_inner();
-            for op in &page.operations {
-                done += usize::from(op.done);
-                failed += usize::from(matches!(op.result, Some(pb::operation::Result::Error(_))));
-            }
+            all.extend(page.operations);
             token = page.next_page_token;
             if token.is_empty() {
                 break;
             }
         }
+        let done = all.iter().filter(|o| o.done).count();
         if done >= m {
-            return Ok(failed);
+            return Ok(all);
         }
         if Instant::now() > deadline {
-            bail!("{done} of {m} moves done by the deadline");
+            bail!("{done} of {m} operations done by the deadline");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// How many of `ops` ended with an error.
+pub(crate) fn failed(ops: &[pb::Operation]) -> usize {
+    ops.iter()
+        .filter(|o| matches!(o.result, Some(pb::operation::Result::Error(_))))
+        .count()
 }
 
 /// User plus system CPU time of process `pid` so far.

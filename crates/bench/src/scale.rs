@@ -13,24 +13,23 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use datapath_api::pb::{
-    self, job_tracker_service_client::JobTrackerServiceClient,
-    scheduler_service_client::SchedulerServiceClient,
-};
+use datapath_api::pb::{self, job_tracker_service_client::JobTrackerServiceClient};
 use dpctl::local::ClusterConfig;
 use tonic::transport::Channel;
 
-use crate::cluster::{percentile, Bench};
+use crate::{
+    cluster::{percentile, Bench},
+    moves::{
+        control_plane_pids, cpu_time, disks, failed, send_moves, wait_done, Scheduler, CLIENTS,
+    },
+};
 
 const SLOTS: u32 = 4;
-const CLIENTS: usize = 16;
 const MIB: u64 = 1 << 20;
 /// The simulated copy rate: the disks are empty, so a copy takes no time at any rate.
 const RATE: u64 = 256 * MIB;
 /// Operations whose job end → done delay is measured.
 const SAMPLED: usize = 200;
-
-type Scheduler = SchedulerServiceClient<Channel>;
 
 struct Row {
     hosts: usize,
@@ -108,83 +107,32 @@ async fn one(base: &Path, n: usize, m: usize) -> anyhow::Result<Row> {
         "scale N={n} M={m}: cluster up in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let sched: Scheduler =
-        SchedulerServiceClient::new(b.cluster.channel(&b.cluster.scheduler_url()).await?);
+    let sched: Scheduler = b.scheduler().await?;
     let tracker = b.tracker.clone();
     let (from, to) = (b.domain().await?, b.domain().await?);
     crate::spread::wait_reach(&mut sched.clone(), &[&from, &to], n).await?;
-    let pids = [
-        b.cluster
-            .scheduler_mut()
-            .pid()
-            .context("the scheduler runs")?,
-        b.cluster
-            .job_tracker_mut()
-            .pid()
-            .context("the job-tracker runs")?,
-        b.cluster.etcd_mut().pid().context("etcd runs")?,
-    ];
+    let pids = control_plane_pids(&mut b)?;
     let mut etcd =
         etcd_client::Client::connect(b.cluster.etcd_endpoints(), b.cluster.etcd_options()).await?;
     let revision = |s: &etcd_client::StatusResponse| s.header().map(|h| h.revision()).unwrap_or(0);
     // The idle cost: every host registered, nothing to do.
-    let (cpu0, rev0) = (
-        pids.map(crate::moves::cpu_time),
-        revision(&etcd.status().await?),
-    );
+    let (cpu0, rev0) = (pids.map(cpu_time), revision(&etcd.status().await?));
     tokio::time::sleep(IDLE).await;
-    let (cpu1, rev1) = (
-        pids.map(crate::moves::cpu_time),
-        revision(&etcd.status().await?),
-    );
+    let (cpu1, rev1) = (pids.map(cpu_time), revision(&etcd.status().await?));
     let idle = (
         [0, 1, 2].map(|i| cpu1[i].saturating_sub(cpu0[i]).as_secs_f64() / IDLE.as_secs_f64()),
         (rev1 - rev0) as f64 / IDLE.as_secs_f64(),
     );
-    let mut disks = Vec::with_capacity(m);
-    for _ in 0..m {
-        let img = uuid::Uuid::new_v4().to_string();
-        b.raw_volume(&from, &img, MIB, pb::Legality::Legal).await?;
-        disks.push(img);
-    }
+    let disks = disks(&mut b, &from, m).await?;
     let first = etcd.status().await?;
-    let before = pids.map(crate::moves::cpu_time);
+    let before = pids.map(cpu_time);
     let t0 = Instant::now();
-    let mut senders = Vec::new();
-    for chunk in disks.chunks(m.div_ceil(CLIENTS).max(1)) {
-        let (mut s, chunk) = (sched.clone(), chunk.to_vec());
-        let (from, to) = (from.clone(), to.clone());
-        senders.push(tokio::spawn(async move {
-            let mut took = Vec::with_capacity(chunk.len());
-            for img in chunk {
-                let t = Instant::now();
-                s.move_disk(pb::MoveDiskRequest {
-                    image: Some(pb::DiskRef {
-                        storage_domain_id: from.clone(),
-                        image_id: img,
-                    }),
-                    destination_storage_domain_id: to.clone(),
-                    request_id: String::new(),
-                })
-                .await
-                .context("MoveDisk")?;
-                took.push(t.elapsed());
-            }
-            anyhow::Ok(took)
-        }));
-    }
-    let mut accept = Vec::with_capacity(m);
-    for s in senders {
-        accept.extend(s.await??);
-    }
+    let accept = send_moves(&sched, &from, &to, disks).await?;
     let done = wait_done(&mut sched.clone(), m).await?;
     let wall = t0.elapsed();
-    let after = pids.map(crate::moves::cpu_time);
+    let after = pids.map(cpu_time);
     let last = etcd.status().await?;
-    let failed = done
-        .iter()
-        .filter(|o| matches!(o.result, Some(pb::operation::Result::Error(_))))
-        .count();
+    let failed = failed(&done);
     if failed > 0 {
         bail!("{failed} of {m} operations failed");
     }
@@ -202,38 +150,6 @@ async fn one(base: &Path, n: usize, m: usize) -> anyhow::Result<Row> {
         rss_kib: pids.map(peak_rss_kib),
         idle,
     })
-}
-
-/// Every operation once all `m` are done.
-async fn wait_done(sched: &mut Scheduler, m: usize) -> anyhow::Result<Vec<pb::Operation>> {
-    let deadline = Instant::now() + Duration::from_secs(120 + m as u64 / 5);
-    loop {
-        let mut all = Vec::with_capacity(m);
-        let mut token = String::new();
-        loop {
-            let page = sched
-                .list_operations(pb::ListOperationsRequest {
-                    page_size: 1000,
-                    page_token: token,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            all.extend(page.operations);
-            token = page.next_page_token;
-            if token.is_empty() {
-                break;
-            }
-        }
-        let done = all.iter().filter(|o| o.done).count();
-        if done >= m {
-            return Ok(all);
-        }
-        if Instant::now() > deadline {
-            bail!("{done} of {m} operations done by the deadline");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }
 
 /// For a sample of operations: the time from their copy job's last record to the operation's.

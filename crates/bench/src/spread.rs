@@ -61,8 +61,7 @@ async fn spread(base: &Path, rounds: usize, host_limit: u64) -> anyhow::Result<(
     )
     .await?;
     let spm = b.cluster.wait_spm().await?;
-    let mut sched =
-        SchedulerServiceClient::new(b.cluster.channel(&b.cluster.scheduler_url()).await?);
+    let mut sched = b.scheduler().await?;
     let (a, d) = (b.domain().await?, b.domain().await?);
     let t = Instant::now();
     wait_reach(&mut sched, &[&a, &d], HOSTS).await?;
@@ -341,8 +340,7 @@ async fn overhead(base: &Path, moves: usize) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let mut sched =
-        SchedulerServiceClient::new(b.cluster.channel(&b.cluster.scheduler_url()).await?);
+    let mut sched = b.scheduler().await?;
     let (a, d) = (b.domain().await?, b.domain().await?);
     wait_reach(&mut sched, &[&a, &d], HOSTS).await?;
     let mut disks = Vec::new();
