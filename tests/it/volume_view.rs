@@ -214,3 +214,85 @@ async fn after_etcd_restarts_the_view_reads_everything_again_and_follows_on() {
         .unwrap();
     reads_without_etcd(&tc, 0, &dst).await;
 }
+
+/// Hosts started `--volume-view off` (what `auto` picks in a large cluster) read every volume from
+/// etcd: each GetVolumeInfo costs the host etcd reads, and a lease taken behind their backs is
+/// reported and refused at once, with no watch to wait for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_without_the_view_reads_every_volume_from_etcd() {
+    let tc = TestCluster::start(2, |c| {
+        c.env.push(("DATAPATH_VOLUME_VIEW".into(), "off".into()));
+    })
+    .await
+    .unwrap();
+    let (src, dst) = tc
+        .source_and_destination(pb::VolumeFormat::Raw, 4 * MIB, 1)
+        .await;
+    let before = etcd_gets(&tc, 1).await;
+    for _ in 0..10 {
+        assert!(tc.info(1, &dst).await.lease.is_none());
+    }
+    let read = etcd_gets(&tc, 1).await - before;
+    assert!(read >= 10, "ten GetVolumeInfo read etcd {read} times");
+
+    let holder = foreign_lease(&tc, &dst).await;
+    for i in 0..2 {
+        assert_eq!(
+            tc.info(i, &dst).await.lease.map(|l| l.job_id),
+            Some(holder.clone()),
+            "host {i}"
+        );
+    }
+    let refused = try_copy(&tc, 0, &src, &dst).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains(&holder), "{refused:?}");
+    assert_eq!(resyncs(&tc, 0).await, 0, "a view was followed");
+}
+
+/// A view told to stop following forgets what it knew and answers "ask etcd" for everything; told
+/// to follow again, it reads everything afresh. (`auto` does this as the cluster grows past and
+/// shrinks below its size.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_stopped_knows_nothing_and_started_again_reads_everything_afresh() {
+    use datapath_coord::volume_view::Known;
+
+    let tc = TestCluster::start(1, |_| {}).await.unwrap();
+    let (_, dst) = tc
+        .source_and_destination(pb::VolumeFormat::Raw, 4 * MIB, 1)
+        .await;
+    let dst_key = volume_key(&dst);
+    let coord = datapath_coord::Coord::connect_with(
+        &tc.cluster.etcd_endpoints(),
+        tc.cluster.etcd_prefix(),
+        tc.cluster.client_tls().map(|t| t.client(None)),
+    )
+    .await
+    .unwrap();
+    let view = coord.volume_view();
+    assert!(view.following());
+    let holder = foreign_lease(&tc, &dst).await;
+    wait_for(Duration::from_secs(5), "the lease in the view", || async {
+        matches!(view.lease(&dst_key), Known::Present(l) if l.job_id == holder).then_some(())
+    })
+    .await
+    .unwrap();
+
+    view.unfollow();
+    assert!(!view.following());
+    assert_eq!(view.lease(&dst_key), Known::Unknown);
+    assert!(!view.synced().0);
+    assert!(!view.lease_free(&dst_key) && !view.hold_free(&dst_key));
+
+    tc.etcd
+        .clone()
+        .delete(keys(&tc).volume_lease(&dst_key), None)
+        .await
+        .unwrap();
+    view.follow(&coord);
+    wait_for(Duration::from_secs(5), "the view in step again", || async {
+        view.synced().0.then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(view.lease(&dst_key), Known::Absent);
+}

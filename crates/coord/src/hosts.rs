@@ -35,6 +35,18 @@ impl Coord {
             .collect())
     }
 
+    /// How many hosts are registered (a count-only read: no record crosses the wire).
+    pub async fn count_hosts(&self) -> Result<i64> {
+        let resp = self
+            .client()
+            .get(
+                self.keys().hosts(),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await?;
+        Ok(resp.count())
+    }
+
     /// One host's registration, if it is live.
     pub async fn get_host(&self, host_id: HostId) -> Result<Option<pb::Host>> {
         let resp = self.client().get(self.keys().host(host_id), None).await?;

@@ -49,6 +49,9 @@ pub enum Known<T> {
 
 #[derive(Default)]
 struct State {
+    /// Which following of etcd may write this state: bumped by every start and stop, so a task
+    /// stopped in the middle of a poll cannot write after its stop.
+    epoch: u64,
     synced: bool,
     revision: i64,
     /// Generation and the record's mod revision; `None`: the record does not decode.
@@ -59,11 +62,12 @@ struct State {
     holds: HashMap<VolumeKey, HashSet<Vec<u8>>>,
 }
 
-/// The watched view; cheap to clone. The watch stops when the last clone is dropped.
+/// The watched view; cheap to clone. The watch stops when the last clone is dropped, or when the
+/// view is told to stop following ([`VolumeView::unfollow`]).
 #[derive(Clone)]
 pub struct VolumeView {
     state: Arc<RwLock<State>>,
-    _task: Option<Arc<TaskGuard>>,
+    task: Arc<std::sync::Mutex<Option<TaskGuard>>>,
 }
 
 struct TaskGuard(AbortHandle);
@@ -125,23 +129,71 @@ impl VolumeView {
     }
 }
 
-impl Coord {
-    /// Starts the volume view: it is [`Known::Unknown`] until its first full read is done.
-    pub fn volume_view(&self) -> VolumeView {
-        let state = Arc::new(RwLock::new(State::default()));
-        let task = tokio::spawn(follow_forever(self.clone(), state.clone()));
-        VolumeView {
-            state,
-            _task: Some(Arc::new(TaskGuard(task.abort_handle()))),
+impl VolumeView {
+    /// A view that does not follow etcd (yet): it answers [`Known::Unknown`] for everything, so
+    /// every read goes to etcd. Each following view turns every lease, hold and generation write
+    /// into one more watch event for etcd to send, so in a large cluster hosts read etcd instead
+    /// (BENCHMARKS.md, "The control plane with many hosts").
+    pub fn unwatched() -> Self {
+        Self {
+            state: Arc::new(RwLock::new(State::default())),
+            task: Arc::default(),
         }
+    }
+
+    /// Starts following etcd, unless the view already does; it answers [`Known::Unknown`] until
+    /// its first full read is done.
+    pub fn follow(&self, coord: &Coord) {
+        let mut task = self.task.lock().expect("volume view task lock");
+        if task.is_none() {
+            let epoch = {
+                let mut s = self.state.write().expect("volume view lock");
+                s.epoch += 1;
+                s.epoch
+            };
+            let handle = tokio::spawn(follow_forever(coord.clone(), self.state.clone(), epoch));
+            *task = Some(TaskGuard(handle.abort_handle()));
+        }
+    }
+
+    /// Stops following etcd and forgets what it knew: from now on it answers
+    /// [`Known::Unknown`], and reads go to etcd.
+    pub fn unfollow(&self) {
+        let stopped = self.task.lock().expect("volume view task lock").take();
+        drop(stopped);
+        let mut s = self.state.write().expect("volume view lock");
+        *s = State {
+            epoch: s.epoch + 1,
+            ..State::default()
+        };
+    }
+
+    /// Whether the view follows etcd (it may still be reading, or out of step).
+    pub fn following(&self) -> bool {
+        self.task.lock().expect("volume view task lock").is_some()
     }
 }
 
-async fn follow_forever(coord: Coord, state: Arc<RwLock<State>>) {
+impl Coord {
+    /// Starts the volume view: it is [`Known::Unknown`] until its first full read is done.
+    pub fn volume_view(&self) -> VolumeView {
+        let view = VolumeView::unwatched();
+        view.follow(self);
+        view
+    }
+}
+
+async fn follow_forever(coord: Coord, state: Arc<RwLock<State>>, epoch: u64) {
     let mut pause = Duration::from_millis(50);
     loop {
-        let outcome = follow(&coord, &state).await;
-        state.write().expect("volume view lock").synced = false;
+        let outcome = follow(&coord, &state, epoch).await;
+        {
+            let mut s = state.write().expect("volume view lock");
+            if s.epoch != epoch {
+                return;
+            }
+            s.synced = false;
+        }
         crate::metrics::metrics().volume_view_resyncs.inc();
         match outcome {
             Ok(()) => info!("volume view: a watch ended; reading everything again"),
@@ -155,7 +207,7 @@ async fn follow_forever(coord: Coord, state: Arc<RwLock<State>>) {
 }
 
 /// One full read, then the watches until one of them ends or fails.
-async fn follow(coord: &Coord, state: &RwLock<State>) -> Result<()> {
+async fn follow(coord: &Coord, state: &RwLock<State>, epoch: u64) -> Result<()> {
     let keys = coord.keys();
     let mut client = coord.client();
     let gens = client
@@ -177,6 +229,9 @@ async fn follow(coord: &Coord, state: &RwLock<State>) -> Result<()> {
     let mut hold_watch = client.watch(keys.volume_holds(), Some(from)).await?;
     {
         let mut s = state.write().expect("volume view lock");
+        if s.epoch != epoch {
+            return Err(stopped());
+        }
         s.generations = gens
             .kvs()
             .iter()
@@ -209,11 +264,16 @@ async fn follow(coord: &Coord, state: &RwLock<State>) -> Result<()> {
             r = hold_watch.message() => r?,
         };
         let Some(resp) = resp else { return Ok(()) };
-        apply(coord, state, &resp)?;
+        apply(coord, state, epoch, &resp)?;
     }
 }
 
-fn apply(coord: &Coord, state: &RwLock<State>, resp: &WatchResponse) -> Result<()> {
+/// The error of a following that was stopped.
+fn stopped() -> CoordError {
+    CoordError::WatchCanceled("the volume view stopped following etcd".into())
+}
+
+fn apply(coord: &Coord, state: &RwLock<State>, epoch: u64, resp: &WatchResponse) -> Result<()> {
     if resp.compact_revision() > 0 {
         return Err(CoordError::Compacted {
             requested: state.read().expect("volume view lock").revision + 1,
@@ -225,6 +285,9 @@ fn apply(coord: &Coord, state: &RwLock<State>, resp: &WatchResponse) -> Result<(
     }
     let keys = coord.keys();
     let mut s = state.write().expect("volume view lock");
+    if s.epoch != epoch {
+        return Err(stopped());
+    }
     for event in resp.events() {
         let Some(kv) = event.kv() else { continue };
         let put = event.event_type() == EventType::Put;
@@ -288,7 +351,7 @@ mod tests {
     fn view(state: State) -> VolumeView {
         VolumeView {
             state: Arc::new(RwLock::new(state)),
-            _task: None,
+            task: Arc::default(),
         }
     }
 
@@ -309,6 +372,7 @@ mod tests {
             generations: HashMap::from([(raised, Some((4, 8))), (bad, None)]),
             leases: HashMap::from([(held, Some(lease())), (bad, None)]),
             holds: HashMap::from([(held, HashSet::from([b"k".to_vec()]))]),
+            ..State::default()
         });
         assert!(in_step.lease_free(&free));
         assert!(in_step.hold_free(&free));

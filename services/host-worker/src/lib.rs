@@ -23,6 +23,7 @@ pub mod service;
 pub mod spans;
 pub mod spm;
 pub mod storage;
+pub mod view_mode;
 pub mod watchdog;
 pub mod worker;
 
@@ -94,6 +95,12 @@ pub struct Config {
     /// reports) is real. A destination then holds what it was created with. 0 (the default): off.
     #[arg(long, env = "DATAPATH_SIMULATED_COPY_RATE", default_value_t = 0)]
     pub simulated_copy_rate: u64,
+    /// Keep a watched copy of every volume's lease, read holds and generation record, so that
+    /// GetVolumeInfo and CopyData's checks cost no etcd round trip. Each host's watch makes every
+    /// such write a message from etcd to every host, so `auto` keeps it only while the cluster
+    /// has at most 32 hosts (`view_mode.rs`).
+    #[arg(long, env = "DATAPATH_VOLUME_VIEW", value_enum, default_value_t = view_mode::VolumeViewMode::Auto)]
+    pub volume_view: view_mode::VolumeViewMode,
     /// Bandwidth limit of the whole host in bytes per second (its storage link), like Proxmox's
     /// `bwlimit`: each of the job slots gets an equal share, so the host's copies together never
     /// exceed it; 0 is unlimited.
@@ -160,7 +167,7 @@ pub async fn run(
     let worker = Arc::new(worker::Worker {
         host_id,
         storage,
-        volumes: coord.volume_view(),
+        volumes: datapath_coord::volume_view::VolumeView::unwatched(),
         coord,
         session: session.subscribe(),
         spm: spm::Spm::default(),
@@ -189,6 +196,7 @@ pub async fn run(
         registered,
     ));
     let elector = tokio::spawn(spm::campaign(worker.clone()));
+    let view_mode = tokio::spawn(view_mode::follow(worker.clone(), config.volume_view));
     let routes = Routes::new(health_server).add_service(HostWorkerServiceServer::new(
         service::HostWorkerApi::new(worker.clone()),
     ));
@@ -203,6 +211,7 @@ pub async fn run(
     )
     .await;
     elector.abort();
+    view_mode.abort();
     spm::resign(&worker).await;
     registrar.abort();
     health_task.abort();
