@@ -249,3 +249,54 @@ async fn dpctl_follows_the_spm_for_structural_verbs() {
     dpctl(&["image", "delete", &sd, img]);
     assert!(!tc.volume_path(&volume).exists());
 }
+
+/// The SPM's leader key deleted behind its back (by hand, say): the next candidate leads at once,
+/// and the old SPM — woken by its watch of the key, with no poll to wait for — steps down, refuses
+/// structural verbs naming the new SPM, and campaigns again (its new key is queued behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spm_whose_leader_key_is_deleted_steps_down_at_once_and_campaigns_again() {
+    let tc = TestCluster::start(2, |_| {}).await.unwrap();
+    let sd = tc.domain().await;
+    let old = tc.spm().await;
+    let old_id = tc.cluster.host_id(old).to_string();
+    let prefix = format!("{}spm/", tc.cluster.etcd_prefix());
+    let mut etcd = tc.etcd.clone();
+    let candidates = |etcd: etcd_client::Client| {
+        let (prefix, old_id) = (prefix.clone(), old_id.clone());
+        async move {
+            let resp = etcd
+                .clone()
+                .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+                .await
+                .unwrap();
+            resp.kvs()
+                .iter()
+                .filter(|kv| kv.value() == old_id.as_bytes())
+                .map(|kv| (kv.key().to_vec(), kv.create_revision()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let before = candidates(etcd.clone()).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    etcd.delete(before[0].0.clone(), None).await.unwrap();
+    let deleted = Instant::now();
+
+    let new = successor(&tc, old, Duration::from_secs(5)).await;
+    wait_for(
+        Duration::from_millis(1500),
+        "the old SPM to campaign again",
+        || async {
+            let now = candidates(etcd.clone()).await;
+            (now.len() == 1 && now[0].1 > before[0].1).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        deleted.elapsed() < Duration::from_secs(2),
+        "the old SPM stepped down {:?} after its key was deleted",
+        deleted.elapsed()
+    );
+    assert!(refuses_naming(&tc, old, &sd, new).await);
+    create(&tc, new, &new_volume(&sd)).await.unwrap();
+}

@@ -17,11 +17,14 @@
 //! - `scale`: N host-workers with simulated copies and M MoveDisks at once, for each N in
 //!   `--hosts` and M in `--ops`: the control plane's time, latencies, CPU, etcd writes and memory
 //!   (not part of `all`).
+//! - `lost-host`: a host with copies in flight SIGKILLed among N hosts, for each N in `--hosts`:
+//!   kill → its jobs ended, → its copies re-placed, → every move done (not part of `all`).
 mod accept;
 mod cluster;
 mod copy;
 mod etcd_writes;
 mod flood;
+mod lost_host;
 mod moves;
 mod scale;
 mod side;
@@ -34,8 +37,8 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(about = "datapath benchmarks")]
 struct Args {
-    /// Which benchmark: copy, accept, etcd-writes, spread, telemetry, tls, flood, all, moves or
-    /// scale.
+    /// Which benchmark: copy, accept, etcd-writes, spread, telemetry, tls, flood, all, moves,
+    /// scale or lost-host.
     #[arg(default_value = "all")]
     which: String,
     /// Rounds of the copy benchmark (default 5) and of the spread benchmark (default 3).
@@ -50,7 +53,7 @@ struct Args {
     /// The numbers of simultaneous moves of the `moves` benchmark.
     #[arg(long, value_delimiter = ',', default_value = "30,300,1000")]
     counts: Vec<usize>,
-    /// The numbers of host-workers of the `scale` benchmark.
+    /// The numbers of host-workers of the `scale` and `lost-host` benchmarks.
     #[arg(long, value_delimiter = ',', default_value = "10,100")]
     hosts: Vec<usize>,
     /// The numbers of simultaneous operations of the `scale` benchmark.
@@ -80,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
         "flood",
         "moves",
         "scale",
+        "lost-host",
     ]
     .contains(&args.which.as_str())
     {
@@ -114,6 +118,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.which == "moves" {
         moves::run(&base, &args.counts).await?;
+    }
+    if args.which == "lost-host" {
+        lost_host::run(&base, &args.hosts).await?;
     }
     if all || args.which == "flood" {
         flood::run(&base, args.rounds.unwrap_or(4)).await?;

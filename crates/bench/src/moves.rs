@@ -80,6 +80,7 @@ async fn one(base: &Path, m: usize) -> anyhow::Result<Row> {
     if failed > 0 {
         bail!("{failed} of {m} moves failed");
     }
+    check_invariants(&b).await?;
     let cpu = [0, 1, 2].map(|i| after[i].saturating_sub(before[i]));
     eprintln!("moves M={m}: {:.1} s", wall.as_secs_f64());
     Ok(Row {
@@ -209,4 +210,19 @@ pub(crate) fn cpu_time(pid: u32) -> Duration {
         .sum();
     // Linux reports these in USER_HZ, 100 on every ABI it runs on.
     Duration::from_millis(ticks * 10)
+}
+
+/// Fails unless the cluster holds the invariants the fault tests end with
+/// (`dpctl::local::invariants`): no lease or lock left, every operation done and job terminal, no
+/// ILLEGAL volume, never two holders of one lease.
+pub(crate) async fn check_invariants(b: &Bench) -> anyhow::Result<()> {
+    let found = dpctl::local::invariants::violations(&b.cluster).await?;
+    if !found.is_empty() {
+        bail!(
+            "{} invariant violations, the first: {}",
+            found.len(),
+            found[..found.len().min(10)].join("; ")
+        );
+    }
+    Ok(())
 }

@@ -50,6 +50,9 @@ pub struct ClusterView {
 struct Shared {
     state: RwLock<State>,
     changes: watch::Sender<u64>,
+    /// Bumped when a host's registration goes (or the view is read afresh, which may have missed a
+    /// departure): what followers of a host's work wake on, rarer than every change.
+    departures: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -109,6 +112,13 @@ impl ClusterView {
         self.changes.clone()
     }
 
+    /// A receiver that changes whenever a host's registration goes, or the view is read afresh:
+    /// the wake-up of whoever waits on one host's loss, without waking on every registration
+    /// refresh of hundreds of hosts.
+    pub fn departures(&self) -> watch::Receiver<u64> {
+        self.state.departures.subscribe()
+    }
+
     /// Whether the view is in step with etcd, and the revision it reflects.
     pub fn synced(&self) -> (bool, i64) {
         let state = self.state.read();
@@ -123,6 +133,7 @@ impl Coord {
         let state = Arc::new(Shared {
             state: RwLock::default(),
             changes: tx,
+            departures: watch::channel(0).0,
         });
         ClusterView {
             _task: Some(watched::start(self, state.clone())),
@@ -159,16 +170,23 @@ impl Watched for Shared {
         for kv in kvs {
             put(coord, &mut s, kv);
         }
+        drop(s);
+        self.departures.send_modify(|n| *n += 1);
     }
 
     fn change(&self, coord: &Coord, put_it: bool, kv: &KeyValue) {
         let mut s = self.write();
+        let departed = !put_it && kv.key().starts_with(coord.keys().hosts().as_bytes());
         if put_it {
             put(coord, &mut s, kv);
         } else {
             delete(coord, &mut s, kv);
         }
         s.revision = s.revision.max(kv.mod_revision());
+        drop(s);
+        if departed {
+            self.departures.send_modify(|n| *n += 1);
+        }
     }
 
     fn out_of_step(&self) {
@@ -226,6 +244,7 @@ mod tests {
             state: Arc::new(Shared {
                 state: RwLock::new(state),
                 changes: tx,
+                departures: watch::channel(0).0,
             }),
             changes: rx,
             _task: None,

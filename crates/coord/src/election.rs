@@ -37,6 +37,16 @@ impl Leadership {
         self.key.lease()
     }
 
+    /// The leader key's create revision: what identifies this leadership.
+    pub fn revision(&self) -> i64 {
+        self.key.rev()
+    }
+
+    /// The leader key.
+    pub(crate) fn key_name(&self) -> String {
+        String::from_utf8_lossy(self.key.key()).into_owned()
+    }
+
     /// A transaction condition that holds only while this leadership stands.
     pub fn guard(&self) -> Compare {
         Compare::create_revision(self.key.key().to_vec(), CompareOp::Equal, self.key.rev())
@@ -96,10 +106,19 @@ impl Coord {
 
     /// Whether `leadership` still stands in etcd.
     pub async fn still_leads(&self, leadership: &Leadership) -> Result<bool> {
+        Ok(self.leadership_at(leadership).await?.0)
+    }
+
+    /// Whether `leadership` still stands in etcd, and the revision etcd answered at.
+    pub(crate) async fn leadership_at(&self, leadership: &Leadership) -> Result<(bool, i64)> {
         let resp = self.client().get(leadership.key.key(), None).await?;
-        Ok(resp
+        let stands = resp
             .kvs()
             .first()
-            .is_some_and(|kv| kv.create_revision() == leadership.key.rev()))
+            .is_some_and(|kv| kv.create_revision() == leadership.key.rev());
+        Ok((
+            stands,
+            resp.header().map(|h| h.revision()).unwrap_or_default(),
+        ))
     }
 }

@@ -250,6 +250,13 @@ impl Coord {
         }
     }
 
+    /// Returns at the first change of `disk`'s lock after `revision` (a reader gone, say), or at
+    /// once if it changed since: what a step waiting for readers wakes on.
+    pub async fn disk_lock_changed(&self, disk: &DiskKey, revision: i64) -> Result<()> {
+        self.key_changed_after(self.keys().disk_lock(disk), revision)
+            .await
+    }
+
     /// Replaces a disk lock if it is still at `expected_revision`; an empty lock (no owner, no
     /// readers) deletes the key. Returns whether it did.
     pub async fn put_disk_lock_if(

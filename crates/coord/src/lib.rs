@@ -3,6 +3,7 @@
 //! registrations, volume leases, and job records with compare-and-swap and resumable watches.
 #![warn(missing_docs)]
 
+pub mod candidacy;
 pub mod cluster_view;
 pub mod config;
 pub mod election;
@@ -12,6 +13,7 @@ pub mod generations;
 pub mod hosts;
 pub mod job_view;
 pub mod jobs;
+mod key_watch;
 pub mod keys;
 pub mod metrics;
 mod probe;

@@ -103,6 +103,21 @@ impl Coord {
             })
             .transpose()
     }
+
+    /// Returns once `volume`'s lease has changed — at once if it has none, else when its key is
+    /// deleted (released, or expired with its holder's session) or written. Waiting for a lost
+    /// writer's lease is what recovery does most; a watch wakes it at the expiry, where a poll
+    /// would add up to its period. Callers read the volume again afterwards and bound the wait
+    /// with their own timeout.
+    pub async fn volume_lease_released(&self, volume: &VolumeKey) -> Result<()> {
+        let key = self.keys().volume_lease(volume);
+        let resp = self.client().get(key.clone(), None).await?;
+        if resp.kvs().is_empty() {
+            return Ok(());
+        }
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        self.key_changed_after(key, revision).await
+    }
 }
 
 /// A volume lease taken for one operation, released on every path: by [`LeaseGuard::release`], or

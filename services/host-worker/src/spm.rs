@@ -11,18 +11,15 @@ use std::{sync::Arc, time::Duration};
 
 use datapath_api::ids::HostId;
 use datapath_coord::{
+    candidacy::{self, Candidate, StepDown},
     election::{Leader, Leadership, Role},
     session::SessionState,
 };
-use tokio::{sync::watch, time::sleep};
-use tracing::{debug, info, warn};
+use tokio::sync::watch;
+use tracing::{info, warn};
 
 use crate::{error::Error, worker::Worker};
 
-/// How often the SPM checks that its leader key still stands (someone may delete it by hand).
-const CHECK_EVERY: Duration = Duration::from_secs(2);
-/// Pause before campaigning again after a failed campaign call.
-const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// How long a resignation at shutdown may take; the session's revocation follows anyway.
 const RESIGN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -88,67 +85,35 @@ fn counts(session: SessionState, lease: i64) -> bool {
     session == SessionState::Valid { lease_id: lease }
 }
 
+/// The host as a candidate for the SPM role: leading, it records the win in [`Spm`] (which the
+/// structural verbs read); stepping down, it forgets it.
+struct SpmCandidate(Arc<Worker>);
+
+impl Candidate for SpmCandidate {
+    fn role(&self) -> Role {
+        Role::Spm
+    }
+
+    fn value(&self) -> String {
+        self.0.host_id.to_string()
+    }
+
+    fn lead(&self, leadership: Leadership) -> impl std::future::Future<Output = ()> + Send {
+        self.0.spm.take(leadership);
+        std::future::pending()
+    }
+
+    fn stepped_down(&self, _: &Leadership, why: StepDown) {
+        self.0.spm.drop_role(why.reason());
+    }
+}
+
 /// Campaigns for the SPM role on every valid session lease for as long as the host runs; steps down
-/// the moment the session is lost or replaced and campaigns again on the next lease.
+/// the moment the session is lost or replaced, or the leader key goes from etcd, and campaigns
+/// again (`datapath_coord::candidacy`, the loop the scheduler's election runs too).
 pub async fn campaign(worker: Arc<Worker>) {
-    let mut session = worker.session.clone();
-    loop {
-        let state = *session.borrow_and_update();
-        let changed = match state {
-            SessionState::Valid { lease_id } => tokio::select! {
-                changed = session.changed() => changed,
-                never = lead(&worker, lease_id) => match never {},
-            },
-            SessionState::Lost => session.changed().await,
-        };
-        worker
-            .spm
-            .drop_role("the session lease was lost or replaced");
-        if changed.is_err() {
-            return;
-        }
-    }
-}
-
-/// Wins the role on `lease_id`, holds it while the leader key stands, and campaigns again when it
-/// goes. Never returns: the caller drops it when the lease is no longer the session's.
-async fn lead(worker: &Worker, lease_id: i64) -> std::convert::Infallible {
-    loop {
-        let leadership = win(worker, lease_id).await;
-        worker.spm.take(leadership.clone());
-        hold(worker, &leadership).await;
-        worker
-            .spm
-            .drop_role("its leader key is gone from etcd; campaigning again");
-    }
-}
-
-/// Campaigns until this host leads on `lease_id` (blocking while another host leads).
-async fn win(worker: &Worker, lease_id: i64) -> Leadership {
-    let value = worker.host_id.to_string();
-    loop {
-        debug!(lease_id, "campaigning for the SPM role");
-        match worker.coord.campaign(Role::Spm, &value, lease_id).await {
-            Ok(leadership) => return leadership,
-            Err(e) => {
-                warn!(lease_id, error = %e, "SPM campaign failed; retrying");
-                sleep(RETRY_AFTER).await;
-            }
-        }
-    }
-}
-
-/// Returns when `leadership` no longer stands in etcd. An unreachable etcd is not a loss: the session
-/// decides that, and the caller drops this future when it does.
-async fn hold(worker: &Worker, leadership: &Leadership) {
-    loop {
-        sleep(CHECK_EVERY).await;
-        match worker.coord.still_leads(leadership).await {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => debug!(error = %e, "could not check the SPM leader key"),
-        }
-    }
+    let session = worker.session.clone();
+    candidacy::campaign_forever(worker.coord.clone(), SpmCandidate(worker), session).await;
 }
 
 /// Gives the role up at shutdown, so another host takes it now instead of after the TTL.

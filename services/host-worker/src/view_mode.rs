@@ -17,8 +17,8 @@ pub enum VolumeViewMode {
     On,
     /// Never: every volume read goes to etcd.
     Off,
-    /// Keep it while at most [`AUTO_MAX_HOSTS`] hosts are registered, checked every
-    /// [`RECHECK`].
+    /// Keep it while at most [`AUTO_MAX_HOSTS`] hosts are registered: counted at the start,
+    /// [`FIRST_RECHECK`] later, then every [`RECHECK`].
     Auto,
 }
 
@@ -27,19 +27,29 @@ pub enum VolumeViewMode {
 pub const AUTO_MAX_HOSTS: i64 = 32;
 /// How often `auto` counts the registered hosts (a count-only read).
 const RECHECK: Duration = Duration::from_secs(30);
+/// When `auto` counts the second time: hosts of a large cluster started together see a small one
+/// at first, and must not keep their views for a whole [`RECHECK`].
+const FIRST_RECHECK: Duration = Duration::from_secs(10);
 /// How soon `auto` counts again after a count failed (etcd not reachable yet).
 const RETRY: Duration = Duration::from_secs(2);
 
 /// Starts or stops the view as `mode` says, for as long as the host runs.
 pub async fn follow(worker: Arc<Worker>, mode: VolumeViewMode) {
+    let mut counted = false;
     match mode {
         VolumeViewMode::On => worker.volumes.follow(&worker.coord),
         VolumeViewMode::Off => worker.volumes.unfollow(),
         VolumeViewMode::Auto => loop {
             let pause = match worker.coord.count_hosts().await {
                 Ok(hosts) => {
+                    let first = !counted;
+                    counted = true;
                     apply(&worker, hosts <= AUTO_MAX_HOSTS, hosts);
-                    RECHECK
+                    if first {
+                        FIRST_RECHECK
+                    } else {
+                        RECHECK
+                    }
                 }
                 Err(e) => {
                     warn!(error = %e, "volume view: cannot count the hosts");

@@ -20,6 +20,7 @@ mod config;
 mod etcd;
 mod etcd_auth;
 mod freezer;
+pub mod invariants;
 mod netns;
 mod pki;
 mod process;

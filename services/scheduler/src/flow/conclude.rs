@@ -1,10 +1,10 @@
 //! The fallback of DESIGN's "Monitoring and recovery": when a copy's job record is missing or its
 //! host has gone, the destination volume decides how the attempt (started at generation G) ended. A
-//! held lease means the copy may still run: wait. A free lease with generation G + 1 and LEGAL means it
-//! committed. A generation above G + 1 means it was fenced already: failed. Anything else is
-//! undetermined — an attempt queued on a partitioned host could still start — so the SPM fences the
-//! volume (gives it a fresh file and raises its generation past G + 1, under its lease) and then it
-//! failed.
+//! held lease means the copy may still run: wait (woken by a watch of the lease's key). A free lease
+//! with generation G + 1 and LEGAL means it committed. A generation above G + 1 means it was fenced
+//! already: failed. Anything else is undetermined — an attempt queued on a partitioned host could
+//! still start — so the SPM fences the volume (gives it a fresh file and raises its generation past
+//! G + 1, under its lease) and then it failed.
 //!
 //! [`settle`] applies the same rule to what job records report: a SUCCEEDED counts only when the
 //! destination shows it (a forged record or a buggy worker must never let the source be deleted),
@@ -15,6 +15,7 @@ use std::time::Duration;
 use datapath_api::{
     job_error::{class_of, AttemptClass, JobErrorCode},
     pb,
+    volume::VolumeKey,
 };
 use tonic::Code;
 use tracing::{info, warn, Instrument as _, Span};
@@ -131,7 +132,7 @@ async fn decide_from_destination(
             }
         };
         if info.lease.is_some() {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            wait_lease_released(run, &dst).await;
             continue;
         }
         let meta = info.metadata.unwrap_or_default();
@@ -160,6 +161,27 @@ async fn decide_from_destination(
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             },
+        }
+    }
+}
+
+/// The longest one wait for a destination's lease lasts before the volume is read again (the
+/// watch is a wake-up, not a source of truth).
+const LEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits (at most [`LEASE_WAIT`]) for the destination's lease to be released or to expire with
+/// its holder's session, on a watch of its key; a second when etcd cannot be watched.
+async fn wait_lease_released(run: &Run, dst: &pb::VolumeRef) {
+    let Ok(volume) = VolumeKey::from_pb("destination", Some(dst)) else {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        return;
+    };
+    let released = run.engine.coord.volume_lease_released(&volume);
+    match tokio::time::timeout(LEASE_WAIT, released).await {
+        Ok(Ok(())) | Err(_) => {}
+        Ok(Err(e)) => {
+            warn!(op = %run.record.op, volume = %dst.volume_id, error = %e, "cannot watch the destination's lease");
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }

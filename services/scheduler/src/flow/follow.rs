@@ -146,9 +146,10 @@ async fn not_taken(
 }
 
 /// Follows the job's changes (the scheduler's one job stream: `job_watch.rs`); `None` when they
-/// may have been missed or the job was deleted (the caller reads the job again). Every
-/// [`HOST_CHECK`] the job's host is looked up in the cluster view, and — when the job said nothing
-/// since the last check — its destination lease in etcd.
+/// may have been missed or the job was deleted (the caller reads the job again). The job's host is
+/// looked up in the cluster view whenever a host goes (at once, not at the next check) and every
+/// [`HOST_CHECK`]; then too — when the job said nothing since the last check — its destination
+/// lease in etcd.
 async fn watch_job(
     run: &Run,
     idx: usize,
@@ -160,6 +161,7 @@ async fn watch_job(
     use crate::job_watch::JobNews;
     let mut stop = run.stop_signal();
     let mut host_check = tokio::time::interval(HOST_CHECK);
+    let mut departures = run.engine.view.departures();
     let mut lease = LeaseSeen::default();
     lease.note(read);
     let mut heard = false;
@@ -182,10 +184,14 @@ async fn watch_job(
                     *abort_sent = abort(run, &v.job_id).await;
                 }
             }
+            Ok(()) = departures.changed() => {
+                if let Some(end) = host_gone(run, v).await? {
+                    return Ok(Some(end));
+                }
+            }
             _ = host_check.tick() => {
-                if !host_live(run, &v.host_id).await {
-                    warn!(op = %run.record.op, host = %v.host_id, "the copy's host is gone; asking the destination");
-                    return conclude(run, v).await.map(|e| Some(Ended::Concluded(e)));
+                if let Some(end) = host_gone(run, v).await? {
+                    return Ok(Some(end));
                 }
                 if !std::mem::take(&mut heard) && lease.released(run, v).await {
                     warn!(op = %run.record.op, job_id = %v.job_id, "the copy released its lease but its job never ended; asking the destination");
@@ -194,6 +200,15 @@ async fn watch_job(
             }
         }
     }
+}
+
+/// When the copy's host is gone: the attempt concluded from the destination.
+async fn host_gone(run: &Run, v: &pb::FlowVolume) -> Result<Option<Ended>, Stop> {
+    if host_live(run, &v.host_id).await {
+        return Ok(None);
+    }
+    warn!(op = %run.record.op, host = %v.host_id, "the copy's host is gone; asking the destination");
+    conclude(run, v).await.map(|e| Some(Ended::Concluded(e)))
 }
 
 /// Whether an attempt's destination lease was seen held by its job and is free now: the worker

@@ -31,17 +31,18 @@ pub async fn release(coord: &Coord, disk: &DiskKey, op_name: &str) -> Result<(),
 }
 
 /// Marks `disk` (owned by `op_name`) as being deleted: from then on no new clone may read it. Returns
-/// whether no reader holds it any more; the caller waits for the readers there were and asks again.
-/// (Marking first and waiting after means a steady stream of clones cannot postpone a move forever.)
+/// `None` when no reader holds it any more, else the lock's revision as read: the caller waits for
+/// a change after it ([`Coord::disk_lock_changed`]) and asks again. (Marking first and waiting after
+/// means a steady stream of clones cannot postpone a move forever.)
 pub async fn mark_deleting(
     coord: &Coord,
     disk: &DiskKey,
     op_name: &str,
-) -> Result<bool, CoordError> {
+) -> Result<Option<i64>, CoordError> {
     loop {
         let current = coord.disk_lock(disk).await?;
         if current.value.deleting && current.value.owner == op_name {
-            return Ok(current.value.readers.is_empty());
+            return Ok((!current.value.readers.is_empty()).then_some(current.mod_revision));
         }
         let lock = pb::DiskLock {
             owner: op_name.to_string(),
@@ -52,10 +53,13 @@ pub async fn mark_deleting(
             .put_disk_lock_if(disk, &lock, current.mod_revision)
             .await?
         {
-            return Ok(lock.readers.is_empty());
+            // Readers left: the wait after the revision read wakes at once on this very write,
+            // and the next call answers with the mark's own revision.
+            return Ok((!lock.readers.is_empty()).then_some(current.mod_revision));
         }
     }
 }
 
-/// How often a waiting step looks at a lock again.
-pub const LOCK_POLL: Duration = Duration::from_millis(250);
+/// The longest one wait for a lock's readers lasts before the lock is read again (the watch is a
+/// wake-up, and a cancel is looked at in between).
+pub const LOCK_WAIT: Duration = Duration::from_secs(1);

@@ -276,14 +276,16 @@ async fn delete_source(run: &Run, flow: &pb::Flow) -> Result<Result<(), pb::Oper
             }));
         }
     }
-    loop {
-        if locks::mark_deleting(&run.engine.coord, &source, &name).await? {
-            break;
-        }
+    // Wait for the readers on a watch of the lock, looking at a cancel at least every LOCK_WAIT.
+    while let Some(revision) = locks::mark_deleting(&run.engine.coord, &source, &name).await? {
         if run.stopping() || run.record.cancel_requested().await {
             return Ok(Err(cancelled_error()));
         }
-        tokio::time::sleep(locks::LOCK_POLL).await;
+        let changed = run.engine.coord.disk_lock_changed(&source, revision);
+        if let Ok(Err(e)) = tokio::time::timeout(locks::LOCK_WAIT, changed).await {
+            warn!(op = %run.record.op, error = %e, "cannot watch the source's lock; reading it again");
+            tokio::time::sleep(locks::LOCK_WAIT).await;
+        }
     }
     delete_image(run, &source).await;
     run.engine.failpoint("after-delete-source");
