@@ -59,6 +59,10 @@ struct Args {
     /// The numbers of simultaneous operations of the `scale` benchmark.
     #[arg(long, value_delimiter = ',', default_value = "100,1000")]
     ops: Vec<usize>,
+    /// The host-workers' session TTL in the `scale` benchmark: etcd's idle cost is their
+    /// keep-alives, one per host every TTL ÷ 3.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    session_ttl: std::time::Duration,
     /// Where the clusters keep their files (needs ~6 GiB free for `copy`).
     #[arg(long, env = "DATAPATH_BENCH_DIR")]
     dir: Option<std::path::PathBuf>,
@@ -114,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
         tls::run(&base, args.rounds.unwrap_or(5)).await?;
     }
     if args.which == "scale" {
-        scale::run(&base, &args.hosts, &args.ops).await?;
+        scale::run(&base, &args.hosts, &args.ops, args.session_ttl).await?;
     }
     if args.which == "moves" {
         moves::run(&base, &args.counts).await?;

@@ -53,14 +53,19 @@ const IDLE: Duration = Duration::from_secs(20);
 /// second count of the hosts 10 s in) is not the idle cost.
 const SETTLE: Duration = Duration::from_secs(15);
 
-pub async fn run(base: &Path, hosts: &[usize], ops: &[usize]) -> anyhow::Result<()> {
+pub async fn run(
+    base: &Path,
+    hosts: &[usize],
+    ops: &[usize],
+    session_ttl: Duration,
+) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for &n in hosts {
         for &m in ops {
-            rows.push(one(base, n, m).await?);
+            rows.push(one(base, n, m, session_ttl).await?);
         }
     }
-    println!("\n== scale: N hosts (simulated copies) × {SLOTS} slots, M MoveDisks of empty 1 MiB disks at once, {CLIENTS} clients");
+    println!("\n== scale: N hosts (simulated copies) × {SLOTS} slots, session TTL {}, M MoveDisks of empty 1 MiB disks at once, {CLIENTS} clients", humantime::format_duration(session_ttl));
     println!("| N | M | wall | ops/s | accept p50 / p99 | job end → done p50 / p99 | scheduler / job-tracker / etcd CPU per op | etcd writes/op | etcd db | peak RSS scheduler / job-tracker / etcd | idle: scheduler / job-tracker / etcd CPU, etcd writes/s |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &mut rows {
@@ -95,13 +100,14 @@ pub async fn run(base: &Path, hosts: &[usize], ops: &[usize]) -> anyhow::Result<
     Ok(())
 }
 
-async fn one(base: &Path, n: usize, m: usize) -> anyhow::Result<Row> {
+async fn one(base: &Path, n: usize, m: usize, session_ttl: Duration) -> anyhow::Result<Row> {
     let started = Instant::now();
     let mut b = Bench::start_with(
         base,
         ClusterConfig {
             hosts: n,
             job_slots: SLOTS,
+            session_ttl,
             env: vec![("DATAPATH_SIMULATED_COPY_RATE".into(), RATE.to_string())],
             ..ClusterConfig::default()
         },

@@ -36,7 +36,7 @@ pub struct Settings {
     /// How long a step waits for a host that reaches both domains before the operation fails.
     pub no_host_timeout: Duration,
     /// The flow point at which this scheduler kills itself, for fault tests (see [`Engine::failpoint`]).
-    pub failpoint: Option<String>,
+    pub failpoint: Option<crate::flow::failpoint::Failpoint>,
 }
 
 /// The queue of the steps waiting for a host between two storage domains.
@@ -225,10 +225,10 @@ impl Engine {
 
     /// A failpoint: when the configured one is `name`, the scheduler kills itself (SIGKILL) right
     /// here, so a test can crash it at an exact flow step. Off unless `--failpoint` is set.
-    pub fn failpoint(&self, name: &str) {
-        if self.settings.failpoint.as_deref() == Some(name) {
+    pub fn failpoint(&self, point: crate::flow::failpoint::Failpoint) {
+        if self.settings.failpoint == Some(point) {
             tracing::error!(
-                failpoint = name,
+                failpoint = point.name(),
                 "failpoint reached: killing this scheduler"
             );
             let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);

@@ -75,11 +75,9 @@ pub struct Config {
     /// How long a step waits for a live host reaching both domains before the operation fails.
     #[arg(long, env = "DATAPATH_NO_HOST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub no_host_timeout: Duration,
-    /// Fault tests only: kill this scheduler (SIGKILL) when a flow reaches this point, one of
-    /// before-structure, after-structure, after-copy-persisted, after-copy-sent, before-delete-source,
-    /// after-delete-source, before-rollback-delete, before-finish.
-    #[arg(long, env = "DATAPATH_FAILPOINT", hide = true)]
-    pub failpoint: Option<String>,
+    /// Fault tests only: kill this scheduler (SIGKILL) when a flow reaches this point.
+    #[arg(long, env = "DATAPATH_FAILPOINT", hide = true, value_enum)]
+    pub failpoint: Option<flow::failpoint::Failpoint>,
     /// TTL of the session lease the scheduler election is bound to; a standby takes over within it.
     #[arg(long, env = "DATAPATH_SESSION_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub session_ttl: Duration,
@@ -134,7 +132,7 @@ pub async fn run(
             copy_retry_budget: config.copy_retry_budget,
             retention: config.operation_retention,
             no_host_timeout: config.no_host_timeout,
-            failpoint: config.failpoint.clone(),
+            failpoint: config.failpoint,
         },
         placed: Default::default(),
         read_turn: Default::default(),

@@ -19,6 +19,7 @@ use tracing::{info, warn, Instrument as _, Span};
 use super::{
     super::metrics,
     conclude::settle,
+    failpoint::Failpoint,
     follow::{follow, JobEnd},
     placement::{place, unplace, Placement},
     runner::Run,
@@ -166,12 +167,12 @@ async fn start_attempt(
     let span = spans::attempt(&flow.volumes[idx]);
     async {
         info!(op = %run.record.op, %job_id, host = %host.host_id, attempt = flow.volumes[idx].attempts, "copy placed");
-        run.engine.failpoint("after-copy-persisted");
+        run.engine.failpoint(Failpoint::AfterCopyPersisted);
         if let Err(s) = send_copy(run, &flow.volumes[idx]).await {
             // follow() sees the job missing and decides: send again, or ask the destination.
             warn!(op = %run.record.op, %job_id, error = %s, "CopyData was not accepted");
         }
-        run.engine.failpoint("after-copy-sent");
+        run.engine.failpoint(Failpoint::AfterCopySent);
     }
     .instrument(span.clone())
     .await;

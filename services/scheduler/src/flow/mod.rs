@@ -5,6 +5,7 @@ pub mod check;
 mod conclude;
 pub mod copy;
 pub mod executor;
+pub mod failpoint;
 mod follow;
 pub mod locks;
 pub mod placement;

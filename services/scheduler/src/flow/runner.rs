@@ -18,6 +18,7 @@ use tracing::{error, info, warn, Instrument as _};
 use super::{
     conclude,
     copy::{copy_volume, Outcome},
+    failpoint::Failpoint,
     locks, spans,
     state::{meta, meta_mut, FlowRecord},
     Stop,
@@ -124,12 +125,12 @@ async fn drive(run: &Run) -> Result<(), Stop> {
                 return start_rollback(run, cancelled_error()).await
             }
             OperationStep::Unspecified | OperationStep::CloneStructure => {
-                run.engine.failpoint("before-structure");
+                run.engine.failpoint(Failpoint::BeforeStructure);
                 let structure = clone_structure(run, &flow)
                     .instrument(spans::step("CloneImageGroupVolumesStructure"));
                 match metrics::step("clone_structure", structure).await? {
                     Ok(()) => {
-                        run.engine.failpoint("after-structure");
+                        run.engine.failpoint(Failpoint::AfterStructure);
                         set_step(run, OperationStep::CopyData).await?
                     }
                     Err(e) => return start_rollback(run, e).await,
@@ -265,7 +266,7 @@ async fn copy_all(run: &Run, flow: &pb::Flow) -> Result<Outcome, Stop> {
 async fn delete_source(run: &Run, flow: &pb::Flow) -> Result<Result<(), pb::OperationError>, Stop> {
     let source = disk_of(meta(flow).disk.as_ref());
     let name = run.record.op.name();
-    run.engine.failpoint("before-delete-source");
+    run.engine.failpoint(Failpoint::BeforeDeleteSource);
     for v in &flow.volumes {
         if let Err(why) = conclude::still_copied(run, v).await {
             error!(op = %run.record.op, %why, "a destination does not show its copy; the source is kept");
@@ -288,7 +289,7 @@ async fn delete_source(run: &Run, flow: &pb::Flow) -> Result<Result<(), pb::Oper
         }
     }
     delete_image(run, &source).await;
-    run.engine.failpoint("after-delete-source");
+    run.engine.failpoint(Failpoint::AfterDeleteSource);
     Ok(Ok(()))
 }
 
@@ -348,7 +349,7 @@ async fn rollback(run: &Run) -> Result<(), Stop> {
         }
     }
     let destination = disk_of(flow.destination.as_ref());
-    run.engine.failpoint("before-rollback-delete");
+    run.engine.failpoint(Failpoint::BeforeRollbackDelete);
     delete_image(run, &destination).await;
     let failure = flow.failure.clone().unwrap_or_else(cancelled_error);
     finish(run, Some(failure)).await
@@ -372,7 +373,7 @@ async fn end_operation(run: &Run, failure: Option<pb::OperationError>) -> Result
         (meta(&flow).step == OperationStep::Rollback as i32)
             .then(|| flow.failure.clone().unwrap_or_else(cancelled_error))
     });
-    run.engine.failpoint("before-finish");
+    run.engine.failpoint(Failpoint::BeforeFinish);
     let result = match &failure {
         Some(e) => pb::operation::Result::Error(e.clone()),
         None => pb::operation::Result::Response(flow.destination.clone().unwrap_or_default()),
