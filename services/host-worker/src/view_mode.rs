@@ -26,7 +26,7 @@ pub enum VolumeViewMode {
 /// less than the reads they save; above it, more.
 pub const AUTO_MAX_HOSTS: i64 = 32;
 /// How often `auto` counts the registered hosts (a count-only read).
-const RECHECK: Duration = Duration::from_secs(30);
+const RECHECK: Duration = Duration::from_secs(60);
 /// When `auto` counts the second time: hosts of a large cluster started together see a small one
 /// at first, and must not keep their views for a whole [`RECHECK`].
 const FIRST_RECHECK: Duration = Duration::from_secs(10);
