@@ -51,6 +51,9 @@ pub enum CoordError {
     /// etcd cancelled a watch (its reason).
     #[error("etcd cancelled the watch: {0}")]
     WatchCanceled(String),
+    /// A disk's lock kept changing under a change of it, past the bounded retry.
+    #[error("the lock of disk {0} kept changing; try again")]
+    LockBusy(String),
     /// The session lease has been lost; the caller must not act as its holder.
     #[error("session lease lost")]
     SessionLost,

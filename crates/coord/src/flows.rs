@@ -1,5 +1,5 @@
-//! Scheduler flows (`flows/<operation_id>`), disk locks (`locks/disks/<sd>/<img>`) and idempotency
-//! keys (`requests/<request_id>`).
+//! Scheduler flows (`flows/<operation_id>`) and idempotency keys (`requests/<request_id>`); a flow
+//! is created with its disk locks (`disk_locks.rs`, the lock protocol).
 //!
 //! Invariants:
 //! - A flow, its request key and its disk locks are created in one transaction that compares every
@@ -8,14 +8,20 @@
 //!   scheduler leader's writes, under its leadership guard.
 //! - An ended flow and its request key are bound to a retention lease that is never renewed, so etcd
 //!   removes them itself.
-use datapath_api::{ids::OperationId, pb, volume::DiskKey};
+use datapath_api::{ids::OperationId, pb};
 use etcd_client::{
     Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
     WatchStream,
 };
 use prost::Message;
 
-use crate::{election::Leadership, error::CoordError, hosts::decode, Coord, Keys, Result};
+use crate::{
+    disk_locks::{lock_compare, LockChange},
+    election::Leadership,
+    error::CoordError,
+    hosts::decode,
+    Coord, Keys, Result,
+};
 
 /// A record and the etcd revision that last wrote it (0 when absent).
 #[derive(Debug, Clone, PartialEq)]
@@ -24,17 +30,6 @@ pub struct Versioned<T> {
     pub value: T,
     /// Its mod revision: the compare-and-swap token.
     pub mod_revision: i64,
-}
-
-/// A disk lock to write when a flow starts, valid only if the lock is still at `expected_revision`.
-#[derive(Debug, Clone)]
-pub struct LockChange {
-    /// The disk.
-    pub disk: DiskKey,
-    /// The lock as it will be.
-    pub lock: pb::DiskLock,
-    /// The lock's mod revision when it was read (0: it did not exist).
-    pub expected_revision: i64,
 }
 
 /// The outcome of starting a flow.
@@ -59,17 +54,9 @@ pub struct FlowChange {
     pub revision: i64,
 }
 
-fn lock_compare(key: &str, expected: i64) -> Compare {
-    if expected == 0 {
-        Compare::create_revision(key, CompareOp::Equal, 0)
-    } else {
-        Compare::mod_revision(key, CompareOp::Equal, expected)
-    }
-}
-
 impl Coord {
     /// Creates a flow with its request key and disk locks, all or nothing.
-    pub async fn start_flow(
+    pub(crate) async fn start_flow(
         &self,
         op: OperationId,
         flow: &pb::Flow,
@@ -233,48 +220,6 @@ impl Coord {
         Ok(resp
             .succeeded()
             .then(|| resp.header().map(|h| h.revision()).unwrap_or_default()))
-    }
-
-    /// A disk's lock; `mod_revision` 0 and a default lock when the disk is free.
-    pub async fn disk_lock(&self, disk: &DiskKey) -> Result<Versioned<pb::DiskLock>> {
-        let resp = self.client().get(self.keys().disk_lock(disk), None).await?;
-        match resp.kvs().first() {
-            Some(kv) => Ok(Versioned {
-                value: decode(kv.key(), kv.value())?,
-                mod_revision: kv.mod_revision(),
-            }),
-            None => Ok(Versioned {
-                value: pb::DiskLock::default(),
-                mod_revision: 0,
-            }),
-        }
-    }
-
-    /// Returns at the first change of `disk`'s lock after `revision` (a reader gone, say), or at
-    /// once if it changed since: what a step waiting for readers wakes on.
-    pub async fn disk_lock_changed(&self, disk: &DiskKey, revision: i64) -> Result<()> {
-        self.key_changed_after(self.keys().disk_lock(disk), revision)
-            .await
-    }
-
-    /// Replaces a disk lock if it is still at `expected_revision`; an empty lock (no owner, no
-    /// readers) deletes the key. Returns whether it did.
-    pub async fn put_disk_lock_if(
-        &self,
-        disk: &DiskKey,
-        lock: &pb::DiskLock,
-        expected_revision: i64,
-    ) -> Result<bool> {
-        let key = self.keys().disk_lock(disk);
-        let write = if lock.owner.is_empty() && lock.readers.is_empty() {
-            TxnOp::delete(key.clone(), None)
-        } else {
-            TxnOp::put(key.clone(), lock.encode_to_vec(), None)
-        };
-        let txn = Txn::new()
-            .when([lock_compare(&key, expected_revision)])
-            .and_then([write]);
-        Ok(self.client().txn(txn).await?.succeeded())
     }
 
     /// Watches flow changes after `after_revision`: every flow, or just `only`.

@@ -6,6 +6,7 @@
 pub mod candidacy;
 pub mod cluster_view;
 pub mod config;
+pub mod disk_locks;
 pub mod election;
 pub mod error;
 pub mod flows;

@@ -10,13 +10,14 @@ use datapath_api::{
     pb,
     volume::{Allocation, DiskKey, Format, VolumeKey},
 };
-use datapath_coord::flows::{FlowStart, LockChange};
+use datapath_coord::{
+    disk_locks::{Claim, LockRefusal},
+    flows::FlowStart,
+    CoordError,
+};
 use tonic::Code;
 
 use crate::{clients::HostClient, engine::Engine, error::Error, flow::plan};
-
-/// How many times a start is retried when a lock changes under it.
-const LOCK_RETRIES: usize = 5;
 
 /// The operation an earlier request with this id started, if any (AIP-155).
 async fn replay(engine: &Engine, request_id: &str) -> Result<Option<pb::Operation>, Error> {
@@ -322,7 +323,8 @@ fn being_deleted(disk: &DiskKey, owner: &str) -> Error {
     )
 }
 
-/// Takes the locks and writes the flow in one transaction, re-reading the locks if one changed.
+/// Takes the locks and writes the flow in one transaction (`datapath_coord::disk_locks`, which
+/// re-reads the locks while one changes, a bounded number of times).
 async fn start(
     engine: &Engine,
     op: OperationId,
@@ -330,53 +332,37 @@ async fn start(
     owned: &[(DiskKey, &str)],
     read: Option<DiskKey>,
 ) -> Result<pb::Operation, Error> {
-    let name = op.name();
-    for _ in 0..LOCK_RETRIES {
-        let mut changes = Vec::new();
-        for (disk, field) in owned {
-            let current = engine.coord.disk_lock(disk).await?;
-            if !current.value.owner.is_empty() {
-                return Err(Error::Locked {
-                    disk: *disk,
-                    owner: current.value.owner,
-                    field: field.to_string(),
-                });
-            }
-            let mut lock = current.value;
-            lock.owner = name.clone();
-            changes.push(LockChange {
-                disk: *disk,
-                lock,
-                expected_revision: current.mod_revision,
-            });
+    let claims: Vec<(DiskKey, Claim)> = owned
+        .iter()
+        .map(|(disk, _)| (*disk, Claim::Own))
+        .chain(read.map(|disk| (disk, Claim::Read)))
+        .collect();
+    let started = match engine.coord.start_flow_locked(op, &flow, &claims).await {
+        Err(CoordError::LockBusy(_)) => {
+            return Err(Error::precondition(
+                "DISK_BUSY",
+                "image",
+                "the disk's lock kept changing; try again",
+            ))
         }
-        if let Some(disk) = read {
-            let current = engine.coord.disk_lock(&disk).await?;
-            if current.value.deleting {
-                return Err(being_deleted(&disk, &current.value.owner));
-            }
-            let mut lock = current.value;
-            lock.readers.push(name.clone());
-            changes.push(LockChange {
-                disk,
-                lock,
-                expected_revision: current.mod_revision,
-            });
+        other => other?,
+    };
+    match started {
+        Ok(FlowStart::RequestExists(existing)) => {
+            let op = engine.coord.get_flow(existing).await?;
+            op.and_then(|f| f.value.operation)
+                .ok_or(Error::OperationNotFound(existing))
         }
-        match engine.coord.start_flow(op, &flow, &changes).await? {
-            FlowStart::Started(_) => return Ok(flow.operation.clone().unwrap_or_default()),
-            FlowStart::RequestExists(existing) => {
-                let op = engine.coord.get_flow(existing).await?;
-                return op
-                    .and_then(|f| f.value.operation)
-                    .ok_or(Error::OperationNotFound(existing));
-            }
-            FlowStart::LockChanged => continue,
-        }
+        Ok(_) => Ok(flow.operation.clone().unwrap_or_default()),
+        Err(LockRefusal::Owned { disk, owner }) => Err(Error::Locked {
+            disk,
+            owner,
+            field: owned
+                .iter()
+                .find(|(d, _)| *d == disk)
+                .map_or("image", |(_, f)| *f)
+                .to_string(),
+        }),
+        Err(LockRefusal::Deleting { disk, owner }) => Err(being_deleted(&disk, &owner)),
     }
-    Err(Error::precondition(
-        "DISK_BUSY",
-        "image",
-        "the disk's lock kept changing; try again",
-    ))
 }

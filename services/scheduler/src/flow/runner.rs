@@ -278,7 +278,7 @@ async fn delete_source(run: &Run, flow: &pb::Flow) -> Result<Result<(), pb::Oper
         }
     }
     // Wait for the readers on a watch of the lock, looking at a cancel at least every LOCK_WAIT.
-    while let Some(revision) = locks::mark_deleting(&run.engine.coord, &source, &name).await? {
+    while let Some(revision) = run.engine.coord.mark_disk_deleting(&source, &name).await? {
         if run.stopping() || run.record.cancel_requested().await {
             return Ok(Err(cancelled_error()));
         }
@@ -367,7 +367,10 @@ async fn end_operation(run: &Run, failure: Option<pb::OperationError>) -> Result
     let flow = run.record.get().await;
     let name = run.record.op.name();
     for d in flow.exclusive_locks.iter().chain(&flow.shared_locks) {
-        locks::release(&run.engine.coord, &disk_of(Some(d)), &name).await?;
+        run.engine
+            .coord
+            .release_disk_lock(&disk_of(Some(d)), &name)
+            .await?;
     }
     let failure = failure.or_else(|| {
         (meta(&flow).step == OperationStep::Rollback as i32)

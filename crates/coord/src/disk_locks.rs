@@ -1,0 +1,241 @@
+//! Disk locks (`locks/<sd>/<img>`): the one protocol every flow follows, in one place.
+//! - A flow starts by owning the disks it writes (a move's source and destination, a clone's new
+//!   disk) and reading the template it clones, in the very transaction that creates it
+//!   ([`Coord::start_flow_locked`]): a disk another operation owns, or a template being deleted,
+//!   refuses the start.
+//! - A move marks its source `deleting` before deleting it ([`Coord::mark_disk_deleting`]): from
+//!   then on no clone may start reading it, and the move waits for the readers there were (on a
+//!   watch: [`Coord::disk_lock_changed`]). Marking first and waiting after means a steady stream of
+//!   clones cannot postpone a move forever.
+//! - A flow's end releases what it held ([`Coord::release_disk_lock`]); an empty lock is deleted.
+//!
+//! Every change is a read, an edit and a compare-and-swap on the revision read, tried again while
+//! the lock changes under it — at most [`LOCK_RETRIES`] times, then [`CoordError::LockBusy`].
+use datapath_api::{pb, volume::DiskKey};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use prost::Message;
+
+use crate::{
+    error::CoordError,
+    flows::{FlowStart, Versioned},
+    hosts::decode,
+    Coord, Result,
+};
+use datapath_api::ids::OperationId;
+
+/// How many times one lock change is tried while the lock keeps changing under it.
+pub const LOCK_RETRIES: usize = 8;
+
+/// A disk lock to write when a flow starts, valid only if the lock is still at `expected_revision`.
+#[derive(Debug, Clone)]
+pub struct LockChange {
+    /// The disk.
+    pub disk: DiskKey,
+    /// The lock as it will be.
+    pub lock: pb::DiskLock,
+    /// The lock's mod revision when it was read (0: it did not exist).
+    pub expected_revision: i64,
+}
+
+/// What an edit of a lock decided.
+pub enum LockEdit<T> {
+    /// Leave the lock as it is, and answer this.
+    Keep(T),
+    /// Write this lock (if it is still as read), and answer this.
+    Write(pb::DiskLock, T),
+}
+
+/// What a starting flow claims of a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// It writes the disk: no other operation may own it.
+    Own,
+    /// It reads the disk (a template): it must not be being deleted.
+    Read,
+}
+
+/// Why a flow may not take a disk's lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockRefusal {
+    /// Another operation owns the disk.
+    Owned {
+        /// The disk.
+        disk: DiskKey,
+        /// The owning operation's name.
+        owner: String,
+    },
+    /// The disk is being deleted (by its owner, a move).
+    Deleting {
+        /// The disk.
+        disk: DiskKey,
+        /// The deleting operation's name.
+        owner: String,
+    },
+}
+
+/// A transaction condition: the lock is still at `expected` (0: still absent).
+pub(crate) fn lock_compare(key: &str, expected: i64) -> Compare {
+    if expected == 0 {
+        Compare::create_revision(key, CompareOp::Equal, 0)
+    } else {
+        Compare::mod_revision(key, CompareOp::Equal, expected)
+    }
+}
+
+impl Coord {
+    /// A disk's lock (an empty one at revision 0 when there is none).
+    pub async fn disk_lock(&self, disk: &DiskKey) -> Result<Versioned<pb::DiskLock>> {
+        let resp = self.client().get(self.keys().disk_lock(disk), None).await?;
+        match resp.kvs().first() {
+            Some(kv) => Ok(Versioned {
+                value: decode(kv.key(), kv.value())?,
+                mod_revision: kv.mod_revision(),
+            }),
+            None => Ok(Versioned {
+                value: pb::DiskLock::default(),
+                mod_revision: 0,
+            }),
+        }
+    }
+
+    /// Returns at the first change of `disk`'s lock after `revision` (a reader gone, say), or at
+    /// once if it changed since: what a step waiting for readers wakes on.
+    pub async fn disk_lock_changed(&self, disk: &DiskKey, revision: i64) -> Result<()> {
+        self.key_changed_after(self.keys().disk_lock(disk), revision)
+            .await
+    }
+
+    /// Replaces a disk lock if it is still at `expected_revision`; an empty lock (no owner, no
+    /// readers) deletes the key. Returns whether it did.
+    async fn put_disk_lock_if(
+        &self,
+        disk: &DiskKey,
+        lock: &pb::DiskLock,
+        expected_revision: i64,
+    ) -> Result<bool> {
+        let key = self.keys().disk_lock(disk);
+        let write = if lock.owner.is_empty() && lock.readers.is_empty() {
+            TxnOp::delete(key.clone(), None)
+        } else {
+            TxnOp::put(key.clone(), lock.encode_to_vec(), None)
+        };
+        let txn = Txn::new()
+            .when([lock_compare(&key, expected_revision)])
+            .and_then([write]);
+        Ok(self.client().txn(txn).await?.succeeded())
+    }
+
+    /// Reads `disk`'s lock, lets `edit` decide, and writes what it decided if the lock is still as
+    /// read; tried again while it is not, at most [`LOCK_RETRIES`] times.
+    pub async fn edit_disk_lock<T>(
+        &self,
+        disk: &DiskKey,
+        mut edit: impl FnMut(&Versioned<pb::DiskLock>) -> LockEdit<T>,
+    ) -> Result<T> {
+        for _ in 0..LOCK_RETRIES {
+            let current = self.disk_lock(disk).await?;
+            match edit(&current) {
+                LockEdit::Keep(answer) => return Ok(answer),
+                LockEdit::Write(lock, answer) => {
+                    if self
+                        .put_disk_lock_if(disk, &lock, current.mod_revision)
+                        .await?
+                    {
+                        return Ok(answer);
+                    }
+                }
+            }
+        }
+        Err(CoordError::LockBusy(disk.to_string()))
+    }
+
+    /// Removes `op_name` from `disk`'s lock, as owner or reader. Idempotent.
+    pub async fn release_disk_lock(&self, disk: &DiskKey, op_name: &str) -> Result<()> {
+        self.edit_disk_lock(disk, |current| {
+            let mut lock = current.value.clone();
+            if lock.owner == op_name {
+                lock.owner.clear();
+                lock.deleting = false;
+            }
+            lock.readers.retain(|r| r != op_name);
+            if lock == current.value {
+                LockEdit::Keep(())
+            } else {
+                LockEdit::Write(lock, ())
+            }
+        })
+        .await
+    }
+
+    /// Marks `disk` (owned by `op_name`) as being deleted: from then on no new clone may read it.
+    /// Returns `None` when no reader holds it any more, else the lock's revision as read: the
+    /// caller waits for a change after it ([`Coord::disk_lock_changed`]) and asks again.
+    pub async fn mark_disk_deleting(&self, disk: &DiskKey, op_name: &str) -> Result<Option<i64>> {
+        self.edit_disk_lock(disk, |current| {
+            let readers_left = (!current.value.readers.is_empty()).then_some(current.mod_revision);
+            if current.value.deleting && current.value.owner == op_name {
+                return LockEdit::Keep(readers_left);
+            }
+            let lock = pb::DiskLock {
+                owner: op_name.to_string(),
+                readers: current.value.readers.clone(),
+                deleting: true,
+            };
+            // With readers left, the wait after the revision read wakes at once on this very
+            // write, and the next call answers with the mark's own revision.
+            LockEdit::Write(lock, readers_left)
+        })
+        .await
+    }
+
+    /// Creates flow `op` (with its request key) and takes its disks' locks as `claims` says, in one
+    /// transaction; the locks are read again and the start tried again while one changes under
+    /// it, at most [`LOCK_RETRIES`] times. A lock that refuses the claim refuses the start, with
+    /// nothing written.
+    pub async fn start_flow_locked(
+        &self,
+        op: OperationId,
+        flow: &pb::Flow,
+        claims: &[(DiskKey, Claim)],
+    ) -> Result<Result<FlowStart, LockRefusal>> {
+        let name = op.name();
+        for _ in 0..LOCK_RETRIES {
+            let mut changes = Vec::with_capacity(claims.len());
+            for (disk, claim) in claims {
+                let current = self.disk_lock(disk).await?;
+                let mut lock = current.value;
+                match claim {
+                    Claim::Own if !lock.owner.is_empty() => {
+                        return Ok(Err(LockRefusal::Owned {
+                            disk: *disk,
+                            owner: lock.owner,
+                        }))
+                    }
+                    Claim::Read if lock.deleting => {
+                        return Ok(Err(LockRefusal::Deleting {
+                            disk: *disk,
+                            owner: lock.owner,
+                        }))
+                    }
+                    Claim::Own => lock.owner = name.clone(),
+                    Claim::Read => lock.readers.push(name.clone()),
+                }
+                changes.push(LockChange {
+                    disk: *disk,
+                    lock,
+                    expected_revision: current.mod_revision,
+                });
+            }
+            match self.start_flow(op, flow, &changes).await? {
+                FlowStart::LockChanged => continue,
+                started => return Ok(Ok(started)),
+            }
+        }
+        Err(CoordError::LockBusy(
+            claims
+                .first()
+                .map(|(d, _)| d.to_string())
+                .unwrap_or_default(),
+        ))
+    }
+}
