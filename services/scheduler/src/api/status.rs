@@ -3,7 +3,6 @@
 //! A disk's progress comes from the job-tracker's entity → job index (the jobs writing its volumes),
 //! weighted by volume size, as the seed's progress indication on the disk.
 use datapath_api::{error::FieldViolation, pb, volume::DiskKey};
-use datapath_coord::election::Role;
 
 use crate::{
     engine::{Engine, DATA_OPERATIONS_BY_HSM},
@@ -98,7 +97,8 @@ async fn locked(engine: &Engine, owner: &str) -> Result<pb::GetDiskStatusRespons
 
 /// ListHosts.
 pub async fn hosts(engine: &Engine) -> Result<pb::ListHostsResponse, Error> {
-    let spm = engine.coord.leader(Role::Spm).await?.map(|l| l.value);
+    // The one answer to "which host is the SPM" (the cluster view, or etcd while it is out of step).
+    let spm = engine.spm_id().await?;
     let hosts = engine
         .live_hosts()
         .await?
