@@ -19,13 +19,9 @@ fn fence_req(v: &pb::VolumeRef, generation: u64) -> pb::FenceVolumeRequest {
 
 /// The generation etcd records for a volume, if any.
 async fn recorded(tc: &TestCluster, v: &pb::VolumeRef) -> Option<String> {
-    let key = format!(
-        "{}generations/{}/{}/{}",
-        tc.cluster.etcd_prefix(),
-        v.storage_domain_id,
-        v.image_id,
-        v.volume_id
-    );
+    let key = tc
+        .layout()
+        .generation(&datapath_api::volume::VolumeKey::from_pb("volume", Some(v)).unwrap());
     let resp = tc.etcd.clone().get(key, None).await.unwrap();
     resp.kvs()
         .first()
@@ -137,13 +133,9 @@ async fn a_fenced_volume_refuses_the_old_generation_and_a_committed_one_is_left_
 
 /// Puts `value` as the generation record of `v`, behind the hosts' backs.
 async fn put_recorded(tc: &TestCluster, v: &pb::VolumeRef, value: &str) {
-    let key = format!(
-        "{}generations/{}/{}/{}",
-        tc.cluster.etcd_prefix(),
-        v.storage_domain_id,
-        v.image_id,
-        v.volume_id
-    );
+    let key = tc
+        .layout()
+        .generation(&datapath_api::volume::VolumeKey::from_pb("volume", Some(v)).unwrap());
     tc.etcd.clone().put(key, value, None).await.unwrap();
 }
 

@@ -202,6 +202,12 @@ impl TestCluster {
         key.rsplit('/').next().unwrap_or_default().to_string()
     }
 
+    /// The cluster's etcd key layout (`datapath_coord::Keys`): tests name keys through it, never
+    /// by writing key strings.
+    pub fn layout(&self) -> datapath_coord::Keys {
+        datapath_coord::Keys::new(self.cluster.etcd_prefix())
+    }
+
     /// Every key under `<prefix><sub>` with its mod revision.
     pub async fn keys(&self, sub: &str) -> Vec<(String, i64)> {
         let prefix = format!("{}{sub}", self.cluster.etcd_prefix());
@@ -241,7 +247,7 @@ impl TestCluster {
     /// domain within a second), so that placement can use every host for it.
     pub async fn wait_live_hosts_reach(&self, sd: &str) {
         use prost::Message as _;
-        let prefix = format!("{}hosts/", self.cluster.etcd_prefix());
+        let prefix = self.layout().hosts();
         wait_for(
             Duration::from_secs(15),
             "every live host to reach the domain",

@@ -209,7 +209,8 @@ async fn hang_calls(tc: &TestCluster, n: usize) -> Vec<tokio::task::JoinHandle<(
 
 /// The session lease `hosts/<host_id>` is bound to, if the host is registered.
 async fn registered_lease(tc: &TestCluster, host_id: &str) -> Option<i64> {
-    let key = format!("{}hosts/{host_id}", tc.cluster.etcd_prefix());
+    let host_id = datapath_api::ids::HostId::parse("host_id", host_id).ok()?;
+    let key = tc.layout().host(host_id);
     let resp = tc.etcd.clone().get(key, None).await.ok()?;
     resp.kvs().first().map(|kv| kv.lease())
 }

@@ -20,8 +20,8 @@ const FORMATS: [&str; 3] = ["raw", "qcow2", "qcow2"];
 
 /// The flow record of an operation, read straight from etcd.
 pub(crate) async fn flow(tc: &TestCluster, name: &str) -> Option<pb::Flow> {
-    let id = name.trim_start_matches("operations/");
-    let key = format!("{}flows/{id}", tc.cluster.etcd_prefix());
+    let op = datapath_api::ids::OperationId::parse_name("name", name).ok()?;
+    let key = tc.layout().flow(op);
     let resp = tc.etcd.clone().get(key, None).await.ok()?;
     let kv = resp.kvs().first()?;
     pb::Flow::decode(kv.value()).ok()

@@ -393,7 +393,9 @@ async fn progress_writes_are_coalesced_to_about_two_a_second() {
     update(&tc, &job, &host, Some(JobStatus::Running), None)
         .await
         .unwrap();
-    let key = format!("{}jobs/{}", tc.cluster.etcd_prefix(), job.job_id);
+    let key = tc
+        .layout()
+        .job(datapath_api::ids::JobId::parse("job_id", &job.job_id).unwrap());
     let version = |tc: &TestCluster, key: String| {
         let mut c = tc.etcd.clone();
         async move { c.get(key, None).await.unwrap().kvs()[0].version() }

@@ -22,7 +22,7 @@ async fn a_source_read_by_a_copy_cannot_be_deleted_written_or_fenced_until_the_c
         .await;
     let src_sum = sha256(&tc.volume_path(&src));
     let job = tc.start_copy(0, &src, &dst).await;
-    let holds = format!("{}holds/volumes/", tc.cluster.etcd_prefix());
+    let holds = tc.layout().volume_holds();
     let hold = wait_for(Duration::from_secs(20), "the copy's read hold", || {
         let (mut etcd, holds) = (tc.etcd.clone(), holds.clone());
         async move {

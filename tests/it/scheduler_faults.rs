@@ -111,7 +111,15 @@ enum KillPoint {
 /// Adds (or removes) a reader to a disk's lock, as a clone of it holds the disk: the move's source
 /// deletion then waits, which makes "before source deletion" a point a test can stop at.
 async fn hold_as_reader(tc: &TestCluster, sd: &str, img: &str, reader: &str, hold: bool) {
-    let key = format!("{}locks/disks/{sd}/{img}", tc.cluster.etcd_prefix());
+    let disk = datapath_api::volume::DiskKey::from_pb(
+        "disk",
+        Some(&pb::DiskRef {
+            storage_domain_id: sd.into(),
+            image_id: img.into(),
+        }),
+    )
+    .unwrap();
+    let key = tc.layout().disk_lock(&disk);
     let mut etcd = tc.etcd.clone();
     let resp = etcd.get(key.clone(), None).await.unwrap();
     let mut lock = resp

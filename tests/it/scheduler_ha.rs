@@ -97,11 +97,9 @@ async fn a_standby_scheduler_takes_over_a_running_move() {
 /// The most volumes of one move seen copying at once, polling its flow record until it is done.
 async fn most_at_once(tc: &TestCluster, name: &str) -> usize {
     use prost::Message as _;
-    let key = format!(
-        "{}flows/{}",
-        tc.cluster.etcd_prefix(),
-        name.trim_start_matches("operations/")
-    );
+    let key = tc
+        .layout()
+        .flow(datapath_api::ids::OperationId::parse_name("name", name).unwrap());
     let mut most = 0;
     loop {
         let resp = tc.etcd.clone().get(key.clone(), None).await.unwrap();

@@ -259,7 +259,7 @@ async fn a_spm_whose_leader_key_is_deleted_steps_down_at_once_and_campaigns_agai
     let sd = tc.domain().await;
     let old = tc.spm().await;
     let old_id = tc.cluster.host_id(old).to_string();
-    let prefix = format!("{}spm/", tc.cluster.etcd_prefix());
+    let prefix = format!("{}/", tc.layout().election("spm"));
     let mut etcd = tc.etcd.clone();
     let candidates = |etcd: etcd_client::Client| {
         let (prefix, old_id) = (prefix.clone(), old_id.clone());

@@ -167,7 +167,9 @@ async fn copy_to_the_end(tc: &TestCluster) -> datapath_api::pb::Job {
         seen.last().map(|s| s.0),
         Some(datapath_api::pb::JobStatus::Succeeded)
     );
-    let key = format!("{}jobs/{job_id}", tc.cluster.etcd_prefix());
+    let key = tc
+        .layout()
+        .job(datapath_api::ids::JobId::parse("job_id", &job_id).unwrap());
     let resp = tc.etcd.clone().get(key, None).await.unwrap();
     datapath_api::pb::Job::decode(resp.kvs()[0].value()).unwrap()
 }

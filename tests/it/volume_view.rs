@@ -17,7 +17,7 @@ use crate::{
 const MIB: u64 = 1 << 20;
 
 fn keys(tc: &TestCluster) -> Keys {
-    Keys::new(tc.cluster.etcd_prefix())
+    tc.layout()
 }
 
 fn volume_key(v: &pb::VolumeRef) -> VolumeKey {
