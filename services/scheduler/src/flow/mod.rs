@@ -8,6 +8,7 @@ pub mod executor;
 pub mod failpoint;
 mod follow;
 pub mod locks;
+pub mod machine;
 pub mod placement;
 pub mod plan;
 pub mod progress;

@@ -19,7 +19,9 @@ use super::{
     conclude,
     copy::{copy_volume, Outcome},
     failpoint::Failpoint,
-    locks, spans,
+    locks,
+    machine::{self, Action, Next},
+    spans,
     state::{meta, meta_mut, FlowRecord},
     Stop,
 };
@@ -103,7 +105,8 @@ pub async fn run(
     drive(&run).instrument(span).await
 }
 
-/// The flow's steps, from wherever its record says it is.
+/// The flow's steps, from wherever its record says it is: the state machine (`machine.rs`)
+/// decides, this persists each move and runs each step.
 async fn drive(run: &Run) -> Result<(), Stop> {
     loop {
         let flow = run.record.get().await;
@@ -113,49 +116,43 @@ async fn drive(run: &Run) -> Result<(), Stop> {
         if meta(&flow).cancel_requested {
             run.record.note_cancel().await;
         }
-        let step = OperationStep::try_from(meta(&flow).step).unwrap_or_default();
         let cancelled = *run.cancel.borrow() || meta(&flow).cancel_requested;
-        match step {
-            OperationStep::Rollback => {
+        let action = match machine::action(meta(&flow).step, cancelled) {
+            Ok(a) => a,
+            Err(unknown) => return park(&run.record, &unknown.to_string()).await,
+        };
+        let next = match action {
+            Action::Rollback => {
                 let rollback = rollback(run).instrument(spans::step("Rollback"));
                 return metrics::step("rollback", rollback).await;
             }
-            OperationStep::Done => return finish(run, None).await,
-            _ if cancelled && step != OperationStep::DeleteSource => {
-                return start_rollback(run, cancelled_error()).await
-            }
-            OperationStep::Unspecified | OperationStep::CloneStructure => {
+            Action::Finish => return finish(run, None).await,
+            Action::RollBackCancelled => Next::Rollback(machine::cancelled_error()),
+            Action::Structure => {
                 run.engine.failpoint(Failpoint::BeforeStructure);
                 let structure = clone_structure(run, &flow)
                     .instrument(spans::step("CloneImageGroupVolumesStructure"));
-                match metrics::step("clone_structure", structure).await? {
-                    Ok(()) => {
-                        run.engine.failpoint(Failpoint::AfterStructure);
-                        set_step(run, OperationStep::CopyData).await?
-                    }
-                    Err(e) => return start_rollback(run, e).await,
+                let result = metrics::step("clone_structure", structure).await?;
+                if result.is_ok() {
+                    run.engine.failpoint(Failpoint::AfterStructure);
                 }
+                machine::after_structure(result)
             }
-            OperationStep::CopyData => {
+            Action::Copy => {
                 let copied =
                     copy_all(run, &flow).instrument(spans::step("CopyImageGroupVolumesData"));
-                match metrics::step("copy_data", copied).await? {
-                    Outcome::Copied if is_move(&flow) => {
-                        set_step(run, OperationStep::DeleteSource).await?
-                    }
-                    Outcome::Copied => return finish(run, None).await,
-                    Outcome::Cancelled => return start_rollback(run, cancelled_error()).await,
-                    Outcome::Failed(e) => return start_rollback(run, e).await,
-                }
+                machine::after_copy(metrics::step("copy_data", copied).await?, is_move(&flow))
             }
-            OperationStep::DeleteSource => {
+            Action::DeleteSource => {
                 let deleted =
                     delete_source(run, &flow).instrument(spans::step("RemoveSourceImage"));
-                match metrics::step("delete_source", deleted).await? {
-                    Ok(()) => return finish(run, None).await,
-                    Err(e) => return start_rollback(run, e).await,
-                }
+                machine::after_delete_source(metrics::step("delete_source", deleted).await?)
             }
+        };
+        match next {
+            Next::Step(step) => set_step(run, step).await?,
+            Next::Finish => return finish(run, None).await,
+            Next::Rollback(e) => return start_rollback(run, e).await,
         }
     }
 }
@@ -186,14 +183,6 @@ async fn park(record: &FlowRecord, why: &str) -> Result<(), Stop> {
 
 fn is_move(flow: &pb::Flow) -> bool {
     meta(flow).kind == OperationKind::MoveDisk as i32
-}
-
-fn cancelled_error() -> pb::OperationError {
-    pb::OperationError {
-        code: Code::Cancelled as i32,
-        message: "the operation was cancelled".into(),
-        reason: "CANCELLED".into(),
-    }
 }
 
 async fn set_step(run: &Run, step: OperationStep) -> Result<(), Stop> {
@@ -280,7 +269,7 @@ async fn delete_source(run: &Run, flow: &pb::Flow) -> Result<Result<(), pb::Oper
     // Wait for the readers on a watch of the lock, looking at a cancel at least every LOCK_WAIT.
     while let Some(revision) = run.engine.coord.mark_disk_deleting(&source, &name).await? {
         if run.stopping() || run.record.cancel_requested().await {
-            return Ok(Err(cancelled_error()));
+            return Ok(Err(machine::cancelled_error()));
         }
         let changed = run.engine.coord.disk_lock_changed(&source, revision);
         if let Ok(Err(e)) = tokio::time::timeout(locks::LOCK_WAIT, changed).await {
@@ -351,7 +340,10 @@ async fn rollback(run: &Run) -> Result<(), Stop> {
     let destination = disk_of(flow.destination.as_ref());
     run.engine.failpoint(Failpoint::BeforeRollbackDelete);
     delete_image(run, &destination).await;
-    let failure = flow.failure.clone().unwrap_or_else(cancelled_error);
+    let failure = flow
+        .failure
+        .clone()
+        .unwrap_or_else(machine::cancelled_error);
     finish(run, Some(failure)).await
 }
 
@@ -373,8 +365,11 @@ async fn end_operation(run: &Run, failure: Option<pb::OperationError>) -> Result
             .await?;
     }
     let failure = failure.or_else(|| {
-        (meta(&flow).step == OperationStep::Rollback as i32)
-            .then(|| flow.failure.clone().unwrap_or_else(cancelled_error))
+        (meta(&flow).step == OperationStep::Rollback as i32).then(|| {
+            flow.failure
+                .clone()
+                .unwrap_or_else(machine::cancelled_error)
+        })
     });
     run.engine.failpoint(Failpoint::BeforeFinish);
     let result = match &failure {
