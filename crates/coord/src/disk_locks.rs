@@ -7,7 +7,8 @@
 //!   then on no clone may start reading it, and the move waits for the readers there were (on a
 //!   watch: [`Coord::disk_lock_changed`]). Marking first and waiting after means a steady stream of
 //!   clones cannot postpone a move forever.
-//! - A flow's end releases what it held ([`Coord::release_disk_lock`]); an empty lock is deleted.
+//! - A flow's end releases what it held, every disk in one transaction
+//!   ([`Coord::release_disk_locks`]); an empty lock is deleted.
 //!
 //! Every change is a read, an edit and a compare-and-swap on the revision read, tried again while
 //! the lock changes under it — at most [`LOCK_RETRIES`] times, then [`CoordError::LockBusy`].
@@ -149,22 +150,41 @@ impl Coord {
         Err(CoordError::LockBusy(disk.to_string()))
     }
 
-    /// Removes `op_name` from `disk`'s lock, as owner or reader. Idempotent.
-    pub async fn release_disk_lock(&self, disk: &DiskKey, op_name: &str) -> Result<()> {
-        self.edit_disk_lock(disk, |current| {
-            let mut lock = current.value.clone();
-            if lock.owner == op_name {
-                lock.owner.clear();
-                lock.deleting = false;
+    /// Removes `op_name` from the locks of `disks`, as owner or reader, in one transaction (a
+    /// move's end is one etcd write, not one per disk). Idempotent.
+    pub async fn release_disk_locks(&self, disks: &[DiskKey], op_name: &str) -> Result<()> {
+        for _ in 0..LOCK_RETRIES {
+            let (mut when, mut then) = (Vec::new(), Vec::new());
+            for disk in disks {
+                let current = self.disk_lock(disk).await?;
+                let mut lock = current.value.clone();
+                if lock.owner == op_name {
+                    lock.owner.clear();
+                    lock.deleting = false;
+                }
+                lock.readers.retain(|r| r != op_name);
+                if lock == current.value {
+                    continue;
+                }
+                let key = self.keys().disk_lock(disk);
+                when.push(lock_compare(&key, current.mod_revision));
+                then.push(if lock.owner.is_empty() && lock.readers.is_empty() {
+                    TxnOp::delete(key, None)
+                } else {
+                    TxnOp::put(key, lock.encode_to_vec(), None)
+                });
             }
-            lock.readers.retain(|r| r != op_name);
-            if lock == current.value {
-                LockEdit::Keep(())
-            } else {
-                LockEdit::Write(lock, ())
+            if then.is_empty() {
+                return Ok(());
             }
-        })
-        .await
+            let txn = Txn::new().when(when).and_then(then);
+            if self.client().txn(txn).await?.succeeded() {
+                return Ok(());
+            }
+        }
+        Err(CoordError::LockBusy(
+            disks.first().map(|d| d.to_string()).unwrap_or_default(),
+        ))
     }
 
     /// Marks `disk` (owned by `op_name`) as being deleted: from then on no new clone may read it.

@@ -103,6 +103,30 @@ impl Coord {
         Ok(())
     }
 
+    /// Deletes job `job`'s holds on `chain` and, in the same transaction, the lease of `volume`
+    /// if it is still the one taken at `token`: a copy's end is one etcd write, not two. Returns
+    /// whether the lease was released (the holds are deleted either way).
+    pub(crate) async fn release_lease_and_holds(
+        &self,
+        volume: &VolumeKey,
+        token: i64,
+        chain: &[VolumeKey],
+        job: JobId,
+    ) -> Result<bool> {
+        let lease = self.keys().volume_lease(volume);
+        let holds: Vec<TxnOp> = chain
+            .iter()
+            .map(|v| TxnOp::delete(self.keys().volume_hold(v, job), None))
+            .collect();
+        let mut then = vec![TxnOp::delete(lease.clone(), None)];
+        then.extend(holds.iter().cloned());
+        let txn = Txn::new()
+            .when([Compare::create_revision(lease, CompareOp::Equal, token)])
+            .and_then(then)
+            .or_else(holds);
+        Ok(self.client().txn(txn).await?.succeeded())
+    }
+
     /// The read holds on `volume`, oldest first.
     pub async fn volume_holds(&self, volume: &VolumeKey) -> Result<Vec<VolumeLease>> {
         let resp = self
@@ -210,6 +234,19 @@ impl HoldGuard {
     pub async fn release(mut self) -> Result<()> {
         self.released = true;
         self.coord.release_holds(&self.chain, self.job).await
+    }
+
+    /// Releases the holds and, in the same transaction, the lease of `volume` taken at `token` if
+    /// it is still that lease (a copy's end: its destination's lease and its source's holds).
+    /// Returns whether the lease was released. If this fails or is dropped unfinished, the holds
+    /// are released by the drop as on any other path.
+    pub async fn release_with_lease(mut self, volume: &VolumeKey, token: i64) -> Result<bool> {
+        let released = self
+            .coord
+            .release_lease_and_holds(volume, token, &self.chain, self.job)
+            .await;
+        self.released = released.is_ok();
+        released
     }
 }
 

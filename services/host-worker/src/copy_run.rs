@@ -68,19 +68,20 @@ pub(crate) async fn execute(
     let token = take_destination_lease(worker, spec, lease_id).await?;
     info!(%id, volume = %dst, token, "destination lease taken");
     let result = copy_under_lease(worker, spec, control, token, meter, &src_files).await;
+    // The destination's lease and the source's read holds go in one transaction. Unfinished in
+    // time, the holds are released by their guard's drop; the lease expires with the session.
     let released = tokio::time::timeout(
         Duration::from_secs(3),
-        worker.coord.release_volume_lease(&dst, token),
+        holds.release_with_lease(&dst, token),
     )
     .await;
     match released {
-        Ok(Ok(true)) => info!(%id, volume = %dst, "destination lease released"),
+        Ok(Ok(true)) => {
+            info!(%id, volume = %dst, "destination lease and source read holds released")
+        }
         other => {
             warn!(%id, volume = %dst, ?other, "destination lease not released; it expires with the session")
         }
-    }
-    if let Err(e) = holds.release().await {
-        warn!(%id, error = %e, "read holds on the source not released; they expire with the session");
     }
     result
 }

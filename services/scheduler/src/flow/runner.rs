@@ -358,12 +358,13 @@ async fn finish(run: &Run, failure: Option<pb::OperationError>) -> Result<(), St
 async fn end_operation(run: &Run, failure: Option<pb::OperationError>) -> Result<(), Stop> {
     let flow = run.record.get().await;
     let name = run.record.op.name();
-    for d in flow.exclusive_locks.iter().chain(&flow.shared_locks) {
-        run.engine
-            .coord
-            .release_disk_lock(&disk_of(Some(d)), &name)
-            .await?;
-    }
+    let disks: Vec<DiskKey> = flow
+        .exclusive_locks
+        .iter()
+        .chain(&flow.shared_locks)
+        .map(|d| disk_of(Some(d)))
+        .collect();
+    run.engine.coord.release_disk_locks(&disks, &name).await?;
     let failure = failure.or_else(|| {
         (meta(&flow).step == OperationStep::Rollback as i32).then(|| {
             flow.failure
