@@ -35,7 +35,7 @@ pub async fn fence_on_loss(worker: Arc<Worker>) {
 }
 
 /// Keeps `hosts/<host_id>` current while the session is valid: written at each new lease, when the
-/// jobs change, when the storage domains it reaches change (looked at every second, so a domain created
+/// jobs change (the changes of 100 ms folded into one write), when the storage domains it reaches change (looked at every second, so a domain created
 /// through another host becomes usable here within a second), and again whenever a read every 30 s
 /// finds it gone or changed (deleted or edited by hand: the key otherwise lives as long as the
 /// session lease). Every successful write publishes its lease on `registered`.
@@ -91,7 +91,14 @@ pub async fn register(
                 }
                 tokio::select! {
                     _ = session.changed() => break,
-                    _ = changed => {}
+                    _ = changed => {
+                        // Let the changes of a moment fold into one write (a job queued, started
+                        // and sized; a short copy's start and end), unless the session goes.
+                        tokio::select! {
+                            _ = session.changed() => break,
+                            _ = tokio::time::sleep(COALESCE) => {}
+                        }
+                    }
                     _ = tokio::time::sleep(LOOK_AGAIN) => {}
                 }
             }
@@ -101,6 +108,10 @@ pub async fn register(
     }
 }
 
+/// How long a change of the host's jobs waits for the next ones before the registration is
+/// written: one write for a job's queueing, start and size instead of three. The scheduler counts
+/// its own placements meanwhile, so a new copy is never hidden; a freed slot shows this much later.
+const COALESCE: Duration = Duration::from_millis(100);
 /// How often the host looks at its storage domains.
 const LOOK_AGAIN: Duration = Duration::from_secs(1);
 /// Whether the registration in etcd is gone or differs from `last`, the one written (an etcd
