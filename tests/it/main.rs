@@ -5,6 +5,7 @@ mod bad_input;
 mod bad_records;
 mod chaos;
 mod clone_disk;
+mod coord_waits;
 mod copy;
 mod copy_outcomes;
 mod disks;

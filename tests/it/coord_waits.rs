@@ -1,0 +1,211 @@
+//! The coordination layer's waits and its one-transaction releases, on a real etcd: a wait for a
+//! lease's release or a lock's change returns at once when there is nothing to wait for, stays
+//! pending while nothing changes, and wakes on the change itself (a watch, not a poll); a flow's
+//! disk locks are released in one etcd revision.
+use std::time::Duration;
+
+use datapath_api::{
+    ids::OperationId,
+    pb,
+    volume::{DiskKey, VolumeKey},
+};
+use datapath_coord::{disk_locks::Claim, flows::FlowStart, Coord};
+use etcd_client::{EventType, GetOptions, PutOptions, WatchOptions};
+use prost::Message as _;
+
+use crate::harness::TestCluster;
+
+/// A wait that has nothing to wait for must be over well within this.
+const AT_ONCE: Duration = Duration::from_millis(500);
+/// How long a wait is watched to stay pending while nothing changes.
+const QUIET: Duration = Duration::from_millis(700);
+
+async fn coord(tc: &TestCluster) -> Coord {
+    Coord::connect_with(
+        &tc.cluster.etcd_endpoints(),
+        tc.cluster.etcd_prefix(),
+        tc.cluster.client_tls().map(|t| t.client(None)),
+    )
+    .await
+    .unwrap()
+}
+
+fn volume() -> VolumeKey {
+    VolumeKey {
+        storage_domain: uuid::Uuid::new_v4().into(),
+        image: uuid::Uuid::new_v4().into(),
+        volume: uuid::Uuid::new_v4().into(),
+    }
+}
+
+fn disk() -> DiskKey {
+    volume().disk()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_for_a_lease_returns_at_once_without_one_and_wakes_on_its_release() {
+    let tc = TestCluster::start(1, |_| {}).await.unwrap();
+    let coord = coord(&tc).await;
+    let v = volume();
+    tokio::time::timeout(AT_ONCE, coord.volume_lease_released(&v))
+        .await
+        .expect("no lease: no wait")
+        .unwrap();
+
+    let mut etcd = tc.etcd.clone();
+    let key = tc.layout().volume_lease(&v);
+    let record = pb::VolumeLease {
+        host_id: uuid::Uuid::new_v4().to_string(),
+        job_id: uuid::Uuid::new_v4().to_string(),
+        revision: 0,
+    };
+    etcd.put(key.clone(), record.encode_to_vec(), None)
+        .await
+        .unwrap();
+    let waiting = tokio::spawn({
+        let coord = coord.clone();
+        async move { coord.volume_lease_released(&v).await }
+    });
+    tokio::time::sleep(QUIET).await;
+    assert!(!waiting.is_finished(), "returned while the lease was held");
+    etcd.delete(key, None).await.unwrap();
+    tokio::time::timeout(AT_ONCE, waiting)
+        .await
+        .expect("woken by the release")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_expiring_with_its_session_wakes_the_wait() {
+    let tc = TestCluster::start(1, |_| {}).await.unwrap();
+    let coord = coord(&tc).await;
+    let v = volume();
+    let mut etcd = tc.etcd.clone();
+    let session = etcd.lease_grant(2, None).await.unwrap().id();
+    etcd.put(
+        tc.layout().volume_lease(&v),
+        pb::VolumeLease::default().encode_to_vec(),
+        Some(PutOptions::new().with_lease(session)),
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(6), coord.volume_lease_released(&v))
+        .await
+        .expect("woken when the session's lease expired")
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "returned after {:?}, before the lease could expire",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_for_a_lock_change_returns_at_once_if_it_changed_and_wakes_on_the_next() {
+    let tc = TestCluster::start(1, |_| {}).await.unwrap();
+    let coord = coord(&tc).await;
+    let (source, template) = (disk(), disk());
+    let op = OperationId::time_ordered();
+    let flow = pb::Flow {
+        operation: Some(pb::Operation {
+            name: op.name(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let started = coord
+        .start_flow_locked(op, &flow, &[(source, Claim::Own), (template, Claim::Read)])
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(started, FlowStart::Started(_)), "{started:?}");
+    let taken = coord.disk_lock(&source).await.unwrap();
+    assert_eq!(taken.value.owner, op.name());
+    assert_eq!(
+        coord.disk_lock(&template).await.unwrap().value.readers,
+        [op.name()]
+    );
+
+    // Changed since the revision read: no wait.
+    let before = taken.mod_revision;
+    assert_eq!(
+        coord.mark_disk_deleting(&source, &op.name()).await.unwrap(),
+        None,
+        "no reader of the source"
+    );
+    tokio::time::timeout(AT_ONCE, coord.disk_lock_changed(&source, before))
+        .await
+        .expect("changed since: no wait")
+        .unwrap();
+
+    // Nothing changes: pending; the next change wakes it.
+    let now = coord.disk_lock(&source).await.unwrap().mod_revision;
+    let waiting = tokio::spawn({
+        let coord = coord.clone();
+        async move { coord.disk_lock_changed(&source, now).await }
+    });
+    tokio::time::sleep(QUIET).await;
+    assert!(!waiting.is_finished(), "returned with no change");
+
+    // The flow's end releases both disks in one transaction: one revision, both keys gone.
+    coord
+        .release_disk_locks(&[source, template], &op.name())
+        .await
+        .unwrap();
+    tokio::time::timeout(AT_ONCE, waiting)
+        .await
+        .expect("woken by the release")
+        .unwrap()
+        .unwrap();
+    let mut etcd = tc.etcd.clone();
+    let locks = format!("{}locks/", tc.cluster.etcd_prefix());
+    let left = etcd
+        .get(locks.clone(), Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert!(left.kvs().is_empty(), "locks left: {:?}", left.kvs());
+    let mut history = etcd
+        .watch(
+            locks.clone(),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(now + 1),
+            ),
+        )
+        .await
+        .unwrap();
+    let deletes = loop {
+        let resp = tokio::time::timeout(AT_ONCE, history.message())
+            .await
+            .expect("the release in etcd's history")
+            .unwrap()
+            .unwrap();
+        if !resp.events().is_empty() {
+            break resp
+                .events()
+                .iter()
+                .map(|e| (e.event_type(), e.kv().map(|kv| kv.mod_revision())))
+                .collect::<Vec<_>>();
+        }
+    };
+    assert_eq!(deletes.len(), 2, "{deletes:?}");
+    assert!(
+        deletes
+            .iter()
+            .all(|(t, r)| *t == EventType::Delete && *r == deletes[0].1),
+        "both locks released in one revision: {deletes:?}"
+    );
+    // Idempotent: nothing left to release, nothing to fail.
+    coord
+        .release_disk_locks(&[source, template], &op.name())
+        .await
+        .unwrap();
+    let left = etcd
+        .get(locks, Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert!(left.kvs().is_empty());
+}
