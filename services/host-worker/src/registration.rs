@@ -35,8 +35,9 @@ pub async fn fence_on_loss(worker: Arc<Worker>) {
 }
 
 /// Keeps `hosts/<host_id>` current while the session is valid: written at each new lease, when the
-/// jobs change (the changes of 100 ms folded into one write), when the storage domains it reaches change (looked at every second, so a domain created
-/// through another host becomes usable here within a second), and again whenever a read every 30 s
+/// jobs change (the changes of 100 ms folded into one write), when the storage domains it reaches
+/// change (looked at every second, so a domain created through another host becomes usable here
+/// within a second), and again whenever a read every 30 s
 /// finds it gone or changed (deleted or edited by hand: the key otherwise lives as long as the
 /// session lease). Every successful write publishes its lease on `registered`.
 pub async fn register(
