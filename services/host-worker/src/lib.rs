@@ -35,7 +35,7 @@ use datapath_coord::{session::Session, EtcdOptions};
 use datapath_server::{health::ServerHealth, ServerOptions};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tonic::service::Routes;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Configuration: flags, each with an environment variable.
 #[derive(Debug, Clone, clap::Parser)]
@@ -219,9 +219,17 @@ pub async fn run(
     let stopped = worker.jobs.stop_all(jobs::StopReason::Shutdown);
     if stopped > 0 {
         info!(stopped, "stopped running copies");
+        // Wait (at most 5 s) for them to end, woken by each change of the host's jobs.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while !worker.jobs.is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        loop {
+            let changed = worker.jobs.changed.notified();
+            if worker.jobs.is_empty() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                warn!("copies still ending after 5 s; shutting down anyway");
+                break;
+            }
         }
     }
     session.close().await;
