@@ -37,12 +37,7 @@ pub(crate) async fn running_copy(tc: &TestCluster, name: &str) -> (usize, String
     })
     .await
     .unwrap();
-    let i = tc
-        .cluster
-        .host_ids()
-        .iter()
-        .position(|h| *h == host)
-        .unwrap();
+    let i = tc.cluster.host_index(&host).unwrap();
     (i, job)
 }
 

@@ -256,12 +256,7 @@ async fn a_host_killed_mid_copy_the_copy_is_retried_on_another_and_the_move_fini
     })
     .await
     .unwrap();
-    let i = tc
-        .cluster
-        .host_ids()
-        .iter()
-        .position(|h| *h == victim)
-        .unwrap();
+    let i = tc.cluster.host_index(&victim).unwrap();
     assert_ne!(i, spm, "least-loaded put the copy on the SPM");
     tc.cluster.host_mut(i).signal(Signal::SIGKILL).unwrap();
 

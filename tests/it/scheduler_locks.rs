@@ -233,12 +233,7 @@ async fn a_template_moves_while_a_clone_of_it_runs() {
     )
     .await
     .unwrap();
-    let i = tc
-        .cluster
-        .host_ids()
-        .iter()
-        .position(|h| *h == host)
-        .unwrap();
+    let i = tc.cluster.host_index(&host).unwrap();
     let worker = tc.cluster.host_mut(i).pid().unwrap();
     let copier = wait_for(Duration::from_secs(10), "the clone's qemu-img", || async {
         descendants_named(worker, "qemu-img").first().copied()

@@ -393,12 +393,7 @@ async fn a_lost_copy_shows_its_recovery_decision_and_retry_in_the_trace() {
     })
     .await
     .unwrap();
-    let i = tc
-        .cluster
-        .host_ids()
-        .iter()
-        .position(|h| *h == victim)
-        .unwrap();
+    let i = tc.cluster.host_index(&victim).unwrap();
     tc.cluster
         .host_mut(i)
         .signal(nix::sys::signal::Signal::SIGKILL)

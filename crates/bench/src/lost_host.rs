@@ -116,9 +116,7 @@ async fn one(base: &Path, n: usize) -> anyhow::Result<Row> {
         .collect();
     let index = b
         .cluster
-        .host_ids()
-        .iter()
-        .position(|h| *h == victim)
+        .host_index(&victim)
         .context("the victim is one of the cluster's hosts")?;
     let mut events = b
         .tracker

@@ -209,9 +209,10 @@ impl Coord {
     }
 }
 
-/// Job `job`'s holds on a chain, released on every path: by [`HoldGuard::release`], or by a task
-/// spawned on drop (an early return, a panic, a dropped future). The holds are bound to the host's
-/// session lease besides, so a host that dies drops them with it.
+/// Job `job`'s holds on a chain, released on every path: with the job's destination lease by
+/// [`HoldGuard::release_with_lease`], or by a task spawned on drop (an early return, a panic, a
+/// dropped future). The holds are bound to the host's session lease besides, so a host that dies
+/// drops them with it.
 pub struct HoldGuard {
     coord: Coord,
     chain: Vec<VolumeKey>,
@@ -228,12 +229,6 @@ impl HoldGuard {
             job,
             released: false,
         }
-    }
-
-    /// Releases the holds now.
-    pub async fn release(mut self) -> Result<()> {
-        self.released = true;
-        self.coord.release_holds(&self.chain, self.job).await
     }
 
     /// Releases the holds and, in the same transaction, the lease of `volume` taken at `token` if

@@ -330,6 +330,11 @@ impl Cluster {
         self.hosts.iter().map(|h| h.host_id.clone()).collect()
     }
 
+    /// The index of the host-worker whose id is `host_id`, if it is one of this cluster's.
+    pub fn host_index(&self, host_id: &str) -> Option<usize> {
+        self.hosts.iter().position(|h| h.host_id == host_id)
+    }
+
     /// Host `i`'s id. Panics when `i` is out of range.
     pub fn host_id(&self, i: usize) -> &str {
         &self.hosts[i].host_id
