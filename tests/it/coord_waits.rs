@@ -1,7 +1,8 @@
 //! The coordination layer's waits and its one-transaction releases, on a real etcd: a wait for a
 //! lease's release or a lock's change returns at once when there is nothing to wait for, stays
 //! pending while nothing changes, and wakes on the change itself (a watch, not a poll); a flow's
-//! disk locks are released in one etcd revision.
+//! disk locks are released in one etcd revision, and with its end in one transaction; the ends of
+//! one window share a retention lease.
 use std::time::Duration;
 
 use datapath_api::{
@@ -9,7 +10,7 @@ use datapath_api::{
     pb,
     volume::{DiskKey, VolumeKey},
 };
-use datapath_coord::{disk_locks::Claim, flows::FlowStart, Coord};
+use datapath_coord::{disk_locks::Claim, flows::FlowStart, retention::RetentionLeases, Coord};
 use etcd_client::{EventType, GetOptions, PutOptions, WatchOptions};
 use prost::Message as _;
 
@@ -116,7 +117,12 @@ async fn a_wait_for_a_lock_change_returns_at_once_if_it_changed_and_wakes_on_the
         ..Default::default()
     };
     let started = coord
-        .start_flow_locked(op, &flow, &[(source, Claim::Own), (template, Claim::Read)])
+        .start_flow_locked(
+            op,
+            &flow,
+            &[(source, Claim::Own), (template, Claim::Read)],
+            None,
+        )
         .await
         .unwrap()
         .unwrap();
@@ -208,4 +214,107 @@ async fn a_wait_for_a_lock_change_returns_at_once_if_it_changed_and_wakes_on_the
         .await
         .unwrap();
     assert!(left.kvs().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ends_of_one_window_share_a_retention_lease_that_outlives_the_retention() {
+    let tc = TestCluster::start(1, |_| {}).await.unwrap();
+    let coord = coord(&tc).await;
+    let leases = RetentionLeases::new(coord.clone(), Duration::from_secs(20));
+    let first = leases.lease().await.unwrap();
+    assert_eq!(
+        leases.lease().await.unwrap(),
+        first,
+        "one lease in a window"
+    );
+    let mut etcd = tc.etcd.clone();
+    let ttl = etcd.lease_time_to_live(first, None).await.unwrap().ttl();
+    assert!(ttl >= 20, "the lease outlives the retention: ttl {ttl} s");
+    leases.forget(first).await;
+    let fresh = leases.lease().await.unwrap();
+    assert_ne!(fresh, first, "a forgotten lease is not used again");
+
+    // A window is a tenth of the retention: after it, a new lease.
+    let short = RetentionLeases::new(coord, Duration::from_secs(1));
+    let a = short.lease().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_ne!(
+        short.lease().await.unwrap(),
+        a,
+        "a new lease after the window"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_ends_and_releases_its_locks_in_one_transaction_or_not_at_all() {
+    let tc = TestCluster::start(1, |_| {}).await.unwrap();
+    // Under a prefix of its own: the cluster's scheduler would park this flow of no kind.
+    let prefix = format!("{}coord-test/", tc.cluster.etcd_prefix());
+    let coord = Coord::connect_with(
+        &tc.cluster.etcd_endpoints(),
+        &prefix,
+        tc.cluster.client_tls().map(|t| t.client(None)),
+    )
+    .await
+    .unwrap();
+    let (source, template) = (disk(), disk());
+    let op = OperationId::time_ordered();
+    let mut flow = pb::Flow {
+        operation: Some(pb::Operation {
+            name: op.name(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let claims = [(source, Claim::Own), (template, Claim::Read)];
+    coord
+        .start_flow_locked(op, &flow, &claims, None)
+        .await
+        .unwrap()
+        .unwrap();
+    let started = coord.get_flow(op).await.unwrap().unwrap();
+    flow.operation.as_mut().unwrap().done = true;
+    let lease = RetentionLeases::new(coord.clone(), Duration::from_secs(60))
+        .lease()
+        .await
+        .unwrap();
+    let disks = [source, template];
+
+    // On an outdated flow revision nothing is written: the flow and both locks stay.
+    let stale = coord
+        .finish_flow_releasing(op, &flow, started.mod_revision - 1, None, lease, &disks)
+        .await
+        .unwrap();
+    assert_eq!(stale, None);
+    assert_eq!(
+        coord.disk_lock(&source).await.unwrap().value.owner,
+        op.name()
+    );
+    assert!(
+        !coord
+            .get_flow(op)
+            .await
+            .unwrap()
+            .unwrap()
+            .value
+            .operation
+            .unwrap()
+            .done
+    );
+
+    let revision = coord
+        .finish_flow_releasing(op, &flow, started.mod_revision, None, lease, &disks)
+        .await
+        .unwrap()
+        .expect("ended");
+    let mut etcd = tc.etcd.clone();
+    let ended = etcd.get(coord.keys().flow(op), None).await.unwrap();
+    let kv = &ended.kvs()[0];
+    assert_eq!((kv.mod_revision(), kv.lease()), (revision, lease));
+    let locks = format!("{prefix}locks/");
+    let left = etcd
+        .get(locks, Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert!(left.kvs().is_empty(), "locks left: {:?}", left.kvs());
 }

@@ -238,6 +238,32 @@ async fn least_loaded_spreads_six_concurrent_moves_over_the_hosts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_turn_to_start_a_flow_the_copies_still_run_at_once() {
+    // One flow starts at a time (`--max-starting-flows 1`, `admission.rs`), and gives its turn
+    // back once its copy is sent: six copies of two seconds each still overlap, and all end.
+    let tc = TestCluster::start(3, |c| {
+        throttle(c, 4 * MIB);
+        c.env
+            .push(("DATAPATH_MAX_STARTING_FLOWS".into(), "1".into()));
+    })
+    .await
+    .unwrap();
+    let (a, b) = (tc.domain().await, tc.domain().await);
+    wait_hosts_reach(&tc, &[&a, &b]).await;
+    let mut disks = Vec::new();
+    for _ in 0..6 {
+        disks.push(single_disk(&tc, &a, 8 * MIB, 8).await);
+    }
+    let names = start_moves(&tc, &disks, &b).await;
+    let jobs = all_succeed(&tc, &names).await;
+    assert_eq!(jobs.len(), 6, "{jobs:#?}");
+    assert!(
+        most_at_once(&jobs) >= 3,
+        "a turn was held through the copy: {jobs:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_operations_by_hsm_false_puts_every_copy_on_the_spm_until_set_back() {
     // At 2 MiB/s a 4 MiB disk copies in about two seconds, the chain's 8 MiB base in four.
     let tc = TestCluster::start(3, |c| throttle(c, 2 * MIB))

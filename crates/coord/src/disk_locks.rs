@@ -99,6 +99,11 @@ impl Coord {
         }
     }
 
+    /// The locks of `disks`, in their order, read at once: one round trip's wait, not one per disk.
+    pub async fn disk_locks(&self, disks: &[DiskKey]) -> Result<Vec<Versioned<pb::DiskLock>>> {
+        futures::future::try_join_all(disks.iter().map(|d| self.disk_lock(d))).await
+    }
+
     /// Returns at the first change of `disk`'s lock after `revision` (a reader gone, say), or at
     /// once if it changed since: what a step waiting for readers wakes on.
     pub async fn disk_lock_changed(&self, disk: &DiskKey, revision: i64) -> Result<()> {
@@ -154,26 +159,7 @@ impl Coord {
     /// move's end is one etcd write, not one per disk). Idempotent.
     pub async fn release_disk_locks(&self, disks: &[DiskKey], op_name: &str) -> Result<()> {
         for _ in 0..LOCK_RETRIES {
-            let (mut when, mut then) = (Vec::new(), Vec::new());
-            for disk in disks {
-                let current = self.disk_lock(disk).await?;
-                let mut lock = current.value.clone();
-                if lock.owner == op_name {
-                    lock.owner.clear();
-                    lock.deleting = false;
-                }
-                lock.readers.retain(|r| r != op_name);
-                if lock == current.value {
-                    continue;
-                }
-                let key = self.keys().disk_lock(disk);
-                when.push(lock_compare(&key, current.mod_revision));
-                then.push(if lock.owner.is_empty() && lock.readers.is_empty() {
-                    TxnOp::delete(key, None)
-                } else {
-                    TxnOp::put(key, lock.encode_to_vec(), None)
-                });
-            }
+            let (when, then) = self.lock_releases(disks, op_name).await?;
             if then.is_empty() {
                 return Ok(());
             }
@@ -185,6 +171,35 @@ impl Coord {
         Err(CoordError::LockBusy(
             disks.first().map(|d| d.to_string()).unwrap_or_default(),
         ))
+    }
+
+    /// What removing `op_name` from the locks of `disks` writes, as read now: the compares that
+    /// pin each lock to the revision read and the writes (nothing for a lock it is not in).
+    pub(crate) async fn lock_releases(
+        &self,
+        disks: &[DiskKey],
+        op_name: &str,
+    ) -> Result<(Vec<Compare>, Vec<TxnOp>)> {
+        let (mut when, mut then) = (Vec::new(), Vec::new());
+        for (disk, current) in disks.iter().zip(self.disk_locks(disks).await?) {
+            let mut lock = current.value.clone();
+            if lock.owner == op_name {
+                lock.owner.clear();
+                lock.deleting = false;
+            }
+            lock.readers.retain(|r| r != op_name);
+            if lock == current.value {
+                continue;
+            }
+            let key = self.keys().disk_lock(disk);
+            when.push(lock_compare(&key, current.mod_revision));
+            then.push(if lock.owner.is_empty() && lock.readers.is_empty() {
+                TxnOp::delete(key, None)
+            } else {
+                TxnOp::put(key, lock.encode_to_vec(), None)
+            });
+        }
+        Ok((when, then))
     }
 
     /// Marks `disk` (owned by `op_name`) as being deleted: from then on no new clone may read it.
@@ -210,19 +225,27 @@ impl Coord {
 
     /// Creates flow `op` (with its request key) and takes its disks' locks as `claims` says, in one
     /// transaction; the locks are read again and the start tried again while one changes under
-    /// it, at most [`LOCK_RETRIES`] times. A lock that refuses the claim refuses the start, with
-    /// nothing written.
+    /// it, at most [`LOCK_RETRIES`] times. `as_read` are the claimed disks' locks as the caller
+    /// read them ([`Coord::disk_locks`], in `claims`' order), used for the first try: the
+    /// transaction's compares make an outdated read a retry, never a wrong start. A lock that
+    /// refuses the claim refuses the start, with nothing written.
     pub async fn start_flow_locked(
         &self,
         op: OperationId,
         flow: &pb::Flow,
         claims: &[(DiskKey, Claim)],
+        as_read: Option<Vec<Versioned<pb::DiskLock>>>,
     ) -> Result<Result<FlowStart, LockRefusal>> {
         let name = op.name();
+        let disks: Vec<DiskKey> = claims.iter().map(|(d, _)| *d).collect();
+        let mut read = as_read.filter(|r| r.len() == claims.len());
         for _ in 0..LOCK_RETRIES {
+            let locks = match read.take() {
+                Some(locks) => locks,
+                None => self.disk_locks(&disks).await?,
+            };
             let mut changes = Vec::with_capacity(claims.len());
-            for (disk, claim) in claims {
-                let current = self.disk_lock(disk).await?;
+            for ((disk, claim), current) in claims.iter().zip(locks) {
                 let mut lock = current.value;
                 match claim {
                     Claim::Own if !lock.owner.is_empty() => {

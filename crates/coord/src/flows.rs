@@ -8,7 +8,7 @@
 //!   scheduler leader's writes, under its leadership guard.
 //! - An ended flow and its request key are bound to a retention lease that is never renewed, so etcd
 //!   removes them itself.
-use datapath_api::{ids::OperationId, pb};
+use datapath_api::{ids::OperationId, pb, volume::DiskKey};
 use etcd_client::{
     Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
     WatchStream,
@@ -170,22 +170,26 @@ impl Coord {
         mod_revision: i64,
         leader: Option<&Leadership>,
     ) -> Result<Option<i64>> {
-        self.put_flow_txn(op, flow, mod_revision, leader, None)
+        self.put_flow_txn(op, flow, mod_revision, leader, None, Default::default())
             .await
     }
 
-    /// Writes a flow's final state bound to a new retention lease of `retention_secs`, with its request
-    /// key, so etcd deletes both when the retention passes.
-    pub async fn finish_flow_if(
+    /// Writes a flow's final state bound to retention lease `lease` (`retention.rs`), with its
+    /// request key, so etcd deletes both when the retention passes; in the same transaction it
+    /// takes the flow's name out of the locks of `disks`, so a flow never ends holding a lock and
+    /// its end is one etcd write. `Ok(None)` when a compare failed: the flow changed, the
+    /// leadership is gone, or a lock changed since it was read (read again on the next call).
+    pub async fn finish_flow_releasing(
         &self,
         op: OperationId,
         flow: &pb::Flow,
         mod_revision: i64,
         leader: Option<&Leadership>,
-        retention_secs: i64,
+        lease: i64,
+        disks: &[DiskKey],
     ) -> Result<Option<i64>> {
-        let lease = self.client().lease_grant(retention_secs, None).await?.id();
-        self.put_flow_txn(op, flow, mod_revision, leader, Some(lease))
+        let releases = self.lock_releases(disks, &op.name()).await?;
+        self.put_flow_txn(op, flow, mod_revision, leader, Some(lease), releases)
             .await
     }
 
@@ -196,16 +200,17 @@ impl Coord {
         mod_revision: i64,
         leader: Option<&Leadership>,
         lease: Option<i64>,
+        (mut when, mut then): (Vec<Compare>, Vec<TxnOp>),
     ) -> Result<Option<i64>> {
         let key = self.keys().flow(op);
-        let mut when = vec![Compare::mod_revision(
+        when.push(Compare::mod_revision(
             key.clone(),
             CompareOp::Equal,
             mod_revision,
-        )];
+        ));
         when.extend(leader.map(Leadership::guard));
         let opts = lease.map(|l| PutOptions::new().with_lease(l));
-        let mut then = vec![TxnOp::put(key, flow.encode_to_vec(), opts.clone())];
+        then.push(TxnOp::put(key, flow.encode_to_vec(), opts.clone()));
         if lease.is_some() && !flow.request_id.is_empty() {
             then.push(TxnOp::put(
                 self.keys().request(&flow.request_id),

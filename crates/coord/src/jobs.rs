@@ -152,12 +152,6 @@ impl Coord {
         Ok(listed_jobs(&resp))
     }
 
-    /// Grants a lease of `ttl_secs` that is never renewed: ended jobs bound to it are deleted by etcd
-    /// itself when it expires, even while the job-tracker is down.
-    pub async fn grant_retention_lease(&self, ttl_secs: i64) -> Result<i64> {
-        Ok(self.client().lease_grant(ttl_secs, None).await?.id())
-    }
-
     /// Watches every job change after `after_revision`.
     pub async fn watch_jobs(&self, after_revision: i64) -> Result<JobWatch> {
         let opts = WatchOptions::new()

@@ -19,6 +19,7 @@ pub mod keys;
 pub mod metrics;
 mod probe;
 pub mod quarantine;
+pub mod retention;
 pub mod session;
 pub mod snapshot;
 pub mod volume_holds;

@@ -13,6 +13,7 @@ use datapath_api::{
     volume::{Allocation, Format, Legality, Role, VolumeKey},
 };
 use datapath_coord::volume_holds::Busy;
+use futures::{StreamExt as _, TryStreamExt as _};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
@@ -35,11 +36,16 @@ impl HostWorkerApi {
     /// or a fence whose metadata write was lost) counts, and such a volume is not LEGAL.
     async fn volume_info(&self, key: &VolumeKey, field: &str) -> Result<pb::VolumeInfo, Error> {
         let mut meta = self.worker.storage.read_meta(key, field)?;
-        if let Some(recorded) = self.worker.generation_above(key, meta.generation).await? {
+        // Both etcd reads at once (a host without the volume view makes them for every volume).
+        let (recorded, lease) = tokio::join!(
+            self.worker.generation_above(key, meta.generation),
+            self.worker.volume_lease(key),
+        );
+        if let Some(recorded) = recorded? {
             meta.generation = recorded;
             meta.legality = datapath_api::volume::Legality::Illegal;
         }
-        let lease = self.worker.volume_lease(key).await?;
+        let lease = lease?;
         Ok(pb::VolumeInfo {
             volume: Some(key.to_pb()),
             metadata: Some(meta.to_pb()),
@@ -197,15 +203,22 @@ impl HostWorkerService for HostWorkerApi {
             .collect();
         // The token is the position in the chain (zero-padded), so pages keep the base-first order.
         let (chain, next_page_token) = page.paginate(chain, |(i, _)| format!("{i:08}"));
-        let mut volumes = Vec::with_capacity(chain.len());
-        for (_, vol) in chain {
-            let key = VolumeKey {
+        let keys: Vec<VolumeKey> = chain
+            .into_iter()
+            .map(|(_, volume)| VolumeKey {
                 storage_domain: sd,
                 image: img,
-                volume: vol,
-            };
-            volumes.push(self.volume_info(&key, "volume").await?);
-        }
+                volume,
+            })
+            .collect();
+        // Read 16 at a time: a page costs a few etcd round trips' wait, not one per volume.
+        let reads = keys
+            .into_iter()
+            .map(|k| async move { self.volume_info(&k, "volume").await });
+        let volumes: Vec<pb::VolumeInfo> = futures::stream::iter(reads)
+            .buffered(16)
+            .try_collect()
+            .await?;
         Ok(Response::new(pb::ListVolumesResponse {
             volumes,
             next_page_token,

@@ -13,7 +13,7 @@ use datapath_api::{
     page::PageRequest,
     pb::{self, JobStatus},
 };
-use datapath_coord::{jobs::Created, Coord};
+use datapath_coord::{jobs::Created, retention::RetentionLeases, Coord};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -36,7 +36,8 @@ struct Slot {
 /// The job-tracker's state: etcd plus the progress not yet written.
 pub struct Tracker {
     coord: Coord,
-    retention: Duration,
+    /// `None`: ended jobs live forever.
+    retention: Option<RetentionLeases>,
     slots: Mutex<HashMap<JobId, Slot>>,
     open: OpenJobs,
     view: datapath_coord::job_view::JobView,
@@ -48,8 +49,9 @@ impl Tracker {
     pub fn new(coord: Coord, retention: Duration, max_open_per_host: usize) -> Arc<Self> {
         Arc::new(Self {
             view: coord.job_view(),
+            retention: (!retention.is_zero())
+                .then(|| RetentionLeases::new(coord.clone(), retention)),
             coord,
-            retention,
             slots: Mutex::new(HashMap::new()),
             open: OpenJobs::new(max_open_per_host),
         })
@@ -317,20 +319,18 @@ impl Tracker {
                 return Ok(current.job);
             };
             let ends = is_terminal(next.status()) && !is_terminal(current.job.status());
-            let lease = match ends && !self.retention.is_zero() {
-                true => Some(
-                    self.coord
-                        .grant_retention_lease(self.retention.as_secs().max(1) as i64)
-                        .await?,
-                ),
-                false => None,
+            let lease = match (&self.retention, ends) {
+                (Some(leases), true) => Some(leases.lease().await?),
+                _ => None,
             };
-            if self
+            let written = self
                 .coord
                 .put_job_if(job_id, &next, current.mod_revision, lease)
-                .await?
-                .is_some()
-            {
+                .await;
+            if let (Err(_), Some(leases), Some(lease)) = (&written, &self.retention, lease) {
+                leases.forget(lease).await;
+            }
+            if written?.is_some() {
                 if next.status() != current.job.status() {
                     crate::metrics::transition(&next);
                 }

@@ -62,6 +62,10 @@ pub struct Engine {
     pub selector: Arc<dyn HostSelector>,
     /// Tunables.
     pub settings: Settings,
+    /// The lease ended flows are bound to, shared by the ends of a minute.
+    pub retention: datapath_coord::retention::RetentionLeases,
+    /// Turns for flows to start (`--max-starting-flows`).
+    pub admission: crate::flow::admission::Admission,
     /// Copies placed by this scheduler and not yet ended; held while a placement is decided, so two
     /// steps placed at the same instant see each other.
     pub placed: Mutex<Placed>,

@@ -61,6 +61,10 @@ pub struct Config {
     /// Volumes of one chain copied at once (1: one by one, as the seed did).
     #[arg(long, env = "DATAPATH_PARALLEL_COPIES", default_value_t = 1)]
     pub parallel_copies: usize,
+    /// Flows in their start at once (structure on the SPM, placement, first CopyData); other
+    /// accepted operations wait in accept order. Flows past their start never wait.
+    #[arg(long, env = "DATAPATH_MAX_STARTING_FLOWS", default_value_t = 16)]
+    pub max_starting_flows: usize,
     /// Copy attempts per volume, each on another host when one can, before the operation rolls back.
     #[arg(long, env = "DATAPATH_COPY_ATTEMPTS", default_value_t = 3)]
     pub copy_attempts: u32,
@@ -134,6 +138,11 @@ pub async fn run(
             no_host_timeout: config.no_host_timeout,
             failpoint: config.failpoint,
         },
+        admission: flow::admission::Admission::new(config.max_starting_flows),
+        retention: datapath_coord::retention::RetentionLeases::new(
+            coord.clone(),
+            config.operation_retention,
+        ),
         placed: Default::default(),
         read_turn: Default::default(),
         unanswered: Default::default(),

@@ -43,6 +43,7 @@ struct SchedulerMetrics {
     running: GaugeFamily<KindLabel>,
     is_leader: Gauge,
     followed_jobs: Gauge,
+    waiting_for_turn: Gauge,
     job_watch_opens: prometheus_client::metrics::counter::Counter,
 }
 
@@ -57,6 +58,7 @@ fn metrics() -> &'static SchedulerMetrics {
             running: Default::default(),
             is_leader: Gauge::default(),
             followed_jobs: Gauge::default(),
+            waiting_for_turn: Gauge::default(),
             job_watch_opens: Default::default(),
         };
         register(
@@ -91,6 +93,11 @@ fn metrics() -> &'static SchedulerMetrics {
             "datapath_scheduler_followed_jobs",
             "Copy jobs this scheduler follows now, all through its one job stream",
             m.followed_jobs.clone(),
+        );
+        register(
+            "datapath_scheduler_flows_waiting_to_start",
+            "Accepted operations whose flow waits for a turn to start (--max-starting-flows)",
+            m.waiting_for_turn.clone(),
         );
         register(
             "datapath_scheduler_job_watch_opens",
@@ -250,4 +257,21 @@ pub fn set_followed_jobs(n: usize) {
 /// Counts one opening of the job stream.
 pub fn job_watch_opened() {
     metrics().job_watch_opens.inc();
+}
+
+/// Counts one flow in `datapath_scheduler_flows_waiting_to_start` while it waits.
+pub struct WaitingForTurn;
+
+impl WaitingForTurn {
+    /// A flow starts waiting for its turn.
+    pub fn start() -> Self {
+        metrics().waiting_for_turn.inc();
+        Self
+    }
+}
+
+impl Drop for WaitingForTurn {
+    fn drop(&mut self) {
+        metrics().waiting_for_turn.dec();
+    }
 }

@@ -12,7 +12,7 @@ use datapath_api::{
 };
 use datapath_coord::{
     disk_locks::{Claim, LockRefusal},
-    flows::FlowStart,
+    flows::{FlowStart, Versioned},
     CoordError,
 };
 use tonic::Code;
@@ -138,7 +138,6 @@ async fn try_move_disk(
         (source, "image"),
         (destination, "destination_storage_domain_id"),
     ];
-    refuse_locked(engine, &owned, None).await?;
     let mut src_host = engine
         .host_reaching(
             &source.storage_domain.to_string(),
@@ -148,8 +147,16 @@ async fn try_move_disk(
     let mut dst_host = engine
         .host_reaching(&dst_sd.to_string(), "destination_storage_domain_id")
         .await?;
-    let volumes = chain(&mut src_host, &source)
-        .await
+    // The locks and both hosts' views are read at once; they are judged in this order.
+    let disks = [source, destination];
+    let (locks, src_chain, dst_chain) = tokio::join!(
+        engine.coord.disk_locks(&disks),
+        chain(&mut src_host, &source),
+        chain(&mut dst_host, &destination),
+    );
+    let locks = locks?;
+    refuse_locked(&locks, &owned, None)?;
+    let volumes = src_chain
         .map_err(host_error)?
         .ok_or_else(|| Error::NotFound {
             what: format!("disk {source}"),
@@ -171,11 +178,7 @@ async fn try_move_disk(
             format!("volume {id} of disk {source} is ILLEGAL: it cannot be moved"),
         ));
     }
-    if chain(&mut dst_host, &destination)
-        .await
-        .map_err(host_error)?
-        .is_some()
-    {
+    if dst_chain.map_err(host_error)?.is_some() {
         return Err(Error::Exists {
             what: format!("image {} in storage domain {dst_sd}", source.image),
             field: "destination_storage_domain_id".into(),
@@ -183,7 +186,7 @@ async fn try_move_disk(
     }
     let op = OperationId::time_ordered();
     let flow = plan::move_flow(op, &req.request_id, &source, &destination, &volumes);
-    start(engine, op, flow, &owned, None).await
+    start(engine, op, flow, &owned, None, locks).await
 }
 
 async fn try_clone_disk(
@@ -217,12 +220,7 @@ async fn try_clone_disk(
     if let Some(op) = replay(engine, &req.request_id).await? {
         return Ok(op);
     }
-    refuse_locked(
-        engine,
-        &[(new.disk(), "new_image_id")],
-        Some(template.disk()),
-    )
-    .await?;
+    let owned = [(new.disk(), "new_image_id")];
     let mut src_host = engine
         .host_reaching(
             &template.storage_domain.to_string(),
@@ -232,11 +230,18 @@ async fn try_clone_disk(
     let mut dst_host = engine
         .host_reaching(&dst_sd.to_string(), "destination_storage_domain_id")
         .await?;
-    let info = src_host
-        .get_volume_info(pb::GetVolumeInfoRequest {
+    // The locks and both hosts' views are read at once; they are judged in this order.
+    let (disks, new_disk) = ([new.disk(), template.disk()], new.disk());
+    let (locks, info, dst_chain) = tokio::join!(
+        engine.coord.disk_locks(&disks),
+        src_host.get_volume_info(pb::GetVolumeInfoRequest {
             volume: Some(template.to_pb()),
-        })
-        .await
+        }),
+        chain(&mut dst_host, &new_disk),
+    );
+    let locks = locks?;
+    refuse_locked(&locks, &owned, Some(template.disk()))?;
+    let info = info
         .map_err(|s| match s.code() {
             Code::NotFound => Error::NotFound {
                 what: format!("template volume {template}"),
@@ -256,11 +261,7 @@ async fn try_clone_disk(
             format!("template volume {template} is ILLEGAL"),
         ));
     }
-    if chain(&mut dst_host, &new.disk())
-        .await
-        .map_err(host_error)?
-        .is_some()
-    {
+    if dst_chain.map_err(host_error)?.is_some() {
         return Err(Error::Exists {
             what: format!("image {} in storage domain {dst_sd}", new.image),
             field: "new_image_id".into(),
@@ -271,14 +272,7 @@ async fn try_clone_disk(
     });
     let op = OperationId::time_ordered();
     let flow = plan::clone_flow(op, &req.request_id, &info, &new, format, allocation.to_pb());
-    start(
-        engine,
-        op,
-        flow,
-        &[(new.disk(), "new_image_id")],
-        Some(template.disk()),
-    )
-    .await
+    start(engine, op, flow, &owned, Some(template.disk()), locks).await
 }
 
 fn optional_id(text: &str, field: &str) -> Result<Option<uuid::Uuid>, FieldViolation> {
@@ -288,28 +282,27 @@ fn optional_id(text: &str, field: &str) -> Result<Option<uuid::Uuid>, FieldViola
     Ok(Some(ImageId::parse(field, text)?.uuid()))
 }
 
-/// Refuses a request whose disks are locked before any host is asked about them: a disk another
-/// operation owns is LOCKED whatever its volumes look like meanwhile (half created in a destination,
-/// half deleted in a source), and [`start`] checks again in its transaction.
-async fn refuse_locked(
-    engine: &Engine,
+/// Refuses a request whose disks are locked (`locks`: the owned disks' locks, then the read
+/// one's, as read) before anything hosts say is looked at: a disk another operation owns is LOCKED
+/// whatever its volumes look like meanwhile (half created in a destination, half deleted in a
+/// source), and [`start`] checks again in its transaction.
+fn refuse_locked(
+    locks: &[Versioned<pb::DiskLock>],
     owned: &[(DiskKey, &str)],
     read: Option<DiskKey>,
 ) -> Result<(), Error> {
-    for (disk, field) in owned {
-        let owner = engine.coord.disk_lock(disk).await?.value.owner;
-        if !owner.is_empty() {
+    for ((disk, field), lock) in owned.iter().zip(locks) {
+        if !lock.value.owner.is_empty() {
             return Err(Error::Locked {
                 disk: *disk,
-                owner,
+                owner: lock.value.owner.clone(),
                 field: field.to_string(),
             });
         }
     }
-    if let Some(disk) = read {
-        let lock = engine.coord.disk_lock(&disk).await?.value;
-        if lock.deleting {
-            return Err(being_deleted(&disk, &lock.owner));
+    if let (Some(disk), Some(lock)) = (read, locks.get(owned.len())) {
+        if lock.value.deleting {
+            return Err(being_deleted(&disk, &lock.value.owner));
         }
     }
     Ok(())
@@ -324,20 +317,25 @@ fn being_deleted(disk: &DiskKey, owner: &str) -> Error {
 }
 
 /// Takes the locks and writes the flow in one transaction (`datapath_coord::disk_locks`, which
-/// re-reads the locks while one changes, a bounded number of times).
+/// re-reads the locks while one changes, a bounded number of times); `locks` as read before.
 async fn start(
     engine: &Engine,
     op: OperationId,
     flow: pb::Flow,
     owned: &[(DiskKey, &str)],
     read: Option<DiskKey>,
+    locks: Vec<Versioned<pb::DiskLock>>,
 ) -> Result<pb::Operation, Error> {
     let claims: Vec<(DiskKey, Claim)> = owned
         .iter()
         .map(|(disk, _)| (*disk, Claim::Own))
         .chain(read.map(|disk| (disk, Claim::Read)))
         .collect();
-    let started = match engine.coord.start_flow_locked(op, &flow, &claims).await {
+    let started = match engine
+        .coord
+        .start_flow_locked(op, &flow, &claims, Some(locks))
+        .await
+    {
         Err(CoordError::LockBusy(_)) => {
             return Err(Error::precondition(
                 "DISK_BUSY",

@@ -173,6 +173,7 @@ async fn start_attempt(
             warn!(op = %run.record.op, %job_id, error = %s, "CopyData was not accepted");
         }
         run.engine.failpoint(Failpoint::AfterCopySent);
+        run.started();
     }
     .instrument(span.clone())
     .await;

@@ -4,11 +4,11 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use datapath_api::{ids::OperationId, pb};
-use datapath_coord::election::Leadership;
+use datapath_coord::{election::Leadership, flows::Versioned};
 use tokio::{sync::watch, task::JoinSet};
 use tracing::{info, warn};
 
-use super::{runner, state::meta, Stop};
+use super::{admission, runner, state::meta, Stop};
 use crate::engine::Engine;
 
 /// Runs flows while `leader` stands; returns when the leadership is found lost.
@@ -27,7 +27,7 @@ pub async fn run(engine: Arc<Engine>, leader: Leadership) {
         for f in flows {
             let op = op_of(&f.value);
             if let Some(op) = op {
-                offer(&engine, &leader, &mut runners, &mut tasks, op, &f.value);
+                offer(&engine, &leader, &mut runners, &mut tasks, op, f);
             }
         }
         let mut watch = match engine.coord.watch_flows(revision, None).await {
@@ -44,7 +44,8 @@ pub async fn run(engine: Arc<Engine>, leader: Leadership) {
                     let Ok(Some(changes)) = batch else { break };
                     for c in changes {
                         if let Some(flow) = c.flow {
-                            offer(&engine, &leader, &mut runners, &mut tasks, c.operation, &flow);
+                            let flow = Versioned { value: flow, mod_revision: c.revision };
+                            offer(&engine, &leader, &mut runners, &mut tasks, c.operation, flow);
                         }
                     }
                 }
@@ -73,19 +74,21 @@ fn op_of(flow: &pb::Flow) -> Option<OperationId> {
     OperationId::parse_name("name", name).ok()
 }
 
-/// Starts a runner for a flow that is not done and has none; forwards a cancel request otherwise.
+/// Starts a runner for a flow that is not done and has none, on the record as listed or watched
+/// (its mod revision makes the runner's first save fail, and re-read, if it is outdated); forwards
+/// a cancel request otherwise.
 fn offer(
     engine: &Arc<Engine>,
     leader: &Leadership,
     runners: &mut HashMap<OperationId, watch::Sender<bool>>,
     tasks: &mut JoinSet<(OperationId, Result<(), Stop>)>,
     op: OperationId,
-    flow: &pb::Flow,
+    flow: Versioned<pb::Flow>,
 ) {
-    if flow.operation.as_ref().is_some_and(|o| o.done) {
+    if flow.value.operation.as_ref().is_some_and(|o| o.done) {
         return;
     }
-    let cancel = meta(flow).cancel_requested;
+    let cancel = meta(&flow.value).cancel_requested;
     if let Some(tx) = runners.get(&op) {
         if cancel {
             tx.send_replace(true);
@@ -96,7 +99,12 @@ fn offer(
     let (tx, rx) = watch::channel(cancel);
     runners.insert(op, tx);
     let (engine, leader) = (engine.clone(), leader.clone());
-    tasks.spawn(async move { (op, runner::run(engine, leader, op, rx).await) });
+    let not_started = admission::not_started(&flow.value);
+    let start = runner::Start {
+        known: Some(flow),
+        not_started,
+    };
+    tasks.spawn(async move { (op, runner::run(engine, leader, op, rx, start).await) });
 }
 
 fn respawn(
@@ -111,6 +119,9 @@ fn respawn(
     let (engine, leader) = (engine.clone(), leader.clone());
     tasks.spawn(async move {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        (op, runner::run(engine, leader, op, rx).await)
+        (
+            op,
+            runner::run(engine, leader, op, rx, Default::default()).await,
+        )
     });
 }

@@ -1,6 +1,7 @@
 //! Flows: the persisted state machines behind operations. A flow's every step is written to
 //! `flows/<operation_id>` before it acts, so a scheduler killed at any point and restarted (or a
 //! standby that wins the election) resumes it and ends it moved or rolled back, never half.
+pub mod admission;
 pub mod check;
 mod conclude;
 pub mod copy;

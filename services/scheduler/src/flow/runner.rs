@@ -9,7 +9,7 @@ use datapath_api::{
     pb::{self, FlowVolumeState, OperationKind, OperationStep},
     volume::DiskKey,
 };
-use datapath_coord::election::Leadership;
+use datapath_coord::{election::Leadership, flows::Versioned};
 use futures::{stream, StreamExt as _};
 use tokio::sync::watch;
 use tonic::Code;
@@ -22,7 +22,7 @@ use super::{
     locks,
     machine::{self, Action, Next},
     spans,
-    state::{meta, meta_mut, FlowRecord},
+    state::{meta, meta_mut, Begin, FlowRecord},
     Stop,
 };
 use crate::{
@@ -38,9 +38,16 @@ pub struct Run {
     pub record: FlowRecord,
     cancel: watch::Receiver<bool>,
     abandon: watch::Sender<bool>,
+    /// The flow's turn to start, while it starts (`admission.rs`).
+    turn: super::admission::Turn,
 }
 
 impl Run {
+    /// The flow is past its start: the next waiting flow may start.
+    pub fn started(&self) {
+        self.turn.release();
+    }
+
     /// Whether the flow's copies must stop: cancelled, or another volume failed.
     pub fn stopping(&self) -> bool {
         *self.cancel.borrow() || *self.abandon.borrow()
@@ -75,32 +82,50 @@ impl StopSignal {
 /// Pause before a structural call is tried again (the SPM may be moving).
 const SPM_RETRY: Duration = Duration::from_secs(1);
 
+/// How a runner begins: on the record the executor last saw, if any (else it reads it), and
+/// whether the flow had not started then, so that it waits for a turn (`admission.rs`).
+#[derive(Default)]
+pub struct Start {
+    /// The flow as listed or watched.
+    pub known: Option<Versioned<pb::Flow>>,
+    /// See [`super::admission::not_started`].
+    pub not_started: bool,
+}
+
 /// Runs flow `op` until it ends (Ok) or this runner must stop (Err).
 pub async fn run(
     engine: Arc<Engine>,
     leader: Leadership,
     op: OperationId,
-    cancel: watch::Receiver<bool>,
+    mut cancel: watch::Receiver<bool>,
+    start: Start,
 ) -> Result<(), Stop> {
-    let Some(record) = FlowRecord::load(engine.clone(), leader, op).await? else {
-        return Ok(());
+    let turn = match start.not_started {
+        true => engine.admission.turn(&mut cancel).await,
+        false => Default::default(),
     };
-    if record.get().await.operation.is_some_and(|o| o.done) {
+    let record = match start.known {
+        Some(flow) => FlowRecord::new(engine.clone(), leader, op, flow),
+        None => match FlowRecord::load(engine.clone(), leader, op).await? {
+            Some(record) => record,
+            None => return Ok(()),
+        },
+    };
+    let flow = match record.begin_run().await? {
+        Begin::Running(flow) => *flow,
         // Ended; its record is bound to its retention lease and must not be rewritten.
-        return Ok(());
-    }
-    if let Some(why) = super::check::unreadable(&record.get().await) {
-        return park(&record, &why).await;
-    }
-    let _running = metrics::Running::new(meta(&record.get().await).kind);
+        Begin::Ended => return Ok(()),
+        Begin::Unreadable(why) => return park(&record, &why).await,
+    };
+    let _running = metrics::Running::new(meta(&flow).kind);
     let (abandon, _) = watch::channel(false);
-    let flow = record.update(|f| f.runs += 1).await?;
     let span = spans::flow(&op.name(), &flow);
     let run = Run {
         engine,
         record,
         cancel,
         abandon,
+        turn,
     };
     drive(&run).instrument(span).await
 }
@@ -121,6 +146,9 @@ async fn drive(run: &Run) -> Result<(), Stop> {
             Ok(a) => a,
             Err(unknown) => return park(&run.record, &unknown.to_string()).await,
         };
+        if !matches!(action, Action::Structure | Action::Copy) {
+            run.started();
+        }
         let next = match action {
             Action::Rollback => {
                 let rollback = rollback(run).instrument(spans::step("Rollback"));
@@ -347,8 +375,7 @@ async fn rollback(run: &Run) -> Result<(), Stop> {
     finish(run, Some(failure)).await
 }
 
-/// Releases the flow's locks, then marks it done (in that order: a crash in between re-runs the
-/// idempotent release instead of leaving a done flow holding locks).
+/// Marks the flow done and releases its locks, in one transaction.
 async fn finish(run: &Run, failure: Option<pb::OperationError>) -> Result<(), Stop> {
     end_operation(run, failure)
         .instrument(spans::step("EndOperation"))
@@ -357,14 +384,12 @@ async fn finish(run: &Run, failure: Option<pb::OperationError>) -> Result<(), St
 
 async fn end_operation(run: &Run, failure: Option<pb::OperationError>) -> Result<(), Stop> {
     let flow = run.record.get().await;
-    let name = run.record.op.name();
     let disks: Vec<DiskKey> = flow
         .exclusive_locks
         .iter()
         .chain(&flow.shared_locks)
         .map(|d| disk_of(Some(d)))
         .collect();
-    run.engine.coord.release_disk_locks(&disks, &name).await?;
     let failure = failure.or_else(|| {
         (meta(&flow).step == OperationStep::Rollback as i32).then(|| {
             flow.failure
@@ -378,7 +403,7 @@ async fn end_operation(run: &Run, failure: Option<pb::OperationError>) -> Result
         None => pb::operation::Result::Response(flow.destination.clone().unwrap_or_default()),
     };
     run.record
-        .finish(|f| {
+        .finish(&disks, |f| {
             let op = f.operation.get_or_insert_with(Default::default);
             op.done = true;
             op.result = Some(result);

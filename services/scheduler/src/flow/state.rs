@@ -6,8 +6,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use datapath_api::volume::DiskKey;
 use datapath_api::{ids::OperationId, pb};
-use datapath_coord::election::Leadership;
+use datapath_coord::{disk_locks::LOCK_RETRIES, election::Leadership, flows::Versioned};
 use tokio::sync::Mutex;
 use tracing::warn;
 
@@ -21,6 +22,16 @@ struct Inner {
     flow: pb::Flow,
     mod_revision: i64,
     last_save: Instant,
+}
+
+/// How a run of a flow begins ([`FlowRecord::begin_run`]).
+pub enum Begin {
+    /// Counted; the flow as saved.
+    Running(Box<pb::Flow>),
+    /// The flow has ended.
+    Ended,
+    /// It cannot be run safely, for this reason: it is parked.
+    Unreadable(String),
 }
 
 /// A flow being run by this scheduler.
@@ -42,7 +53,19 @@ impl FlowRecord {
         let Some(v) = engine.coord.get_flow(op).await? else {
             return Ok(None);
         };
-        Ok(Some(Self {
+        Ok(Some(Self::new(engine, leader, op, v)))
+    }
+
+    /// The flow as read elsewhere (listed or watched). Only this runner writes it besides a cancel
+    /// request, and every save compares the mod revision: a record changed since it was read fails
+    /// the first save, whose merge adopts the cancel; one deleted stops the runner (`Gone`).
+    pub fn new(
+        engine: Arc<Engine>,
+        leader: Leadership,
+        op: OperationId,
+        v: Versioned<pb::Flow>,
+    ) -> Self {
+        Self {
             op,
             engine,
             leader,
@@ -51,7 +74,42 @@ impl FlowRecord {
                 mod_revision: v.mod_revision,
                 last_save: Instant::now(),
             }),
-        }))
+        }
+    }
+
+    /// Counts this run (`runs`) on the record as known, unless the flow has ended or cannot be
+    /// run safely (`check.rs`: then nothing is written). When the record changed since it was
+    /// read (listed or watched before a later write reached this scheduler), nothing has been
+    /// acted on yet: it is read again and judged afresh, never merged into an outdated copy.
+    pub async fn begin_run(&self) -> Result<Begin, Stop> {
+        let mut inner = self.inner.lock().await;
+        let coord = &self.engine.coord;
+        loop {
+            if inner.flow.operation.as_ref().is_some_and(|o| o.done) {
+                return Ok(Begin::Ended);
+            }
+            if let Some(why) = super::check::unreadable(&inner.flow) {
+                return Ok(Begin::Unreadable(why));
+            }
+            let mut counted = inner.flow.clone();
+            counted.runs += 1;
+            progress::refresh(&mut counted);
+            let written = coord
+                .put_flow_if(self.op, &counted, inner.mod_revision, Some(&self.leader))
+                .await?;
+            if let Some(rev) = written {
+                inner.flow = counted;
+                inner.mod_revision = rev;
+                inner.last_save = Instant::now();
+                return Ok(Begin::Running(Box::new(inner.flow.clone())));
+            }
+            let remote = coord.get_flow(self.op).await?.ok_or(Stop::Gone)?;
+            if remote.mod_revision == inner.mod_revision {
+                return Err(Stop::LeadershipLost);
+            }
+            inner.flow = remote.value;
+            inner.mod_revision = remote.mod_revision;
+        }
     }
 
     /// The flow as the runner last left it.
@@ -75,7 +133,7 @@ impl FlowRecord {
     pub async fn update(&self, change: impl FnOnce(&mut pb::Flow)) -> Result<pb::Flow, Stop> {
         let mut inner = self.inner.lock().await;
         change(&mut inner.flow);
-        self.save(&mut inner, false).await?;
+        self.save(&mut inner, None).await?;
         Ok(inner.flow.clone())
     }
 
@@ -85,38 +143,36 @@ impl FlowRecord {
         let mut inner = self.inner.lock().await;
         change(&mut inner.flow);
         if inner.last_save.elapsed() >= PROGRESS_SAVE_INTERVAL {
-            self.save(&mut inner, false).await?;
+            self.save(&mut inner, None).await?;
         }
         Ok(())
     }
 
-    /// Saves the final state, bound to the retention lease.
-    pub async fn finish(&self, change: impl FnOnce(&mut pb::Flow)) -> Result<(), Stop> {
+    /// Saves the final state, bound to a retention lease, and releases the flow's locks on
+    /// `disks` in the same transaction: a flow is never seen done while it holds a lock.
+    pub async fn finish(
+        &self,
+        disks: &[DiskKey],
+        change: impl FnOnce(&mut pb::Flow),
+    ) -> Result<(), Stop> {
         let mut inner = self.inner.lock().await;
         change(&mut inner.flow);
-        self.save(&mut inner, true).await
+        self.save(&mut inner, Some(disks)).await
     }
 
-    async fn save(&self, inner: &mut Inner, finish: bool) -> Result<(), Stop> {
+    /// Saves the record by compare-and-swap; `ending`: with its end (`finish`).
+    async fn save(&self, inner: &mut Inner, ending: Option<&[DiskKey]>) -> Result<(), Stop> {
         progress::refresh(&mut inner.flow);
         let coord = &self.engine.coord;
-        let retention = self.engine.settings.retention.as_secs().max(1) as i64;
-        let mut failures = 0;
+        let (mut failures, mut lock_changes) = (0, 0);
         loop {
-            let written = if finish {
-                coord
-                    .finish_flow_if(
-                        self.op,
-                        &inner.flow,
-                        inner.mod_revision,
-                        Some(&self.leader),
-                        retention,
-                    )
-                    .await
-            } else {
-                coord
-                    .put_flow_if(self.op, &inner.flow, inner.mod_revision, Some(&self.leader))
-                    .await
+            let written = match ending {
+                Some(disks) => self.write_end(inner, disks).await,
+                None => {
+                    coord
+                        .put_flow_if(self.op, &inner.flow, inner.mod_revision, Some(&self.leader))
+                        .await
+                }
             };
             match written {
                 Ok(Some(rev)) => {
@@ -124,7 +180,15 @@ impl FlowRecord {
                     inner.last_save = Instant::now();
                     return Ok(());
                 }
-                Ok(None) => self.merge_remote(inner).await?,
+                Ok(None) if self.merge_remote(inner).await? => {}
+                // The record is as read: the leadership guard failed, or one of the locks changed.
+                Ok(None) => {
+                    lock_changes += 1;
+                    let locks_may_have_moved = ending.is_some() && lock_changes < LOCK_RETRIES;
+                    if !locks_may_have_moved || !coord.still_leads(&self.leader).await? {
+                        return Err(Stop::LeadershipLost);
+                    }
+                }
                 Err(e) => {
                     failures += 1;
                     if failures >= 10 {
@@ -137,9 +201,35 @@ impl FlowRecord {
         }
     }
 
-    /// After a failed compare: either someone else wrote (merge their cancel flag), or the record is
-    /// unchanged and so the leadership guard failed.
-    async fn merge_remote(&self, inner: &mut Inner) -> Result<(), Stop> {
+    /// One try at the end's transaction, on the shared retention lease (forgotten if the write
+    /// fails: it may have been revoked).
+    async fn write_end(
+        &self,
+        inner: &Inner,
+        disks: &[DiskKey],
+    ) -> Result<Option<i64>, datapath_coord::CoordError> {
+        let lease = self.engine.retention.lease().await?;
+        let written = self
+            .engine
+            .coord
+            .finish_flow_releasing(
+                self.op,
+                &inner.flow,
+                inner.mod_revision,
+                Some(&self.leader),
+                lease,
+                disks,
+            )
+            .await;
+        if written.is_err() {
+            self.engine.retention.forget(lease).await;
+        }
+        written
+    }
+
+    /// After a failed compare: whether someone else wrote the record (their cancel flag is
+    /// merged, and the next save compares against their revision).
+    async fn merge_remote(&self, inner: &mut Inner) -> Result<bool, Stop> {
         let remote = self
             .engine
             .coord
@@ -147,13 +237,13 @@ impl FlowRecord {
             .await?
             .ok_or(Stop::Gone)?;
         if remote.mod_revision == inner.mod_revision {
-            return Err(Stop::LeadershipLost);
+            return Ok(false);
         }
         if meta(&remote.value).cancel_requested {
             meta_mut(&mut inner.flow).cancel_requested = true;
         }
         inner.mod_revision = remote.mod_revision;
-        Ok(())
+        Ok(true)
     }
 }
 
