@@ -31,8 +31,8 @@ async fn snapshot(tc: &TestCluster) -> (BTreeMap<String, String>, Vec<(String, i
     }
     let mut files = BTreeMap::new();
     walk(&tc.cluster.storage_root(), &mut files);
-    let mut keys = tc.keys("jobs/").await;
-    keys.extend(tc.keys("leases/").await);
+    let mut keys = tc.keys(&tc.layout().jobs()).await;
+    keys.extend(tc.keys(&tc.layout().volume_leases()).await);
     (files, keys)
 }
 
@@ -190,7 +190,7 @@ async fn a_destination_leased_by_another_job_is_refused() {
         .await;
     let first = tc.start_copy(0, &src, &dst).await;
     tc.wait_for_lease().await;
-    let lease_keys = tc.keys("leases/").await;
+    let lease_keys = tc.keys(&tc.layout().volume_leases()).await;
 
     // On the same host and on another one.
     for host in [0, 1] {
@@ -218,7 +218,7 @@ async fn a_destination_leased_by_another_job_is_refused() {
         );
     }
     assert_eq!(
-        tc.keys("leases/").await,
+        tc.keys(&tc.layout().volume_leases()).await,
         lease_keys,
         "the lease changed hands"
     );

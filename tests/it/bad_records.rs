@@ -30,13 +30,13 @@ async fn garbage_in_etcd_is_skipped_and_counted_and_every_other_flow_runs() {
     let tc = TestCluster::start(2, |_| {}).await.unwrap();
     let (a, b) = (tc.domain().await, tc.domain().await);
     let disk = qcow2_disk(&tc, &a, 16 * MIB, 4).await;
-    let prefix = tc.cluster.etcd_prefix().to_string();
-    let junk = |sub: &str| format!("{prefix}{sub}{}", uuid::Uuid::new_v4());
+    let layout = tc.layout();
+    let junk = |prefix: String| format!("{prefix}{}", uuid::Uuid::new_v4());
     let bad_keys = [
-        junk("flows/"),
-        junk("jobs/"),
-        junk("hosts/"),
-        format!("{}{}", junk("generations/"), "/x/y"),
+        junk(layout.flows()),
+        junk(layout.jobs()),
+        junk(layout.hosts()),
+        format!("{}{}", junk(layout.generations()), "/x/y"),
     ];
     let mut etcd = tc.etcd.clone();
     for key in &bad_keys {
@@ -63,13 +63,9 @@ async fn garbage_in_etcd_is_skipped_and_counted_and_every_other_flow_runs() {
         }),
         ..Default::default()
     };
-    etcd.put(
-        format!("{prefix}flows/{parked}"),
-        flow.encode_to_vec(),
-        None,
-    )
-    .await
-    .unwrap();
+    etcd.put(layout.flow(parked), flow.encode_to_vec(), None)
+        .await
+        .unwrap();
 
     // Another disk still moves, the lists still answer.
     let name = start_move(&tc, &a, &disk.image_id, &b).await;
@@ -118,7 +114,7 @@ async fn garbage_in_etcd_is_skipped_and_counted_and_every_other_flow_runs() {
     assert_eq!(error.reason, "NEEDS_OPERATOR", "{error:?}");
     assert!(error.message.contains("step 99"), "{error:?}");
     assert!(
-        tc.keys(&format!("flows/{parked}")).await.len() == 1,
+        tc.keys(&tc.layout().flow(parked)).await.len() == 1,
         "a parked flow's record is kept"
     );
 

@@ -294,7 +294,7 @@ async fn chaos_thirty_operations_under_random_faults_leave_every_disk_whole() {
     assert_eq!(sha256(&tc.volume_path(&tpl)), tpl_sum);
     // Hosts that were fenced have re-registered and ended what they lost.
     crate::harness::wait_for(Duration::from_secs(30), "every host back", || async {
-        let hosts = tc.keys("hosts/").await;
+        let hosts = tc.keys(&tc.layout().hosts()).await;
         (hosts.len() == 3).then_some(())
     })
     .await

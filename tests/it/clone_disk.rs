@@ -105,7 +105,7 @@ async fn a_template_clones_into_qcow2_sparse_and_raw_preallocated_and_stays_unch
         tpl_meta,
         "the template's metadata changed"
     );
-    assert!(tc.keys("locks/").await.is_empty());
+    assert!(tc.keys(&tc.layout().disk_locks()).await.is_empty());
 }
 
 #[tokio::test]
@@ -132,7 +132,7 @@ async fn a_cancelled_clone_removes_the_new_disk_and_leaves_the_template() {
         .operation
         .unwrap();
     crate::harness::wait_for(Duration::from_secs(20), "the clone's copy", || async {
-        (!tc.keys("leases/").await.is_empty()).then_some(())
+        (!tc.keys(&tc.layout().volume_leases()).await.is_empty()).then_some(())
     })
     .await
     .unwrap();
@@ -162,5 +162,5 @@ async fn a_cancelled_clone_removes_the_new_disk_and_leaves_the_template() {
     assert!(!new_dir.exists(), "the new disk is still there");
     assert_eq!(sha256(&tc.volume_path(&tpl)), tpl_sum);
     assert_eq!(tc.meta(&tpl, "LEGALITY"), "LEGAL");
-    assert!(tc.keys("locks/").await.is_empty());
+    assert!(tc.keys(&tc.layout().disk_locks()).await.is_empty());
 }

@@ -166,7 +166,7 @@ async fn a_wait_for_a_lock_change_returns_at_once_if_it_changed_and_wakes_on_the
         .unwrap()
         .unwrap();
     let mut etcd = tc.etcd.clone();
-    let locks = format!("{}locks/", tc.cluster.etcd_prefix());
+    let locks = tc.layout().disk_locks();
     let left = etcd
         .get(locks.clone(), Some(GetOptions::new().with_prefix()))
         .await
@@ -311,7 +311,7 @@ async fn a_flow_ends_and_releases_its_locks_in_one_transaction_or_not_at_all() {
     let ended = etcd.get(coord.keys().flow(op), None).await.unwrap();
     let kv = &ended.kvs()[0];
     assert_eq!((kv.mod_revision(), kv.lease()), (revision, lease));
-    let locks = format!("{prefix}locks/");
+    let locks = coord.keys().disk_locks();
     let left = etcd
         .get(locks, Some(GetOptions::new().with_prefix()))
         .await

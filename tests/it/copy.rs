@@ -64,7 +64,7 @@ async fn assert_copied(
     assert_eq!(meta.legality(), Legality::Legal);
     assert_eq!(meta.generation, 1);
     assert!(info.lease.is_none(), "lease left: {:?}", info.lease);
-    assert!(tc.keys("leases/").await.is_empty());
+    assert!(tc.keys(&tc.layout().volume_leases()).await.is_empty());
     let job = tc
         .tracker()
         .await
@@ -344,7 +344,12 @@ async fn abort_mid_copy_leaves_the_destination_illegal_and_the_source_untouched(
     wait_for(
         Duration::from_secs(5),
         "the lease to be released",
-        || async { tc.keys("leases/").await.is_empty().then_some(()) },
+        || async {
+            tc.keys(&tc.layout().volume_leases())
+                .await
+                .is_empty()
+                .then_some(())
+        },
     )
     .await
     .unwrap();

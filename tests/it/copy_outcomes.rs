@@ -106,7 +106,7 @@ async fn a_forged_success_does_not_delete_the_source(how: Forge) {
     let (_, job_id) = running_copy(&tc, &name).await;
     // The copy holds its lease: it is truly writing when its success is forged.
     wait_for(Duration::from_secs(10), "the copy's lease", || async {
-        (!tc.keys("leases/").await.is_empty()).then_some(())
+        (!tc.keys(&tc.layout().volume_leases()).await.is_empty()).then_some(())
     })
     .await
     .unwrap();

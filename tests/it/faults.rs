@@ -46,8 +46,10 @@ async fn a_host_worker_killed_mid_copy_takes_its_copier_with_it() {
     let mut tc = TestCluster::start(1, with_slow_copies).await.unwrap();
     let (src, dst, job_id, qemu) = slow_copy(&mut tc).await;
     let before = sha256(&tc.volume_path(&src));
-    let host_key = format!("hosts/{}", tc.cluster.host_id(0));
-    assert_eq!(tc.keys("leases/").await.len(), 1);
+    let host_key = tc
+        .layout()
+        .host(datapath_api::ids::HostId::parse("host_id", tc.cluster.host_id(0)).unwrap());
+    assert_eq!(tc.keys(&tc.layout().volume_leases()).await.len(), 1);
 
     let killed = Instant::now();
     tc.cluster.host_mut(0).signal(Signal::SIGKILL).unwrap();
@@ -75,8 +77,9 @@ async fn a_host_worker_killed_mid_copy_takes_its_copier_with_it() {
         TTL + Duration::from_secs(3),
         "the host key and the volume lease to expire",
         || async {
-            (tc.keys(&host_key).await.is_empty() && tc.keys("leases/").await.is_empty())
-                .then_some(())
+            (tc.keys(&host_key).await.is_empty()
+                && tc.keys(&tc.layout().volume_leases()).await.is_empty())
+            .then_some(())
         },
     )
     .await
@@ -104,7 +107,7 @@ async fn a_host_worker_killed_mid_copy_takes_its_copier_with_it() {
     let quiet = file_state(&tc.volume_path(&dst));
     assert_eq!(tc.meta(&dst, "LEGALITY"), "ILLEGAL");
     assert!(
-        tc.keys("leases/").await.is_empty(),
+        tc.keys(&tc.layout().volume_leases()).await.is_empty(),
         "the restarted host took the lease again"
     );
     assert_eq!(file_state(&tc.volume_path(&dst)), quiet);
@@ -163,7 +166,10 @@ async fn a_host_worker_cut_off_from_etcd_fences_itself_before_its_lease_expires(
     assert_eq!(tc.meta(&dst, "LEGALITY"), "ILLEGAL");
     assert_eq!(sha256(&tc.volume_path(&src)), before);
     wait_for(TTL * 2, "the lease to go", || async {
-        tc.keys("leases/").await.is_empty().then_some(())
+        tc.keys(&tc.layout().volume_leases())
+            .await
+            .is_empty()
+            .then_some(())
     })
     .await
     .unwrap();
@@ -373,7 +379,10 @@ async fn a_stopped_host_worker_has_its_copier_killed_before_its_lease_expires() 
         .await
         .unwrap();
     let lease_gone = wait_for(TTL * 2, "the volume lease to expire", || async {
-        tc.keys("leases/").await.is_empty().then(Instant::now)
+        tc.keys(&tc.layout().volume_leases())
+            .await
+            .is_empty()
+            .then(Instant::now)
     })
     .await
     .unwrap();

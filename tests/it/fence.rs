@@ -98,7 +98,7 @@ async fn a_fenced_volume_refuses_the_old_generation_and_a_committed_one_is_left_
     );
     assert_eq!(tc.meta(&dst, "GEN"), "3");
     assert_eq!(recorded(&tc, &dst).await.as_deref(), Some("3"));
-    assert!(tc.keys("leases/").await.is_empty());
+    assert!(tc.keys(&tc.layout().volume_leases()).await.is_empty());
 
     // An attempt that still expects generation 1 is refused and changes nothing.
     let job_id = uuid::Uuid::new_v4().to_string();
@@ -160,7 +160,7 @@ async fn a_volume_at_the_highest_generation_is_refused_cleanly_and_its_lease_rel
         assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
         assert_eq!(reason(&err).as_deref(), Some("GENERATION_EXHAUSTED"));
         // Refused before anything changed, and the fencer's lease is gone with the answer.
-        assert!(tc.keys("leases/volumes/").await.is_empty());
+        assert!(tc.keys(&tc.layout().volume_leases()).await.is_empty());
         assert_eq!(recorded(&tc, &dst).await.as_deref(), Some(max.as_str()));
         assert_eq!(tc.meta(&dst, "GEN"), "0");
         let now = std::fs::metadata(tc.volume_path(&dst)).unwrap().ino();
@@ -180,7 +180,12 @@ async fn a_volume_at_the_highest_generation_is_refused_cleanly_and_its_lease_rel
     wait_for(
         Duration::from_secs(10),
         "the copy's lease released",
-        || async { tc.keys("leases/volumes/").await.is_empty().then_some(()) },
+        || async {
+            tc.keys(&tc.layout().volume_leases())
+                .await
+                .is_empty()
+                .then_some(())
+        },
     )
     .await
     .unwrap();
@@ -210,6 +215,6 @@ async fn a_volume_at_the_highest_generation_is_refused_cleanly_and_its_lease_rel
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::DataLoss, "{err:?}");
-    assert!(tc.keys("leases/volumes/").await.is_empty());
+    assert!(tc.keys(&tc.layout().volume_leases()).await.is_empty());
     assert_eq!(tc.info(0, &src).await.metadata.unwrap().generation, 0);
 }

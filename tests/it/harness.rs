@@ -197,7 +197,7 @@ impl TestCluster {
 
     /// The id of a registered host (the first in key order).
     pub async fn a_host_id(&self) -> String {
-        let hosts = self.keys("hosts/").await;
+        let hosts = self.keys(&self.layout().hosts()).await;
         let key = &hosts.first().expect("a registered host").0;
         key.rsplit('/').next().unwrap_or_default().to_string()
     }
@@ -208,9 +208,8 @@ impl TestCluster {
         datapath_coord::Keys::new(self.cluster.etcd_prefix())
     }
 
-    /// Every key under `<prefix><sub>` with its mod revision.
-    pub async fn keys(&self, sub: &str) -> Vec<(String, i64)> {
-        let prefix = format!("{}{sub}", self.cluster.etcd_prefix());
+    /// Every key under `prefix` (from [`TestCluster::layout`]) with its mod revision.
+    pub async fn keys(&self, prefix: &str) -> Vec<(String, i64)> {
         let resp = self
             .etcd
             .clone()
@@ -336,7 +335,7 @@ impl TestCluster {
     /// Waits until some volume lease is held.
     pub async fn wait_for_lease(&self) {
         wait_for(Duration::from_secs(20), "a volume lease", || async {
-            (!self.keys("leases/").await.is_empty()).then_some(())
+            (!self.keys(&self.layout().volume_leases()).await.is_empty()).then_some(())
         })
         .await
         .unwrap();

@@ -96,7 +96,7 @@ async fn symlinks_planted_as_source_or_destination_are_refused_and_nothing_outsi
     assert_eq!(error.code, "UNSAFE_FILE", "{error:?}");
     assert!(error.message.contains(&dst.volume_id), "{error:?}");
     assert_eq!(sha256(&secret), secret_sum, "the host file is untouched");
-    assert!(tc.keys("leases/volumes/").await.is_empty());
+    assert!(tc.keys(&tc.layout().volume_leases()).await.is_empty());
 
     // A volume's metadata replaced by a symlink, or by a FIFO (which would hang a blocking open):
     // refused at once with its reason.

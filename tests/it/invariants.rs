@@ -64,7 +64,10 @@ pub(crate) async fn assert_whole(
         !image_dir(tc, &gone[0]).exists(),
         "the other side remains: {last:#?}"
     );
-    assert!(tc.keys("locks/").await.is_empty(), "locks left");
+    assert!(
+        tc.keys(&tc.layout().disk_locks()).await.is_empty(),
+        "locks left"
+    );
     moved_ok
 }
 

@@ -515,7 +515,13 @@ async fn the_jobs_of_a_host_gone_for_good_end_fenced() {
     let error = ended.error.unwrap();
     assert_eq!(error.code, "FENCED");
     assert!(error.message.contains(&gone), "{error:?}");
-    assert!(tc.keys(&format!("hosts/{gone}")).await.is_empty());
+    assert!(tc
+        .keys(
+            &tc.layout()
+                .host(datapath_api::ids::HostId::parse("host_id", &gone).unwrap())
+        )
+        .await
+        .is_empty());
 }
 
 #[tokio::test]
@@ -572,7 +578,13 @@ async fn a_host_registers_at_most_its_limit_of_unended_jobs() {
         datapath_api::error::field(&err).as_deref(),
         Some("job.host_id")
     );
-    assert!(tc.keys(&format!("jobs/{}", extra.job_id)).await.is_empty());
+    assert!(tc
+        .keys(
+            &tc.layout()
+                .job(datapath_api::ids::JobId::parse("job_id", &extra.job_id).unwrap())
+        )
+        .await
+        .is_empty());
     // A retried create of a registered job is still answered as one.
     let again = create(&tc, &jobs[0]).await.unwrap();
     assert!(!again.created, "{again:?}");

@@ -108,8 +108,8 @@ async fn each_limit_serves_the_edge_and_refuses_one_past_it() {
         .await
         .unwrap_err();
     refused(&err, Code::InvalidArgument, "request_id", "MALFORMED_ID");
-    assert!(tc.keys("requests/").await.is_empty());
-    assert!(tc.keys("flows/").await.is_empty());
+    assert!(tc.keys(&tc.layout().requests()).await.is_empty());
+    assert!(tc.keys(&tc.layout().flows()).await.is_empty());
     let err = s
         .move_disk(move_req(&sd, &img, &other, &"r".repeat(1 << 20)))
         .await
@@ -176,7 +176,13 @@ async fn each_limit_serves_the_edge_and_refuses_one_past_it() {
             Err(s) => {
                 assert!(!ok, "{s:?}");
                 refused(&s, Code::InvalidArgument, "job.description", "TOO_LONG");
-                assert!(tc.keys(&format!("jobs/{job_id}")).await.is_empty());
+                assert!(tc
+                    .keys(
+                        &tc.layout()
+                            .job(datapath_api::ids::JobId::parse("job_id", &job_id).unwrap())
+                    )
+                    .await
+                    .is_empty());
             }
         }
     }
@@ -256,7 +262,13 @@ async fn a_host_queues_at_most_its_limit_of_copies_and_refuses_the_next() {
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert_eq!(reason(&err).as_deref(), Some("HOST_QUEUE_FULL"));
-    assert!(tc.keys(&format!("jobs/{refused_job}")).await.is_empty());
+    assert!(tc
+        .keys(
+            &tc.layout()
+                .job(datapath_api::ids::JobId::parse("job_id", &refused_job).unwrap())
+        )
+        .await
+        .is_empty());
 }
 
 #[tokio::test]

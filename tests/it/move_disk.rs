@@ -104,9 +104,9 @@ async fn a_snapshot_chain_moves_layer_by_layer_and_the_source_goes() {
         .into_inner();
     assert_eq!(status.status(), pb::DiskStatus::Ok);
     assert!(
-        tc.keys("locks/").await.is_empty(),
+        tc.keys(&tc.layout().disk_locks()).await.is_empty(),
         "{:?}",
-        tc.keys("locks/").await
+        tc.keys(&tc.layout().disk_locks()).await
     );
 }
 

@@ -89,7 +89,7 @@ async fn a_link_cut_past_the_lease_fences_the_host_and_the_copy_is_redone_elsewh
     assert_ne!(i, spm, "least-loaded put the copy on the SPM");
     let worker = tc.cluster.host_mut(i).pid().unwrap();
     let copier = descendants_named(worker, "qemu-img")[0];
-    let leases = tc.keys("leases/").await;
+    let leases = tc.keys(&tc.layout().volume_leases()).await;
     let lab = tc.cluster.network().unwrap();
     let cut = Instant::now();
     lab.cut(i).unwrap();
@@ -101,7 +101,7 @@ async fn a_link_cut_past_the_lease_fences_the_host_and_the_copy_is_redone_elsewh
     .unwrap();
     let killed = cut.elapsed();
     let lease_gone = wait_for(TTL * 2, "the old lease to expire", || async {
-        let now = tc.keys("leases/").await;
+        let now = tc.keys(&tc.layout().volume_leases()).await;
         (!now.iter().any(|k| leases.contains(k))).then(|| cut.elapsed())
     })
     .await

@@ -38,7 +38,7 @@ async fn a_source_read_by_a_copy_cannot_be_deleted_written_or_fenced_until_the_c
     let key = String::from_utf8_lossy(hold.key()).into_owned();
     assert!(key.contains(&src.volume_id) && key.ends_with(&job), "{key}");
     // Bound to the host's session lease: it goes with the host.
-    let host = tc.keys("hosts/").await;
+    let host = tc.keys(&tc.layout().hosts()).await;
     let host_key = &host.first().expect("the host is registered").0;
     let session = tc.etcd.clone().get(host_key.as_str(), None).await.unwrap();
     assert_eq!(hold.lease(), session.kvs()[0].lease());
@@ -70,7 +70,7 @@ async fn a_source_read_by_a_copy_cannot_be_deleted_written_or_fenced_until_the_c
     assert_eq!(reason(&err).as_deref(), Some("IMAGE_IN_USE"));
     assert!(err.message().contains(&job), "{}", err.message());
     assert!(tc.volume_path(&src).exists());
-    assert!(tc.keys("deleting/").await.is_empty());
+    assert!(tc.keys(&tc.layout().deletions()).await.is_empty());
 
     // CopyData into the source: refused at once.
     let (other, _) = tc
@@ -112,7 +112,10 @@ async fn a_source_read_by_a_copy_cannot_be_deleted_written_or_fenced_until_the_c
         .unwrap();
     assert_eq!(seen.last().unwrap().0, pb::JobStatus::Succeeded, "{seen:?}");
     wait_for(Duration::from_secs(10), "the hold released", || async {
-        tc.keys("holds/").await.is_empty().then_some(())
+        tc.keys(&tc.layout().volume_holds())
+            .await
+            .is_empty()
+            .then_some(())
     })
     .await
     .unwrap();
@@ -126,7 +129,7 @@ async fn a_source_read_by_a_copy_cannot_be_deleted_written_or_fenced_until_the_c
         .expect("deleted once the copy ended");
     assert!(!tc.volume_path(&src).exists());
     assert!(
-        tc.keys("deleting/").await.is_empty(),
+        tc.keys(&tc.layout().deletions()).await.is_empty(),
         "the deletion mark is gone"
     );
 }

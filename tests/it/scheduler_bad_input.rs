@@ -26,15 +26,6 @@ pub(crate) struct Snapshot {
     keys: Vec<(String, i64)>,
 }
 
-const KEYS: [&str; 6] = [
-    "flows/",
-    "locks/",
-    "requests/",
-    "config/",
-    "jobs/",
-    "leases/",
-];
-
 pub(crate) async fn snapshot(tc: &TestCluster) -> Snapshot {
     fn walk(dir: &Path, out: &mut BTreeMap<String, String>) {
         for e in std::fs::read_dir(dir).unwrap().flatten() {
@@ -57,9 +48,17 @@ pub(crate) async fn snapshot(tc: &TestCluster) -> Snapshot {
     }
     let mut files = BTreeMap::new();
     walk(&tc.cluster.storage_root(), &mut files);
+    let layout = tc.layout();
     let mut keys = Vec::new();
-    for sub in KEYS {
-        keys.extend(tc.keys(sub).await);
+    for prefix in [
+        layout.flows(),
+        layout.disk_locks(),
+        layout.requests(),
+        layout.configs(),
+        layout.jobs(),
+        layout.volume_leases(),
+    ] {
+        keys.extend(tc.keys(&prefix).await);
     }
     Snapshot { files, keys }
 }

@@ -387,7 +387,10 @@ async fn etcd_restarted_mid_move_the_move_ends_whole() {
     assert_whole(&tc, &src, &b, &before, &last).await;
     // No lease outlives its owner, and every job ended.
     wait_for(Duration::from_secs(10), "no lease left", || async {
-        tc.keys("leases/").await.is_empty().then_some(())
+        tc.keys(&tc.layout().volume_leases())
+            .await
+            .is_empty()
+            .then_some(())
     })
     .await
     .unwrap();

@@ -68,7 +68,7 @@ async fn a_standby_scheduler_takes_over_a_running_move() {
         .unwrap()
         .name;
     wait_for(Duration::from_secs(20), "a running copy", || async {
-        (!tc.keys("leases/").await.is_empty()).then_some(())
+        (!tc.keys(&tc.layout().volume_leases()).await.is_empty()).then_some(())
     })
     .await
     .unwrap();

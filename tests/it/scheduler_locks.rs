@@ -20,9 +20,9 @@ use crate::{
 
 const MIB: u64 = 1 << 20;
 
-/// The names of the keys under `sub`.
-async fn key_names(tc: &TestCluster, sub: &str) -> Vec<String> {
-    tc.keys(sub).await.into_iter().map(|(k, _)| k).collect()
+/// The names of the keys under `prefix` (from the layout).
+async fn key_names(tc: &TestCluster, prefix: String) -> Vec<String> {
+    tc.keys(&prefix).await.into_iter().map(|(k, _)| k).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,9 +45,9 @@ async fn a_locked_disk_refuses_another_move_and_one_request_id_starts_one_operat
         .into_inner()
         .operation
         .unwrap();
-    let flows = key_names(&tc, "flows/").await;
-    let locks = key_names(&tc, "locks/").await;
-    let requests = key_names(&tc, "requests/").await;
+    let flows = key_names(&tc, tc.layout().flows()).await;
+    let locks = key_names(&tc, tc.layout().disk_locks()).await;
+    let requests = key_names(&tc, tc.layout().requests()).await;
     assert_eq!((flows.len(), locks.len(), requests.len()), (1, 2, 1));
 
     // Another move of the locked disk, to the same or another domain: refused, nothing added.
@@ -90,15 +90,15 @@ async fn a_locked_disk_refuses_another_move_and_one_request_id_starts_one_operat
             .into_inner();
         assert_eq!(op.operation.unwrap().name, first.name);
     }
-    assert_eq!(key_names(&tc, "flows/").await, flows);
-    assert_eq!(key_names(&tc, "locks/").await, locks);
-    assert_eq!(key_names(&tc, "requests/").await, requests);
+    assert_eq!(key_names(&tc, tc.layout().flows()).await, flows);
+    assert_eq!(key_names(&tc, tc.layout().disk_locks()).await, locks);
+    assert_eq!(key_names(&tc, tc.layout().requests()).await, requests);
 
     let done = succeeded(&tc, &first.name).await;
     // One copy job only: the retries started nothing.
     let jobs = crate::placement::copy_jobs(&tc, &done).await;
     assert_eq!(jobs.len(), 1);
-    assert!(tc.keys("locks/").await.is_empty());
+    assert!(tc.keys(&tc.layout().disk_locks()).await.is_empty());
 
     // After the end: the request id still answers the same (done) operation and starts nothing;
     // cancelling it is refused.
@@ -162,7 +162,7 @@ async fn concurrent_moves_of_one_disk_start_one_operation() {
             "{err:?}"
         );
     }
-    assert_eq!(key_names(&tc, "flows/").await.len(), 1);
+    assert_eq!(key_names(&tc, tc.layout().flows()).await.len(), 1);
     let first = started[0].as_ref().unwrap().get_ref().operation.clone();
     succeeded(&tc, &first.unwrap().name).await;
 
@@ -181,7 +181,7 @@ async fn concurrent_moves_of_one_disk_start_one_operation() {
         })
         .collect();
     assert_eq!(names.len(), 1, "{names:?}");
-    assert_eq!(key_names(&tc, "flows/").await.len(), 2);
+    assert_eq!(key_names(&tc, tc.layout().flows()).await.len(), 2);
     succeeded(&tc, names.first().unwrap()).await;
 }
 
@@ -324,8 +324,8 @@ async fn a_template_moves_while_a_clone_of_it_runs() {
         "the template's source is still there"
     );
     assert!(
-        tc.keys("locks/").await.is_empty(),
+        tc.keys(&tc.layout().disk_locks()).await.is_empty(),
         "{:?}",
-        tc.keys("locks/").await
+        tc.keys(&tc.layout().disk_locks()).await
     );
 }

@@ -111,7 +111,7 @@ async fn one_host_is_spm_and_the_others_refuse_structural_verbs_naming_it() {
     let volume = req.volume.unwrap();
     assert!(tc.volume_path(&volume).exists());
     assert_eq!(tc.meta(&volume, "LEGALITY"), "LEGAL");
-    assert!(tc.keys("leases/").await.is_empty());
+    assert!(tc.keys(&tc.layout().volume_leases()).await.is_empty());
 
     // DeleteImage elsewhere is refused and leaves the image whole.
     let before = sha256(&tc.volume_path(&volume));

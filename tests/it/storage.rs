@@ -226,8 +226,9 @@ async fn an_image_is_deleted_only_when_no_job_writes_it() {
                 .ok()?
                 .into_inner()
                 .job?;
-            (job.status() == JobStatus::Aborted && tc.keys("leases/").await.is_empty())
-                .then_some(())
+            (job.status() == JobStatus::Aborted
+                && tc.keys(&tc.layout().volume_leases()).await.is_empty())
+            .then_some(())
         },
     )
     .await

@@ -47,6 +47,14 @@ impl Leadership {
         String::from_utf8_lossy(self.key.key()).into_owned()
     }
 
+    /// A leadership not won in etcd: for in-memory stores in unit tests, whose compares it names.
+    #[doc(hidden)]
+    pub fn detached(name: &str, revision: i64) -> Self {
+        Self {
+            key: LeaderKey::new().with_key(name).with_rev(revision),
+        }
+    }
+
     /// A transaction condition that holds only while this leadership stands.
     pub fn guard(&self) -> Compare {
         Compare::create_revision(self.key.key().to_vec(), CompareOp::Equal, self.key.rev())

@@ -149,7 +149,7 @@ impl Keys {
 
     /// `deleting/<sd>/<img>`: present while the SPM deletes the image.
     pub fn image_deleting(&self, disk: &DiskKey) -> String {
-        format!("{}deleting/{disk}", self.prefix)
+        format!("{}{disk}", self.deletions())
     }
 
     /// `generations/<sd>/<img>/<vol>`.
@@ -225,9 +225,14 @@ impl Keys {
         })
     }
 
+    /// Every runtime setting.
+    pub fn configs(&self) -> String {
+        format!("{}config/", self.prefix)
+    }
+
     /// `config/<name>`.
     pub fn config(&self, name: &str) -> String {
-        format!("{}config/{name}", self.prefix)
+        format!("{}{name}", self.configs())
     }
 
     /// The election of a role: `spm` or `scheduler` (etcd adds `/<lease>` per candidate).
@@ -251,15 +256,30 @@ impl Keys {
         OperationId::parse("key", key.strip_prefix(&self.flows())?).ok()
     }
 
+    /// Every disk lock.
+    pub fn disk_locks(&self) -> String {
+        format!("{}locks/disks/", self.prefix)
+    }
+
+    /// Every deletion marker (an image being deleted by the SPM).
+    pub fn deletions(&self) -> String {
+        format!("{}deleting/", self.prefix)
+    }
+
+    /// Every request id's operation (AIP-155).
+    pub fn requests(&self) -> String {
+        format!("{}requests/", self.prefix)
+    }
+
     /// `locks/disks/<sd>/<img>`.
     pub fn disk_lock(&self, disk: &DiskKey) -> String {
-        format!("{}locks/disks/{disk}", self.prefix)
+        format!("{}{disk}", self.disk_locks())
     }
 
     /// `requests/<request_id>`; the id is the caller's text, so it is hex-encoded into the key.
     pub fn request(&self, request_id: &str) -> String {
         let hex: String = request_id.bytes().map(|b| format!("{b:02x}")).collect();
-        format!("{}requests/{hex}", self.prefix)
+        format!("{}{hex}", self.requests())
     }
 }
 

@@ -9,6 +9,7 @@ pub mod config;
 pub mod disk_locks;
 pub mod election;
 pub mod error;
+pub mod flow_store;
 pub mod flows;
 pub mod generations;
 pub mod hosts;

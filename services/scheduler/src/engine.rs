@@ -62,8 +62,8 @@ pub struct Engine {
     pub selector: Arc<dyn HostSelector>,
     /// Tunables.
     pub settings: Settings,
-    /// The lease ended flows are bound to, shared by the ends of a minute.
-    pub retention: datapath_coord::retention::RetentionLeases,
+    /// The flow records, as runners read and save them.
+    pub flows: Arc<dyn datapath_coord::flow_store::FlowStore>,
     /// Turns for flows to start (`--max-starting-flows`).
     pub admission: crate::flow::admission::Admission,
     /// Copies placed by this scheduler and not yet ended; held while a placement is decided, so two

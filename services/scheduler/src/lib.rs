@@ -139,10 +139,10 @@ pub async fn run(
             failpoint: config.failpoint,
         },
         admission: flow::admission::Admission::new(config.max_starting_flows),
-        retention: datapath_coord::retention::RetentionLeases::new(
+        flows: Arc::new(datapath_coord::flow_store::EtcdFlows::new(
             coord.clone(),
             config.operation_retention,
-        ),
+        )),
         placed: Default::default(),
         read_turn: Default::default(),
         unanswered: Default::default(),

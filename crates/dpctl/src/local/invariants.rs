@@ -27,22 +27,24 @@ const PAGE: i32 = 1000;
 /// check that could not be made (a service or etcd unreachable).
 pub async fn violations(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
     let mut etcd = connect(cluster).await?;
-    let prefix = cluster.etcd_prefix();
+    let layout = datapath_coord::Keys::new(cluster.etcd_prefix());
     let mut found = Vec::new();
-    for sub in ["leases/", "locks/"] {
+    for (what, prefix) in [
+        ("volume lease", layout.volume_leases()),
+        ("read hold", layout.volume_holds()),
+        ("disk lock", layout.disk_locks()),
+    ] {
         let resp = etcd
             .get(
-                format!("{prefix}{sub}"),
+                prefix,
                 Some(GetOptions::new().with_prefix().with_keys_only()),
             )
             .await?;
-        found.extend(resp.kvs().iter().map(|kv| {
-            format!(
-                "{} left: {}",
-                sub.trim_end_matches("s/"),
-                String::from_utf8_lossy(kv.key())
-            )
-        }));
+        found.extend(
+            resp.kvs()
+                .iter()
+                .map(|kv| format!("{what} left: {}", String::from_utf8_lossy(kv.key()))),
+        );
     }
     found.extend(open_operations(cluster).await?);
     found.extend(open_jobs(cluster).await?);
@@ -51,7 +53,7 @@ pub async fn violations(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
             .into_iter()
             .map(|p| format!("ILLEGAL volume: {p}")),
     );
-    found.extend(lease_overlaps(&mut etcd, prefix).await?);
+    found.extend(lease_overlaps(&mut etcd, &layout.volume_leases()).await?);
     Ok(found)
 }
 
@@ -154,9 +156,9 @@ fn illegal_volumes(root: &Path) -> Vec<String> {
 /// existed would mean two holders at once.
 async fn lease_overlaps(
     etcd: &mut etcd_client::Client,
-    prefix: &str,
+    leases: &str,
 ) -> anyhow::Result<Vec<String>> {
-    let prefix = format!("{prefix}leases/");
+    let prefix = leases.to_string();
     let now = etcd
         .get(
             prefix.clone(),

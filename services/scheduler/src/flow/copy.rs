@@ -214,15 +214,17 @@ async fn end_attempt(
     let (code, message) = match end {
         JobEnd::Succeeded => {
             metrics::attempt_ended("succeeded");
+            // Saved with the flow's next step (one write less per volume): nothing acts between,
+            // and a run resumed before that save follows the ended job and verifies it again.
             run.record
-                .update(|f| {
+                .stage(|f| {
                     let v = &mut f.volumes[idx];
                     v.state = FlowVolumeState::Copied as i32;
                     v.progress = 100;
                     v.job_status = JobStatus::Succeeded as i32;
                     v.transient_since = None;
                 })
-                .await?;
+                .await;
             return Ok(Some(Outcome::Copied));
         }
         JobEnd::Aborted if run.stopping() => return Ok(Some(Outcome::Cancelled)),

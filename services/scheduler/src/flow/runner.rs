@@ -104,9 +104,22 @@ pub async fn run(
         true => engine.admission.turn(&mut cancel).await,
         false => Default::default(),
     };
-    let record = match start.known {
-        Some(flow) => FlowRecord::new(engine.clone(), leader, op, flow),
-        None => match FlowRecord::load(engine.clone(), leader, op).await? {
+    // Boxed: thousands of flows may wait for a turn, each as small as its record, not as large
+    // as a running flow's state.
+    Box::pin(run_admitted(engine, leader, op, cancel, start.known, turn)).await
+}
+
+async fn run_admitted(
+    engine: Arc<Engine>,
+    leader: Leadership,
+    op: OperationId,
+    cancel: watch::Receiver<bool>,
+    known: Option<Versioned<pb::Flow>>,
+    turn: super::admission::Turn,
+) -> Result<(), Stop> {
+    let record = match known {
+        Some(flow) => FlowRecord::new(engine.flows.clone(), leader, op, flow),
+        None => match FlowRecord::load(engine.flows.clone(), leader, op).await? {
             Some(record) => record,
             None => return Ok(()),
         },

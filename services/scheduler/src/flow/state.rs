@@ -8,12 +8,14 @@ use std::{
 
 use datapath_api::volume::DiskKey;
 use datapath_api::{ids::OperationId, pb};
-use datapath_coord::{disk_locks::LOCK_RETRIES, election::Leadership, flows::Versioned};
+use datapath_coord::{
+    disk_locks::LOCK_RETRIES, election::Leadership, flow_store::FlowStore, flows::Versioned,
+    CoordError,
+};
 use tokio::sync::Mutex;
 use tracing::warn;
 
 use super::{progress, Stop};
-use crate::engine::Engine;
 
 /// Progress-only saves happen at most this often per flow.
 const PROGRESS_SAVE_INTERVAL: Duration = Duration::from_millis(500);
@@ -38,7 +40,7 @@ pub enum Begin {
 pub struct FlowRecord {
     /// The operation.
     pub op: OperationId,
-    engine: Arc<Engine>,
+    store: Arc<dyn FlowStore>,
     leader: Leadership,
     inner: Mutex<Inner>,
 }
@@ -46,28 +48,28 @@ pub struct FlowRecord {
 impl FlowRecord {
     /// Loads the flow; `None` if it does not exist.
     pub async fn load(
-        engine: Arc<Engine>,
+        store: Arc<dyn FlowStore>,
         leader: Leadership,
         op: OperationId,
     ) -> Result<Option<Self>, Stop> {
-        let Some(v) = engine.coord.get_flow(op).await? else {
+        let Some(v) = store.get_flow(op).await? else {
             return Ok(None);
         };
-        Ok(Some(Self::new(engine, leader, op, v)))
+        Ok(Some(Self::new(store, leader, op, v)))
     }
 
     /// The flow as read elsewhere (listed or watched). Only this runner writes it besides a cancel
     /// request, and every save compares the mod revision: a record changed since it was read fails
     /// the first save, whose merge adopts the cancel; one deleted stops the runner (`Gone`).
     pub fn new(
-        engine: Arc<Engine>,
+        store: Arc<dyn FlowStore>,
         leader: Leadership,
         op: OperationId,
         v: Versioned<pb::Flow>,
     ) -> Self {
         Self {
             op,
-            engine,
+            store,
             leader,
             inner: Mutex::new(Inner {
                 flow: v.value,
@@ -83,19 +85,26 @@ impl FlowRecord {
     /// acted on yet: it is read again and judged afresh, never merged into an outdated copy.
     pub async fn begin_run(&self) -> Result<Begin, Stop> {
         let mut inner = self.inner.lock().await;
-        let coord = &self.engine.coord;
         loop {
             if inner.flow.operation.as_ref().is_some_and(|o| o.done) {
                 return Ok(Begin::Ended);
             }
             if let Some(why) = super::check::unreadable(&inner.flow) {
-                return Ok(Begin::Unreadable(why));
+                // Judged on the stored record, never on an outdated copy (parking writes).
+                let remote = self.store.get_flow(self.op).await?.ok_or(Stop::Gone)?;
+                if remote.mod_revision == inner.mod_revision {
+                    return Ok(Begin::Unreadable(why));
+                }
+                inner.flow = remote.value;
+                inner.mod_revision = remote.mod_revision;
+                continue;
             }
             let mut counted = inner.flow.clone();
             counted.runs += 1;
             progress::refresh(&mut counted);
-            let written = coord
-                .put_flow_if(self.op, &counted, inner.mod_revision, Some(&self.leader))
+            let written = self
+                .store
+                .put_flow_if(self.op, &counted, inner.mod_revision, &self.leader)
                 .await?;
             if let Some(rev) = written {
                 inner.flow = counted;
@@ -103,7 +112,7 @@ impl FlowRecord {
                 inner.last_save = Instant::now();
                 return Ok(Begin::Running(Box::new(inner.flow.clone())));
             }
-            let remote = coord.get_flow(self.op).await?.ok_or(Stop::Gone)?;
+            let remote = self.store.get_flow(self.op).await?.ok_or(Stop::Gone)?;
             if remote.mod_revision == inner.mod_revision {
                 return Err(Stop::LeadershipLost);
             }
@@ -137,6 +146,12 @@ impl FlowRecord {
         Ok(inner.flow.clone())
     }
 
+    /// Applies a change that is saved with the next save, for a change whose loss a resumed run
+    /// redoes by itself; the caller must not act on it before that save.
+    pub async fn stage(&self, change: impl FnOnce(&mut pb::Flow)) {
+        change(&mut self.inner.lock().await.flow);
+    }
+
     /// Applies a progress-only change; it is saved if the last save is old enough (losing one is
     /// harmless: the next state change saves it).
     pub async fn update_progress(&self, change: impl FnOnce(&mut pb::Flow)) -> Result<(), Stop> {
@@ -163,16 +178,16 @@ impl FlowRecord {
     /// Saves the record by compare-and-swap; `ending`: with its end (`finish`).
     async fn save(&self, inner: &mut Inner, ending: Option<&[DiskKey]>) -> Result<(), Stop> {
         progress::refresh(&mut inner.flow);
-        let coord = &self.engine.coord;
         let (mut failures, mut lock_changes) = (0, 0);
         loop {
+            let (op, rev, leader) = (self.op, inner.mod_revision, &self.leader);
             let written = match ending {
-                Some(disks) => self.write_end(inner, disks).await,
-                None => {
-                    coord
-                        .put_flow_if(self.op, &inner.flow, inner.mod_revision, Some(&self.leader))
+                Some(disks) => {
+                    self.store
+                        .end_flow_if(op, &inner.flow, rev, leader, disks)
                         .await
                 }
+                None => self.store.put_flow_if(op, &inner.flow, rev, leader).await,
             };
             match written {
                 Ok(Some(rev)) => {
@@ -183,10 +198,16 @@ impl FlowRecord {
                 Ok(None) if self.merge_remote(inner).await? => {}
                 // The record is as read: the leadership guard failed, or one of the locks changed.
                 Ok(None) => {
-                    lock_changes += 1;
-                    let locks_may_have_moved = ending.is_some() && lock_changes < LOCK_RETRIES;
-                    if !locks_may_have_moved || !coord.still_leads(&self.leader).await? {
+                    let Some(disks) = ending else {
                         return Err(Stop::LeadershipLost);
+                    };
+                    if !self.store.still_leads(&self.leader).await? {
+                        return Err(Stop::LeadershipLost);
+                    }
+                    lock_changes += 1;
+                    if lock_changes >= LOCK_RETRIES {
+                        let disk = disks.first().map(|d| d.to_string()).unwrap_or_default();
+                        return Err(CoordError::LockBusy(disk).into());
                     }
                 }
                 Err(e) => {
@@ -201,41 +222,10 @@ impl FlowRecord {
         }
     }
 
-    /// One try at the end's transaction, on the shared retention lease (forgotten if the write
-    /// fails: it may have been revoked).
-    async fn write_end(
-        &self,
-        inner: &Inner,
-        disks: &[DiskKey],
-    ) -> Result<Option<i64>, datapath_coord::CoordError> {
-        let lease = self.engine.retention.lease().await?;
-        let written = self
-            .engine
-            .coord
-            .finish_flow_releasing(
-                self.op,
-                &inner.flow,
-                inner.mod_revision,
-                Some(&self.leader),
-                lease,
-                disks,
-            )
-            .await;
-        if written.is_err() {
-            self.engine.retention.forget(lease).await;
-        }
-        written
-    }
-
     /// After a failed compare: whether someone else wrote the record (their cancel flag is
     /// merged, and the next save compares against their revision).
     async fn merge_remote(&self, inner: &mut Inner) -> Result<bool, Stop> {
-        let remote = self
-            .engine
-            .coord
-            .get_flow(self.op)
-            .await?
-            .ok_or(Stop::Gone)?;
+        let remote = self.store.get_flow(self.op).await?.ok_or(Stop::Gone)?;
         if remote.mod_revision == inner.mod_revision {
             return Ok(false);
         }
@@ -262,4 +252,242 @@ pub fn meta_mut(flow: &mut pb::Flow) -> &mut pb::OperationMetadata {
         .get_or_insert_with(Default::default)
         .metadata
         .get_or_insert_with(Default::default)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::HashMap,
+        sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
+
+    use async_trait::async_trait;
+    use datapath_api::pb::{OperationKind, OperationStep};
+
+    use super::*;
+
+    /// Flow records in memory, with etcd's compare rules: a write needs the record's revision and
+    /// the leadership; `lock_changes` ends fail as if a lock had moved (the record unchanged).
+    #[derive(Default)]
+    struct MemFlows {
+        records: std::sync::Mutex<(i64, HashMap<OperationId, Versioned<pb::Flow>>)>,
+        deposed: AtomicBool,
+        lock_changes: AtomicUsize,
+        ends: AtomicUsize,
+    }
+
+    impl MemFlows {
+        fn write(&self, op: OperationId, flow: &pb::Flow, rev: i64) -> Option<i64> {
+            let mut records = self.records.lock().unwrap();
+            let current = records.1.get(&op).map(|v| v.mod_revision);
+            if self.deposed.load(Ordering::SeqCst) || current != Some(rev) {
+                return None;
+            }
+            records.0 += 1;
+            let mod_revision = records.0;
+            let value = flow.clone();
+            records.1.insert(
+                op,
+                Versioned {
+                    value,
+                    mod_revision,
+                },
+            );
+            Some(mod_revision)
+        }
+
+        /// Someone else's write (CancelOperation, another run): the record as `change` makes it.
+        fn external(&self, op: OperationId, change: impl FnOnce(&mut pb::Flow)) -> i64 {
+            let mut records = self.records.lock().unwrap();
+            records.0 += 1;
+            let mod_revision = records.0;
+            let v = records.1.entry(op).or_insert_with(|| Versioned {
+                value: running_flow(),
+                mod_revision,
+            });
+            change(&mut v.value);
+            v.mod_revision = mod_revision;
+            mod_revision
+        }
+
+        fn stored(&self, op: OperationId) -> Versioned<pb::Flow> {
+            self.records.lock().unwrap().1[&op].clone()
+        }
+    }
+
+    #[async_trait]
+    impl FlowStore for MemFlows {
+        async fn get_flow(
+            &self,
+            op: OperationId,
+        ) -> datapath_coord::Result<Option<Versioned<pb::Flow>>> {
+            Ok(self.records.lock().unwrap().1.get(&op).cloned())
+        }
+
+        async fn put_flow_if(
+            &self,
+            op: OperationId,
+            flow: &pb::Flow,
+            rev: i64,
+            _: &Leadership,
+        ) -> datapath_coord::Result<Option<i64>> {
+            Ok(self.write(op, flow, rev))
+        }
+
+        async fn end_flow_if(
+            &self,
+            op: OperationId,
+            flow: &pb::Flow,
+            rev: i64,
+            _: &Leadership,
+            _: &[DiskKey],
+        ) -> datapath_coord::Result<Option<i64>> {
+            let moved = self
+                .lock_changes
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if moved.is_ok() {
+                return Ok(None);
+            }
+            let written = self.write(op, flow, rev);
+            if written.is_some() {
+                self.ends.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(written)
+        }
+
+        async fn still_leads(&self, _: &Leadership) -> datapath_coord::Result<bool> {
+            Ok(!self.deposed.load(Ordering::SeqCst))
+        }
+    }
+
+    fn running_flow() -> pb::Flow {
+        pb::Flow {
+            destination: Some(pb::DiskRef {
+                storage_domain_id: uuid::Uuid::new_v4().to_string(),
+                image_id: uuid::Uuid::new_v4().to_string(),
+            }),
+            operation: Some(pb::Operation {
+                metadata: Some(pb::OperationMetadata {
+                    kind: OperationKind::MoveDisk as i32,
+                    step: OperationStep::CloneStructure as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn record(store: &Arc<MemFlows>, op: OperationId, known: Versioned<pb::Flow>) -> FlowRecord {
+        let store: Arc<dyn FlowStore> = store.clone();
+        FlowRecord::new(store, Leadership::detached("leader", 1), op, known)
+    }
+
+    #[tokio::test]
+    async fn a_run_begun_on_an_outdated_record_leaves_an_ended_flow_alone() {
+        let (store, op) = (Arc::new(MemFlows::default()), OperationId::time_ordered());
+        store.external(op, |_| {});
+        let outdated = store.stored(op);
+        store.external(op, |f| f.operation.as_mut().unwrap().done = true);
+        let ended = store.stored(op);
+
+        let begun = record(&store, op, outdated).begin_run().await.unwrap();
+        assert!(matches!(begun, Begin::Ended));
+        assert_eq!(
+            store.stored(op).mod_revision,
+            ended.mod_revision,
+            "nothing written"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_run_begun_on_an_outdated_record_goes_on_from_the_stored_one() {
+        let (store, op) = (Arc::new(MemFlows::default()), OperationId::time_ordered());
+        store.external(op, |_| {});
+        let outdated = store.stored(op);
+        store.external(op, |f| {
+            f.runs = 2;
+            meta_mut(f).step = OperationStep::CopyData as i32;
+            meta_mut(f).cancel_requested = true;
+        });
+
+        let Begin::Running(flow) = record(&store, op, outdated).begin_run().await.unwrap() else {
+            panic!("not running");
+        };
+        assert_eq!(flow.runs, 3, "counted on the stored record");
+        assert_eq!(meta(&flow).step, OperationStep::CopyData as i32);
+        assert!(meta(&flow).cancel_requested);
+        assert_eq!(store.stored(op).value.runs, 3);
+    }
+
+    #[tokio::test]
+    async fn a_flow_is_parked_only_on_its_stored_record() {
+        let (store, op) = (Arc::new(MemFlows::default()), OperationId::time_ordered());
+        store.external(op, |f| f.destination = None);
+        let outdated = store.stored(op);
+        let r = record(&store, op, outdated.clone());
+        assert!(matches!(r.begin_run().await.unwrap(), Begin::Unreadable(_)));
+
+        // An outdated unreadable copy of a record since made whole is run, not parked.
+        store.external(op, |f| *f = running_flow());
+        let r = record(&store, op, outdated);
+        assert!(matches!(r.begin_run().await.unwrap(), Begin::Running(_)));
+    }
+
+    #[tokio::test]
+    async fn a_save_that_meets_a_cancel_keeps_both() {
+        let (store, op) = (Arc::new(MemFlows::default()), OperationId::time_ordered());
+        store.external(op, |_| {});
+        let r = record(&store, op, store.stored(op));
+        store.external(op, |f| meta_mut(f).cancel_requested = true);
+
+        r.update(|f| meta_mut(f).step = OperationStep::CopyData as i32)
+            .await
+            .unwrap();
+        let saved = store.stored(op).value;
+        assert_eq!(meta(&saved).step, OperationStep::CopyData as i32);
+        assert!(meta(&saved).cancel_requested, "the cancel was lost");
+    }
+
+    #[tokio::test]
+    async fn a_deposed_scheduler_stops_at_its_next_save() {
+        let (store, op) = (Arc::new(MemFlows::default()), OperationId::time_ordered());
+        store.external(op, |_| {});
+        let r = record(&store, op, store.stored(op));
+        store.deposed.store(true, Ordering::SeqCst);
+
+        let saved = r.update(|f| f.runs += 1).await;
+        assert!(matches!(saved, Err(Stop::LeadershipLost)), "{saved:?}");
+        let ended = r
+            .finish(&[], |f| f.operation.as_mut().unwrap().done = true)
+            .await;
+        assert!(matches!(ended, Err(Stop::LeadershipLost)), "{ended:?}");
+        assert_eq!(store.stored(op).value.runs, 0, "nothing written");
+    }
+
+    #[tokio::test]
+    async fn an_end_tries_again_while_a_lock_moves_and_gives_up_at_the_bound() {
+        let (store, op) = (Arc::new(MemFlows::default()), OperationId::time_ordered());
+        store.external(op, |_| {});
+        let r = record(&store, op, store.stored(op));
+        store.lock_changes.store(2, Ordering::SeqCst);
+        r.finish(&[], |f| f.operation.as_mut().unwrap().done = true)
+            .await
+            .unwrap();
+        assert_eq!(store.ends.load(Ordering::SeqCst), 1);
+        assert!(store.stored(op).value.operation.unwrap().done);
+
+        let (store, op) = (Arc::new(MemFlows::default()), OperationId::time_ordered());
+        store.external(op, |_| {});
+        let r = record(&store, op, store.stored(op));
+        store.lock_changes.store(usize::MAX, Ordering::SeqCst);
+        let ended = r
+            .finish(&[], |f| f.operation.as_mut().unwrap().done = true)
+            .await;
+        assert!(
+            matches!(ended, Err(Stop::Coord(CoordError::LockBusy(_)))),
+            "{ended:?}"
+        );
+        assert_eq!(store.ends.load(Ordering::SeqCst), 0);
+    }
 }
