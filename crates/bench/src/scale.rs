@@ -4,10 +4,13 @@
 //! of empty 1 MiB disks sent at once by 16 clients. For each (N, M), on a fresh cluster: the time
 //! to move them all, MoveDisk's answer p50/p99, a copy job's end → its operation done p50/p99, the
 //! CPU time of the scheduler, the job-tracker and etcd per operation, etcd writes per operation
-//! (revisions), etcd's database size and each service's peak RSS; then a check that every source
-//! is gone and every disk is in its new domain. Before the moves, the idle cluster's cost: CPU
-//! shares of a core over 10 s and etcd writes per second.
+//! (revisions), etcd's reads and transactions per operation (its `/metrics`), etcd's database size
+//! and each service's peak RSS; then a check that every source is gone and every disk is in its
+//! new domain. The end of the moves is seen on one watch of the flow records, not by listing
+//! every operation. Before the moves, the idle cluster's cost: CPU shares of a core over 20 s and
+//! etcd writes per second.
 use std::{
+    collections::BTreeMap,
     path::Path,
     time::{Duration, Instant},
 };
@@ -21,7 +24,7 @@ use crate::{
     cluster::{percentile, Bench},
     moves::{
         check_invariants, control_plane_pids, cpu_time, disks, failed, send_moves, wait_done,
-        Scheduler, CLIENTS,
+        DoneWatch, Scheduler, CLIENTS,
     },
 };
 
@@ -40,6 +43,9 @@ struct Row {
     settle: Vec<Duration>,
     cpu: [Duration; 3],
     writes: i64,
+    /// etcd's unary requests over the run: reads (`Range`) and transactions (`Txn`); `None`
+    /// when its `/metrics` did not answer.
+    requests: Option<(u64, u64)>,
     db_bytes: i64,
     rss_kib: [u64; 3],
     /// Idle, before the moves: CPU share of a core of the scheduler, job-tracker and etcd, and
@@ -66,15 +72,22 @@ pub async fn run(
         }
     }
     println!("\n== scale: N hosts (simulated copies) × {SLOTS} slots, session TTL {}, M MoveDisks of empty 1 MiB disks at once, {CLIENTS} clients", humantime::format_duration(session_ttl));
-    println!("| N | M | wall | ops/s | accept p50 / p99 | job end → done p50 / p99 | scheduler / job-tracker / etcd CPU per op | etcd writes/op | etcd db | peak RSS scheduler / job-tracker / etcd | idle: scheduler / job-tracker / etcd CPU, etcd writes/s |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| N | M | wall | ops/s | accept p50 / p99 | job end → done p50 / p99 | scheduler / job-tracker / etcd CPU per op | etcd writes/op | etcd reads / txns per op | etcd db | peak RSS scheduler / job-tracker / etcd | idle: scheduler / job-tracker / etcd CPU, etcd writes/s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &mut rows {
         r.accept.sort();
         r.settle.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let per = |d: Duration| ms(d) / r.ops as f64;
+        let requests = r.requests.map_or("—".to_string(), |(reads, txns)| {
+            format!(
+                "{:.1} / {:.1}",
+                reads as f64 / r.ops as f64,
+                txns as f64 / r.ops as f64
+            )
+        });
         println!(
-            "| {} | {} | {:.1} s | {:.1} | {:.1} / {:.1} ms | {:.0} / {:.0} ms | {:.2} / {:.2} / {:.2} ms | {:.1} | {:.1} MiB | {} / {} / {} MiB | {:.1} / {:.1} / {:.1} %, {:.1} |",
+            "| {} | {} | {:.1} s | {:.1} | {:.1} / {:.1} ms | {:.0} / {:.0} ms | {:.2} / {:.2} / {:.2} ms | {:.1} | {} | {:.1} MiB | {} / {} / {} MiB | {:.1} / {:.1} / {:.1} %, {:.1} |",
             r.hosts,
             r.ops,
             r.wall.as_secs_f64(),
@@ -87,6 +100,7 @@ pub async fn run(
             per(r.cpu[1]),
             per(r.cpu[2]),
             r.writes as f64 / r.ops as f64,
+            requests,
             r.db_bytes as f64 / MIB as f64,
             r.rss_kib[0] / 1024,
             r.rss_kib[1] / 1024,
@@ -135,14 +149,18 @@ async fn one(base: &Path, n: usize, m: usize, session_ttl: Duration) -> anyhow::
         (rev1 - rev0) as f64 / IDLE.as_secs_f64(),
     );
     let disks = disks(&mut b, &from, m).await?;
+    let done = DoneWatch::open(&b.cluster).await?;
+    let requests_before = b.cluster.etcd().requests_by_method().await;
     let first = etcd.status().await?;
     let before = pids.map(cpu_time);
     let t0 = Instant::now();
     let accept = send_moves(&sched, &from, &to, disks).await?;
-    let done = wait_done(&mut sched.clone(), m).await?;
+    done.wait(&mut sched.clone(), m).await?;
     let wall = t0.elapsed();
     let after = pids.map(cpu_time);
     let last = etcd.status().await?;
+    let requests = requests_since(requests_before, b.cluster.etcd().requests_by_method().await);
+    let done = wait_done(&mut sched.clone(), m).await?;
     let failed = failed(&done);
     if failed > 0 {
         bail!("{failed} of {m} operations failed");
@@ -158,10 +176,24 @@ async fn one(base: &Path, n: usize, m: usize, session_ttl: Duration) -> anyhow::
         settle,
         cpu: [0, 1, 2].map(|i| after[i].saturating_sub(before[i])),
         writes: revision(&last) - revision(&first),
+        requests,
         db_bytes: last.db_size(),
         rss_kib: pids.map(peak_rss_kib),
         idle,
     })
+}
+
+/// The `Range` and `Txn` requests etcd answered between two counts.
+fn requests_since(
+    before: Option<BTreeMap<String, u64>>,
+    after: Option<BTreeMap<String, u64>>,
+) -> Option<(u64, u64)> {
+    let (before, after) = (before?, after?);
+    let delta = |m: &str| {
+        let get = |c: &BTreeMap<String, u64>| c.get(m).copied().unwrap_or(0);
+        get(&after).saturating_sub(get(&before))
+    };
+    Some((delta("Range"), delta("Txn")))
 }
 
 /// For a sample of operations: the time from their copy job's last record to the operation's.

@@ -3,15 +3,19 @@
 //! used to list every job from etcd once a second — a cost that grew with the jobs retained. Kept
 //! as every watched copy is (`watched.rs`); a record that does not decode is left out and counted
 //! (`quarantine.rs`). Out of step, it answers `None` and its readers skip their round.
+//!
+//! It also answers the job-tracker's writes with a first guess: the record and its mod revision as
+//! last watched, which a compare-and-swap either confirms or refutes (`job_store.rs`).
 use std::{
     collections::HashMap,
     sync::{Arc, RwLock},
 };
 
-use datapath_api::pb;
+use datapath_api::{ids::JobId, pb};
 use etcd_client::KeyValue;
 
 use crate::{
+    jobs::VersionedJob,
     watched::{self, TaskGuard, Watched},
     Coord,
 };
@@ -20,7 +24,7 @@ use crate::{
 struct State {
     synced: bool,
     revision: i64,
-    jobs: HashMap<Vec<u8>, pb::Job>,
+    jobs: HashMap<JobId, VersionedJob>,
 }
 
 /// The watched jobs; cheap to clone. The watch stops when the last clone is dropped.
@@ -36,8 +40,21 @@ impl JobView {
     /// The jobs `keep` selects, cloned; `None` while the view is out of step.
     pub fn jobs_where(&self, keep: impl Fn(&pb::Job) -> bool) -> Option<Vec<pb::Job>> {
         let s = self.shared.0.read().expect("job view lock");
-        s.synced
-            .then(|| s.jobs.values().filter(|j| keep(j)).cloned().collect())
+        s.synced.then(|| {
+            s.jobs
+                .values()
+                .map(|v| &v.job)
+                .filter(|j| keep(j))
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// Job `job_id` and its mod revision as last watched (`None` when unknown or out of step): it
+    /// may be behind etcd, so it is a guess to compare against, never an answer on its own.
+    pub fn job(&self, job_id: JobId) -> Option<VersionedJob> {
+        let s = self.shared.0.read().expect("job view lock");
+        s.synced.then(|| s.jobs.get(&job_id).cloned()).flatten()
     }
 
     /// How many jobs carry each label `label` gives (jobs it gives none are not counted); `None`
@@ -49,7 +66,7 @@ impl JobView {
         let s = self.shared.0.read().expect("job view lock");
         s.synced.then(|| {
             let mut counts = HashMap::new();
-            for l in s.jobs.values().filter_map(&label) {
+            for l in s.jobs.values().filter_map(|v| label(&v.job)) {
                 *counts.entry(l).or_default() += 1;
             }
             counts
@@ -75,11 +92,8 @@ impl Watched for Shared {
         vec![coord.keys().jobs()]
     }
 
-    fn reset(&self, _: &Coord, revision: i64, kvs: &[KeyValue]) {
-        let jobs = kvs
-            .iter()
-            .filter_map(|kv| Some((kv.key().to_vec(), crate::quarantine::listed("jobs", kv)?)))
-            .collect();
+    fn reset(&self, coord: &Coord, revision: i64, kvs: &[KeyValue]) {
+        let jobs = kvs.iter().filter_map(|kv| entry(coord, kv)).collect();
         *self.0.write().expect("job view lock") = State {
             synced: true,
             revision,
@@ -87,14 +101,15 @@ impl Watched for Shared {
         };
     }
 
-    fn change(&self, _: &Coord, put: bool, kv: &KeyValue) {
-        let job = put
-            .then(|| crate::quarantine::listed::<pb::Job>("jobs", kv))
-            .flatten();
+    fn change(&self, coord: &Coord, put: bool, kv: &KeyValue) {
+        let Some(job_id) = coord.keys().parse_job(kv.key()) else {
+            return;
+        };
+        let job = put.then(|| entry(coord, kv)).flatten();
         let mut s = self.0.write().expect("job view lock");
         match job {
-            Some(job) => s.jobs.insert(kv.key().to_vec(), job),
-            None => s.jobs.remove(kv.key()),
+            Some((_, job)) => s.jobs.insert(job_id, job),
+            None => s.jobs.remove(&job_id),
         };
         s.revision = s.revision.max(kv.mod_revision());
     }
@@ -106,6 +121,19 @@ impl Watched for Shared {
     fn revision(&self) -> i64 {
         self.0.read().expect("job view lock").revision
     }
+}
+
+/// A job key's id and record; `None` for a key that is not a job's or a record that does not decode.
+fn entry(coord: &Coord, kv: &KeyValue) -> Option<(JobId, VersionedJob)> {
+    let job_id = coord.keys().parse_job(kv.key())?;
+    let job = crate::quarantine::listed("jobs", kv)?;
+    Some((
+        job_id,
+        VersionedJob {
+            job,
+            mod_revision: kv.mod_revision(),
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -130,15 +158,25 @@ mod tests {
             j.set_status(status);
             j
         };
+        let ids: Vec<JobId> = (0..3).map(|_| JobId::random()).collect();
+        let versioned = |job| VersionedJob {
+            job,
+            mod_revision: 2,
+        };
         let v = view(State {
             synced: true,
             revision: 3,
             jobs: HashMap::from([
-                (b"a".to_vec(), job("h", pb::JobStatus::Running)),
-                (b"b".to_vec(), job("h", pb::JobStatus::Succeeded)),
-                (b"c".to_vec(), job("g", pb::JobStatus::Running)),
+                (ids[0], versioned(job("h", pb::JobStatus::Running))),
+                (ids[1], versioned(job("h", pb::JobStatus::Succeeded))),
+                (ids[2], versioned(job("g", pb::JobStatus::Running))),
             ]),
         });
+        assert_eq!(
+            v.job(ids[1]).unwrap().job.status(),
+            pb::JobStatus::Succeeded
+        );
+        assert!(v.job(JobId::random()).is_none());
         let running = v
             .jobs_where(|j| j.status() == pb::JobStatus::Running)
             .unwrap();

@@ -13,6 +13,7 @@ pub mod flow_store;
 pub mod flows;
 pub mod generations;
 pub mod hosts;
+pub mod job_store;
 pub mod job_view;
 pub mod jobs;
 mod key_watch;

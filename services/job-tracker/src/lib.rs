@@ -12,11 +12,11 @@ pub mod tracker;
 pub mod transition;
 pub mod watch;
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use datapath_api::pb::job_tracker_service_server::JobTrackerServiceServer;
-use datapath_coord::EtcdOptions;
+use datapath_coord::{job_store::EtcdJobs, EtcdOptions};
 use datapath_server::{
     health::{probe_forever, ProbeTiming, ServerHealth},
     ServerOptions,
@@ -79,11 +79,9 @@ pub async fn run(
         .connect_tls(tls.as_ref().map(|t| t.client(None)))
         .await
         .context("connect to etcd")?;
-    let tracker = tracker::Tracker::new(
-        coord.clone(),
-        config.job_retention,
-        config.max_open_jobs_per_host,
-    );
+    let jobs = Arc::new(EtcdJobs::new(coord.clone(), config.job_retention));
+    let jobs_view = jobs.view().clone();
+    let tracker = tracker::Tracker::new(jobs, config.max_open_jobs_per_host);
     let (health, health_server) = ServerHealth::new(&["datapath.v1.JobTrackerService"]).await;
     let flusher = tokio::spawn({
         let tracker = tracker.clone();
@@ -97,16 +95,26 @@ pub async fn run(
     });
     let sweeper = tokio::spawn(lost::sweep(
         tracker.clone(),
+        coord.cluster_view(),
+        jobs_view,
         config.lost_host_grace,
         config.pending_job_expiry,
     ));
     // Its liveness is its store's: every call reads or writes etcd.
-    let prober = tokio::spawn(probe_forever(health, ProbeTiming::default(), move || {
+    let prober = tokio::spawn(probe_forever(health, ProbeTiming::default(), {
         let coord = coord.clone();
-        async move { coord.probe().await }
+        move || {
+            let coord = coord.clone();
+            async move { coord.probe().await }
+        }
     }));
     let routes = Routes::new(health_server).add_service(JobTrackerServiceServer::new(
-        service::JobTrackerApi::new(tracker.clone(), tls.clone(), config.server.stream_limits()),
+        service::JobTrackerApi::new(
+            tracker.clone(),
+            coord,
+            tls.clone(),
+            config.server.stream_limits(),
+        ),
     ));
     info!(address = %listener.local_addr()?, "job-tracker listening");
     let served = datapath_server::serve(

@@ -14,6 +14,7 @@ use std::{
 };
 
 use datapath_api::{ids::JobId, job_error::JobErrorCode, pb};
+use datapath_coord::{cluster_view::ClusterView, job_view::JobView};
 use tracing::{info, warn, Instrument as _};
 
 use crate::{
@@ -27,19 +28,24 @@ const EVERY: Duration = Duration::from_secs(1);
 /// Ends the jobs of hosts whose registration has been gone for `grace`, and jobs still PENDING
 /// `pending_expiry` after they were created (CreateJob cannot fill etcd with jobs that never run).
 /// Runs until dropped.
-pub async fn sweep(tracker: Arc<Tracker>, grace: Duration, pending_expiry: Duration) {
+pub async fn sweep(
+    tracker: Arc<Tracker>,
+    hosts_view: ClusterView,
+    jobs_view: JobView,
+    grace: Duration,
+    pending_expiry: Duration,
+) {
     let mut missing: HashMap<String, Instant> = HashMap::new();
     // Hosts and jobs are read from watched views (no etcd read per round): the cost of a round
     // grows with the jobs not yet ended, not with every job retained.
-    let hosts_view = tracker.coord().cluster_view();
     loop {
         tokio::time::sleep(EVERY).await;
         // A view out of step is no evidence that a host is gone: skip the round.
         tracker.open_jobs().listing_begins();
         let (Some(hosts), Some(jobs), Some(counts)) = (
             hosts_view.hosts(),
-            tracker.view().jobs_where(|j| !is_terminal(j.status())),
-            tracker.view().count_by(crate::metrics::status_label),
+            jobs_view.jobs_where(|j| !is_terminal(j.status())),
+            jobs_view.count_by(crate::metrics::status_label),
         ) else {
             continue;
         };

@@ -8,6 +8,7 @@ use datapath_api::{
         job_tracker_service_server::JobTrackerService,
     },
 };
+use datapath_coord::Coord;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
@@ -20,6 +21,8 @@ use crate::{
 /// The JobTrackerService implementation.
 pub struct JobTrackerApi {
     tracker: Arc<Tracker>,
+    /// For what is not the Job API's store: host registrations, job watches.
+    coord: Coord,
     /// For the calls it makes to hosts (forwarded aborts).
     tls: Option<datapath_tls::Tls>,
     streams: datapath_server::streams::StreamLimits,
@@ -30,11 +33,13 @@ impl JobTrackerApi {
     /// when `tls` is given.
     pub fn new(
         tracker: Arc<Tracker>,
+        coord: Coord,
         tls: Option<datapath_tls::Tls>,
         streams: datapath_server::streams::StreamLimits,
     ) -> Self {
         Self {
             tracker,
+            coord,
             tls,
             streams,
         }
@@ -45,7 +50,7 @@ impl JobTrackerApi {
         let Ok(host_id) = job.host_id.parse() else {
             return;
         };
-        let host = match self.tracker.coord().get_host(host_id).await {
+        let host = match self.coord.get_host(host_id).await {
             Ok(Some(host)) => host,
             Ok(None) => {
                 warn!(job_id = %job.job_id, host_id = %job.host_id, "abort recorded; the job's host is not live");
@@ -181,7 +186,7 @@ impl JobTrackerService for JobTrackerApi {
     ) -> Result<Response<Self::WatchJobsStream>, Status> {
         let permit = self.streams.acquire(&req)?;
         Ok(Response::new(
-            watch_jobs(self.tracker.clone(), req.into_inner(), permit).await?,
+            watch_jobs(self.coord.clone(), req.into_inner(), permit).await?,
         ))
     }
 
@@ -189,12 +194,7 @@ impl JobTrackerService for JobTrackerApi {
         &self,
         _req: Request<pb::ListRegisteredHostsRequest>,
     ) -> Result<Response<pb::ListRegisteredHostsResponse>, Status> {
-        let hosts = self
-            .tracker
-            .coord()
-            .list_hosts()
-            .await
-            .map_err(Error::from)?;
+        let hosts = self.coord.list_hosts().await.map_err(Error::from)?;
         Ok(Response::new(pb::ListRegisteredHostsResponse { hosts }))
     }
 }

@@ -1,6 +1,9 @@
-//! The Job API's logic over etcd: validated creates, compare-and-swap updates through the state
-//! machine, retention of ended jobs by an etcd lease, and coalescing of progress writes so a fast copy
-//! costs at most about two etcd writes per second per job.
+//! The Job API's logic over its store (`JobStore`; etcd in service): validated creates,
+//! compare-and-swap updates through the state machine, and coalescing of progress writes so a fast
+//! copy costs at most about two etcd writes per second per job. An update is first tried on the
+//! record as last watched: when that is current (nearly always) the write is the update's only
+//! etcd round trip; when it is behind, the compare fails or the judgement it gave is not trusted,
+//! and the record is read afresh.
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -13,7 +16,10 @@ use datapath_api::{
     page::PageRequest,
     pb::{self, JobStatus},
 };
-use datapath_coord::{jobs::Created, retention::RetentionLeases, Coord};
+use datapath_coord::{
+    job_store::JobStore,
+    jobs::{Created, VersionedJob},
+};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -33,43 +39,38 @@ struct Slot {
     pending: Option<u32>,
 }
 
-/// The job-tracker's state: etcd plus the progress not yet written.
+/// Where a compare-and-swap starts from.
+enum Start {
+    /// Nothing known: take the watched record, else read.
+    Unknown,
+    /// The watched record: a write it allows is compared against the store, any other judgement
+    /// (no change, a refusal) is made again on a fresh read.
+    Watched(VersionedJob),
+    /// A record read from the store now: its judgement stands.
+    Read(VersionedJob),
+}
+
+/// The job-tracker's state: its store plus the progress not yet written.
 pub struct Tracker {
-    coord: Coord,
-    /// `None`: ended jobs live forever.
-    retention: Option<RetentionLeases>,
+    jobs: Arc<dyn JobStore>,
     slots: Mutex<HashMap<JobId, Slot>>,
     open: OpenJobs,
-    view: datapath_coord::job_view::JobView,
 }
 
 impl Tracker {
-    /// A tracker whose ended jobs live `retention` (zero: forever), and that registers at most
-    /// `max_open_per_host` unended jobs per host (zero: no limit).
-    pub fn new(coord: Coord, retention: Duration, max_open_per_host: usize) -> Arc<Self> {
+    /// A tracker over `jobs` that registers at most `max_open_per_host` unended jobs per host
+    /// (zero: no limit).
+    pub fn new(jobs: Arc<dyn JobStore>, max_open_per_host: usize) -> Arc<Self> {
         Arc::new(Self {
-            view: coord.job_view(),
-            retention: (!retention.is_zero())
-                .then(|| RetentionLeases::new(coord.clone(), retention)),
-            coord,
+            jobs,
             slots: Mutex::new(HashMap::new()),
             open: OpenJobs::new(max_open_per_host),
         })
     }
 
-    /// Every job record, watched (`job_view.rs`).
-    pub fn view(&self) -> &datapath_coord::job_view::JobView {
-        &self.view
-    }
-
     /// The per-host count of unended jobs, which the sweeper's listing refreshes.
     pub fn open_jobs(&self) -> &OpenJobs {
         &self.open
-    }
-
-    /// The etcd handle.
-    pub fn coord(&self) -> &Coord {
-        &self.coord
     }
 
     /// Registers a job, PENDING; returns it and whether it was created now.
@@ -96,7 +97,7 @@ impl Tracker {
         record.updated_at = Some(now);
         if !self.open.admit(&record.host_id) {
             // A retried create of a job that exists is still answered as such.
-            return match self.coord.get_job(job_id).await? {
+            return match self.jobs.get_job(job_id).await? {
                 Some(v) if v.job.host_id == record.host_id && v.job.params == record.params => {
                     Ok((self.with_pending(job_id, v.job), false))
                 }
@@ -106,7 +107,7 @@ impl Tracker {
                 }),
             };
         }
-        let created = self.coord.create_job(job_id, &record).await;
+        let created = self.jobs.create_job(job_id, &record).await;
         if !matches!(created, Ok(Created::New(_))) {
             self.open.release(&record.host_id);
         }
@@ -126,11 +127,7 @@ impl Tracker {
 
     /// One job, with any progress not yet written.
     pub async fn get(&self, job_id: JobId) -> Result<pb::Job, Error> {
-        let v = self
-            .coord
-            .get_job(job_id)
-            .await?
-            .ok_or(Error::NotFound(job_id))?;
+        let v = self.read(job_id).await?;
         Ok(self.with_pending(job_id, v.job))
     }
 
@@ -147,10 +144,10 @@ impl Tracker {
                 )
             })?),
         };
-        let coord = &self.coord;
+        let store = &self.jobs;
         let matched = page
             .gather(
-                |after, limit| async move { coord.list_jobs_after(after.as_deref(), limit).await },
+                |after, limit| async move { store.list_jobs_after(after.as_deref(), limit).await },
                 |j| matches(j, &req.host_id, status, &req.entity),
             )
             .await?;
@@ -170,31 +167,34 @@ impl Tracker {
         let job_id = JobId::parse("job_id", &req.job_id)?;
         HostId::parse("host_id", &req.host_id)?;
         let update = Update::from_pb(req)?;
-        let current = self
-            .coord
-            .get_job(job_id)
-            .await?
-            .ok_or(Error::NotFound(job_id))?;
-        if current.job.host_id != req.host_id {
-            return Err(Error::NotOwner {
-                job: job_id,
-                owner: current.job.host_id,
-                caller: req.host_id.clone(),
-            });
-        }
+        // A watched record that names the caller as the job's host is a good start (the write's
+        // compare confirms it); one that names another host, or none, is read afresh before the
+        // caller is refused.
+        let start = match self.jobs.watched(job_id) {
+            Some(v) if v.job.host_id == req.host_id => Start::Watched(v),
+            _ => Start::Read(self.read(job_id).await?),
+        };
+        let current = start.record().expect("a record was just chosen");
+        owned_by(job_id, &current.job, &req.host_id)?;
         let status = current.job.status();
         if update.is_progress_only(status) && !is_terminal(status) {
             if let Some(progress) = update.progress {
                 if self.defer_progress(job_id, progress) {
                     // Validated against the state machine, but written later.
-                    let shown = apply(job_id, &current.job, &update)?.unwrap_or(current.job);
+                    let shown = apply(job_id, &current.job, &update)?
+                        .unwrap_or_else(|| current.job.clone());
                     return Ok(self.with_pending(job_id, shown));
                 }
             }
         }
         let mut update = update;
         update.progress = update.progress.max(self.take_pending(job_id));
-        self.write(job_id, |job| apply(job_id, job, &update)).await
+        // The owner is checked again on whatever record the write is judged on.
+        self.write(job_id, start, |job| {
+            owned_by(job_id, job, &req.host_id)?;
+            apply(job_id, job, &update)
+        })
+        .await
     }
 
     /// Applies an update decided by the job-tracker itself (a lost host's job), unless the job has
@@ -204,13 +204,15 @@ impl Tracker {
         job_id: JobId,
         update: &crate::transition::Update,
     ) -> Result<pb::Job, Error> {
-        self.write(job_id, |job| crate::lost::unless_ended(job_id, job, update))
-            .await
+        self.write(job_id, Start::Unknown, |job| {
+            crate::lost::unless_ended(job_id, job, update)
+        })
+        .await
     }
 
     /// Marks a job as asked to abort; the caller forwards the request to its host.
     pub async fn request_abort(&self, job_id: JobId) -> Result<pb::Job, Error> {
-        self.write(job_id, |job| {
+        self.write(job_id, Start::Unknown, |job| {
             if is_terminal(job.status()) {
                 return Err(Error::Ended(job_id));
             }
@@ -226,15 +228,11 @@ impl Tracker {
     /// Deletes an ended job.
     pub async fn delete(&self, job_id: JobId) -> Result<(), Error> {
         for _ in 0..CAS_ATTEMPTS {
-            let v = self
-                .coord
-                .get_job(job_id)
-                .await?
-                .ok_or(Error::NotFound(job_id))?;
+            let v = self.read(job_id).await?;
             if !is_terminal(v.job.status()) {
                 return Err(Error::NotEnded(job_id));
             }
-            if self.coord.delete_job_if(job_id, v.mod_revision).await? {
+            if self.jobs.delete_job_if(job_id, v.mod_revision).await? {
                 self.slots.lock().expect("slots lock").remove(&job_id);
                 return Ok(());
             }
@@ -260,7 +258,10 @@ impl Tracker {
                 progress: Some(progress),
                 error: None,
             };
-            match self.write(job_id, |job| apply(job_id, job, &update)).await {
+            match self
+                .write(job_id, Start::Unknown, |job| apply(job_id, job, &update))
+                .await
+            {
                 Ok(_) => {}
                 Err(Error::Ended(_) | Error::NotFound(_)) => {
                     self.slots.lock().expect("slots lock").remove(&job_id);
@@ -303,34 +304,48 @@ impl Tracker {
         job
     }
 
-    /// A compare-and-swap loop: read, change with `f`, write if unchanged meanwhile.
+    /// The record read from the store now.
+    async fn read(&self, job_id: JobId) -> Result<VersionedJob, Error> {
+        self.jobs
+            .get_job(job_id)
+            .await?
+            .ok_or(Error::NotFound(job_id))
+    }
+
+    /// A compare-and-swap loop: change the record with `f`, write if unchanged meanwhile, else
+    /// read it again and retry.
     async fn write(
         &self,
         job_id: JobId,
+        start: Start,
         f: impl Fn(&pb::Job) -> Result<Option<pb::Job>, Error>,
     ) -> Result<pb::Job, Error> {
+        let mut start = match start {
+            Start::Unknown => self
+                .jobs
+                .watched(job_id)
+                .map_or(Start::Unknown, Start::Watched),
+            known => known,
+        };
         for _ in 0..CAS_ATTEMPTS {
-            let current = self
-                .coord
-                .get_job(job_id)
-                .await?
-                .ok_or(Error::NotFound(job_id))?;
-            let Some(next) = f(&current.job)? else {
-                return Ok(current.job);
+            let (current, watched) = match std::mem::replace(&mut start, Start::Unknown) {
+                Start::Watched(v) => (v, true),
+                Start::Read(v) => (v, false),
+                Start::Unknown => (self.read(job_id).await?, false),
+            };
+            let next = match f(&current.job) {
+                Ok(Some(next)) => next,
+                // A watched record may be behind: only a write it allows is tried on it.
+                Ok(None) | Err(_) if watched => continue,
+                Ok(None) => return Ok(current.job),
+                Err(e) => return Err(e),
             };
             let ends = is_terminal(next.status()) && !is_terminal(current.job.status());
-            let lease = match (&self.retention, ends) {
-                (Some(leases), true) => Some(leases.lease().await?),
-                _ => None,
-            };
             let written = self
-                .coord
-                .put_job_if(job_id, &next, current.mod_revision, lease)
-                .await;
-            if let (Err(_), Some(leases), Some(lease)) = (&written, &self.retention, lease) {
-                leases.forget(lease).await;
-            }
-            if written?.is_some() {
+                .jobs
+                .put_job_if(job_id, &next, current.mod_revision, ends)
+                .await?;
+            if written.is_some() {
                 if next.status() != current.job.status() {
                     crate::metrics::transition(&next);
                 }
@@ -346,10 +361,31 @@ impl Tracker {
                 }
                 return Ok(next);
             }
-            debug!(%job_id, "job record changed concurrently; retrying");
+            debug!(%job_id, watched, "job record changed concurrently; retrying");
         }
         Err(Error::Contended(job_id))
     }
+}
+
+impl Start {
+    fn record(&self) -> Option<&VersionedJob> {
+        match self {
+            Start::Watched(v) | Start::Read(v) => Some(v),
+            Start::Unknown => None,
+        }
+    }
+}
+
+/// Refuses a report on `job` from a host that does not run it.
+fn owned_by(job_id: JobId, job: &pb::Job, caller: &str) -> Result<(), Error> {
+    if job.host_id != caller {
+        return Err(Error::NotOwner {
+            job: job_id,
+            owner: job.host_id.clone(),
+            caller: caller.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// Whether a job passes ListJobs / WatchJobs filters (empty filters match all).
@@ -358,3 +394,7 @@ pub fn matches(job: &pb::Job, host_id: &str, status: Option<JobStatus>, entity: 
         && status.is_none_or(|s| job.status() == s)
         && (entity.is_empty() || job.entities.iter().any(|e| e == entity))
 }
+
+#[cfg(test)]
+#[path = "tracker_tests.rs"]
+mod tests;

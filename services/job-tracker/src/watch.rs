@@ -1,23 +1,22 @@
 //! WatchJobs: an etcd watch on `jobs/` turned into a filtered gRPC stream. A stream opened at revision
 //! 0 starts with a snapshot read at revision R and continues from R + 1, so no change falls between the
 //! two; a stream opened at revision N resumes right after N.
-use std::sync::Arc;
-
 use datapath_api::pb::{self, JobEventType, WatchJobsResponse};
+use datapath_coord::Coord;
 use datapath_server::streams::{Permitted, StreamPermit};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tracing::debug;
 
-use crate::{error::Error, tracker::matches, tracker::Tracker};
+use crate::{error::Error, tracker::matches};
 
 /// The stream type served by WatchJobs: it holds its stream permits until the client drops it.
 pub type JobStream = Permitted<ReceiverStream<Result<WatchJobsResponse, Status>>>;
 
 /// Opens a watch for `req`.
 pub async fn watch_jobs(
-    tracker: Arc<Tracker>,
+    coord: Coord,
     req: pb::WatchJobsRequest,
     permit: StreamPermit,
 ) -> Result<JobStream, Error> {
@@ -29,7 +28,6 @@ pub async fn watch_jobs(
         )
         .into());
     }
-    let coord = tracker.coord().clone();
     let one_job = pb_job_id(&req.job_id)?;
     let filter = move |job: &pb::Job| {
         (req.job_id.is_empty() || job.job_id == req.job_id)

@@ -432,13 +432,18 @@ impl Cluster {
         self.wait_spm().await.map(drop)
     }
 
+    /// A store handle on the cluster's etcd, with the client certificate the launcher made.
+    pub async fn coord(&self) -> anyhow::Result<Coord> {
+        let tls = self.client_tls().map(|t| t.client(None));
+        Coord::connect_with(&self.etcd_endpoints(), self.etcd_prefix(), tls)
+            .await
+            .context("connect to etcd")
+    }
+
     /// The index of the host that is SPM now: the one etcd's `spm` election names, on the session
     /// lease it is registered with (a leader key left by a killed host's old lease does not count).
     pub async fn spm_index(&self) -> anyhow::Result<Option<usize>> {
-        let tls = self.client_tls().map(|t| t.client(None));
-        let coord = Coord::connect_with(&self.etcd_endpoints(), self.etcd_prefix(), tls)
-            .await
-            .context("connect to etcd")?;
+        let coord = self.coord().await?;
         let Some(leader) = coord.leader(Role::Spm).await.context("read the SPM")? else {
             return Ok(None);
         };

@@ -259,6 +259,33 @@ impl Etcd {
         self.wait_ready(ETCD_READY_TIMEOUT).await
     }
 
+    /// How many unary gRPC requests member 0 has answered, by method (`Range`, `Txn`, `Put`,
+    /// `LeaseGrant`, …), from its `/metrics`; `None` when it did not answer. For benchmarks that
+    /// count the requests an operation costs.
+    pub async fn requests_by_method(&self) -> Option<std::collections::BTreeMap<String, u64>> {
+        let text = http_get(self.metrics_addr, "/metrics").await?;
+        let mut counts = std::collections::BTreeMap::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("grpc_server_handled_total{") else {
+                continue;
+            };
+            let Some((labels, value)) = rest.rsplit_once("} ") else {
+                continue;
+            };
+            if !labels.contains("grpc_type=\"unary\"") {
+                continue;
+            }
+            let method = labels
+                .split(',')
+                .find_map(|l| l.strip_prefix("grpc_method=\""))
+                .and_then(|m| m.strip_suffix('"'));
+            if let (Some(method), Ok(value)) = (method, value.trim().parse::<f64>()) {
+                *counts.entry(method.to_string()).or_default() += value as u64;
+            }
+        }
+        Some(counts)
+    }
+
     /// SIGTERM, then SIGKILL after `deadline`, every member; returns member 0's status.
     pub async fn stop(&mut self, deadline: Duration) -> anyhow::Result<Option<ExitStatus>> {
         for (p, _, _) in &mut self.others {
