@@ -156,7 +156,6 @@ pub(crate) async fn send_moves(
     Ok(accept)
 }
 
-/// Every operation once `m` are done (one ListOperations a second).
 /// Counts operations as they end, on one watch of the flow records opened before they are sent,
 /// so that waiting for thousands of operations costs the control plane nothing: listing every
 /// operation once a second (what [`wait_done`] does) read every flow record from etcd each time,
