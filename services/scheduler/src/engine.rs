@@ -39,6 +39,16 @@ pub struct Settings {
     pub failpoint: Option<crate::flow::failpoint::Failpoint>,
 }
 
+impl Settings {
+    /// The limits on one volume's copy.
+    pub fn retry_policy(&self) -> crate::flow::retry::RetryPolicy {
+        crate::flow::retry::RetryPolicy {
+            attempts: self.copy_attempts,
+            budget: self.copy_retry_budget,
+        }
+    }
+}
+
 /// The queue of the steps waiting for a host between two storage domains.
 pub type PlacementQueue = Arc<Mutex<()>>;
 

@@ -8,10 +8,10 @@
 //! the backlog survives a scheduler failover, and a cancel of a waiting flow runs at once.
 use std::sync::{Arc, Mutex};
 
-use datapath_api::pb::{self, FlowVolumeState, OperationStep};
+use datapath_api::pb::{self, OperationStep};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use super::state::meta;
+use super::{state::meta, volume_state::CopyState};
 use crate::metrics;
 
 /// The turns for starting flows, shared by every runner of this scheduler.
@@ -65,18 +65,17 @@ pub fn not_started(flow: &pb::Flow) -> bool {
     }
     match OperationStep::try_from(m.step) {
         Ok(OperationStep::CloneStructure) => true,
-        Ok(OperationStep::CopyData) => flow.volumes.iter().all(|v| {
-            matches!(
-                FlowVolumeState::try_from(v.state),
-                Ok(FlowVolumeState::Pending | FlowVolumeState::Unspecified)
-            ) && v.attempts == 0
-        }),
+        Ok(OperationStep::CopyData) => flow
+            .volumes
+            .iter()
+            .all(|v| CopyState::of(v) == Ok(CopyState::Pending) && v.attempts == 0),
         _ => false,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use datapath_api::pb::FlowVolumeState;
     use std::time::Duration;
 
     use super::*;

@@ -4,13 +4,14 @@
 //! first one re-runs the structure step over a half-moved disk, a corrupt disk reference becomes the
 //! nil id — so the flow is **parked** instead (`runner::park`): nothing of it runs, its disks stay
 //! locked, and its operation ends with `NEEDS_OPERATOR` naming what is wrong, visible in
-//! `dpctl ops list` and kept (no retention lease) until an operator deletes it.
+//! `dpctl ops list` and kept (no retention lease) until an operator deletes it. A volume is read
+//! as the runner reads it (`volume_state.rs`): a copy in progress must name a valid job and host.
 use datapath_api::{
-    pb::{self, FlowVolumeState, OperationKind, OperationStep},
+    pb::{self, OperationKind, OperationStep},
     volume::{DiskKey, VolumeKey},
 };
 
-use super::state::meta;
+use super::{state::meta, volume_state::CopyState};
 
 /// Why `flow` cannot be run safely, if it cannot.
 pub fn unreadable(flow: &pb::Flow) -> Option<String> {
@@ -33,11 +34,8 @@ pub fn unreadable(flow: &pb::Flow) -> Option<String> {
         return Some(format!("kind {} is not one this scheduler knows", m.kind));
     }
     for (i, v) in flow.volumes.iter().enumerate() {
-        if FlowVolumeState::try_from(v.state).is_err() {
-            return Some(format!(
-                "volume {i} has state {}, not one this scheduler knows",
-                v.state
-            ));
+        if let Err(bad) = CopyState::of(v) {
+            return Some(format!("volume {i}: {bad}"));
         }
         for (field, r) in [("source", &v.source), ("destination", &v.destination)] {
             if VolumeKey::from_pb(field, r.as_ref()).is_err() {
@@ -62,6 +60,11 @@ pub fn unreadable(flow: &pb::Flow) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use datapath_api::{
+        ids::{HostId, JobId},
+        pb::FlowVolumeState,
+    };
+
     use super::*;
 
     fn disk() -> pb::DiskRef {
@@ -94,6 +97,8 @@ mod tests {
                 source: Some(volume(&src)),
                 destination: Some(volume(&dst)),
                 state: FlowVolumeState::Copying as i32,
+                job_id: JobId::random().to_string(),
+                host_id: HostId::random().to_string(),
                 ..Default::default()
             }],
             destination: Some(dst.clone()),
@@ -106,7 +111,7 @@ mod tests {
     fn a_flow_is_run_only_when_every_part_of_it_is_known() {
         assert_eq!(unreadable(&flow()), None);
         type Breaks = fn(&mut pb::Flow);
-        let broken: [(&str, Breaks); 7] = [
+        let broken: [(&str, Breaks); 9] = [
             ("step", |f| {
                 f.operation
                     .as_mut()
@@ -135,6 +140,8 @@ mod tests {
                     .kind = 42
             }),
             ("state", |f| f.volumes[0].state = 17),
+            ("job id", |f| f.volumes[0].job_id.clear()),
+            ("host id", |f| f.volumes[0].host_id = "h1".into()),
             ("source", |f| {
                 f.volumes[0].source.as_mut().unwrap().volume_id = "x".into()
             }),

@@ -7,11 +7,15 @@
 //! - a lost attempt or a failure of the copy counts; a failure also waits a growing pause before
 //!   the next attempt, so attempts never burn out in a second; after the last one the flow fails
 //!   with the last cause.
+//!
+//! Those rules are decided in `retry.rs`; the volume's state is read and written as a typed
+//! [`CopyState`] (`volume_state.rs`).
 use std::time::Duration;
 
 use datapath_api::{
+    ids::{HostId, JobId},
     job_error::{class_of, AttemptClass, JobErrorCode},
-    pb::{self, FlowVolumeState, JobStatus},
+    pb::{self, JobStatus},
 };
 use tonic::Code;
 use tracing::{info, warn, Instrument as _, Span};
@@ -22,8 +26,11 @@ use super::{
     failpoint::Failpoint,
     follow::{follow, JobEnd},
     placement::{place, unplace, Placement},
+    retry::Verdict,
     runner::Run,
-    spans, Stop,
+    spans,
+    volume_state::{Attempt, BadCopyState, CopyState},
+    Stop,
 };
 
 /// How a volume's copy ended.
@@ -45,10 +52,16 @@ pub async fn copy_volume(run: &Run, idx: usize) -> Result<Outcome, Stop> {
     loop {
         let flow = run.record.get().await;
         let v = flow.volumes[idx].clone();
-        match FlowVolumeState::try_from(v.state).unwrap_or_default() {
-            FlowVolumeState::Copied => return Ok(Outcome::Copied),
-            FlowVolumeState::Failed => return Ok(Outcome::Failed(failed(&v))),
-            FlowVolumeState::Copying => {
+        let state = match CopyState::of(&v) {
+            Ok(state) => state,
+            // Checked when the flow was loaded (`check.rs`) and written typed since: only a record
+            // changed under the runner gets here, and the copy is not run from a guess.
+            Err(bad) => return Ok(Outcome::Failed(unreadable(&v, &bad))),
+        };
+        match state {
+            CopyState::Copied => return Ok(Outcome::Copied),
+            CopyState::Failed => return Ok(Outcome::Failed(failed(&v))),
+            CopyState::Copying(_) => {
                 let span = placed.take().unwrap_or_else(|| spans::attempt(&v));
                 let ended = follow(run, idx, &v).instrument(span.clone()).await?;
                 let end = settle(run, &v, ended).instrument(span.clone()).await?;
@@ -59,7 +72,7 @@ pub async fn copy_volume(run: &Run, idx: usize) -> Result<Outcome, Stop> {
                     return Ok(outcome);
                 }
             }
-            FlowVolumeState::Pending | FlowVolumeState::Unspecified => {
+            CopyState::Pending => {
                 if run.stopping() {
                     return Ok(Outcome::Cancelled);
                 }
@@ -68,7 +81,7 @@ pub async fn copy_volume(run: &Run, idx: usize) -> Result<Outcome, Stop> {
                     Placement::Stopped => return Ok(Outcome::Cancelled),
                     Placement::NoHost(message) => {
                         run.record
-                            .update(|f| f.volumes[idx].state = FlowVolumeState::Failed as i32)
+                            .update(|f| CopyState::Failed.store(&mut f.volumes[idx]))
                             .await?;
                         return Ok(Outcome::Failed(pb::OperationError {
                             code: Code::FailedPrecondition as i32,
@@ -79,6 +92,16 @@ pub async fn copy_volume(run: &Run, idx: usize) -> Result<Outcome, Stop> {
                 }
             }
         }
+    }
+}
+
+/// The flow's error when volume `v`'s stored state cannot be read.
+fn unreadable(v: &pb::FlowVolume, bad: &BadCopyState) -> pb::OperationError {
+    let vol = v.destination.as_ref().map_or("?", |d| d.volume_id.as_str());
+    pb::OperationError {
+        code: Code::Internal as i32,
+        message: format!("the flow's record of volume {vol} cannot be read: {bad}"),
+        reason: "BAD_FLOW_RECORD".into(),
     }
 }
 
@@ -120,6 +143,16 @@ async fn start_attempt(
         host_id: host.host_id.clone(),
         ..v.clone()
     };
+    let Ok(host_id) = HostId::parse("host_id", &host.host_id) else {
+        // A registration edited by hand: that host is tried no more for this volume.
+        unplace(run, &attempt).await;
+        let error = pb::JobError {
+            code: JobErrorCode::HostUnreachable.to_string(),
+            message: format!("host id {:?} is not a host id", host.host_id),
+        };
+        transient(run, idx, &attempt, error, false).await?;
+        return Ok(None);
+    };
     let client = match run.engine.clients.host(&host) {
         Ok(c) => c,
         Err(_) => {
@@ -150,15 +183,17 @@ async fn start_attempt(
             return Ok(None);
         }
     };
-    let job_id = datapath_api::ids::JobId::random().to_string();
+    let attempt = Attempt {
+        job: JobId::random(),
+        host: host_id,
+        expected_generation: generation.unwrap_or_default(),
+    };
+    let job_id = attempt.job;
     let flow = run
         .record
         .update(|f| {
             let v = &mut f.volumes[idx];
-            v.state = FlowVolumeState::Copying as i32;
-            v.job_id = job_id.clone();
-            v.host_id = host.host_id.clone();
-            v.expected_generation = generation.unwrap_or_default();
+            CopyState::Copying(attempt).store(v);
             v.attempts += 1;
             v.progress = 0;
             v.job_status = JobStatus::Pending as i32;
@@ -219,7 +254,7 @@ async fn end_attempt(
             run.record
                 .stage(|f| {
                     let v = &mut f.volumes[idx];
-                    v.state = FlowVolumeState::Copied as i32;
+                    CopyState::Copied.store(v);
                     v.progress = 100;
                     v.job_status = JobStatus::Succeeded as i32;
                     v.transient_since = None;
@@ -261,8 +296,12 @@ async fn transient(
         .ok()
         .and_then(|t| t.elapsed().ok())
         .unwrap_or_default();
-    let budget = run.engine.settings.copy_retry_budget;
-    let give_up = spent >= budget;
+    let verdict = run
+        .engine
+        .settings
+        .retry_policy()
+        .after_transient(v.transient_retries + 1, spent);
+    let give_up = verdict == Verdict::GiveUp;
     warn!(op = %run.record.op, job_id = %v.job_id, host = %v.host_id, code = %error.code, message = %error.message, ?spent, give_up, "copy met a transient conflict");
     metrics::attempt_ended("transient");
     if give_up {
@@ -270,7 +309,7 @@ async fn transient(
             "{} (still so after {}s of retries; the budget is {}s)",
             error.message,
             spent.as_secs(),
-            budget.as_secs()
+            run.engine.settings.copy_retry_budget.as_secs()
         );
     }
     let by_host = error.code == JobErrorCode::HostUnreachable.as_str();
@@ -290,12 +329,13 @@ async fn transient(
             not_copied(v, error, give_up);
         })
         .await?;
-    let v = &flow.volumes[idx];
-    if give_up {
-        return Ok(Some(Outcome::Failed(failed(v))));
+    match verdict {
+        Verdict::GiveUp => Ok(Some(Outcome::Failed(failed(&flow.volumes[idx])))),
+        Verdict::Retry(p) => {
+            pause(run, p).await;
+            Ok(None)
+        }
     }
-    pause(run, transient_pause(v.transient_retries)).await;
-    Ok(None)
 }
 
 /// An attempt that counts: lost (its destination was fenced) or failed for a reason of its own.
@@ -306,7 +346,12 @@ async fn counted(
     class: AttemptClass,
     error: pb::JobError,
 ) -> Result<Option<Outcome>, Stop> {
-    let last = v.attempts >= run.engine.settings.copy_attempts.max(1);
+    let verdict = run
+        .engine
+        .settings
+        .retry_policy()
+        .after_counted(v.attempts, class);
+    let last = verdict == Verdict::GiveUp;
     warn!(op = %run.record.op, job_id = %v.job_id, host = %v.host_id, code = %error.code, message = %error.message, ?class, last, "copy attempt failed");
     let flow = run
         .record
@@ -317,14 +362,15 @@ async fn counted(
             not_copied(v, error, last);
         })
         .await?;
-    let v = &flow.volumes[idx];
-    if last {
-        return Ok(Some(Outcome::Failed(failed(v))));
+    match verdict {
+        Verdict::GiveUp => Ok(Some(Outcome::Failed(failed(&flow.volumes[idx])))),
+        Verdict::Retry(p) => {
+            if !p.is_zero() {
+                pause(run, p).await;
+            }
+            Ok(None)
+        }
     }
-    if class == AttemptClass::Failure {
-        pause(run, failure_pause(v.attempts)).await;
-    }
-    Ok(None)
 }
 
 /// Records an attempt that ended without a copy: its error, and the volume pending another attempt,
@@ -332,23 +378,12 @@ async fn counted(
 fn not_copied(v: &mut pb::FlowVolume, error: pb::JobError, final_: bool) {
     v.job_status = JobStatus::Failed as i32;
     v.last_error = Some(error);
-    v.state = if final_ {
-        FlowVolumeState::Failed
+    if final_ {
+        CopyState::Failed
     } else {
-        FlowVolumeState::Pending
-    } as i32;
-}
-
-/// The pause after the `n`th transient conflict in a volume's copy: 0.5 s, doubling, at most 5 s.
-fn transient_pause(n: u32) -> Duration {
-    (Duration::from_millis(500) * 2u32.saturating_pow(n.saturating_sub(1).min(4)))
-        .min(Duration::from_secs(5))
-}
-
-/// The pause after the `n`th failed attempt: 1 s, doubling, at most 10 s.
-fn failure_pause(n: u32) -> Duration {
-    (Duration::from_secs(1) * 2u32.saturating_pow(n.saturating_sub(1).min(4)))
-        .min(Duration::from_secs(10))
+        CopyState::Pending
+    }
+    .store(v);
 }
 
 /// Waits `d`, or less if the flow starts stopping.
@@ -360,25 +395,5 @@ async fn pause(run: &Run, d: Duration) {
     tokio::select! {
         _ = tokio::time::sleep(d) => {}
         _ = stop.changed() => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pauses_grow_and_are_bounded() {
-        let t: Vec<_> = (1..=7).map(transient_pause).collect();
-        assert_eq!(t[0], Duration::from_millis(500));
-        assert_eq!(t[1], Duration::from_secs(1));
-        assert!(t.windows(2).all(|w| w[0] <= w[1]), "{t:?}");
-        assert_eq!(t[6], Duration::from_secs(5));
-        let f: Vec<_> = (1..=7).map(failure_pause).collect();
-        assert_eq!(f[0], Duration::from_secs(1));
-        assert_eq!(f[1], Duration::from_secs(2));
-        assert_eq!(f[6], Duration::from_secs(10));
-        // Three attempts never burn within a second: two pauses of at least 1 s lie between them.
-        assert!(failure_pause(1) + failure_pause(2) >= Duration::from_secs(3));
     }
 }

@@ -13,9 +13,11 @@ pub mod machine;
 pub mod placement;
 pub mod plan;
 pub mod progress;
+pub mod retry;
 pub mod runner;
 mod spans;
 pub mod state;
+pub mod volume_state;
 
 /// Why a flow runner stopped before its flow ended.
 #[derive(Debug, thiserror::Error)]

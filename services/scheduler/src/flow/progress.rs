@@ -1,9 +1,9 @@
 //! An operation's progress, as oVirt weighs it: creating the structure is the first 10 %, copying the
 //! other 90 % split by each volume's size. Shown progress never goes down (a retried copy starts
 //! again from 0, the figure waits for it to catch up).
-use datapath_api::pb::{self, FlowVolumeState, OperationStep};
+use datapath_api::pb::{self, OperationStep};
 
-use super::state::meta_mut;
+use super::{state::meta_mut, volume_state::CopyState};
 
 /// The share of the structure step.
 const STRUCTURE: f64 = 10.0;
@@ -24,7 +24,7 @@ pub fn compute(flow: &pb::Flow, step: OperationStep, succeeded: bool) -> u32 {
                 .volumes
                 .iter()
                 .map(|v| {
-                    let p = if v.state == FlowVolumeState::Copied as i32 {
+                    let p = if CopyState::of(v) == Ok(CopyState::Copied) {
                         100.0
                     } else {
                         f64::from(v.progress.min(100))
@@ -56,7 +56,7 @@ pub fn refresh(flow: &mut pb::Flow) {
                 .unwrap_or_default(),
             job_id: v.job_id.clone(),
             host_id: v.host_id.clone(),
-            progress: if v.state == FlowVolumeState::Copied as i32 {
+            progress: if CopyState::of(v) == Ok(CopyState::Copied) {
                 100
             } else {
                 v.progress
@@ -78,6 +78,7 @@ pub fn refresh(flow: &mut pb::Flow) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datapath_api::pb::FlowVolumeState;
 
     fn vol(size: u64, progress: u32, state: FlowVolumeState) -> pb::FlowVolume {
         pb::FlowVolume {

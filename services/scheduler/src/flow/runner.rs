@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use datapath_api::{
     ids::OperationId,
-    pb::{self, FlowVolumeState, OperationKind, OperationStep},
+    pb::{self, OperationKind, OperationStep},
     volume::DiskKey,
 };
 use datapath_coord::{election::Leadership, flows::Versioned};
@@ -23,6 +23,7 @@ use super::{
     machine::{self, Action, Next},
     spans,
     state::{meta, meta_mut, Begin, FlowRecord},
+    volume_state::CopyState,
     Stop,
 };
 use crate::{
@@ -367,13 +368,13 @@ async fn rollback(run: &Run) -> Result<(), Stop> {
     run.abandon.send_replace(true);
     let flow = run.record.get().await;
     for v in &flow.volumes {
-        if v.state == FlowVolumeState::Copying as i32 && !v.job_id.is_empty() {
+        if let Ok(CopyState::Copying(attempt)) = CopyState::of(v) {
             let _ = run
                 .engine
                 .clients
                 .tracker()
                 .abort_job(pb::AbortJobRequest {
-                    job_id: v.job_id.clone(),
+                    job_id: attempt.job.to_string(),
                 })
                 .await;
         }
