@@ -318,3 +318,78 @@ async fn a_flow_ends_and_releases_its_locks_in_one_transaction_or_not_at_all() {
         .unwrap();
     assert!(left.kvs().is_empty(), "locks left: {:?}", left.kvs());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_records_read_in_transactions_answer_as_key_by_key_reads() {
+    use datapath_coord::volume_reads::Wanted;
+    let tc = TestCluster::start(1, |_| {}).await.unwrap();
+    let coord = coord(&tc).await;
+    let mut etcd = tc.etcd.clone();
+    let layout = tc.layout();
+    let record = |job: &str| pb::VolumeLease {
+        host_id: uuid::Uuid::new_v4().to_string(),
+        job_id: job.to_string(),
+        ..Default::default()
+    };
+    // 60 volumes, everything asked of each: 180 reads, more than one transaction may hold (128).
+    let volumes: Vec<VolumeKey> = (0..60).map(|_| volume()).collect();
+    for (i, v) in volumes.iter().enumerate() {
+        if i % 2 == 0 {
+            etcd.put(layout.generation(v), (i as u64 + 3).to_string(), None)
+                .await
+                .unwrap();
+        }
+        if i % 3 == 0 {
+            let job = uuid::Uuid::new_v4().to_string();
+            etcd.put(layout.volume_lease(v), record(&job).encode_to_vec(), None)
+                .await
+                .unwrap();
+        }
+        for _ in 0..(i % 4) {
+            let job = datapath_api::ids::JobId::random();
+            etcd.put(
+                layout.volume_hold(v, job),
+                record(&job.to_string()).encode_to_vec(),
+                None,
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let all = Wanted {
+        generation: true,
+        lease: true,
+        holds: true,
+    };
+    let asks: Vec<_> = volumes.iter().map(|v| (*v, all)).collect();
+    let read = coord.volume_records(&asks).await.unwrap();
+    assert_eq!(read.len(), volumes.len());
+    for (i, (v, r)) in volumes.iter().zip(&read).enumerate() {
+        assert_eq!(
+            r.generation,
+            coord.generation(v).await.unwrap(),
+            "volume {i}"
+        );
+        assert_eq!(r.lease, coord.volume_lease(v).await.unwrap(), "volume {i}");
+        let mut holds = coord.volume_holds(v).await.unwrap();
+        let mut got = r.holds.clone();
+        holds.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+        got.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+        assert_eq!(got, holds, "volume {i}");
+        assert_eq!(r.holds.len(), i % 4, "volume {i}");
+        assert_eq!(r.generation.is_some(), i % 2 == 0, "volume {i}");
+        assert_eq!(r.lease.is_some(), i % 3 == 0, "volume {i}");
+    }
+    // What is not asked is not answered.
+    let only_lease = Wanted {
+        lease: true,
+        ..Wanted::default()
+    };
+    let read = coord
+        .volume_records(&[(volumes[0], only_lease), (volumes[6], Wanted::default())])
+        .await
+        .unwrap();
+    assert!(read[0].lease.is_some());
+    assert_eq!((read[0].generation, read[0].holds.len()), (None, 0));
+    assert_eq!(read[1], Default::default());
+}

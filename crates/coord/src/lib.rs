@@ -26,6 +26,7 @@ pub mod session;
 pub mod snapshot;
 pub mod volume_holds;
 pub mod volume_leases;
+pub mod volume_reads;
 pub mod volume_view;
 mod watched;
 

@@ -15,8 +15,9 @@ use std::sync::Arc;
 use datapath_api::{
     job_error::JobErrorCode,
     pb::{self, JobStatus},
-    volume::{CopyDataSpec, Legality},
+    volume::{CopyDataSpec, Legality, VolumeKey},
 };
+use datapath_coord::volume_reads::Wanted;
 use tracing::{info, warn, Instrument as _};
 
 use crate::{
@@ -26,7 +27,7 @@ use crate::{
     metrics::{CopyMeter, CopyResult},
     reporter::FINAL_REPORT_DEADLINE,
     spans,
-    worker::Worker,
+    worker::{VolumeAsk, Worker},
 };
 
 /// How a job ended, when not well.
@@ -198,11 +199,30 @@ async fn validate(worker: &Worker, spec: &CopyDataSpec) -> Result<u64, Error> {
             format!("destination generation is {}, not {g}", dst.generation),
         ));
     }
-    for (volume, field) in [
+    // Both volumes' leases and the destination's read holds, in one etcd round trip.
+    let ask = |volume: VolumeKey, holds: bool| VolumeAsk {
+        volume,
+        on_file: 0,
+        wanted: Wanted {
+            generation: false,
+            lease: true,
+            holds,
+        },
+    };
+    let seen = worker
+        .volume_records(&[
+            ask(spec.destination.volume, true),
+            ask(spec.source.volume, false),
+        ])
+        .await?;
+    for ((volume, field), seen) in [
         (&spec.destination.volume, "destination.volume"),
         (&spec.source.volume, "source.volume"),
-    ] {
-        if let Some(holder) = worker.volume_lease(volume).await? {
+    ]
+    .into_iter()
+    .zip(seen)
+    {
+        if let Some(holder) = seen.lease {
             return Err(Error::precondition(
                 JobErrorCode::LeaseHeld.as_str(),
                 field,
@@ -212,17 +232,15 @@ async fn validate(worker: &Worker, spec: &CopyDataSpec) -> Result<u64, Error> {
                 ),
             ));
         }
-        if field == "destination.volume" {
-            if let Some(reader) = worker.volume_hold(volume).await? {
-                return Err(Error::precondition(
-                    JobErrorCode::VolumeInUse.as_str(),
-                    field,
-                    format!(
-                        "volume {volume} is read by job {} on host {}: it cannot be written until that copy ends",
-                        reader.job_id, reader.host_id
-                    ),
-                ));
-            }
+        if let Some(reader) = seen.hold {
+            return Err(Error::precondition(
+                JobErrorCode::VolumeInUse.as_str(),
+                field,
+                format!(
+                    "volume {volume} is read by job {} on host {}: it cannot be written until that copy ends",
+                    reader.job_id, reader.host_id
+                ),
+            ));
         }
         if let Some(job) = worker.jobs.writing(volume) {
             return Err(Error::precondition(

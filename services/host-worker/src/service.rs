@@ -12,13 +12,17 @@ use datapath_api::{
     pb::{self, host_worker_service_server::HostWorkerService},
     volume::{Allocation, Format, Legality, Role, VolumeKey},
 };
-use datapath_coord::volume_holds::Busy;
-use futures::{StreamExt as _, TryStreamExt as _};
+use datapath_coord::{volume_holds::Busy, volume_reads::Wanted};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::{
-    copy, error::Error, jobs::StopReason, spm, storage::volume::NewVolume, worker::Worker,
+    copy,
+    error::Error,
+    jobs::StopReason,
+    spm,
+    storage::volume::NewVolume,
+    worker::{VolumeAsk, Worker},
 };
 
 /// The HostWorkerService implementation.
@@ -35,23 +39,51 @@ impl HostWorkerApi {
     /// A volume as readers must see it: a generation recorded in etcd above the metadata's (a commit
     /// or a fence whose metadata write was lost) counts, and such a volume is not LEGAL.
     async fn volume_info(&self, key: &VolumeKey, field: &str) -> Result<pb::VolumeInfo, Error> {
-        let mut meta = self.worker.storage.read_meta(key, field)?;
-        // Both etcd reads at once (a host without the volume view makes them for every volume).
-        let (recorded, lease) = tokio::join!(
-            self.worker.generation_above(key, meta.generation),
-            self.worker.volume_lease(key),
-        );
-        if let Some(recorded) = recorded? {
-            meta.generation = recorded;
-            meta.legality = datapath_api::volume::Legality::Illegal;
-        }
-        let lease = lease?;
-        Ok(pb::VolumeInfo {
-            volume: Some(key.to_pb()),
-            metadata: Some(meta.to_pb()),
-            lease,
-            allocated_bytes: self.worker.storage.allocated_bytes(key),
-        })
+        let mut infos = self.volume_infos(std::slice::from_ref(key), field).await?;
+        Ok(infos.remove(0))
+    }
+
+    /// [`Self::volume_info`] of each of `keys`, their etcd records read in one transaction.
+    async fn volume_infos(
+        &self,
+        keys: &[VolumeKey],
+        field: &str,
+    ) -> Result<Vec<pb::VolumeInfo>, Error> {
+        let metas = keys
+            .iter()
+            .map(|key| self.worker.storage.read_meta(key, field))
+            .collect::<Result<Vec<_>, _>>()?;
+        let asks: Vec<VolumeAsk> = keys
+            .iter()
+            .zip(&metas)
+            .map(|(key, meta)| VolumeAsk {
+                volume: *key,
+                on_file: meta.generation,
+                wanted: Wanted {
+                    generation: true,
+                    lease: true,
+                    holds: false,
+                },
+            })
+            .collect();
+        let seen = self.worker.volume_records(&asks).await?;
+        Ok(keys
+            .iter()
+            .zip(metas)
+            .zip(seen)
+            .map(|((key, mut meta), seen)| {
+                if let Some(recorded) = seen.generation_above {
+                    meta.generation = recorded;
+                    meta.legality = datapath_api::volume::Legality::Illegal;
+                }
+                pb::VolumeInfo {
+                    volume: Some(key.to_pb()),
+                    metadata: Some(meta.to_pb()),
+                    lease: seen.lease,
+                    allocated_bytes: self.worker.storage.allocated_bytes(key),
+                }
+            })
+            .collect())
     }
 }
 
@@ -211,14 +243,8 @@ impl HostWorkerService for HostWorkerApi {
                 volume,
             })
             .collect();
-        // Read 16 at a time: a page costs a few etcd round trips' wait, not one per volume.
-        let reads = keys
-            .into_iter()
-            .map(|k| async move { self.volume_info(&k, "volume").await });
-        let volumes: Vec<pb::VolumeInfo> = futures::stream::iter(reads)
-            .buffered(16)
-            .try_collect()
-            .await?;
+        // The whole page's etcd records in one transaction, not two reads per volume.
+        let volumes = self.volume_infos(&keys, "volume").await?;
         Ok(Response::new(pb::ListVolumesResponse {
             volumes,
             next_page_token,

@@ -2,10 +2,37 @@
 use std::sync::Arc;
 
 use datapath_api::{ids::HostId, pb::VolumeLease, volume::VolumeKey};
-use datapath_coord::{session::SessionState, volume_view::VolumeView, Coord};
+use datapath_coord::{
+    session::SessionState,
+    volume_reads::{VolumeRecords, Wanted},
+    volume_view::VolumeView,
+    Coord,
+};
 use tokio::sync::{watch, Semaphore};
 
 use crate::{error::Error, jobs::HostJobs, reporter::Reporter, spm::Spm, storage::Storage};
+
+/// A question about one volume, for [`Worker::volume_records`].
+#[derive(Debug, Clone, Copy)]
+pub struct VolumeAsk {
+    /// The volume.
+    pub volume: VolumeKey,
+    /// Its generation in its metadata file (what a recorded generation must be above to count).
+    pub on_file: u64,
+    /// What is asked.
+    pub wanted: Wanted,
+}
+
+/// What a reader must know of one volume besides its metadata file; a part not asked is empty.
+#[derive(Debug, Clone, Default)]
+pub struct VolumeSeen {
+    /// A generation recorded in etcd above the file's.
+    pub generation_above: Option<u64>,
+    /// Its lease.
+    pub lease: Option<VolumeLease>,
+    /// A read hold on it (a copy reading it), if any.
+    pub hold: Option<VolumeLease>,
+}
 
 /// Everything a request handler or a job needs.
 pub struct Worker {
@@ -49,39 +76,42 @@ impl Worker {
         }
     }
 
-    /// The lease of `volume`. The volume view answers "none"; a lease it shows, or a volume it does
-    /// not know, is read from etcd — so nothing is ever refused or reported held on a lagging view
-    /// (PROTOCOLS.md, "Reads from the volume view").
-    pub async fn volume_lease(&self, volume: &VolumeKey) -> Result<Option<VolumeLease>, Error> {
-        if self.view_in_step() && self.volumes.lease_free(volume) {
-            return Ok(None);
-        }
-        Ok(self.coord.volume_lease(volume).await?)
-    }
-
-    /// A read hold on `volume` (a copy reading it), if any. The view answers "none"; a hold it shows
-    /// is confirmed against etcd.
-    pub async fn volume_hold(&self, volume: &VolumeKey) -> Result<Option<VolumeLease>, Error> {
-        if self.view_in_step() && self.volumes.hold_free(volume) {
-            return Ok(None);
-        }
-        Ok(self.coord.volume_holds(volume).await?.into_iter().next())
-    }
-
-    /// The generation etcd records for `volume` when it is above `on_file`, the metadata file's: a
-    /// fence that raised etcd and died before the file. The view answers "not above"; a record it
-    /// shows above the file is confirmed against etcd (commit and fence write etcd first, so a view
-    /// behind etcd only shows what the file already does).
-    pub async fn generation_above(
-        &self,
-        volume: &VolumeKey,
-        on_file: u64,
-    ) -> Result<Option<u64>, Error> {
-        if self.view_in_step() && self.volumes.generation_not_above(volume, on_file) {
-            return Ok(None);
-        }
-        let recorded = self.coord.generation(volume).await?;
-        Ok(recorded.map(|(g, _)| g).filter(|g| *g > on_file))
+    /// What etcd holds about each volume, as asked: for each, its generation record when above
+    /// `on_file` (its metadata file's: a commit or fence whose file write was lost), its lease, its
+    /// first read hold. The volume view answers "none" and "not above"; what it shows, or a volume it
+    /// does not know, is read from etcd — so nothing is ever refused or reported held on a lagging
+    /// view (PROTOCOLS.md, "Reads from the volume view"); commit and fence write etcd first, so a view
+    /// behind etcd only shows what the file already does. Whatever is left to read, for every
+    /// volume, is one etcd transaction.
+    pub async fn volume_records(&self, asks: &[VolumeAsk]) -> Result<Vec<VolumeSeen>, Error> {
+        let in_step = self.view_in_step();
+        let to_read: Vec<(VolumeKey, Wanted)> = asks
+            .iter()
+            .map(|a| {
+                let viewed = |free: bool| in_step && free;
+                let wanted = Wanted {
+                    generation: a.wanted.generation
+                        && !viewed(self.volumes.generation_not_above(&a.volume, a.on_file)),
+                    lease: a.wanted.lease && !viewed(self.volumes.lease_free(&a.volume)),
+                    holds: a.wanted.holds && !viewed(self.volumes.hold_free(&a.volume)),
+                };
+                (a.volume, wanted)
+            })
+            .collect();
+        let read = if to_read.iter().any(|(_, w)| *w != Wanted::default()) {
+            self.coord.volume_records(&to_read).await?
+        } else {
+            vec![VolumeRecords::default(); asks.len()]
+        };
+        Ok(asks
+            .iter()
+            .zip(read)
+            .map(|(a, r)| VolumeSeen {
+                generation_above: r.generation.map(|(g, _)| g).filter(|g| *g > a.on_file),
+                lease: r.lease,
+                hold: r.holds.into_iter().next(),
+            })
+            .collect())
     }
 
     /// The view is trusted only while this host's session stands: a host cut off from etcd loses
