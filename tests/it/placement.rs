@@ -202,22 +202,27 @@ fn hosts_of(jobs: &[pb::Job]) -> Vec<String> {
     jobs.iter().map(|j| j.host_id.clone()).collect()
 }
 
+/// Six 8 MiB moves between two fresh domains, sent at once on a cluster throttled to 4 MiB/s (so
+/// each copy takes about two seconds and they can overlap); the copy job of each, all succeeded.
+async fn six_overlapping_moves(tc: &TestCluster) -> Vec<pb::Job> {
+    let (a, b) = (tc.domain().await, tc.domain().await);
+    wait_hosts_reach(tc, &[&a, &b]).await;
+    let mut disks = Vec::new();
+    for _ in 0..6 {
+        disks.push(single_disk(tc, &a, 8 * MIB, 8).await);
+    }
+    let names = start_moves(tc, &disks, &b).await;
+    all_succeed(tc, &names).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_loaded_spreads_six_concurrent_moves_over_the_hosts() {
     // 8 MiB at 4 MiB/s: each copy takes about two seconds, so the six overlap.
     let tc = TestCluster::start(3, |c| throttle(c, 4 * MIB))
         .await
         .unwrap();
-    let (a, b) = (tc.domain().await, tc.domain().await);
-    wait_hosts_reach(&tc, &[&a, &b]).await;
-    let mut disks = Vec::new();
-    for _ in 0..6 {
-        disks.push(single_disk(&tc, &a, 8 * MIB, 8).await);
-    }
     let spm = spm_id(&tc).await;
-
-    let names = start_moves(&tc, &disks, &b).await;
-    let jobs = all_succeed(&tc, &names).await;
+    let jobs = six_overlapping_moves(&tc).await;
     let hosts = hosts_of(&jobs);
 
     assert_eq!(hosts.len(), 6, "{hosts:?}");
@@ -248,14 +253,7 @@ async fn with_one_turn_to_start_a_flow_the_copies_still_run_at_once() {
     })
     .await
     .unwrap();
-    let (a, b) = (tc.domain().await, tc.domain().await);
-    wait_hosts_reach(&tc, &[&a, &b]).await;
-    let mut disks = Vec::new();
-    for _ in 0..6 {
-        disks.push(single_disk(&tc, &a, 8 * MIB, 8).await);
-    }
-    let names = start_moves(&tc, &disks, &b).await;
-    let jobs = all_succeed(&tc, &names).await;
+    let jobs = six_overlapping_moves(&tc).await;
     assert_eq!(jobs.len(), 6, "{jobs:#?}");
     assert!(
         most_at_once(&jobs) >= 3,

@@ -156,6 +156,11 @@ pub(crate) async fn send_moves(
     Ok(accept)
 }
 
+/// How long `m` operations are given to end.
+fn time_allowed(m: usize) -> Duration {
+    Duration::from_secs(120 + m as u64 / 5)
+}
+
 /// Counts operations as they end, on one watch of the flow records opened before they are sent,
 /// so that waiting for thousands of operations costs the control plane nothing: listing every
 /// operation once a second (what [`wait_done`] does) read every flow record from etcd each time,
@@ -179,7 +184,7 @@ impl DoneWatch {
     /// Waits until `m` operations are done (then list them with [`wait_done`], which answers at
     /// once); polls as [`wait_done`] does if the watch ends.
     pub(crate) async fn wait(mut self, sched: &mut Scheduler, m: usize) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120 + m as u64 / 5);
+        let deadline = Instant::now() + time_allowed(m);
         while self.done.len() < m {
             let next = tokio::time::timeout_at(deadline.into(), self.watch.next()).await;
             let changes = match next {
@@ -207,7 +212,7 @@ pub(crate) async fn wait_done(
     sched: &mut Scheduler,
     m: usize,
 ) -> anyhow::Result<Vec<pb::Operation>> {
-    let deadline = Instant::now() + Duration::from_secs(120 + m as u64 / 5);
+    let deadline = Instant::now() + time_allowed(m);
     loop {
         let mut all = Vec::with_capacity(m);
         let mut token = String::new();

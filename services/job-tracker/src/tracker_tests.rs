@@ -134,10 +134,21 @@ impl JobStore for MemJobs {
 
     async fn list_jobs_after(
         &self,
-        _after: Option<&str>,
-        _limit: usize,
+        after: Option<&str>,
+        limit: usize,
     ) -> Result<(Vec<pb::Job>, Option<String>, bool)> {
-        unimplemented!("paging is tested against etcd")
+        // A range read in id order, as etcd's over `jobs/<id>`.
+        let m = self.0.lock().unwrap();
+        let mut ids: Vec<String> = m.records.keys().map(JobId::to_string).collect();
+        ids.sort();
+        ids.retain(|id| after.is_none_or(|a| id.as_str() > a));
+        let more = ids.len() > limit;
+        ids.truncate(limit);
+        let jobs = ids
+            .iter()
+            .map(|id| m.records[&id.parse::<JobId>().unwrap()].job.clone())
+            .collect();
+        Ok((jobs, ids.last().cloned(), more))
     }
 }
 
@@ -351,4 +362,61 @@ async fn a_repeated_create_returns_the_job_and_another_hosts_create_of_its_id_is
         .unwrap_err();
     assert!(matches!(err, Error::Exists(_)), "{err:?}");
     assert_eq!(store.stored(id).job.host_id, host.to_string());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_listing_pages_through_the_store_filters_by_host_and_shows_progress_not_yet_written() {
+    let store = Arc::new(MemJobs::default());
+    let tracker = Tracker::new(store.clone(), 0);
+    let (mine, theirs) = (HostId::random(), HostId::random());
+    let mut my_jobs = Vec::new();
+    for i in 0..5 {
+        let (id, host) = (JobId::random(), if i % 2 == 0 { mine } else { theirs });
+        tracker.create(Some(&new_job(id, host))).await.unwrap();
+        if host == mine {
+            my_jobs.push(id);
+        }
+    }
+    // Progress kept within the coalescing window is shown by a listing too.
+    let kept = my_jobs[0];
+    tracker
+        .update(&report(kept, mine, JobStatus::Running, None))
+        .await
+        .unwrap();
+    tracker
+        .update(&report(kept, mine, JobStatus::Unspecified, Some(40)))
+        .await
+        .unwrap();
+    assert_eq!(store.stored(kept).job.progress, 0, "not written yet");
+
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (page, next) = tracker
+            .list(&pb::ListJobsRequest {
+                host_id: mine.to_string(),
+                page_size: 2,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(page.len() <= 2);
+        listed.extend(page);
+        if next.is_empty() {
+            break;
+        }
+        token = next;
+    }
+    let mut ids: Vec<String> = listed.iter().map(|j| j.job_id.clone()).collect();
+    let mut want: Vec<String> = my_jobs.iter().map(JobId::to_string).collect();
+    want.sort();
+    assert_eq!(ids, want, "every job of the host, once, in id order");
+    ids.dedup();
+    assert_eq!(ids.len(), my_jobs.len());
+    let shown = listed
+        .iter()
+        .find(|j| j.job_id == kept.to_string())
+        .unwrap();
+    assert_eq!(shown.progress, 40);
 }
