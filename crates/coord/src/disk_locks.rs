@@ -12,6 +12,11 @@
 //!
 //! Every change is a read, an edit and a compare-and-swap on the revision read, tried again while
 //! the lock changes under it — at most [`LOCK_RETRIES`] times, then [`CoordError::LockBusy`].
+//!
+//! What a claim or a mark makes of a lock is decided by pure functions ([`claim`], [`mark_deleting`],
+//! [`release`]) tested here; the scheduler asks for no more than [`DiskLocks`], so its waits are
+//! unit-tested on in-memory locks, and [`Coord`] is the etcd one.
+use async_trait::async_trait;
 use datapath_api::{pb, volume::DiskKey};
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use prost::Message;
@@ -80,6 +85,127 @@ pub(crate) fn lock_compare(key: &str, expected: i64) -> Compare {
         Compare::create_revision(key, CompareOp::Equal, 0)
     } else {
         Compare::mod_revision(key, CompareOp::Equal, expected)
+    }
+}
+
+/// The locks `claims` make of `locks` (the claimed disks' locks as read, in `claims`' order) for
+/// the operation `name`, or why a lock refuses its claim.
+pub fn claim(
+    claims: &[(DiskKey, Claim)],
+    locks: Vec<Versioned<pb::DiskLock>>,
+    name: &str,
+) -> std::result::Result<Vec<LockChange>, LockRefusal> {
+    let mut changes = Vec::with_capacity(claims.len());
+    for ((disk, claim), current) in claims.iter().zip(locks) {
+        let mut lock = current.value;
+        match claim {
+            Claim::Own if !lock.owner.is_empty() => {
+                return Err(LockRefusal::Owned {
+                    disk: *disk,
+                    owner: lock.owner,
+                })
+            }
+            Claim::Read if lock.deleting => {
+                return Err(LockRefusal::Deleting {
+                    disk: *disk,
+                    owner: lock.owner,
+                })
+            }
+            Claim::Own => lock.owner = name.to_string(),
+            Claim::Read => lock.readers.push(name.to_string()),
+        }
+        changes.push(LockChange {
+            disk: *disk,
+            lock,
+            expected_revision: current.mod_revision,
+        });
+    }
+    Ok(changes)
+}
+
+/// The deleting mark of `current` by its owner `name`: answers the lock's revision while readers
+/// are left (`None` once none is), and writes the mark unless it stands.
+pub fn mark_deleting(current: &Versioned<pb::DiskLock>, name: &str) -> LockEdit<Option<i64>> {
+    let readers_left = (!current.value.readers.is_empty()).then_some(current.mod_revision);
+    if current.value.deleting && current.value.owner == name {
+        return LockEdit::Keep(readers_left);
+    }
+    let lock = pb::DiskLock {
+        owner: name.to_string(),
+        readers: current.value.readers.clone(),
+        deleting: true,
+    };
+    // With readers left, the wait after the revision read wakes at once on this very write, and
+    // the next call answers with the mark's own revision.
+    LockEdit::Write(lock, readers_left)
+}
+
+/// `lock` without `name`, as owner (with its deleting mark) or reader; `None` when `name` was not
+/// in it. An empty lock is deleted by whoever writes it.
+pub fn release(lock: &pb::DiskLock, name: &str) -> Option<pb::DiskLock> {
+    let mut left = lock.clone();
+    if left.owner == name {
+        left.owner.clear();
+        left.deleting = false;
+    }
+    left.readers.retain(|r| r != name);
+    (left != *lock).then_some(left)
+}
+
+/// The disk-lock protocol as flows use it; see the module's text.
+#[async_trait]
+pub trait DiskLocks: Send + Sync {
+    /// The locks of `disks`, in their order (an empty one at revision 0 where there is none).
+    async fn disk_locks(&self, disks: &[DiskKey]) -> Result<Vec<Versioned<pb::DiskLock>>>;
+
+    /// Returns at the first change of `disk`'s lock after `revision`, or at once if it changed
+    /// since; an error when the watch ends (the caller reads the lock again).
+    async fn disk_lock_changed(&self, disk: &DiskKey, revision: i64) -> Result<()>;
+
+    /// Creates flow `op` and takes its disks' locks as `claims` says, in one write (see
+    /// [`Coord::start_flow_locked`]).
+    async fn start_flow_locked(
+        &self,
+        op: OperationId,
+        flow: &pb::Flow,
+        claims: &[(DiskKey, Claim)],
+        as_read: Option<Vec<Versioned<pb::DiskLock>>>,
+    ) -> Result<std::result::Result<FlowStart, LockRefusal>>;
+
+    /// Marks `disk`, owned by `op_name`, as being deleted; `None` once no reader holds it, else
+    /// the lock's revision to wait for a change after ([`DiskLocks::disk_lock_changed`]).
+    async fn mark_disk_deleting(&self, disk: &DiskKey, op_name: &str) -> Result<Option<i64>>;
+
+    /// Removes `op_name` from the locks of `disks`, in one write. Idempotent.
+    async fn release_disk_locks(&self, disks: &[DiskKey], op_name: &str) -> Result<()>;
+}
+
+#[async_trait]
+impl DiskLocks for Coord {
+    async fn disk_locks(&self, disks: &[DiskKey]) -> Result<Vec<Versioned<pb::DiskLock>>> {
+        Coord::disk_locks(self, disks).await
+    }
+
+    async fn disk_lock_changed(&self, disk: &DiskKey, revision: i64) -> Result<()> {
+        Coord::disk_lock_changed(self, disk, revision).await
+    }
+
+    async fn start_flow_locked(
+        &self,
+        op: OperationId,
+        flow: &pb::Flow,
+        claims: &[(DiskKey, Claim)],
+        as_read: Option<Vec<Versioned<pb::DiskLock>>>,
+    ) -> Result<std::result::Result<FlowStart, LockRefusal>> {
+        Coord::start_flow_locked(self, op, flow, claims, as_read).await
+    }
+
+    async fn mark_disk_deleting(&self, disk: &DiskKey, op_name: &str) -> Result<Option<i64>> {
+        Coord::mark_disk_deleting(self, disk, op_name).await
+    }
+
+    async fn release_disk_locks(&self, disks: &[DiskKey], op_name: &str) -> Result<()> {
+        Coord::release_disk_locks(self, disks, op_name).await
     }
 }
 
@@ -182,15 +308,9 @@ impl Coord {
     ) -> Result<(Vec<Compare>, Vec<TxnOp>)> {
         let (mut when, mut then) = (Vec::new(), Vec::new());
         for (disk, current) in disks.iter().zip(self.disk_locks(disks).await?) {
-            let mut lock = current.value.clone();
-            if lock.owner == op_name {
-                lock.owner.clear();
-                lock.deleting = false;
-            }
-            lock.readers.retain(|r| r != op_name);
-            if lock == current.value {
+            let Some(lock) = release(&current.value, op_name) else {
                 continue;
-            }
+            };
             let key = self.keys().disk_lock(disk);
             when.push(lock_compare(&key, current.mod_revision));
             then.push(if lock.owner.is_empty() && lock.readers.is_empty() {
@@ -206,21 +326,8 @@ impl Coord {
     /// Returns `None` when no reader holds it any more, else the lock's revision as read: the
     /// caller waits for a change after it ([`Coord::disk_lock_changed`]) and asks again.
     pub async fn mark_disk_deleting(&self, disk: &DiskKey, op_name: &str) -> Result<Option<i64>> {
-        self.edit_disk_lock(disk, |current| {
-            let readers_left = (!current.value.readers.is_empty()).then_some(current.mod_revision);
-            if current.value.deleting && current.value.owner == op_name {
-                return LockEdit::Keep(readers_left);
-            }
-            let lock = pb::DiskLock {
-                owner: op_name.to_string(),
-                readers: current.value.readers.clone(),
-                deleting: true,
-            };
-            // With readers left, the wait after the revision read wakes at once on this very
-            // write, and the next call answers with the mark's own revision.
-            LockEdit::Write(lock, readers_left)
-        })
-        .await
+        self.edit_disk_lock(disk, |current| mark_deleting(current, op_name))
+            .await
     }
 
     /// Creates flow `op` (with its request key) and takes its disks' locks as `claims` says, in one
@@ -244,31 +351,10 @@ impl Coord {
                 Some(locks) => locks,
                 None => self.disk_locks(&disks).await?,
             };
-            let mut changes = Vec::with_capacity(claims.len());
-            for ((disk, claim), current) in claims.iter().zip(locks) {
-                let mut lock = current.value;
-                match claim {
-                    Claim::Own if !lock.owner.is_empty() => {
-                        return Ok(Err(LockRefusal::Owned {
-                            disk: *disk,
-                            owner: lock.owner,
-                        }))
-                    }
-                    Claim::Read if lock.deleting => {
-                        return Ok(Err(LockRefusal::Deleting {
-                            disk: *disk,
-                            owner: lock.owner,
-                        }))
-                    }
-                    Claim::Own => lock.owner = name.clone(),
-                    Claim::Read => lock.readers.push(name.clone()),
-                }
-                changes.push(LockChange {
-                    disk: *disk,
-                    lock,
-                    expected_revision: current.mod_revision,
-                });
-            }
+            let changes = match claim(claims, locks, &name) {
+                Ok(changes) => changes,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
             match self.start_flow(op, flow, &changes).await? {
                 FlowStart::LockChanged => continue,
                 started => return Ok(Ok(started)),
@@ -280,5 +366,130 @@ impl Coord {
                 .map(|(d, _)| d.to_string())
                 .unwrap_or_default(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datapath_api::ids::{ImageId, StorageDomainId};
+
+    use super::*;
+
+    fn disk() -> DiskKey {
+        DiskKey {
+            storage_domain: StorageDomainId::random(),
+            image: ImageId::random(),
+        }
+    }
+
+    fn at(owner: &str, readers: &[&str], deleting: bool, rev: i64) -> Versioned<pb::DiskLock> {
+        Versioned {
+            value: pb::DiskLock {
+                owner: owner.into(),
+                readers: readers.iter().map(|r| r.to_string()).collect(),
+                deleting,
+            },
+            mod_revision: rev,
+        }
+    }
+
+    #[test]
+    fn a_claim_takes_free_disks_as_read_and_refuses_an_owned_one_or_a_template_being_deleted() {
+        let (src, dst, tpl) = (disk(), disk(), disk());
+        let changes = claim(
+            &[(src, Claim::Own), (dst, Claim::Own), (tpl, Claim::Read)],
+            vec![
+                at("", &["operations/r"], false, 4),
+                at("", &[], false, 0),
+                at("operations/o", &["operations/r"], false, 9),
+            ],
+            "operations/me",
+        )
+        .unwrap();
+        let owners: Vec<_> = changes.iter().map(|c| c.lock.owner.as_str()).collect();
+        assert_eq!(owners, ["operations/me", "operations/me", "operations/o"]);
+        assert_eq!(changes[0].lock.readers, ["operations/r"], "readers kept");
+        assert_eq!(changes[2].lock.readers, ["operations/r", "operations/me"]);
+        let revisions: Vec<_> = changes.iter().map(|c| c.expected_revision).collect();
+        assert_eq!(revisions, [4, 0, 9], "each compared as read");
+
+        let owned = claim(
+            &[(src, Claim::Own), (dst, Claim::Own)],
+            vec![at("", &[], false, 0), at("operations/o", &[], false, 3)],
+            "operations/me",
+        );
+        assert_eq!(
+            owned.unwrap_err(),
+            LockRefusal::Owned {
+                disk: dst,
+                owner: "operations/o".into()
+            }
+        );
+        let deleting = claim(
+            &[(tpl, Claim::Read)],
+            vec![at("operations/o", &[], true, 3)],
+            "operations/me",
+        );
+        assert_eq!(
+            deleting.unwrap_err(),
+            LockRefusal::Deleting {
+                disk: tpl,
+                owner: "operations/o".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_mark_is_written_once_and_answers_the_revision_while_readers_are_left() {
+        let me = "operations/me";
+        match mark_deleting(&at(me, &["operations/r"], false, 5), me) {
+            LockEdit::Write(lock, Some(5)) => {
+                assert!(lock.deleting);
+                assert_eq!(lock.owner, me);
+                assert_eq!(
+                    lock.readers,
+                    ["operations/r"],
+                    "readers are waited for, not evicted"
+                );
+            }
+            _ => panic!("not marked"),
+        }
+        assert!(matches!(
+            mark_deleting(&at(me, &[], false, 5), me),
+            LockEdit::Write(_, None)
+        ));
+        assert!(matches!(
+            mark_deleting(&at(me, &["operations/r"], true, 6), me),
+            LockEdit::Keep(Some(6))
+        ));
+        assert!(matches!(
+            mark_deleting(&at(me, &[], true, 7), me),
+            LockEdit::Keep(None)
+        ));
+    }
+
+    #[test]
+    fn a_release_takes_the_operation_out_as_owner_or_reader_and_nothing_else() {
+        let me = "operations/me";
+        let owned = release(&at(me, &["operations/r"], true, 1).value, me).unwrap();
+        assert_eq!(
+            owned,
+            pb::DiskLock {
+                owner: String::new(),
+                readers: vec!["operations/r".into()],
+                deleting: false,
+            }
+        );
+        let read = release(
+            &at("operations/o", &[me, "operations/r"], false, 1).value,
+            me,
+        )
+        .unwrap();
+        assert_eq!(read.owner, "operations/o");
+        assert_eq!(read.readers, ["operations/r"]);
+        assert_eq!(
+            release(&at("operations/o", &["operations/r"], true, 1).value, me),
+            None
+        );
     }
 }

@@ -3,6 +3,10 @@
 //! loses the role when its lease expires (and steps down earlier, when its session is declared lost).
 //! A leader's writes that must not come from a deposed leader compare its leader key in the same
 //! transaction ([`Leadership::guard`]).
+//!
+//! The election loop (`candidacy.rs`) and the SPM's checks ask for no more than [`Elections`], so the
+//! loop's step-down rules are unit-tested on an in-memory election; [`Coord`] is the etcd one.
+use async_trait::async_trait;
 use etcd_client::{Compare, CompareOp, LeaderKey, ResignOptions};
 
 use crate::{Coord, Result};
@@ -50,8 +54,17 @@ impl Leadership {
     /// A leadership not won in etcd: for in-memory stores in unit tests, whose compares it names.
     #[doc(hidden)]
     pub fn detached(name: &str, revision: i64) -> Self {
+        Self::detached_on(name, revision, 0)
+    }
+
+    /// [`Leadership::detached`] on `lease`: for in-memory elections.
+    #[doc(hidden)]
+    pub fn detached_on(name: &str, revision: i64, lease: i64) -> Self {
         Self {
-            key: LeaderKey::new().with_key(name).with_rev(revision),
+            key: LeaderKey::new()
+                .with_key(name)
+                .with_rev(revision)
+                .with_lease(lease),
         }
     }
 
@@ -70,10 +83,36 @@ pub struct Leader {
     pub lease: i64,
 }
 
-impl Coord {
+/// What an election asks of the store: campaign, resign, who leads, and whether (and since when) a
+/// leadership still stands.
+#[async_trait]
+pub trait Elections: Send + Sync {
     /// Campaigns for `role` with `value` on `lease`; returns once this candidate leads. Blocks while
     /// another leads: run it in its own task and drop it to withdraw.
-    pub async fn campaign(&self, role: Role, value: &str, lease: i64) -> Result<Leadership> {
+    async fn campaign(&self, role: Role, value: &str, lease: i64) -> Result<Leadership>;
+
+    /// Gives the role up at once (instead of when the lease expires).
+    async fn resign(&self, leadership: &Leadership) -> Result<()>;
+
+    /// Who holds `role` now, if anyone.
+    async fn leader(&self, role: Role) -> Result<Option<Leader>>;
+
+    /// Whether `leadership` still stands, and the revision the answer was read at.
+    async fn leadership_at(&self, leadership: &Leadership) -> Result<(bool, i64)>;
+
+    /// Returns at the first change (rewrite or deletion) of `leadership`'s key after `revision`, or at
+    /// once if it changed since; an error when the watch ends (the caller reads the key again).
+    async fn leader_key_changed(&self, leadership: &Leadership, revision: i64) -> Result<()>;
+
+    /// Whether `leadership` still stands.
+    async fn still_leads(&self, leadership: &Leadership) -> Result<bool> {
+        Ok(self.leadership_at(leadership).await?.0)
+    }
+}
+
+#[async_trait]
+impl Elections for Coord {
+    async fn campaign(&self, role: Role, value: &str, lease: i64) -> Result<Leadership> {
         let name = self.keys().election(role.name());
         let mut resp = self
             .blocking()
@@ -85,8 +124,7 @@ impl Coord {
         Ok(Leadership { key })
     }
 
-    /// Gives the role up at once (instead of when the lease expires).
-    pub async fn resign(&self, leadership: &Leadership) -> Result<()> {
+    async fn resign(&self, leadership: &Leadership) -> Result<()> {
         self.client()
             .resign(Some(
                 ResignOptions::new().with_leader(leadership.key.clone()),
@@ -95,8 +133,7 @@ impl Coord {
         Ok(())
     }
 
-    /// Who holds `role` now, if anyone.
-    pub async fn leader(&self, role: Role) -> Result<Option<Leader>> {
+    async fn leader(&self, role: Role) -> Result<Option<Leader>> {
         match self
             .client()
             .leader(self.keys().election(role.name()))
@@ -112,13 +149,7 @@ impl Coord {
         }
     }
 
-    /// Whether `leadership` still stands in etcd.
-    pub async fn still_leads(&self, leadership: &Leadership) -> Result<bool> {
-        Ok(self.leadership_at(leadership).await?.0)
-    }
-
-    /// Whether `leadership` still stands in etcd, and the revision etcd answered at.
-    pub(crate) async fn leadership_at(&self, leadership: &Leadership) -> Result<(bool, i64)> {
+    async fn leadership_at(&self, leadership: &Leadership) -> Result<(bool, i64)> {
         let resp = self.client().get(leadership.key.key(), None).await?;
         let stands = resp
             .kvs()
@@ -128,5 +159,10 @@ impl Coord {
             stands,
             resp.header().map(|h| h.revision()).unwrap_or_default(),
         ))
+    }
+
+    async fn leader_key_changed(&self, leadership: &Leadership, revision: i64) -> Result<()> {
+        self.key_changed_after(leadership.key_name(), revision)
+            .await
     }
 }

@@ -8,7 +8,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use datapath_api::{ids::OperationId, pb, volume::DiskKey};
 
-use crate::{election::Leadership, flows::Versioned, retention::RetentionLeases, Coord, Result};
+use crate::{
+    election::{Elections, Leadership},
+    flows::Versioned,
+    retention::RetentionLeases,
+    Coord, Result,
+};
 
 /// A flow record's store, for its runner.
 #[async_trait]

@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 use datapath_api::ids::HostId;
 use datapath_coord::{
     candidacy::{self, Candidate, StepDown},
-    election::{Leader, Leadership, Role},
+    election::{Elections as _, Leader, Leadership, Role},
     session::SessionState,
 };
 use tokio::sync::watch;

@@ -72,6 +72,8 @@ pub struct Engine {
     pub selector: Arc<dyn HostSelector>,
     /// Tunables.
     pub settings: Settings,
+    /// The disk locks, as MoveDisk, CloneDisk and a move's source deletion take them.
+    pub locks: Arc<dyn datapath_coord::disk_locks::DiskLocks>,
     /// The flow records, as runners read and save them.
     pub flows: Arc<dyn datapath_coord::flow_store::FlowStore>,
     /// Turns for flows to start (`--max-starting-flows`).
@@ -130,11 +132,12 @@ impl Engine {
         match self.view.spm() {
             Known::Present(id) => Ok(Some(id)),
             Known::Absent => Ok(None),
-            Known::Unknown => Ok(self
-                .coord
-                .leader(datapath_coord::election::Role::Spm)
-                .await?
-                .map(|l| l.value)),
+            Known::Unknown => Ok(datapath_coord::election::Elections::leader(
+                &self.coord,
+                datapath_coord::election::Role::Spm,
+            )
+            .await?
+            .map(|l| l.value)),
         }
     }
 

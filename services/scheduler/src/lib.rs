@@ -139,6 +139,7 @@ pub async fn run(
             failpoint: config.failpoint,
         },
         admission: flow::admission::Admission::new(config.max_starting_flows),
+        locks: Arc::new(coord.clone()),
         flows: Arc::new(datapath_coord::flow_store::EtcdFlows::new(
             coord.clone(),
             config.operation_retention,

@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use datapath_api::ids::HostId;
-use datapath_coord::{election::Role, Coord};
+use datapath_coord::{
+    election::{Elections as _, Role},
+    Coord,
+};
 
 use datapath_tls::{Identity, Tls};
 

@@ -150,7 +150,7 @@ async fn try_move_disk(
     // The locks and both hosts' views are read at once; they are judged in this order.
     let disks = [source, destination];
     let (locks, src_chain, dst_chain) = tokio::join!(
-        engine.coord.disk_locks(&disks),
+        engine.locks.disk_locks(&disks),
         chain(&mut src_host, &source),
         chain(&mut dst_host, &destination),
     );
@@ -233,7 +233,7 @@ async fn try_clone_disk(
     // The locks and both hosts' views are read at once; they are judged in this order.
     let (disks, new_disk) = ([new.disk(), template.disk()], new.disk());
     let (locks, info, dst_chain) = tokio::join!(
-        engine.coord.disk_locks(&disks),
+        engine.locks.disk_locks(&disks),
         src_host.get_volume_info(pb::GetVolumeInfoRequest {
             volume: Some(template.to_pb()),
         }),
@@ -332,7 +332,7 @@ async fn start(
         .chain(read.map(|disk| (disk, Claim::Read)))
         .collect();
     let started = match engine
-        .coord
+        .locks
         .start_flow_locked(op, &flow, &claims, Some(locks))
         .await
     {

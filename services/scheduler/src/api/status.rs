@@ -16,7 +16,8 @@ pub async fn disk_status(
     req: &pb::GetDiskStatusRequest,
 ) -> Result<pb::GetDiskStatusResponse, Error> {
     let disk = DiskKey::from_pb("disk", req.disk.as_ref())?;
-    let lock = engine.coord.disk_lock(&disk).await?.value;
+    let lock = engine.locks.disk_locks(&[disk]).await?;
+    let lock = lock.into_iter().next().map(|l| l.value).unwrap_or_default();
     if !lock.owner.is_empty() {
         return locked(engine, &lock.owner).await;
     }

@@ -308,16 +308,12 @@ async fn delete_source(run: &Run, flow: &pb::Flow) -> Result<Result<(), pb::Oper
             }));
         }
     }
-    // Wait for the readers on a watch of the lock, looking at a cancel at least every LOCK_WAIT.
-    while let Some(revision) = run.engine.coord.mark_disk_deleting(&source, &name).await? {
-        if run.stopping() || run.record.cancel_requested().await {
-            return Ok(Err(machine::cancelled_error()));
-        }
-        let changed = run.engine.coord.disk_lock_changed(&source, revision);
-        if let Ok(Err(e)) = tokio::time::timeout(locks::LOCK_WAIT, changed).await {
-            warn!(op = %run.record.op, error = %e, "cannot watch the source's lock; reading it again");
-            tokio::time::sleep(locks::LOCK_WAIT).await;
-        }
+    let stopped = || async { run.stopping() || run.record.cancel_requested().await };
+    let locks = &*run.engine.locks;
+    if locks::mark_and_wait_for_readers(locks, &source, &name, stopped).await?
+        == locks::ReadersWait::Stopped
+    {
+        return Ok(Err(machine::cancelled_error()));
     }
     delete_image(run, &source).await;
     run.engine.failpoint(Failpoint::AfterDeleteSource);
