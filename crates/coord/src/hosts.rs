@@ -1,10 +1,48 @@
 //! Host registrations: `hosts/<host_id>`, bound to the host's session lease so a dead host vanishes
-//! after the TTL.
+//! after the TTL. A host keeps its registration through [`HostRegistry`], so its rules (a burst of
+//! changes is one write, an idle host only reads) are unit-tested on an in-memory registry;
+//! [`Coord`] is the etcd one.
+use async_trait::async_trait;
 use datapath_api::{ids::HostId, pb};
 use etcd_client::{GetOptions, PutOptions};
 use prost::Message;
 
 use crate::{error::CoordError, Coord, Result};
+
+/// The registered hosts.
+#[async_trait]
+pub trait HostRegistry: Send + Sync {
+    /// Writes (or refreshes) `host_id`'s registration under its session lease `lease_id`.
+    async fn register_host(&self, host_id: HostId, host: &pb::Host, lease_id: i64) -> Result<()>;
+
+    /// Every registered host, in id order.
+    async fn list_hosts(&self) -> Result<Vec<pb::Host>>;
+
+    /// How many hosts are registered.
+    async fn count_hosts(&self) -> Result<i64>;
+
+    /// One host's registration, if it is live.
+    async fn get_host(&self, host_id: HostId) -> Result<Option<pb::Host>>;
+}
+
+#[async_trait]
+impl HostRegistry for Coord {
+    async fn register_host(&self, host_id: HostId, host: &pb::Host, lease_id: i64) -> Result<()> {
+        Coord::register_host(self, host_id, host, lease_id).await
+    }
+
+    async fn list_hosts(&self) -> Result<Vec<pb::Host>> {
+        Coord::list_hosts(self).await
+    }
+
+    async fn count_hosts(&self) -> Result<i64> {
+        Coord::count_hosts(self).await
+    }
+
+    async fn get_host(&self, host_id: HostId) -> Result<Option<pb::Host>> {
+        Coord::get_host(self, host_id).await
+    }
+}
 
 impl Coord {
     /// Writes (or refreshes) a host's registration under its session lease.

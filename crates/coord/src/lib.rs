@@ -18,6 +18,7 @@ pub mod job_view;
 pub mod jobs;
 mod key_watch;
 pub mod keys;
+pub mod lease_store;
 pub mod metrics;
 mod probe;
 pub mod quarantine;

@@ -10,9 +10,12 @@ use datapath_api::{
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use prost::Message;
 
+use std::sync::Arc;
+
 use crate::{
     error::CoordError,
     hosts::decode,
+    lease_store::VolumeLeases,
     volume_holds::{absent, none_under, Busy},
     Coord, Result,
 };
@@ -125,7 +128,7 @@ impl Coord {
 /// a task spawned on drop. Without it, a lease left behind would block the volume until the
 /// holder's session ends.
 pub struct LeaseGuard {
-    coord: Coord,
+    leases: Arc<dyn VolumeLeases>,
     volume: VolumeKey,
     token: i64,
     released: bool,
@@ -133,9 +136,9 @@ pub struct LeaseGuard {
 
 impl LeaseGuard {
     /// Guards the lease of `volume` taken at `token`.
-    pub fn new(coord: &Coord, volume: VolumeKey, token: i64) -> Self {
+    pub fn new(leases: &Arc<dyn VolumeLeases>, volume: VolumeKey, token: i64) -> Self {
         Self {
-            coord: coord.clone(),
+            leases: leases.clone(),
             volume,
             token,
             released: false,
@@ -150,7 +153,7 @@ impl LeaseGuard {
     /// Releases the lease now; whether it was still the one taken at the token.
     pub async fn release(mut self) -> Result<bool> {
         self.released = true;
-        self.coord
+        self.leases
             .release_volume_lease(&self.volume, self.token)
             .await
     }
@@ -161,10 +164,10 @@ impl Drop for LeaseGuard {
         if self.released {
             return;
         }
-        let (coord, volume, token) = (self.coord.clone(), self.volume, self.token);
+        let (leases, volume, token) = (self.leases.clone(), self.volume, self.token);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if !matches!(coord.release_volume_lease(&volume, token).await, Ok(true)) {
+                if !matches!(leases.release_volume_lease(&volume, token).await, Ok(true)) {
                     tracing::warn!(%volume, "lease not released; it expires with the session");
                 }
             });

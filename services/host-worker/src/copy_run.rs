@@ -133,7 +133,7 @@ async fn take_destination_lease(
 ) -> Result<i64, Failure> {
     let dst = spec.destination.volume;
     match worker
-        .coord
+        .leases
         .acquire_volume_lease(&dst, worker.host_id, spec.job_id, lease_id)
         .await
     {
@@ -173,7 +173,7 @@ fn storage_failed(what: &str, volume: &VolumeKey, e: &Error) -> Failure {
 /// Confirms with a fresh etcd read that the lease taken at `token` still stands: nothing fenced
 /// the volume since it was taken.
 async fn confirm_lease(worker: &Worker, volume: &VolumeKey, token: i64) -> Result<(), Failure> {
-    match worker.coord.holds_volume_lease(volume, token).await {
+    match worker.leases.holds_volume_lease(volume, token).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(Failure::Stopped(StopReason::Fenced)),
         Err(e) => Err(etcd_failed(&e)),
@@ -196,7 +196,7 @@ async fn copy_under_lease(
     let mut dmeta = on_disk.clone();
     // A commit or fence recorded in etcd whose metadata write was lost (a crash in between) counts:
     // the volume is at the recorded generation, and not LEGAL.
-    match worker.coord.generation(&dst).await {
+    match worker.leases.generation(&dst).await {
         Ok(Some((recorded, _))) if recorded > dmeta.generation => {
             dmeta.generation = recorded;
             dmeta.legality = Legality::Illegal;
@@ -305,7 +305,7 @@ async fn copy_under_lease(
     // The fencing check, in one etcd transaction: only the holder of this very lease, and only from
     // the generation the copy started at, may commit it.
     match worker
-        .coord
+        .leases
         .commit_generation(&dst, token, generation)
         .await
     {

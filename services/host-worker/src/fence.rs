@@ -23,10 +23,12 @@ use datapath_api::{
     pb,
     volume::{Legality, VolumeKey},
 };
-use datapath_coord::{generations::Refused, volume_leases::LeaseGuard, CoordError};
+use datapath_coord::{
+    generations::Refused, lease_store::VolumeLeases, volume_leases::LeaseGuard, CoordError,
+};
 use tracing::{info, warn};
 
-use crate::{error::Error, spm, worker::Worker};
+use crate::{error::Error, spm, storage::Storage, worker::Worker};
 
 /// Fences `req.volume` if its copy from `req.generation` did not commit; returns whether it did.
 pub async fn fence_volume(
@@ -42,7 +44,7 @@ pub async fn fence_volume(
     }
     let fencer = JobId::random();
     let token = match worker
-        .coord
+        .leases
         .acquire_volume_lease(&volume, worker.host_id, fencer, lease_id)
         .await
     {
@@ -55,8 +57,9 @@ pub async fn fence_volume(
         }
         Err(e) => return Err(e.into()),
     };
-    let lease = LeaseGuard::new(&worker.coord, volume, token);
-    let result = fence_under_lease(worker, &volume, lease.token(), req.generation).await;
+    let lease = LeaseGuard::new(&worker.leases, volume, token);
+    let (storage, leases) = (&worker.storage, &*worker.leases);
+    let result = fence_under_lease(storage, leases, &volume, lease.token(), req.generation).await;
     if !matches!(lease.release().await, Ok(true)) {
         warn!(%volume, "fence lease not released; it expires with the session");
     }
@@ -105,14 +108,16 @@ fn exhausted(volume: &VolumeKey) -> Error {
     )
 }
 
+/// The fence itself, under the lease taken at `token`; whether it fenced (see the module's text).
 async fn fence_under_lease(
-    worker: &Worker,
+    storage: &Storage,
+    leases: &dyn VolumeLeases,
     volume: &VolumeKey,
     token: i64,
     from: u64,
 ) -> Result<bool, Error> {
-    let mut meta = worker.storage.read_meta(volume, "volume")?;
-    let recorded = worker.coord.generation(volume).await?;
+    let mut meta = storage.read_meta(volume, "volume")?;
+    let recorded = leases.generation(volume).await?;
     let legal = meta.legality == Legality::Legal;
     let fenced = match fence_target(meta.generation, recorded.map(|(g, _)| g), from, legal) {
         Ok(Some(fenced)) => fenced,
@@ -122,14 +127,13 @@ async fn fence_under_lease(
         }
         Err(Exhausted) => return Err(exhausted(volume)),
     };
-    let fresh = worker.storage.prepare_fresh_file(volume, &meta).await?;
-    if !worker.coord.holds_volume_lease(volume, token).await? {
+    let fresh = storage.prepare_fresh_file(volume, &meta).await?;
+    if !leases.holds_volume_lease(volume, token).await? {
         return Err(Error::SessionLost);
     }
     fresh.install()?;
     info!(%volume, "fresh data file installed");
-    match worker
-        .coord
+    match leases
         .fence_generation(volume, token, recorded, fenced)
         .await?
     {
@@ -146,10 +150,13 @@ async fn fence_under_lease(
     }
     meta.generation = fenced;
     meta.legality = Legality::Illegal;
-    worker.storage.write_meta(volume, &meta)?;
+    storage.write_meta(volume, &meta)?;
     info!(%volume, from, fenced, "volume fenced");
     Ok(true)
 }
+
+#[cfg(test)]
+mod under_lease_tests;
 
 #[cfg(test)]
 #[allow(clippy::arithmetic_side_effects)] // the properties compare in u128, where nothing wraps

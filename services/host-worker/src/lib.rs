@@ -168,6 +168,8 @@ pub async fn run(
         host_id,
         storage,
         volumes: datapath_coord::volume_view::VolumeView::unwatched(),
+        leases: Arc::new(coord.clone()),
+        hosts: Arc::new(coord.clone()),
         coord,
         session: session.subscribe(),
         spm: spm::Spm::default(),

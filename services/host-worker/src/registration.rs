@@ -2,14 +2,14 @@
 //! domains and load); the moment it is lost, every copy is killed (self-fencing). Each registration
 //! publishes the lease it was written under, from which [`crate::health`] derives SERVING. Fencing and
 //! registration are separate tasks so that a registration stuck on a dead etcd cannot delay fencing.
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
-use datapath_api::pb;
-use datapath_coord::session::SessionState;
-use tokio::sync::watch;
+use datapath_api::{ids::HostId, pb};
+use datapath_coord::{hosts::HostRegistry, session::SessionState};
+use tokio::{
+    sync::{watch, Notify},
+    time::Instant,
+};
 use tracing::{error, info, warn};
 
 use crate::{jobs::StopReason, worker::Worker};
@@ -39,23 +39,52 @@ pub async fn fence_on_loss(worker: Arc<Worker>) {
 /// change (looked at every second, so a domain created through another host becomes usable here
 /// within a second), and again whenever a read every 30 s
 /// finds it gone or changed (deleted or edited by hand: the key otherwise lives as long as the
-/// session lease). Every successful write publishes its lease on `registered`.
+/// session lease). Every successful write publishes its lease on `registered`; the first one starts
+/// the reconciliation of the host's jobs.
 pub async fn register(
     worker: Arc<Worker>,
     address: String,
     registered: watch::Sender<Option<i64>>,
 ) {
-    let mut session = worker.session.clone();
+    let registrant = Registrant {
+        hosts: &*worker.hosts,
+        host_id: worker.host_id,
+        session: worker.session.clone(),
+        changed: &worker.jobs.changed,
+    };
+    let describe = |lease_id, at| record(&worker, &address, lease_id, at);
+    let reconcile = || drop(tokio::spawn(crate::reconcile::reconcile(worker.clone())));
+    keep_registered(registrant, describe, &registered, reconcile).await;
+}
+
+/// What keeping one host's registration needs.
+pub(crate) struct Registrant<'a> {
+    pub hosts: &'a dyn HostRegistry,
+    pub host_id: HostId,
+    pub session: watch::Receiver<SessionState>,
+    /// Notified when the host's jobs change.
+    pub changed: &'a Notify,
+}
+
+/// [`register`]'s loop: `describe` makes the record for a lease and a registration time;
+/// `first_written` runs once, after the first write.
+pub(crate) async fn keep_registered(
+    r: Registrant<'_>,
+    describe: impl Fn(i64, Option<prost_types::Timestamp>) -> pb::Host,
+    registered: &watch::Sender<Option<i64>>,
+    first_written: impl FnOnce(),
+) {
+    let mut first_written = Some(first_written);
+    let mut session = r.session;
     loop {
         let state = *session.borrow_and_update();
         if let SessionState::Valid { lease_id } = state {
             let registered_at = Some(datapath_api::time::now());
             info!(lease_id, "registering the host");
-            let mut reconciled = false;
             let mut written: Option<(pb::Host, Instant)> = None;
             loop {
-                let changed = worker.jobs.changed.notified();
-                let host = record(&worker, &address, lease_id, registered_at);
+                let changed = r.changed.notified();
+                let host = describe(lease_id, registered_at);
                 let mut checked = false;
                 let due = match &written {
                     None => true,
@@ -65,7 +94,7 @@ pub async fn register(
                     // written again if it is gone or differs (deleted or edited by hand).
                     Some((last, at)) if at.elapsed() >= REFRESH => {
                         checked = true;
-                        registration_lost(&worker, last).await
+                        registration_lost(r.hosts, r.host_id, last).await
                     }
                     Some(_) => false,
                 };
@@ -73,17 +102,12 @@ pub async fn register(
                     *at = Instant::now();
                 }
                 if due {
-                    match worker
-                        .coord
-                        .register_host(worker.host_id, &host, lease_id)
-                        .await
-                    {
-                        Ok(()) if *worker.session.borrow() == state => {
+                    match r.hosts.register_host(r.host_id, &host, lease_id).await {
+                        Ok(()) if *session.borrow() == state => {
                             written = Some((host, Instant::now()));
                             registered.send_if_modified(|r| r.replace(lease_id) != Some(lease_id));
-                            if !reconciled {
-                                reconciled = true;
-                                tokio::spawn(crate::reconcile::reconcile(worker.clone()));
+                            if let Some(first) = first_written.take() {
+                                first();
                             }
                         }
                         Ok(()) => {}
@@ -117,8 +141,8 @@ const COALESCE: Duration = Duration::from_millis(100);
 const LOOK_AGAIN: Duration = Duration::from_secs(1);
 /// Whether the registration in etcd is gone or differs from `last`, the one written (an etcd
 /// error says neither).
-async fn registration_lost(worker: &Worker, last: &pb::Host) -> bool {
-    matches!(worker.coord.get_host(worker.host_id).await, Ok(h) if h.as_ref() != Some(last))
+async fn registration_lost(hosts: &dyn HostRegistry, host_id: HostId, last: &pb::Host) -> bool {
+    matches!(hosts.get_host(host_id).await, Ok(h) if h.as_ref() != Some(last))
 }
 
 /// How often the record is read back when nothing changed. 30 s: 500 idle hosts reading every 5 s
@@ -148,3 +172,6 @@ fn record(
         registered_at,
     }
 }
+
+#[cfg(test)]
+mod tests;

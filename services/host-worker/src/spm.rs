@@ -171,7 +171,7 @@ async fn refusal(worker: &Worker, leader: Option<Leader>) -> Error {
             leader.value
         ));
     };
-    match worker.coord.get_host(host_id).await {
+    match worker.hosts.get_host(host_id).await {
         Ok(Some(host)) if !host.address.is_empty() => Error::NotSpm {
             host_id,
             address: host.address,

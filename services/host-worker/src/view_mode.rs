@@ -40,7 +40,7 @@ pub async fn follow(worker: Arc<Worker>, mode: VolumeViewMode) {
         VolumeViewMode::On => worker.volumes.follow(&worker.coord),
         VolumeViewMode::Off => worker.volumes.unfollow(),
         VolumeViewMode::Auto => loop {
-            let pause = match worker.coord.count_hosts().await {
+            let pause = match worker.hosts.count_hosts().await {
                 Ok(hosts) => {
                     let first = !counted;
                     counted = true;

@@ -42,6 +42,11 @@ pub struct Worker {
     pub storage: Storage,
     /// etcd.
     pub coord: Coord,
+    /// Host registrations (etcd: the same connection).
+    pub hosts: Arc<dyn datapath_coord::hosts::HostRegistry>,
+    /// Volume leases and generations (etcd: the same connection), as copies and fences take,
+    /// check and raise them.
+    pub leases: Arc<dyn datapath_coord::lease_store::VolumeLeases>,
     /// Every volume's generation record and lease, watched: what volume reads consult first.
     pub volumes: VolumeView,
     /// The session lease state.
