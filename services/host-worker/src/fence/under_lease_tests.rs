@@ -41,7 +41,12 @@ impl MemLeases {
 
     fn record(&self, v: &VolumeKey, g: u64) {
         let mut gens = self.generations.lock().unwrap();
-        let rev = gens.values().map(|(_, r)| *r).max().unwrap_or(0).saturating_add(1);
+        let rev = gens
+            .values()
+            .map(|(_, r)| *r)
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1);
         gens.insert(*v, (g, rev));
     }
 }

@@ -185,8 +185,9 @@ async fn try_move_disk(
         });
     }
     let op = OperationId::time_ordered();
-    let flow = plan::move_flow(op, &req.request_id, &source, &destination, &volumes);
-    start(engine, op, flow, &owned, None, locks).await
+    let flow = plan::move_flow(op, &req.request_id, &source, &destination, &volumes)
+        .map_err(|why| host_error(tonic::Status::data_loss(why)))?;
+    start(engine, op, flow.to_pb(), &owned, None, locks).await
 }
 
 async fn try_clone_disk(
@@ -271,8 +272,17 @@ async fn try_clone_disk(
         pb::VolumeFormat::try_from(meta.format).unwrap_or(pb::VolumeFormat::Cow)
     });
     let op = OperationId::time_ordered();
-    let flow = plan::clone_flow(op, &req.request_id, &info, &new, format, allocation.to_pb());
-    start(engine, op, flow, &owned, Some(template.disk()), locks).await
+    let flow = plan::clone_flow(op, &req.request_id, &info, &new, format, allocation.to_pb())
+        .map_err(|why| host_error(tonic::Status::data_loss(why)))?;
+    start(
+        engine,
+        op,
+        flow.to_pb(),
+        &owned,
+        Some(template.disk()),
+        locks,
+    )
+    .await
 }
 
 fn optional_id(text: &str, field: &str) -> Result<Option<uuid::Uuid>, FieldViolation> {

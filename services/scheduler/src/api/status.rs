@@ -7,7 +7,7 @@ use datapath_api::{error::FieldViolation, pb, volume::DiskKey};
 use crate::{
     engine::{Engine, DATA_OPERATIONS_BY_HSM},
     error::Error,
-    flow::{progress, state::meta},
+    flow::{model::Flow, progress, state::meta},
 };
 
 /// GetDiskStatus.
@@ -63,31 +63,33 @@ pub async fn disk_status(
 async fn locked(engine: &Engine, owner: &str) -> Result<pb::GetDiskStatusResponse, Error> {
     let op = datapath_api::ids::OperationId::parse_name("name", owner)?;
     let mut progress_now = 0;
-    if let Some(flow) = engine.coord.get_flow(op).await? {
-        let mut flow = flow.value;
-        for v in &mut flow.volumes {
-            let entity = v
-                .destination
-                .as_ref()
-                .map(|d| format!("{}/{}/{}", d.storage_domain_id, d.image_id, d.volume_id))
-                .unwrap_or_default();
-            let jobs = engine
-                .clients
-                .tracker()
-                .list_jobs(pb::ListJobsRequest {
-                    entity,
-                    page_size: 1000,
-                    ..Default::default()
-                })
-                .await
-                .map(|r| r.into_inner().jobs)
-                .unwrap_or_default();
-            if let Some(job) = jobs.iter().find(|j| j.job_id == v.job_id) {
-                v.progress = job.progress;
+    if let Some(stored) = engine.coord.get_flow(op).await? {
+        progress_now = meta(&stored.value).progress;
+        // A record that does not read (a parked flow) shows its stored figure.
+        if let Ok(mut flow) = Flow::from_pb(op, &stored.value) {
+            for v in &mut flow.volumes {
+                let Some(attempt) = v.last_attempt else {
+                    continue;
+                };
+                let d = v.destination;
+                let jobs = engine
+                    .clients
+                    .tracker()
+                    .list_jobs(pb::ListJobsRequest {
+                        entity: format!("{}/{}/{}", d.storage_domain, d.image, d.volume),
+                        page_size: 1000,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|r| r.into_inner().jobs)
+                    .unwrap_or_default();
+                let job_id = attempt.job.to_string();
+                if let Some(job) = jobs.iter().find(|j| j.job_id == job_id) {
+                    v.progress = job.progress;
+                }
             }
+            progress_now = progress::compute(&flow).max(progress_now);
         }
-        let step = pb::OperationStep::try_from(meta(&flow).step).unwrap_or_default();
-        progress_now = progress::compute(&flow, step, false).max(meta(&flow).progress);
     }
     Ok(pb::GetDiskStatusResponse {
         status: pb::DiskStatus::Locked as i32,

@@ -22,34 +22,41 @@ use tracing::{info, warn, Instrument as _, Span};
 
 use super::{
     follow::{Ended, JobEnd},
+    model::Volume,
     runner::Run,
-    spans, Stop,
+    spans,
+    volume_state::Attempt,
+    Stop,
 };
 
 /// What an attempt's end means once checked against the destination (see the module header).
-pub(super) async fn settle(run: &Run, v: &pb::FlowVolume, ended: Ended) -> Result<JobEnd, Stop> {
+pub(super) async fn settle(
+    run: &Run,
+    v: &Volume,
+    a: &Attempt,
+    ended: Ended,
+) -> Result<JobEnd, Stop> {
     let reported = match ended {
         Ended::Concluded(end) => return Ok(end),
         Ended::Reported(end) => end,
     };
     match &reported {
-        JobEnd::Succeeded => match decide_in(run, v, spans::verify(v)).await? {
+        JobEnd::Succeeded => match decide_in(run, v, a, spans::verify(a)).await? {
             JobEnd::Succeeded => Ok(JobEnd::Succeeded),
             JobEnd::Failed { message, .. } => {
-                warn!(op = %run.record.op, job_id = %v.job_id, %message, "a job reported success that its destination does not show");
+                warn!(op = %run.record.op, job_id = %a.job, %message, "a job reported success that its destination does not show");
                 Ok(JobEnd::failed(
                     JobErrorCode::UnverifiedSuccess,
                     format!(
                         "job {} reported success, but destination volume {} does not show it ({message})",
-                        v.job_id,
-                        volume_id(v)
+                        a.job, v.destination.volume
                     ),
                 ))
             }
             JobEnd::Aborted => Ok(JobEnd::Aborted),
         },
         JobEnd::Failed { code, .. } if class_of(code) == AttemptClass::Lost => {
-            match conclude(run, v).await? {
+            match conclude(run, v, a).await? {
                 // It had committed before its host was lost.
                 JobEnd::Succeeded => Ok(JobEnd::Succeeded),
                 _ => Ok(reported),
@@ -61,8 +68,11 @@ pub(super) async fn settle(run: &Run, v: &pb::FlowVolume, ended: Ended) -> Resul
 
 /// Checks again, right before the source is deleted, that a copied volume's destination shows its
 /// copy: generation G + 1, LEGAL, no lease held. `Err` says what it shows instead.
-pub(super) async fn still_copied(run: &Run, v: &pb::FlowVolume) -> Result<(), String> {
-    let dst = v.destination.clone().unwrap_or_default();
+pub(super) async fn still_copied(run: &Run, v: &Volume) -> Result<(), String> {
+    let dst = v.destination.to_pb();
+    let Some(a) = v.last_attempt else {
+        return Err(format!("volume {} has no copy on record", dst.volume_id));
+    };
     let info = loop {
         match read_volume(run, &dst).await {
             Ok(info) => break info,
@@ -76,11 +86,11 @@ pub(super) async fn still_copied(run: &Run, v: &pb::FlowVolume) -> Result<(), St
         }
     };
     let meta = info.metadata.unwrap_or_default();
-    let g = v.expected_generation.saturating_add(1);
+    let g = a.expected_generation.saturating_add(1);
     if info.lease.is_some() {
         return Err(format!("destination volume {} is leased", dst.volume_id));
     }
-    if decide(&meta, v.expected_generation) != Decision::Succeeded {
+    if decide(&meta, a.expected_generation) != Decision::Succeeded {
         return Err(format!(
             "destination volume {} is at generation {} and {}, not {g} and LEGAL",
             dst.volume_id,
@@ -93,29 +103,26 @@ pub(super) async fn still_copied(run: &Run, v: &pb::FlowVolume) -> Result<(), St
     Ok(())
 }
 
-fn volume_id(v: &pb::FlowVolume) -> &str {
-    v.destination.as_ref().map_or("?", |d| d.volume_id.as_str())
-}
-
 /// Decides a lost attempt from the destination volume (see the module header); fences it through the
 /// SPM when its state is undetermined.
-pub(super) async fn conclude(run: &Run, v: &pb::FlowVolume) -> Result<JobEnd, Stop> {
-    decide_in(run, v, spans::conclude(v)).await
+pub(super) async fn conclude(run: &Run, v: &Volume, a: &Attempt) -> Result<JobEnd, Stop> {
+    decide_in(run, v, a, spans::conclude(a)).await
 }
 
-async fn decide_in(run: &Run, v: &pb::FlowVolume, span: Span) -> Result<JobEnd, Stop> {
-    decide_from_destination(run, v, &span)
+async fn decide_in(run: &Run, v: &Volume, a: &Attempt, span: Span) -> Result<JobEnd, Stop> {
+    decide_from_destination(run, v, a, &span)
         .instrument(span.clone())
         .await
 }
 
 async fn decide_from_destination(
     run: &Run,
-    v: &pb::FlowVolume,
+    v: &Volume,
+    a: &Attempt,
     span: &Span,
 ) -> Result<JobEnd, Stop> {
-    let dst = v.destination.clone().unwrap_or_default();
-    let g = v.expected_generation;
+    let dst = v.destination.to_pb();
+    let g = a.expected_generation;
     loop {
         let info = match read_volume(run, &dst).await {
             Ok(info) => info,
@@ -145,12 +152,12 @@ async fn decide_from_destination(
             }
             Decision::Failed => {
                 span.record("datapath.recovery.decision", "already_fenced");
-                return Ok(lost(v, meta.generation));
+                return Ok(lost(v, a, meta.generation));
             }
             Decision::Fence => match fence(run, &dst, g).await {
                 Ok(true) => {
                     span.record("datapath.recovery.decision", "fenced");
-                    return Ok(lost(v, g + 2));
+                    return Ok(lost(v, a, g + 2));
                 }
                 Ok(false) => {
                     span.record("datapath.recovery.decision", "committed_before_fence");
@@ -211,13 +218,12 @@ fn decide(meta: &pb::VolumeMetadata, g: u64) -> Decision {
     }
 }
 
-fn lost(v: &pb::FlowVolume, generation: u64) -> JobEnd {
+fn lost(v: &Volume, a: &Attempt, generation: u64) -> JobEnd {
     JobEnd::failed(
         JobErrorCode::CopyLost,
         format!(
             "job {} was lost; destination volume {} is fenced at generation {generation}",
-            v.job_id,
-            volume_id(v)
+            a.job, v.destination.volume
         ),
     )
 }

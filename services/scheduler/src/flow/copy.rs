@@ -25,11 +25,12 @@ use super::{
     conclude::settle,
     failpoint::Failpoint,
     follow::{follow, JobEnd},
+    model::Volume,
     placement::{place, unplace, Placement},
     retry::Verdict,
     runner::Run,
     spans,
-    volume_state::{Attempt, BadCopyState, CopyState},
+    volume_state::{Attempt, CopyState},
     Stop,
 };
 
@@ -50,24 +51,17 @@ pub async fn copy_volume(run: &Run, idx: usize) -> Result<Outcome, Stop> {
     // new one.
     let mut placed: Option<Span> = None;
     loop {
-        let flow = run.record.get().await;
-        let v = flow.volumes[idx].clone();
-        let state = match CopyState::of(&v) {
-            Ok(state) => state,
-            // Checked when the flow was loaded (`check.rs`) and written typed since: only a record
-            // changed under the runner gets here, and the copy is not run from a guess.
-            Err(bad) => return Ok(Outcome::Failed(unreadable(&v, &bad))),
-        };
-        match state {
+        let v = run.record.get().await.volumes[idx].clone();
+        match v.copy {
             CopyState::Copied => return Ok(Outcome::Copied),
             CopyState::Failed => return Ok(Outcome::Failed(failed(&v))),
-            CopyState::Copying(_) => {
-                let span = placed.take().unwrap_or_else(|| spans::attempt(&v));
-                let ended = follow(run, idx, &v).instrument(span.clone()).await?;
-                let end = settle(run, &v, ended).instrument(span.clone()).await?;
+            CopyState::Copying(a) => {
+                let span = placed.take().unwrap_or_else(|| spans::attempt(&v, &a));
+                let ended = follow(run, idx, &v, &a).instrument(span.clone()).await?;
+                let end = settle(run, &v, &a, ended).instrument(span.clone()).await?;
                 span.record("datapath.copy.outcome", end.name());
-                unplace(run, &v).await;
-                let outcome = end_attempt(run, idx, &v, end).instrument(span).await?;
+                unplace(run, &a.host.to_string(), v.size_bytes).await;
+                let outcome = end_attempt(run, idx, &v, &a, end).instrument(span).await?;
                 if let Some(outcome) = outcome {
                     return Ok(outcome);
                 }
@@ -81,7 +75,7 @@ pub async fn copy_volume(run: &Run, idx: usize) -> Result<Outcome, Stop> {
                     Placement::Stopped => return Ok(Outcome::Cancelled),
                     Placement::NoHost(message) => {
                         run.record
-                            .update(|f| CopyState::Failed.store(&mut f.volumes[idx]))
+                            .update(|f| f.volumes[idx].set_copy(CopyState::Failed))
                             .await?;
                         return Ok(Outcome::Failed(pb::OperationError {
                             code: Code::FailedPrecondition as i32,
@@ -95,24 +89,9 @@ pub async fn copy_volume(run: &Run, idx: usize) -> Result<Outcome, Stop> {
     }
 }
 
-/// The flow's error when volume `v`'s stored state cannot be read.
-fn unreadable(v: &pb::FlowVolume, bad: &BadCopyState) -> pb::OperationError {
-    let vol = v.destination.as_ref().map_or("?", |d| d.volume_id.as_str());
-    pb::OperationError {
-        code: Code::Internal as i32,
-        message: format!("the flow's record of volume {vol} cannot be read: {bad}"),
-        reason: "BAD_FLOW_RECORD".into(),
-    }
-}
-
 /// The flow's error when volume `v`'s copy gave up: its reason is the last attempt's code, its
 /// message says how many attempts were made and why the last one ended.
-fn failed(v: &pb::FlowVolume) -> pb::OperationError {
-    let vol = v
-        .source
-        .as_ref()
-        .map(|s| s.volume_id.as_str())
-        .unwrap_or("?");
+fn failed(v: &Volume) -> pb::OperationError {
     let tries = match v.transient_retries {
         0 => format!("{} attempts", v.attempts),
         n => format!("{} attempts and {n} transient retries", v.attempts),
@@ -124,8 +103,8 @@ fn failed(v: &pb::FlowVolume) -> pb::OperationError {
     pb::OperationError {
         code: Code::Aborted as i32,
         message: format!(
-            "copy of volume {vol} failed after {tries}: {}: {}",
-            last.code, last.message
+            "copy of volume {} failed after {tries}: {}: {}",
+            v.source.volume, last.code, last.message
         ),
         reason: last.code,
     }
@@ -136,34 +115,30 @@ fn failed(v: &pb::FlowVolume) -> pb::OperationError {
 async fn start_attempt(
     run: &Run,
     idx: usize,
-    v: &pb::FlowVolume,
+    v: &Volume,
     host: pb::Host,
 ) -> Result<Option<Span>, Stop> {
-    let attempt = pb::FlowVolume {
-        host_id: host.host_id.clone(),
-        ..v.clone()
-    };
     let Ok(host_id) = HostId::parse("host_id", &host.host_id) else {
         // A registration edited by hand: that host is tried no more for this volume.
-        unplace(run, &attempt).await;
+        unplace(run, &host.host_id, v.size_bytes).await;
         let error = pb::JobError {
             code: JobErrorCode::HostUnreachable.to_string(),
             message: format!("host id {:?} is not a host id", host.host_id),
         };
-        transient(run, idx, &attempt, error, false).await?;
+        transient(run, idx, v, &host.host_id, error, false).await?;
         return Ok(None);
     };
     let client = match run.engine.clients.host(&host) {
         Ok(c) => c,
         Err(_) => {
-            unplace(run, &attempt).await;
+            unplace(run, &host.host_id, v.size_bytes).await;
             return Ok(None);
         }
     };
     let info = client
         .clone()
         .get_volume_info(pb::GetVolumeInfoRequest {
-            volume: v.destination.clone(),
+            volume: Some(v.destination.to_pb()),
         })
         .await;
     let generation = match info {
@@ -174,12 +149,12 @@ async fn start_attempt(
             .map(|m| m.generation),
         Err(s) => {
             warn!(op = %run.record.op, host = %host.host_id, error = %s, "could not read the destination's generation; trying another host");
-            unplace(run, &attempt).await;
+            unplace(run, &host.host_id, v.size_bytes).await;
             let error = pb::JobError {
                 code: JobErrorCode::HostUnreachable.to_string(),
                 message: format!("host {} did not answer: {}", host.host_id, s.message()),
             };
-            transient(run, idx, &attempt, error, false).await?;
+            transient(run, idx, v, &host.host_id, error, false).await?;
             return Ok(None);
         }
     };
@@ -188,24 +163,24 @@ async fn start_attempt(
         host: host_id,
         expected_generation: generation.unwrap_or_default(),
     };
-    let job_id = attempt.job;
     let flow = run
         .record
         .update(|f| {
             let v = &mut f.volumes[idx];
-            CopyState::Copying(attempt).store(v);
+            v.set_copy(CopyState::Copying(attempt));
             v.attempts += 1;
             v.progress = 0;
-            v.job_status = JobStatus::Pending as i32;
+            v.job_status = JobStatus::Pending;
         })
         .await?;
-    let span = spans::attempt(&flow.volumes[idx]);
+    let v = &flow.volumes[idx];
+    let span = spans::attempt(v, &attempt);
     async {
-        info!(op = %run.record.op, %job_id, host = %host.host_id, attempt = flow.volumes[idx].attempts, "copy placed");
+        info!(op = %run.record.op, job_id = %attempt.job, host = %host.host_id, attempt = v.attempts, "copy placed");
         run.engine.failpoint(Failpoint::AfterCopyPersisted);
-        if let Err(s) = send_copy(run, &flow.volumes[idx]).await {
+        if let Err(s) = send_copy(run, v, &attempt).await {
             // follow() sees the job missing and decides: send again, or ask the destination.
-            warn!(op = %run.record.op, %job_id, error = %s, "CopyData was not accepted");
+            warn!(op = %run.record.op, job_id = %attempt.job, error = %s, "CopyData was not accepted");
         }
         run.engine.failpoint(Failpoint::AfterCopySent);
         run.started();
@@ -215,35 +190,36 @@ async fn start_attempt(
     Ok(Some(span))
 }
 
-/// Sends the attempt's CopyData to its host (idempotent by job id).
-pub(super) async fn send_copy(run: &Run, v: &pb::FlowVolume) -> Result<(), tonic::Status> {
+/// Sends attempt `a`'s CopyData to its host (idempotent by job id).
+pub(super) async fn send_copy(run: &Run, v: &Volume, a: &Attempt) -> Result<(), tonic::Status> {
     let host = run
         .engine
-        .host(&v.host_id)
+        .host(&a.host.to_string())
         .await
         .map_err(tonic::Status::from)?
-        .ok_or_else(|| tonic::Status::unavailable(format!("host {} is not live", v.host_id)))?;
+        .ok_or_else(|| tonic::Status::unavailable(format!("host {} is not live", a.host)))?;
     let req = pb::CopyDataRequest {
-        job_id: v.job_id.clone(),
+        job_id: a.job.to_string(),
         source: Some(pb::CopyDataEndpoint {
-            volume: v.source.clone(),
+            volume: Some(v.source.to_pb()),
             generation: None,
         }),
         destination: Some(pb::CopyDataEndpoint {
-            volume: v.destination.clone(),
-            generation: Some(v.expected_generation),
+            volume: Some(v.destination.to_pb()),
+            generation: Some(a.expected_generation),
         }),
     };
     run.engine.clients.host(&host)?.copy_data(req).await?;
     Ok(())
 }
 
-/// Records how the attempt ended and waits the pause its class asks for; returns the volume's
+/// Records how attempt `a` ended and waits the pause its class asks for; returns the volume's
 /// outcome when it is final.
 async fn end_attempt(
     run: &Run,
     idx: usize,
-    v: &pb::FlowVolume,
+    v: &Volume,
+    a: &Attempt,
     end: JobEnd,
 ) -> Result<Option<Outcome>, Stop> {
     let (code, message) = match end {
@@ -254,9 +230,9 @@ async fn end_attempt(
             run.record
                 .stage(|f| {
                     let v = &mut f.volumes[idx];
-                    CopyState::Copied.store(v);
+                    v.set_copy(CopyState::Copied);
                     v.progress = 100;
-                    v.job_status = JobStatus::Succeeded as i32;
+                    v.job_status = JobStatus::Succeeded;
                     v.transient_since = None;
                 })
                 .await;
@@ -271,23 +247,25 @@ async fn end_attempt(
     };
     let error = pb::JobError { code, message };
     match class_of(&error.code) {
-        AttemptClass::Transient => transient(run, idx, v, error, true).await,
+        AttemptClass::Transient => transient(run, idx, v, &a.host.to_string(), error, true).await,
         class => {
             metrics::attempt_ended(match class {
                 AttemptClass::Lost => "lost",
                 _ => "failed",
             });
-            counted(run, idx, v, class, error).await
+            counted(run, idx, v, a, class, error).await
         }
     }
 }
 
-/// A try that met a transient conflict: not counted (`counted_at_start`: the attempt it began as is
-/// taken back); retried after a pause while the run of such tries is younger than the budget.
+/// A try on `host` that met a transient conflict: not counted (`counted_at_start`: the attempt it
+/// began as is taken back); retried after a pause while the run of such tries is younger than the
+/// budget.
 async fn transient(
     run: &Run,
     idx: usize,
-    v: &pb::FlowVolume,
+    v: &Volume,
+    host: &str,
     mut error: pb::JobError,
     counted_at_start: bool,
 ) -> Result<Option<Outcome>, Stop> {
@@ -302,7 +280,8 @@ async fn transient(
         .retry_policy()
         .after_transient(v.transient_retries + 1, spent);
     let give_up = verdict == Verdict::GiveUp;
-    warn!(op = %run.record.op, job_id = %v.job_id, host = %v.host_id, code = %error.code, message = %error.message, ?spent, give_up, "copy met a transient conflict");
+    let job = v.last_attempt.filter(|_| counted_at_start).map(|a| a.job);
+    warn!(op = %run.record.op, job_id = ?job, host, code = %error.code, message = %error.message, ?spent, give_up, "copy met a transient conflict");
     metrics::attempt_ended("transient");
     if give_up {
         error.message = format!(
@@ -313,7 +292,6 @@ async fn transient(
         );
     }
     let by_host = error.code == JobErrorCode::HostUnreachable.as_str();
-    let host = v.host_id.clone();
     let flow = run
         .record
         .update(|f| {
@@ -324,7 +302,7 @@ async fn transient(
             v.transient_retries += 1;
             v.transient_since = Some(since);
             if by_host {
-                v.failed_hosts.push(host);
+                v.failed_hosts.push(host.to_string());
             }
             not_copied(v, error, give_up);
         })
@@ -342,7 +320,8 @@ async fn transient(
 async fn counted(
     run: &Run,
     idx: usize,
-    v: &pb::FlowVolume,
+    v: &Volume,
+    a: &Attempt,
     class: AttemptClass,
     error: pb::JobError,
 ) -> Result<Option<Outcome>, Stop> {
@@ -352,12 +331,12 @@ async fn counted(
         .retry_policy()
         .after_counted(v.attempts, class);
     let last = verdict == Verdict::GiveUp;
-    warn!(op = %run.record.op, job_id = %v.job_id, host = %v.host_id, code = %error.code, message = %error.message, ?class, last, "copy attempt failed");
+    warn!(op = %run.record.op, job_id = %a.job, host = %a.host, code = %error.code, message = %error.message, ?class, last, "copy attempt failed");
     let flow = run
         .record
         .update(|f| {
             let v = &mut f.volumes[idx];
-            v.failed_hosts.push(v.host_id.clone());
+            v.failed_hosts.push(a.host.to_string());
             v.transient_since = None;
             not_copied(v, error, last);
         })
@@ -375,15 +354,14 @@ async fn counted(
 
 /// Records an attempt that ended without a copy: its error, and the volume pending another attempt,
 /// or failed when `final_`.
-fn not_copied(v: &mut pb::FlowVolume, error: pb::JobError, final_: bool) {
-    v.job_status = JobStatus::Failed as i32;
+fn not_copied(v: &mut Volume, error: pb::JobError, final_: bool) {
+    v.job_status = JobStatus::Failed;
     v.last_error = Some(error);
-    if final_ {
+    v.set_copy(if final_ {
         CopyState::Failed
     } else {
         CopyState::Pending
-    }
-    .store(v);
+    });
 }
 
 /// Waits `d`, or less if the flow starts stopping.

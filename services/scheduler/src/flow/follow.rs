@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 use datapath_api::{
     job_error::JobErrorCode,
     pb::{self, JobStatus},
-    volume::VolumeKey,
 };
 use tonic::Code;
 use tracing::warn;
 
-use super::{conclude::conclude, runner::Run, Stop};
+use super::{conclude::conclude, model::Volume, runner::Run, volume_state::Attempt, Stop};
 use crate::engine::is_transient;
 
 /// How one attempt's job ended.
@@ -59,22 +58,23 @@ const RETRY: Duration = Duration::from_millis(500);
 const UNREACHABLE: Duration = Duration::from_secs(20);
 
 /// Follows the attempt's job until it ends, or concludes from the destination when it is lost.
-pub(super) async fn follow(run: &Run, idx: usize, v: &pb::FlowVolume) -> Result<Ended, Stop> {
+pub(super) async fn follow(run: &Run, idx: usize, v: &Volume, a: &Attempt) -> Result<Ended, Stop> {
+    let (job_id, host_id) = (a.job.to_string(), a.host.to_string());
     let mut sent_here = false;
     let mut abort_sent = false;
     let mut unreachable_since: Option<Instant> = None;
     loop {
         if run.stopping() && !abort_sent {
-            abort_sent = abort(run, &v.job_id).await;
+            abort_sent = abort(run, &job_id).await;
         }
         // Subscribed before the read: a change after it is not missed.
-        let news = run.engine.jobs.subscribe(&v.job_id);
+        let news = run.engine.jobs.subscribe(&job_id);
         let got = run
             .engine
             .clients
             .tracker()
             .get_job(pb::GetJobRequest {
-                job_id: v.job_id.clone(),
+                job_id: job_id.clone(),
             })
             .await;
         match got {
@@ -84,15 +84,15 @@ pub(super) async fn follow(run: &Run, idx: usize, v: &pb::FlowVolume) -> Result<
                     note(run, idx, &job).await?;
                     return Ok(Ended::Reported(end));
                 }
-                if let Some(end) = watch_job(run, idx, v, &job, news, &mut abort_sent).await? {
+                if let Some(end) = watch_job(run, idx, v, a, &job, news, &mut abort_sent).await? {
                     return Ok(end);
                 }
             }
             Err(s) if s.code() == Code::NotFound => {
-                if sent_here || !host_live(run, &v.host_id).await {
-                    return conclude(run, v).await.map(Ended::Concluded);
+                if sent_here || !host_live(run, &host_id).await {
+                    return conclude(run, v, a).await.map(Ended::Concluded);
                 }
-                match super::copy::send_copy(run, v).await {
+                match super::copy::send_copy(run, v, a).await {
                     Ok(()) => sent_here = true,
                     Err(s) if is_transient(&s) => {
                         let since = *unreachable_since.get_or_insert_with(Instant::now);
@@ -100,8 +100,8 @@ pub(super) async fn follow(run: &Run, idx: usize, v: &pb::FlowVolume) -> Result<
                             tokio::time::sleep(RETRY).await;
                             continue;
                         }
-                        warn!(op = %run.record.op, host = %v.host_id, error = %s, "the host does not take the copy; asking the destination");
-                        return not_taken(run, v, JobErrorCode::HostUnreachable, &s).await;
+                        warn!(op = %run.record.op, host = %host_id, error = %s, "the host does not take the copy; asking the destination");
+                        return not_taken(run, v, a, JobErrorCode::HostUnreachable, &s).await;
                     }
                     Err(s)
                         if datapath_api::error::reason(&s).as_deref()
@@ -113,7 +113,7 @@ pub(super) async fn follow(run: &Run, idx: usize, v: &pb::FlowVolume) -> Result<
                             s.message(),
                         )));
                     }
-                    Err(_) => return conclude(run, v).await.map(Ended::Concluded),
+                    Err(_) => return conclude(run, v, a).await.map(Ended::Concluded),
                 }
             }
             Err(s) => {
@@ -128,17 +128,18 @@ pub(super) async fn follow(run: &Run, idx: usize, v: &pb::FlowVolume) -> Result<
 /// it was not committed, the try was a transient `code`.
 async fn not_taken(
     run: &Run,
-    v: &pb::FlowVolume,
+    v: &Volume,
+    a: &Attempt,
     code: JobErrorCode,
     status: &tonic::Status,
 ) -> Result<Ended, Stop> {
-    Ok(Ended::Concluded(match conclude(run, v).await? {
+    Ok(Ended::Concluded(match conclude(run, v, a).await? {
         JobEnd::Succeeded => JobEnd::Succeeded,
         _ => JobEnd::failed(
             code,
             format!(
                 "host {} did not take the copy: {}",
-                v.host_id,
+                a.host,
                 status.message()
             ),
         ),
@@ -153,7 +154,8 @@ async fn not_taken(
 async fn watch_job(
     run: &Run,
     idx: usize,
-    v: &pb::FlowVolume,
+    v: &Volume,
+    a: &Attempt,
     read: &pb::Job,
     mut news: crate::job_watch::Subscription,
     abort_sent: &mut bool,
@@ -181,21 +183,21 @@ async fn watch_job(
             },
             _ = stop.changed() => {
                 if !*abort_sent && run.stopping() {
-                    *abort_sent = abort(run, &v.job_id).await;
+                    *abort_sent = abort(run, &a.job.to_string()).await;
                 }
             }
             Ok(()) = departures.changed() => {
-                if let Some(end) = host_gone(run, v).await? {
+                if let Some(end) = host_gone(run, v, a).await? {
                     return Ok(Some(end));
                 }
             }
             _ = host_check.tick() => {
-                if let Some(end) = host_gone(run, v).await? {
+                if let Some(end) = host_gone(run, v, a).await? {
                     return Ok(Some(end));
                 }
-                if !std::mem::take(&mut heard) && lease.released(run, v).await {
-                    warn!(op = %run.record.op, job_id = %v.job_id, "the copy released its lease but its job never ended; asking the destination");
-                    return conclude(run, v).await.map(|e| Some(Ended::Concluded(e)));
+                if !std::mem::take(&mut heard) && lease.released(run, v, a).await {
+                    warn!(op = %run.record.op, job_id = %a.job, "the copy released its lease but its job never ended; asking the destination");
+                    return conclude(run, v, a).await.map(|e| Some(Ended::Concluded(e)));
                 }
             }
         }
@@ -203,12 +205,12 @@ async fn watch_job(
 }
 
 /// When the copy's host is gone: the attempt concluded from the destination.
-async fn host_gone(run: &Run, v: &pb::FlowVolume) -> Result<Option<Ended>, Stop> {
-    if host_live(run, &v.host_id).await {
+async fn host_gone(run: &Run, v: &Volume, a: &Attempt) -> Result<Option<Ended>, Stop> {
+    if host_live(run, &a.host.to_string()).await {
         return Ok(None);
     }
-    warn!(op = %run.record.op, host = %v.host_id, "the copy's host is gone; asking the destination");
-    conclude(run, v).await.map(|e| Some(Ended::Concluded(e)))
+    warn!(op = %run.record.op, host = %a.host, "the copy's host is gone; asking the destination");
+    conclude(run, v, a).await.map(|e| Some(Ended::Concluded(e)))
 }
 
 /// Whether an attempt's destination lease was seen held by its job and is free now: the worker
@@ -225,13 +227,10 @@ impl LeaseSeen {
         self.0 |= job.progress > 0;
     }
 
-    async fn released(&mut self, run: &Run, v: &pb::FlowVolume) -> bool {
-        let Ok(key) = VolumeKey::from_pb("destination", v.destination.as_ref()) else {
-            return false;
-        };
-        match run.engine.coord.volume_lease(&key).await {
+    async fn released(&mut self, run: &Run, v: &Volume, a: &Attempt) -> bool {
+        match run.engine.coord.volume_lease(&v.destination).await {
             Ok(Some(l)) => {
-                self.0 |= l.job_id == v.job_id;
+                self.0 |= l.job_id == a.job.to_string();
                 false
             }
             Ok(None) => self.0,
@@ -247,7 +246,7 @@ async fn note(run: &Run, idx: usize, job: &pb::Job) -> Result<(), Stop> {
         .update_progress(|f| {
             let v = &mut f.volumes[idx];
             v.progress = v.progress.max(progress);
-            v.job_status = status;
+            v.job_status = JobStatus::try_from(status).unwrap_or_default();
         })
         .await
 }

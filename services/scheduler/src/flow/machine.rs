@@ -8,9 +8,9 @@
 //!       │                   │ └──copied, clone──────────────────────────▶ Done
 //!       └─failed─▶ Rollback ◀┴─failed / cancelled        DeleteSource ─failed─▶ Rollback ─▶ Done (error)
 //! ```
-use datapath_api::pb::{self, OperationStep};
+use datapath_api::pb;
 
-use super::copy::Outcome;
+use super::{copy::Outcome, model::Step};
 
 /// What the runner does for a flow at a step.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,41 +33,31 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Next {
     /// Persist this step and run it.
-    Step(OperationStep),
+    Step(Step),
     /// End the operation successfully.
     Finish,
     /// Roll back with this error.
     Rollback(pb::OperationError),
 }
 
-/// A step this scheduler does not know: never run from a default.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("step {0} is not one this scheduler knows")]
-pub struct UnknownStep(pub i32);
-
-/// The action for a flow whose record is at `step` (its raw value); `cancelled`: a cancel was
-/// asked.
-pub fn action(step: i32, cancelled: bool) -> Result<Action, UnknownStep> {
-    let step = match OperationStep::try_from(step) {
-        Ok(OperationStep::Unspecified) | Err(_) => return Err(UnknownStep(step)),
-        Ok(s) => s,
-    };
-    Ok(match step {
-        OperationStep::Rollback => Action::Rollback,
-        OperationStep::Done => Action::Finish,
+/// The action for a flow whose record is at `step` (a stored step this scheduler does not know
+/// never gets here: such a flow is parked at load, `model.rs`); `cancelled`: a cancel was asked.
+pub fn action(step: Step, cancelled: bool) -> Action {
+    match step {
+        Step::Rollback => Action::Rollback,
+        Step::Done => Action::Finish,
         // The source's deletion is past the point of no return: the destination is complete.
-        OperationStep::DeleteSource => Action::DeleteSource,
+        Step::DeleteSource => Action::DeleteSource,
         _ if cancelled => Action::RollBackCancelled,
-        OperationStep::CloneStructure => Action::Structure,
-        OperationStep::CopyData => Action::Copy,
-        OperationStep::Unspecified => return Err(UnknownStep(step as i32)),
-    })
+        Step::CloneStructure => Action::Structure,
+        Step::CopyData => Action::Copy,
+    }
 }
 
 /// After the structure step.
 pub fn after_structure(result: Result<(), pb::OperationError>) -> Next {
     match result {
-        Ok(()) => Next::Step(OperationStep::CopyData),
+        Ok(()) => Next::Step(Step::CopyData),
         Err(e) => Next::Rollback(e),
     }
 }
@@ -75,7 +65,7 @@ pub fn after_structure(result: Result<(), pb::OperationError>) -> Next {
 /// After the copy step; a move then deletes its source, a clone is done.
 pub fn after_copy(outcome: Outcome, is_move: bool) -> Next {
     match outcome {
-        Outcome::Copied if is_move => Next::Step(OperationStep::DeleteSource),
+        Outcome::Copied if is_move => Next::Step(Step::DeleteSource),
         Outcome::Copied => Next::Finish,
         Outcome::Cancelled => Next::Rollback(cancelled_error()),
         Outcome::Failed(e) => Next::Rollback(e),
@@ -114,7 +104,7 @@ mod tests {
 
     #[test]
     fn each_step_runs_its_action_and_a_cancel_rolls_back_all_but_the_source_deletion() {
-        use OperationStep as S;
+        use Step as S;
         let cases = [
             (S::CloneStructure, false, Action::Structure),
             (S::CopyData, false, Action::Copy),
@@ -129,29 +119,20 @@ mod tests {
         ];
         for (step, cancelled, want) in cases {
             assert_eq!(
-                action(step as i32, cancelled),
-                Ok(want),
+                action(step, cancelled),
+                want,
                 "{step:?} cancelled={cancelled}"
             );
         }
     }
 
     #[test]
-    fn an_unknown_or_unset_step_is_an_error_never_the_first_step() {
-        for raw in [OperationStep::Unspecified as i32, 99, -1] {
-            for cancelled in [false, true] {
-                assert_eq!(action(raw, cancelled), Err(UnknownStep(raw)));
-            }
-        }
-    }
-
-    #[test]
     fn outcomes_lead_where_the_diagram_says() {
-        assert_eq!(after_structure(Ok(())), Next::Step(OperationStep::CopyData));
+        assert_eq!(after_structure(Ok(())), Next::Step(Step::CopyData));
         assert_eq!(after_structure(Err(failure())), Next::Rollback(failure()));
         assert_eq!(
             after_copy(Outcome::Copied, true),
-            Next::Step(OperationStep::DeleteSource)
+            Next::Step(Step::DeleteSource)
         );
         assert_eq!(after_copy(Outcome::Copied, false), Next::Finish);
         assert_eq!(
@@ -175,11 +156,11 @@ mod tests {
         is_move: bool,
         copy: Outcome,
         delete: Result<(), pb::OperationError>,
-    ) -> (Vec<OperationStep>, Next) {
-        let mut step = OperationStep::CloneStructure;
+    ) -> (Vec<Step>, Next) {
+        let mut step = Step::CloneStructure;
         let mut steps = vec![step];
         loop {
-            let next = match action(step as i32, false).unwrap() {
+            let next = match action(step, false) {
                 Action::Structure => after_structure(Ok(())),
                 Action::Copy => after_copy(copy.clone(), is_move),
                 Action::DeleteSource => after_delete_source(delete.clone()),
@@ -197,7 +178,7 @@ mod tests {
 
     #[test]
     fn a_move_ends_after_its_source_is_deleted_and_a_clone_after_its_copy() {
-        use OperationStep as S;
+        use Step as S;
         assert_eq!(
             walk(true, Outcome::Copied, Ok(())),
             (

@@ -2,7 +2,6 @@
 //! `flows/<operation_id>` before it acts, so a scheduler killed at any point and restarted (or a
 //! standby that wins the election) resumes it and ends it moved or rolled back, never half.
 pub mod admission;
-pub mod check;
 mod conclude;
 pub mod copy;
 pub mod executor;
@@ -10,6 +9,7 @@ pub mod failpoint;
 mod follow;
 pub mod locks;
 pub mod machine;
+pub mod model;
 pub mod placement;
 pub mod plan;
 pub mod progress;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use datapath_api::pb;
 use tracing::debug;
 
-use super::{runner::Run, Stop};
+use super::{model::Volume, runner::Run, Stop};
 use crate::selection::{self, HostSelector as _, SpmOnly, Step};
 
 /// Where a copy goes.
@@ -28,9 +28,9 @@ const WAIT: Duration = Duration::from_secs(1);
 /// Chooses the host for `v`'s next attempt and counts it as placed. Steps between the same two
 /// domains queue (`Engine::placement_queue`): the first looks for a host, waking on every change
 /// of the cluster view and every placement freed; the others wait their turn without a cost.
-pub async fn place(run: &Run, v: &pb::FlowVolume) -> Result<Placement, Stop> {
-    let src = v.source.clone().unwrap_or_default().storage_domain_id;
-    let dst = v.destination.clone().unwrap_or_default().storage_domain_id;
+pub async fn place(run: &Run, v: &Volume) -> Result<Placement, Stop> {
+    let src = v.source.storage_domain.to_string();
+    let dst = v.destination.storage_domain.to_string();
     let since = Instant::now();
     let queue = run.engine.placement_queue(&src, &dst);
     let mut stop = run.stop_signal();
@@ -77,7 +77,7 @@ const CHOICES: usize = 3;
 /// The policy's choice for `v`, counted as placed. The placements are not held locked while the
 /// policy decides (an external policy is a gRPC call): the choice is checked against them again
 /// afterwards, and made again if the chosen host filled up meanwhile.
-async fn try_place(run: &Run, v: &pb::FlowVolume, src: &str, dst: &str) -> Option<pb::Host> {
+async fn try_place(run: &Run, v: &Volume, src: &str, dst: &str) -> Option<pb::Host> {
     let engine = &run.engine;
     let hosts = engine.live_hosts().await.ok()?;
     let spm = engine.spm_id().await.ok()?;
@@ -110,7 +110,7 @@ async fn try_place(run: &Run, v: &pb::FlowVolume, src: &str, dst: &str) -> Optio
 /// What the policy decides on: the candidates as the placements stand now.
 async fn step(
     run: &Run,
-    v: &pb::FlowVolume,
+    v: &Volume,
     hosts: &[pb::Host],
     spm: Option<String>,
     src: &str,
@@ -131,11 +131,11 @@ async fn step(
         spm,
         params: pb::CopyDataParams {
             source: Some(pb::CopyDataEndpoint {
-                volume: v.source.clone(),
+                volume: Some(v.source.to_pb()),
                 generation: None,
             }),
             destination: Some(pb::CopyDataEndpoint {
-                volume: v.destination.clone(),
+                volume: Some(v.destination.to_pb()),
                 generation: None,
             }),
         },
@@ -143,14 +143,14 @@ async fn step(
     }
 }
 
-/// Forgets a placement once its attempt ended (or never started).
-pub async fn unplace(run: &Run, v: &pb::FlowVolume) {
+/// Forgets a placement of `size_bytes` on `host` once its attempt ended (or never started).
+pub async fn unplace(run: &Run, host: &str, size_bytes: u64) {
     let mut placed = run.engine.placed.lock().await;
-    if let Some(entry) = placed.get_mut(&v.host_id) {
+    if let Some(entry) = placed.get_mut(host) {
         entry.0 = entry.0.saturating_sub(1);
-        entry.1 = entry.1.saturating_sub(v.size_bytes);
+        entry.1 = entry.1.saturating_sub(size_bytes);
         if entry.0 == 0 {
-            placed.remove(&v.host_id);
+            placed.remove(host);
         }
     }
     drop(placed);

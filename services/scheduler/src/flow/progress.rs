@@ -1,19 +1,20 @@
 //! An operation's progress, as oVirt weighs it: creating the structure is the first 10 %, copying the
 //! other 90 % split by each volume's size. Shown progress never goes down (a retried copy starts
 //! again from 0, the figure waits for it to catch up).
-use datapath_api::pb::{self, OperationStep};
-
-use super::{state::meta_mut, volume_state::CopyState};
+use super::{
+    model::{End, Flow, Step},
+    volume_state::CopyState,
+};
 
 /// The share of the structure step.
 const STRUCTURE: f64 = 10.0;
 
 /// The progress of `flow` from its state, 0 to 100.
-pub fn compute(flow: &pb::Flow, step: OperationStep, succeeded: bool) -> u32 {
-    match step {
-        OperationStep::Unspecified | OperationStep::CloneStructure => 0,
-        OperationStep::Done if succeeded => 100,
-        OperationStep::DeleteSource => 99,
+pub fn compute(flow: &Flow) -> u32 {
+    match flow.step {
+        Step::CloneStructure => 0,
+        Step::Done if matches!(flow.end, Some(End::Succeeded(_))) => 100,
+        Step::DeleteSource => 99,
         _ => {
             let total: f64 = flow
                 .volumes
@@ -24,7 +25,7 @@ pub fn compute(flow: &pb::Flow, step: OperationStep, succeeded: bool) -> u32 {
                 .volumes
                 .iter()
                 .map(|v| {
-                    let p = if CopyState::of(v) == Ok(CopyState::Copied) {
+                    let p = if v.copy == CopyState::Copied {
                         100.0
                     } else {
                         f64::from(v.progress.min(100))
@@ -39,83 +40,72 @@ pub fn compute(flow: &pb::Flow, step: OperationStep, succeeded: bool) -> u32 {
     }
 }
 
-/// Refreshes the public view (progress, per-volume progress, updated_at) from the flow's state.
-pub fn refresh(flow: &mut pb::Flow) {
-    let succeeded = matches!(
-        flow.operation.as_ref().and_then(|o| o.result.as_ref()),
-        Some(pb::operation::Result::Response(_))
-    );
-    let volumes: Vec<pb::VolumeProgress> = flow
-        .volumes
-        .iter()
-        .map(|v| pb::VolumeProgress {
-            volume_id: v
-                .destination
-                .as_ref()
-                .map(|d| d.volume_id.clone())
-                .unwrap_or_default(),
-            job_id: v.job_id.clone(),
-            host_id: v.host_id.clone(),
-            progress: if CopyState::of(v) == Ok(CopyState::Copied) {
-                100
-            } else {
-                v.progress
-            },
-            size_bytes: v.size_bytes,
-            status: v.job_status,
-            attempts: v.attempts,
-            transient_retries: v.transient_retries,
-        })
-        .collect();
-    let snapshot = flow.clone();
-    let meta = meta_mut(flow);
-    let step = OperationStep::try_from(meta.step).unwrap_or_default();
-    meta.progress = meta.progress.max(compute(&snapshot, step, succeeded));
-    meta.volumes = volumes;
-    meta.updated_at = Some(datapath_api::time::now());
+/// Refreshes the shown progress and the save time from the flow's state (each volume's line of
+/// the public view is made from the volume when it is stored: `model.rs`).
+pub fn refresh(flow: &mut Flow) {
+    flow.progress = flow.progress.max(compute(flow));
+    flow.updated_at = Some(datapath_api::time::now());
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use datapath_api::pb::FlowVolumeState;
+    use datapath_api::{
+        ids::{ImageId, OperationId, StorageDomainId, VolumeId},
+        volume::{DiskKey, VolumeKey},
+    };
 
-    fn vol(size: u64, progress: u32, state: FlowVolumeState) -> pb::FlowVolume {
-        pb::FlowVolume {
-            size_bytes: size,
-            progress,
-            state: state as i32,
-            ..Default::default()
-        }
+    use super::*;
+    use crate::flow::model::{Kind, Volume};
+
+    fn vol(size: u64, progress: u32, copy: CopyState) -> Volume {
+        let key = || VolumeKey {
+            storage_domain: StorageDomainId::random(),
+            image: ImageId::random(),
+            volume: VolumeId::random(),
+        };
+        let mut v = Volume::pending(key(), key());
+        v.size_bytes = size;
+        v.progress = progress;
+        v.copy = copy;
+        v
+    }
+
+    fn flow(step: Step, volumes: Vec<Volume>) -> Flow {
+        let d = DiskKey {
+            storage_domain: StorageDomainId::random(),
+            image: ImageId::random(),
+        };
+        let mut f = Flow::new(OperationId::time_ordered(), Kind::MoveDisk, "", d);
+        f.step = step;
+        f.volumes = volumes;
+        f
     }
 
     #[test]
     fn copy_progress_is_weighted_by_size() {
-        let flow = pb::Flow {
-            volumes: vec![
-                vol(300, 0, FlowVolumeState::Copied),
-                vol(100, 50, FlowVolumeState::Copying),
-            ],
-            ..Default::default()
-        };
+        let volumes = vec![
+            vol(300, 0, CopyState::Copied),
+            vol(100, 50, CopyState::Pending),
+        ];
+        let mut f = flow(Step::CopyData, volumes);
         // 10 + 90 * (300 + 50) / 400 = 88.75
-        assert_eq!(compute(&flow, OperationStep::CopyData, false), 88);
-        assert_eq!(compute(&flow, OperationStep::CloneStructure, false), 0);
-        assert_eq!(compute(&flow, OperationStep::Done, true), 100);
+        assert_eq!(compute(&f), 88);
+        f.step = Step::CloneStructure;
+        assert_eq!(compute(&f), 0);
+        f.step = Step::Done;
+        assert_eq!(compute(&f), 88, "a failed end is not 100");
+        f.end = Some(End::Succeeded(f.destination));
+        assert_eq!(compute(&f), 100);
     }
 
     #[test]
     fn shown_progress_never_goes_down() {
-        let mut flow = pb::Flow {
-            volumes: vec![vol(100, 80, FlowVolumeState::Copying)],
-            ..Default::default()
-        };
-        meta_mut(&mut flow).step = OperationStep::CopyData as i32;
-        refresh(&mut flow);
-        let first = meta_mut(&mut flow).progress;
-        flow.volumes[0].progress = 0; // a retry starts again
-        refresh(&mut flow);
-        assert_eq!(meta_mut(&mut flow).progress, first);
+        let mut f = flow(Step::CopyData, vec![vol(100, 80, CopyState::Pending)]);
+        refresh(&mut f);
+        let first = f.progress;
+        f.volumes[0].progress = 0; // a retry starts again
+        refresh(&mut f);
+        assert_eq!(f.progress, first);
         assert_eq!(first, 82);
     }
 }

@@ -4,11 +4,7 @@
 //! is persisted before it acts and each action is idempotent, so running a step twice is harmless.
 use std::{sync::Arc, time::Duration};
 
-use datapath_api::{
-    ids::OperationId,
-    pb::{self, OperationKind, OperationStep},
-    volume::DiskKey,
-};
+use datapath_api::{ids::OperationId, pb, volume::DiskKey};
 use datapath_coord::{election::Leadership, flows::Versioned};
 use futures::{stream, StreamExt as _};
 use tokio::sync::watch;
@@ -21,8 +17,9 @@ use super::{
     failpoint::Failpoint,
     locks,
     machine::{self, Action, Next},
+    model::{End, Flow, Kind, Step},
     spans,
-    state::{meta, meta_mut, Begin, FlowRecord},
+    state::{meta, Begin, FlowRecord, StoredFlow},
     volume_state::CopyState,
     Stop,
 };
@@ -118,20 +115,21 @@ async fn run_admitted(
     known: Option<Versioned<pb::Flow>>,
     turn: super::admission::Turn,
 ) -> Result<(), Stop> {
-    let record = match known {
-        Some(flow) => FlowRecord::new(engine.flows.clone(), leader, op, flow),
-        None => match FlowRecord::load(engine.flows.clone(), leader, op).await? {
-            Some(record) => record,
+    let stored = match known {
+        Some(flow) => StoredFlow::new(engine.flows.clone(), leader, op, flow),
+        None => match StoredFlow::load(engine.flows.clone(), leader, op).await? {
+            Some(stored) => stored,
             None => return Ok(()),
         },
     };
-    let flow = match record.begin_run().await? {
-        Begin::Running(flow) => *flow,
+    let record = match stored.begin_run().await? {
+        Begin::Running(record) => record,
         // Ended; its record is bound to its retention lease and must not be rewritten.
         Begin::Ended => return Ok(()),
-        Begin::Unreadable(why) => return park(&record, &why).await,
+        Begin::Unreadable(stored, why) => return park(stored, &why).await,
     };
-    let _running = metrics::Running::new(meta(&flow).kind);
+    let flow = record.get().await;
+    let _running = metrics::Running::new(flow.kind.to_pb() as i32);
     let (abandon, _) = watch::channel(false);
     let span = spans::flow(&op.name(), &flow);
     let run = Run {
@@ -149,17 +147,11 @@ async fn run_admitted(
 async fn drive(run: &Run) -> Result<(), Stop> {
     loop {
         let flow = run.record.get().await;
-        if flow.operation.as_ref().is_some_and(|o| o.done) {
+        if flow.end.is_some() {
             return Ok(());
         }
-        if meta(&flow).cancel_requested {
-            run.record.note_cancel().await;
-        }
-        let cancelled = *run.cancel.borrow() || meta(&flow).cancel_requested;
-        let action = match machine::action(meta(&flow).step, cancelled) {
-            Ok(a) => a,
-            Err(unknown) => return park(&run.record, &unknown.to_string()).await,
-        };
+        let cancelled = *run.cancel.borrow() || flow.cancel_requested;
+        let action = machine::action(flow.step, cancelled);
         if !matches!(action, Action::Structure | Action::Copy) {
             run.started();
         }
@@ -183,7 +175,8 @@ async fn drive(run: &Run) -> Result<(), Stop> {
             Action::Copy => {
                 let copied =
                     copy_all(run, &flow).instrument(spans::step("CopyImageGroupVolumesData"));
-                machine::after_copy(metrics::step("copy_data", copied).await?, is_move(&flow))
+                let is_move = flow.kind == Kind::MoveDisk;
+                machine::after_copy(metrics::step("copy_data", copied).await?, is_move)
             }
             Action::DeleteSource => {
                 let deleted =
@@ -199,11 +192,11 @@ async fn drive(run: &Run) -> Result<(), Stop> {
     }
 }
 
-/// Parks a flow that cannot be run safely (`check.rs`): its operation ends with `NEEDS_OPERATOR`,
+/// Parks a flow that cannot be run safely (`model.rs`): its operation ends with `NEEDS_OPERATOR`,
 /// nothing of it runs, its locks are kept, and its record is kept too (no retention lease), so
 /// the disks stay untouched until an operator has looked.
-async fn park(record: &FlowRecord, why: &str) -> Result<(), Stop> {
-    warn!(op = %record.op, why, "flow parked: it cannot be run safely; an operator must look at it");
+async fn park(stored: StoredFlow, why: &str) -> Result<(), Stop> {
+    warn!(op = %stored.op, why, "flow parked: it cannot be run safely; an operator must look at it");
     let error = pb::OperationError {
         code: Code::FailedPrecondition as i32,
         message: format!(
@@ -212,44 +205,29 @@ async fn park(record: &FlowRecord, why: &str) -> Result<(), Stop> {
         ),
         reason: "NEEDS_OPERATOR".into(),
     };
-    let flow = record
-        .update(|f| {
-            let op = f.operation.get_or_insert_with(Default::default);
-            op.done = true;
-            op.result = Some(pb::operation::Result::Error(error.clone()));
-        })
-        .await?;
-    metrics::operation_ended(meta(&flow).kind, Some(&error));
+    let kind = meta(stored.stored()).kind;
+    stored.park(error.clone()).await?;
+    metrics::operation_ended(kind, Some(&error));
     Ok(())
 }
 
-fn is_move(flow: &pb::Flow) -> bool {
-    meta(flow).kind == OperationKind::MoveDisk as i32
-}
-
-async fn set_step(run: &Run, step: OperationStep) -> Result<(), Stop> {
+async fn set_step(run: &Run, step: Step) -> Result<(), Stop> {
     info!(op = %run.record.op, ?step, "flow step");
-    run.record
-        .update(|f| meta_mut(f).step = step as i32)
-        .await
-        .map(drop)
+    run.record.update(|f| f.step = step).await.map(drop)
 }
 
 /// `CloneImageGroupVolumesStructure`: every destination volume created on the SPM, ILLEGAL, base
 /// first (a layer needs its parent). A volume that already exists was created by an earlier run of
 /// this step: the destination disk is locked by this operation.
-async fn clone_structure(
-    run: &Run,
-    flow: &pb::Flow,
-) -> Result<Result<(), pb::OperationError>, Stop> {
+async fn clone_structure(run: &Run, flow: &Flow) -> Result<Result<(), pb::OperationError>, Stop> {
     for v in &flow.volumes {
         let req = pb::CreateVolumeRequest {
-            volume: v.destination.clone(),
-            format: v.format,
-            allocation: v.allocation,
+            volume: Some(v.destination.to_pb()),
+            format: v.format as i32,
+            allocation: v.allocation as i32,
             capacity_bytes: v.capacity_bytes,
-            parent_volume_id: v.parent_volume_id.clone(),
-            role: v.role,
+            parent_volume_id: v.parent.map(|p| p.to_string()).unwrap_or_default(),
+            role: v.role as i32,
             legality: pb::Legality::Illegal as i32,
             description: format!("created by {}", run.record.op.name()),
         };
@@ -269,7 +247,7 @@ async fn clone_structure(
 
 /// `CopyImageGroupVolumesData`: every volume, up to `parallel_copies` at once, in chain order. The
 /// first failure stops the others (they abort their jobs) and is the flow's outcome.
-async fn copy_all(run: &Run, flow: &pb::Flow) -> Result<Outcome, Stop> {
+async fn copy_all(run: &Run, flow: &Flow) -> Result<Outcome, Stop> {
     let parallel = run.engine.settings.parallel_copies.max(1);
     let mut copies = stream::iter(0..flow.volumes.len())
         .map(|i| copy_volume(run, i).instrument(spans::volume(&flow.volumes[i])))
@@ -294,8 +272,8 @@ async fn copy_all(run: &Run, flow: &pb::Flow) -> Result<Outcome, Stop> {
 /// Deletes the source image on the SPM once every destination volume shows its copy and no clone
 /// reads the source. Returns why it did not (the source is still intact then): cancelled while
 /// waiting for readers, or a destination volume that does not show its copy.
-async fn delete_source(run: &Run, flow: &pb::Flow) -> Result<Result<(), pb::OperationError>, Stop> {
-    let source = disk_of(meta(flow).disk.as_ref());
+async fn delete_source(run: &Run, flow: &Flow) -> Result<Result<(), pb::OperationError>, Stop> {
+    let source = flow.disk;
     let name = run.record.op.name();
     run.engine.failpoint(Failpoint::BeforeDeleteSource);
     for v in &flow.volumes {
@@ -348,7 +326,7 @@ async fn start_rollback(run: &Run, failure: pb::OperationError) -> Result<(), St
     run.record
         .update(|f| {
             f.failure = Some(failure);
-            meta_mut(f).step = OperationStep::Rollback as i32;
+            f.step = Step::Rollback;
         })
         .await?;
     metrics::step(
@@ -364,7 +342,7 @@ async fn rollback(run: &Run) -> Result<(), Stop> {
     run.abandon.send_replace(true);
     let flow = run.record.get().await;
     for v in &flow.volumes {
-        if let Ok(CopyState::Copying(attempt)) = CopyState::of(v) {
+        if let CopyState::Copying(attempt) = v.copy {
             let _ = run
                 .engine
                 .clients
@@ -375,9 +353,8 @@ async fn rollback(run: &Run) -> Result<(), Stop> {
                 .await;
         }
     }
-    let destination = disk_of(flow.destination.as_ref());
     run.engine.failpoint(Failpoint::BeforeRollbackDelete);
-    delete_image(run, &destination).await;
+    delete_image(run, &flow.destination).await;
     let failure = flow
         .failure
         .clone()
@@ -394,33 +371,22 @@ async fn finish(run: &Run, failure: Option<pb::OperationError>) -> Result<(), St
 
 async fn end_operation(run: &Run, failure: Option<pb::OperationError>) -> Result<(), Stop> {
     let flow = run.record.get().await;
-    let disks: Vec<DiskKey> = flow
-        .exclusive_locks
-        .iter()
-        .chain(&flow.shared_locks)
-        .map(|d| disk_of(Some(d)))
-        .collect();
     let failure = failure.or_else(|| {
-        (meta(&flow).step == OperationStep::Rollback as i32).then(|| {
+        (flow.step == Step::Rollback).then(|| {
             flow.failure
                 .clone()
                 .unwrap_or_else(machine::cancelled_error)
         })
     });
     run.engine.failpoint(Failpoint::BeforeFinish);
-    let result = match &failure {
-        Some(e) => pb::operation::Result::Error(e.clone()),
-        None => pb::operation::Result::Response(flow.destination.clone().unwrap_or_default()),
+    let end = match &failure {
+        Some(e) => End::Failed(e.clone()),
+        None => End::Succeeded(flow.destination),
     };
     run.record
-        .finish(&disks, |f| {
-            let op = f.operation.get_or_insert_with(Default::default);
-            op.done = true;
-            op.result = Some(result);
-            meta_mut(f).step = OperationStep::Done as i32;
-        })
+        .finish(&flow.locked_disks(), end, |f| f.step = Step::Done)
         .await?;
-    metrics::operation_ended(meta(&flow).kind, failure.as_ref());
+    metrics::operation_ended(flow.kind.to_pb() as i32, failure.as_ref());
     match failure {
         None => info!(op = %run.record.op, "operation succeeded"),
         Some(e) => info!(op = %run.record.op, reason = %e.reason, "operation ended with an error"),
@@ -461,12 +427,4 @@ fn status_error(s: &tonic::Status) -> pb::OperationError {
         message: s.message().to_string(),
         reason: datapath_api::error::reason(s).unwrap_or_else(|| "STRUCTURE_FAILED".into()),
     }
-}
-
-/// The disk a stored `DiskRef` names (written by this scheduler, so well-formed).
-pub fn disk_of(d: Option<&pb::DiskRef>) -> DiskKey {
-    DiskKey::from_pb("disk", d).unwrap_or_else(|_| DiskKey {
-        storage_domain: uuid::Uuid::nil().into(),
-        image: uuid::Uuid::nil().into(),
-    })
 }

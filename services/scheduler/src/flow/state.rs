@@ -1,10 +1,7 @@
 //! A running flow's record: the in-memory copy the runner works on and the etcd record it is saved to
 //! by compare-and-swap under the leadership guard. The only other writer is CancelOperation, which
 //! sets `cancel_requested`; a save that meets it merges the flag and tries again.
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use datapath_api::volume::DiskKey;
 use datapath_api::{ids::OperationId, pb};
@@ -12,31 +9,155 @@ use datapath_coord::{
     disk_locks::LOCK_RETRIES, election::Leadership, flow_store::FlowStore, flows::Versioned,
     CoordError,
 };
-use tokio::sync::Mutex;
+use tokio::{sync::Mutex, time::Instant};
 use tracing::warn;
 
-use super::{progress, Stop};
+use super::{
+    model::{End, Flow},
+    progress, Stop,
+};
 
 /// Progress-only saves happen at most this often per flow.
 const PROGRESS_SAVE_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How a run of a flow begins ([`StoredFlow::begin_run`]).
+pub enum Begin {
+    /// Counted; the flow as saved, to run.
+    Running(FlowRecord),
+    /// The flow has ended.
+    Ended,
+    /// It cannot be run safely, for this reason: it is parked ([`StoredFlow::park`]).
+    Unreadable(StoredFlow, String),
+}
+
+/// A flow's record as stored, before its run begins: only protobuf, which may not convert.
+pub struct StoredFlow {
+    /// The operation.
+    pub op: OperationId,
+    store: Arc<dyn FlowStore>,
+    leader: Leadership,
+    record: Versioned<pb::Flow>,
+}
+
+impl StoredFlow {
+    /// Loads the flow; `None` if it does not exist.
+    pub async fn load(
+        store: Arc<dyn FlowStore>,
+        leader: Leadership,
+        op: OperationId,
+    ) -> Result<Option<Self>, Stop> {
+        let Some(record) = store.get_flow(op).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Self::new(store, leader, op, record)))
+    }
+
+    /// The flow as read elsewhere (listed or watched). Only its runner writes it besides a cancel
+    /// request, and every save compares the mod revision: a record changed since it was read fails
+    /// the first save, whose merge adopts the cancel; one deleted stops the runner (`Gone`).
+    pub fn new(
+        store: Arc<dyn FlowStore>,
+        leader: Leadership,
+        op: OperationId,
+        record: Versioned<pb::Flow>,
+    ) -> Self {
+        Self {
+            op,
+            store,
+            leader,
+            record,
+        }
+    }
+
+    /// The record as last read.
+    pub fn stored(&self) -> &pb::Flow {
+        &self.record.value
+    }
+
+    /// Counts this run (`runs`) on the record as known, unless the flow has ended or cannot be
+    /// run safely (`model.rs`: then nothing is written). When the record changed since it was
+    /// read (listed or watched before a later write reached this scheduler), nothing has been
+    /// acted on yet: it is read again and judged afresh, never merged into an outdated copy.
+    pub async fn begin_run(mut self) -> Result<Begin, Stop> {
+        loop {
+            if self.record.value.operation.as_ref().is_some_and(|o| o.done) {
+                return Ok(Begin::Ended);
+            }
+            let mut flow = match Flow::from_pb(self.op, &self.record.value) {
+                Ok(flow) => flow,
+                Err(why) => {
+                    // Judged on the stored record, never on an outdated copy (parking writes).
+                    let remote = self.store.get_flow(self.op).await?.ok_or(Stop::Gone)?;
+                    if remote.mod_revision == self.record.mod_revision {
+                        return Ok(Begin::Unreadable(self, why));
+                    }
+                    self.record = remote;
+                    continue;
+                }
+            };
+            flow.runs += 1;
+            progress::refresh(&mut flow);
+            let (op, rev, leader) = (self.op, self.record.mod_revision, &self.leader);
+            let written = self
+                .store
+                .put_flow_if(op, &flow.to_pb(), rev, leader)
+                .await?;
+            if let Some(rev) = written {
+                return Ok(Begin::Running(FlowRecord {
+                    op,
+                    store: self.store,
+                    leader: self.leader,
+                    inner: Mutex::new(Inner {
+                        flow,
+                        mod_revision: rev,
+                        last_save: Instant::now(),
+                    }),
+                }));
+            }
+            let remote = self.store.get_flow(self.op).await?.ok_or(Stop::Gone)?;
+            if remote.mod_revision == self.record.mod_revision {
+                return Err(Stop::LeadershipLost);
+            }
+            self.record = remote;
+        }
+    }
+
+    /// Ends the operation with `error` on the stored record as it is, keeping everything else of
+    /// it (its locks, its volumes): a flow that cannot be run is parked, not interpreted. Kept
+    /// without a retention lease, for an operator to look at.
+    pub async fn park(mut self, error: pb::OperationError) -> Result<(), Stop> {
+        loop {
+            let mut parked = self.record.value.clone();
+            let op = parked.operation.get_or_insert_with(Default::default);
+            op.done = true;
+            op.result = Some(pb::operation::Result::Error(error.clone()));
+            let (rev, leader) = (self.record.mod_revision, &self.leader);
+            if self
+                .store
+                .put_flow_if(self.op, &parked, rev, leader)
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+            let remote = self.store.get_flow(self.op).await?.ok_or(Stop::Gone)?;
+            if remote.mod_revision == self.record.mod_revision {
+                return Err(Stop::LeadershipLost);
+            }
+            self.record = remote;
+        }
+    }
+}
+
 struct Inner {
-    flow: pb::Flow,
+    flow: Flow,
     mod_revision: i64,
     last_save: Instant,
 }
 
-/// How a run of a flow begins ([`FlowRecord::begin_run`]).
-pub enum Begin {
-    /// Counted; the flow as saved.
-    Running(Box<pb::Flow>),
-    /// The flow has ended.
-    Ended,
-    /// It cannot be run safely, for this reason: it is parked.
-    Unreadable(String),
-}
-
-/// A flow being run by this scheduler.
+/// A flow being run by this scheduler: the typed flow the runner works on, saved to its etcd
+/// record by compare-and-swap under the leadership guard. The only other writer is CancelOperation,
+/// which sets `cancel_requested`; a save that meets it merges the flag and tries again.
 pub struct FlowRecord {
     /// The operation.
     pub op: OperationId,
@@ -46,100 +167,23 @@ pub struct FlowRecord {
 }
 
 impl FlowRecord {
-    /// Loads the flow; `None` if it does not exist.
-    pub async fn load(
-        store: Arc<dyn FlowStore>,
-        leader: Leadership,
-        op: OperationId,
-    ) -> Result<Option<Self>, Stop> {
-        let Some(v) = store.get_flow(op).await? else {
-            return Ok(None);
-        };
-        Ok(Some(Self::new(store, leader, op, v)))
-    }
-
-    /// The flow as read elsewhere (listed or watched). Only this runner writes it besides a cancel
-    /// request, and every save compares the mod revision: a record changed since it was read fails
-    /// the first save, whose merge adopts the cancel; one deleted stops the runner (`Gone`).
-    pub fn new(
-        store: Arc<dyn FlowStore>,
-        leader: Leadership,
-        op: OperationId,
-        v: Versioned<pb::Flow>,
-    ) -> Self {
-        Self {
-            op,
-            store,
-            leader,
-            inner: Mutex::new(Inner {
-                flow: v.value,
-                mod_revision: v.mod_revision,
-                last_save: Instant::now(),
-            }),
-        }
-    }
-
-    /// Counts this run (`runs`) on the record as known, unless the flow has ended or cannot be
-    /// run safely (`check.rs`: then nothing is written). When the record changed since it was
-    /// read (listed or watched before a later write reached this scheduler), nothing has been
-    /// acted on yet: it is read again and judged afresh, never merged into an outdated copy.
-    pub async fn begin_run(&self) -> Result<Begin, Stop> {
-        let mut inner = self.inner.lock().await;
-        loop {
-            if inner.flow.operation.as_ref().is_some_and(|o| o.done) {
-                return Ok(Begin::Ended);
-            }
-            if let Some(why) = super::check::unreadable(&inner.flow) {
-                // Judged on the stored record, never on an outdated copy (parking writes).
-                let remote = self.store.get_flow(self.op).await?.ok_or(Stop::Gone)?;
-                if remote.mod_revision == inner.mod_revision {
-                    return Ok(Begin::Unreadable(why));
-                }
-                inner.flow = remote.value;
-                inner.mod_revision = remote.mod_revision;
-                continue;
-            }
-            let mut counted = inner.flow.clone();
-            counted.runs += 1;
-            progress::refresh(&mut counted);
-            let written = self
-                .store
-                .put_flow_if(self.op, &counted, inner.mod_revision, &self.leader)
-                .await?;
-            if let Some(rev) = written {
-                inner.flow = counted;
-                inner.mod_revision = rev;
-                inner.last_save = Instant::now();
-                return Ok(Begin::Running(Box::new(inner.flow.clone())));
-            }
-            let remote = self.store.get_flow(self.op).await?.ok_or(Stop::Gone)?;
-            if remote.mod_revision == inner.mod_revision {
-                return Err(Stop::LeadershipLost);
-            }
-            inner.flow = remote.value;
-            inner.mod_revision = remote.mod_revision;
-        }
-    }
-
     /// The flow as the runner last left it.
-    pub async fn get(&self) -> pb::Flow {
+    pub async fn get(&self) -> Flow {
         self.inner.lock().await.flow.clone()
     }
 
     /// Whether a cancel has been requested (as last seen).
     pub async fn cancel_requested(&self) -> bool {
-        let inner = self.inner.lock().await;
-        meta(&inner.flow).cancel_requested
+        self.inner.lock().await.flow.cancel_requested
     }
 
     /// Notes a cancel request seen on the watch.
     pub async fn note_cancel(&self) {
-        let mut inner = self.inner.lock().await;
-        meta_mut(&mut inner.flow).cancel_requested = true;
+        self.inner.lock().await.flow.cancel_requested = true;
     }
 
     /// Applies `change` and saves it before returning: the caller may act on it afterwards.
-    pub async fn update(&self, change: impl FnOnce(&mut pb::Flow)) -> Result<pb::Flow, Stop> {
+    pub async fn update(&self, change: impl FnOnce(&mut Flow)) -> Result<Flow, Stop> {
         let mut inner = self.inner.lock().await;
         change(&mut inner.flow);
         self.save(&mut inner, None).await?;
@@ -148,13 +192,13 @@ impl FlowRecord {
 
     /// Applies a change that is saved with the next save, for a change whose loss a resumed run
     /// redoes by itself; the caller must not act on it before that save.
-    pub async fn stage(&self, change: impl FnOnce(&mut pb::Flow)) {
+    pub async fn stage(&self, change: impl FnOnce(&mut Flow)) {
         change(&mut self.inner.lock().await.flow);
     }
 
     /// Applies a progress-only change; it is saved if the last save is old enough (losing one is
     /// harmless: the next state change saves it).
-    pub async fn update_progress(&self, change: impl FnOnce(&mut pb::Flow)) -> Result<(), Stop> {
+    pub async fn update_progress(&self, change: impl FnOnce(&mut Flow)) -> Result<(), Stop> {
         let mut inner = self.inner.lock().await;
         change(&mut inner.flow);
         if inner.last_save.elapsed() >= PROGRESS_SAVE_INTERVAL {
@@ -163,15 +207,17 @@ impl FlowRecord {
         Ok(())
     }
 
-    /// Saves the final state, bound to a retention lease, and releases the flow's locks on
-    /// `disks` in the same transaction: a flow is never seen done while it holds a lock.
+    /// Saves the end, bound to a retention lease, and releases the flow's locks on `disks` in the
+    /// same transaction: a flow is never seen done while it holds a lock.
     pub async fn finish(
         &self,
         disks: &[DiskKey],
-        change: impl FnOnce(&mut pb::Flow),
+        end: End,
+        change: impl FnOnce(&mut Flow),
     ) -> Result<(), Stop> {
         let mut inner = self.inner.lock().await;
         change(&mut inner.flow);
+        inner.flow.end = Some(end);
         self.save(&mut inner, Some(disks)).await
     }
 
@@ -181,13 +227,14 @@ impl FlowRecord {
         let (mut failures, mut lock_changes) = (0, 0);
         loop {
             let (op, rev, leader) = (self.op, inner.mod_revision, &self.leader);
+            let stored = inner.flow.to_pb();
             let written = match ending {
                 Some(disks) => {
                     self.store
-                        .end_flow_if(op, &inner.flow, rev, leader, disks)
+                        .end_flow_if(op, &stored, rev, leader, disks)
                         .await
                 }
-                None => self.store.put_flow_if(op, &inner.flow, rev, leader).await,
+                None => self.store.put_flow_if(op, &stored, rev, leader).await,
             };
             match written {
                 Ok(Some(rev)) => {
@@ -230,7 +277,7 @@ impl FlowRecord {
             return Ok(false);
         }
         if meta(&remote.value).cancel_requested {
-            meta_mut(&mut inner.flow).cancel_requested = true;
+            inner.flow.cancel_requested = true;
         }
         inner.mod_revision = remote.mod_revision;
         Ok(true)
@@ -262,9 +309,13 @@ mod tests {
     };
 
     use async_trait::async_trait;
-    use datapath_api::pb::{OperationKind, OperationStep};
+    use datapath_api::{
+        ids::{ImageId, StorageDomainId},
+        pb::OperationStep,
+    };
 
     use super::*;
+    use crate::flow::model::{Kind, Step};
 
     /// Flow records in memory, with etcd's compare rules: a write needs the record's revision and
     /// the leadership; `lock_changes` ends fail as if a lock had moved (the record unchanged).
@@ -361,26 +412,39 @@ mod tests {
     }
 
     fn running_flow() -> pb::Flow {
-        pb::Flow {
-            destination: Some(pb::DiskRef {
-                storage_domain_id: uuid::Uuid::new_v4().to_string(),
-                image_id: uuid::Uuid::new_v4().to_string(),
-            }),
-            operation: Some(pb::Operation {
-                metadata: Some(pb::OperationMetadata {
-                    kind: OperationKind::MoveDisk as i32,
-                    step: OperationStep::CloneStructure as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
+        let (src, dst) = (disk(), disk());
+        let mut f = Flow::new(OperationId::time_ordered(), Kind::MoveDisk, "", src);
+        f.destination = dst;
+        f.exclusive_locks = vec![src, dst];
+        f.to_pb()
+    }
+
+    fn disk() -> DiskKey {
+        DiskKey {
+            storage_domain: StorageDomainId::random(),
+            image: ImageId::random(),
         }
     }
 
-    fn record(store: &Arc<MemFlows>, op: OperationId, known: Versioned<pb::Flow>) -> FlowRecord {
+    fn stored(store: &Arc<MemFlows>, op: OperationId, known: Versioned<pb::Flow>) -> StoredFlow {
         let store: Arc<dyn FlowStore> = store.clone();
-        FlowRecord::new(store, Leadership::detached("leader", 1), op, known)
+        StoredFlow::new(store, Leadership::detached("leader", 1), op, known)
+    }
+
+    /// The record, its run begun.
+    async fn running(store: &Arc<MemFlows>, op: OperationId) -> FlowRecord {
+        match stored(store, op, store.stored(op))
+            .begin_run()
+            .await
+            .unwrap()
+        {
+            Begin::Running(r) => r,
+            _ => panic!("not running"),
+        }
+    }
+
+    fn end() -> End {
+        End::Failed(super::super::machine::cancelled_error())
     }
 
     #[tokio::test]
@@ -391,7 +455,7 @@ mod tests {
         store.external(op, |f| f.operation.as_mut().unwrap().done = true);
         let ended = store.stored(op);
 
-        let begun = record(&store, op, outdated).begin_run().await.unwrap();
+        let begun = stored(&store, op, outdated).begin_run().await.unwrap();
         assert!(matches!(begun, Begin::Ended));
         assert_eq!(
             store.stored(op).mod_revision,
@@ -411,79 +475,94 @@ mod tests {
             meta_mut(f).cancel_requested = true;
         });
 
-        let Begin::Running(flow) = record(&store, op, outdated).begin_run().await.unwrap() else {
+        let Begin::Running(r) = stored(&store, op, outdated).begin_run().await.unwrap() else {
             panic!("not running");
         };
+        let flow = r.get().await;
         assert_eq!(flow.runs, 3, "counted on the stored record");
-        assert_eq!(meta(&flow).step, OperationStep::CopyData as i32);
-        assert!(meta(&flow).cancel_requested);
+        assert_eq!(flow.step, Step::CopyData);
+        assert!(flow.cancel_requested);
         assert_eq!(store.stored(op).value.runs, 3);
     }
 
     #[tokio::test]
-    async fn a_flow_is_parked_only_on_its_stored_record() {
+    async fn a_flow_is_parked_only_on_its_stored_record_and_kept_as_it_is() {
         let (store, op) = (Arc::new(MemFlows::default()), OperationId::time_ordered());
         store.external(op, |f| f.destination = None);
         let outdated = store.stored(op);
-        let r = record(&store, op, outdated.clone());
-        assert!(matches!(r.begin_run().await.unwrap(), Begin::Unreadable(_)));
+        let begun = stored(&store, op, outdated.clone())
+            .begin_run()
+            .await
+            .unwrap();
+        let Begin::Unreadable(parked, why) = begun else {
+            panic!("not parked")
+        };
+        assert!(why.contains("destination"), "{why}");
+        let error = super::super::machine::cancelled_error();
+        parked.park(error.clone()).await.unwrap();
+        let kept = store.stored(op).value;
+        let operation = kept.operation.clone().unwrap();
+        assert!(operation.done);
+        assert_eq!(operation.result, Some(pb::operation::Result::Error(error)));
+        assert_eq!(kept.destination, None, "the record was interpreted");
+        assert_eq!(kept.exclusive_locks.len(), 2, "its locks are kept");
 
         // An outdated unreadable copy of a record since made whole is run, not parked.
+        let (store, op) = (Arc::new(MemFlows::default()), OperationId::time_ordered());
+        store.external(op, |f| f.destination = None);
+        let outdated = store.stored(op);
         store.external(op, |f| *f = running_flow());
-        let r = record(&store, op, outdated);
-        assert!(matches!(r.begin_run().await.unwrap(), Begin::Running(_)));
+        let begun = stored(&store, op, outdated).begin_run().await.unwrap();
+        assert!(matches!(begun, Begin::Running(_)));
     }
 
     #[tokio::test]
     async fn a_save_that_meets_a_cancel_keeps_both() {
         let (store, op) = (Arc::new(MemFlows::default()), OperationId::time_ordered());
         store.external(op, |_| {});
-        let r = record(&store, op, store.stored(op));
+        let r = running(&store, op).await;
         store.external(op, |f| meta_mut(f).cancel_requested = true);
 
-        r.update(|f| meta_mut(f).step = OperationStep::CopyData as i32)
-            .await
-            .unwrap();
+        r.update(|f| f.step = Step::CopyData).await.unwrap();
         let saved = store.stored(op).value;
         assert_eq!(meta(&saved).step, OperationStep::CopyData as i32);
         assert!(meta(&saved).cancel_requested, "the cancel was lost");
+        assert!(r.cancel_requested().await);
     }
 
     #[tokio::test]
     async fn a_deposed_scheduler_stops_at_its_next_save() {
         let (store, op) = (Arc::new(MemFlows::default()), OperationId::time_ordered());
         store.external(op, |_| {});
-        let r = record(&store, op, store.stored(op));
+        let r = running(&store, op).await;
         store.deposed.store(true, Ordering::SeqCst);
 
         let saved = r.update(|f| f.runs += 1).await;
         assert!(matches!(saved, Err(Stop::LeadershipLost)), "{saved:?}");
-        let ended = r
-            .finish(&[], |f| f.operation.as_mut().unwrap().done = true)
-            .await;
+        let ended = r.finish(&[], end(), |_| {}).await;
         assert!(matches!(ended, Err(Stop::LeadershipLost)), "{ended:?}");
-        assert_eq!(store.stored(op).value.runs, 0, "nothing written");
+        assert_eq!(
+            store.stored(op).value.runs,
+            1,
+            "nothing written after the start"
+        );
     }
 
     #[tokio::test]
     async fn an_end_tries_again_while_a_lock_moves_and_gives_up_at_the_bound() {
         let (store, op) = (Arc::new(MemFlows::default()), OperationId::time_ordered());
         store.external(op, |_| {});
-        let r = record(&store, op, store.stored(op));
+        let r = running(&store, op).await;
         store.lock_changes.store(2, Ordering::SeqCst);
-        r.finish(&[], |f| f.operation.as_mut().unwrap().done = true)
-            .await
-            .unwrap();
+        r.finish(&[], end(), |_| {}).await.unwrap();
         assert_eq!(store.ends.load(Ordering::SeqCst), 1);
         assert!(store.stored(op).value.operation.unwrap().done);
 
         let (store, op) = (Arc::new(MemFlows::default()), OperationId::time_ordered());
         store.external(op, |_| {});
-        let r = record(&store, op, store.stored(op));
+        let r = running(&store, op).await;
         store.lock_changes.store(usize::MAX, Ordering::SeqCst);
-        let ended = r
-            .finish(&[], |f| f.operation.as_mut().unwrap().done = true)
-            .await;
+        let ended = r.finish(&[], end(), |_| {}).await;
         assert!(
             matches!(ended, Err(Stop::Coord(CoordError::LockBusy(_)))),
             "{ended:?}"

@@ -2,7 +2,7 @@
 //! its typed attempt (job, host, the destination's generation before it). `pb::FlowVolume` is only
 //! how it is stored: the runner reads it through [`CopyState::of`] and writes it through
 //! [`CopyState::store`]. A stored volume that does not convert (a state from another version, an id
-//! edited by hand) parks its flow at load (`check.rs`), so nothing is run from a default.
+//! edited by hand) parks its flow at load (`model.rs`), so nothing is run from a default.
 use datapath_api::{
     ids::{HostId, JobId},
     pb::{self, FlowVolumeState},
