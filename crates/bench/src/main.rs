@@ -63,9 +63,21 @@ struct Args {
     /// keep-alives, one per host every TTL ÷ 3.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     session_ttl: std::time::Duration,
+    /// `KEY=VALUE` set in every service of the `scale` benchmark's clusters (repeatable), e.g.
+    /// `DATAPATH_VOLUME_VIEW=on`: the launcher does not pass on the `DATAPATH_*` variables of the
+    /// benchmark's own environment, so that a shell's settings never change a measured cluster.
+    #[arg(long = "service-env", value_parser = parse_env)]
+    service_env: Vec<(String, String)>,
     /// Where the clusters keep their files (needs ~6 GiB free for `copy`).
     #[arg(long, env = "DATAPATH_BENCH_DIR")]
     dir: Option<std::path::PathBuf>,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    Ok((key.to_string(), value.to_string()))
 }
 
 #[tokio::main]
@@ -118,7 +130,11 @@ async fn main() -> anyhow::Result<()> {
         tls::run(&base, args.rounds.unwrap_or(5)).await?;
     }
     if args.which == "scale" {
-        scale::run(&base, &args.hosts, &args.ops, args.session_ttl).await?;
+        let settings = scale::Settings {
+            session_ttl: args.session_ttl,
+            env: args.service_env.clone(),
+        };
+        scale::run(&base, &args.hosts, &args.ops, &settings).await?;
     }
     if args.which == "moves" {
         moves::run(&base, &args.counts).await?;

@@ -59,19 +59,37 @@ const IDLE: Duration = Duration::from_secs(20);
 /// second count of the hosts 10 s in) is not the idle cost.
 const SETTLE: Duration = Duration::from_secs(15);
 
+/// How every cluster of the benchmark is set up.
+pub struct Settings {
+    /// The host-workers' session TTL.
+    pub session_ttl: Duration,
+    /// Variables set in every service besides the simulated copy rate (`--service-env`).
+    pub env: Vec<(String, String)>,
+}
+
 pub async fn run(
     base: &Path,
     hosts: &[usize],
     ops: &[usize],
-    session_ttl: Duration,
+    settings: &Settings,
 ) -> anyhow::Result<()> {
+    let session_ttl = settings.session_ttl;
     let mut rows = Vec::new();
     for &n in hosts {
         for &m in ops {
-            rows.push(one(base, n, m, session_ttl).await?);
+            rows.push(one(base, n, m, settings).await?);
         }
     }
-    println!("\n== scale: N hosts (simulated copies) × {SLOTS} slots, session TTL {}, M MoveDisks of empty 1 MiB disks at once, {CLIENTS} clients", humantime::format_duration(session_ttl));
+    let set: Vec<String> = settings
+        .env
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let set = match set.is_empty() {
+        true => String::new(),
+        false => format!(", services with {}", set.join(" ")),
+    };
+    println!("\n== scale: N hosts (simulated copies) × {SLOTS} slots, session TTL {}, M MoveDisks of empty 1 MiB disks at once, {CLIENTS} clients{set}", humantime::format_duration(session_ttl));
     println!("| N | M | wall | ops/s | accept p50 / p99 | job end → done p50 / p99 | scheduler / job-tracker / etcd CPU per op | etcd writes/op | etcd reads / txns per op | etcd db | peak RSS scheduler / job-tracker / etcd | idle: scheduler / job-tracker / etcd CPU, etcd writes/s |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &mut rows {
@@ -114,15 +132,17 @@ pub async fn run(
     Ok(())
 }
 
-async fn one(base: &Path, n: usize, m: usize, session_ttl: Duration) -> anyhow::Result<Row> {
+async fn one(base: &Path, n: usize, m: usize, settings: &Settings) -> anyhow::Result<Row> {
     let started = Instant::now();
+    let mut env = vec![("DATAPATH_SIMULATED_COPY_RATE".into(), RATE.to_string())];
+    env.extend(settings.env.iter().cloned());
     let mut b = Bench::start_with(
         base,
         ClusterConfig {
             hosts: n,
             job_slots: SLOTS,
-            session_ttl,
-            env: vec![("DATAPATH_SIMULATED_COPY_RATE".into(), RATE.to_string())],
+            session_ttl: settings.session_ttl,
+            env,
             ..ClusterConfig::default()
         },
     )
