@@ -1,6 +1,8 @@
-//! A running flow's record: the in-memory copy the runner works on and the etcd record it is saved to
-//! by compare-and-swap under the leadership guard. The only other writer is CancelOperation, which
-//! sets `cancel_requested`; a save that meets it merges the flag and tries again.
+//! A flow's record: as stored ([`StoredFlow`], protobuf, until its run begins and it is converted,
+//! or parked when it does not convert) and while it runs ([`FlowRecord`]: the typed flow the runner
+//! works on, saved to etcd by compare-and-swap under the leadership guard). The only other writer is
+//! CancelOperation, which sets `cancel_requested`; a save that meets it merges the flag and tries
+//! again.
 use std::{sync::Arc, time::Duration};
 
 use datapath_api::volume::DiskKey;
@@ -293,14 +295,6 @@ pub fn meta(flow: &pb::Flow) -> &pb::OperationMetadata {
         .unwrap_or_else(|| EMPTY.get_or_init(Default::default))
 }
 
-/// The operation metadata, created if missing.
-pub fn meta_mut(flow: &mut pb::Flow) -> &mut pb::OperationMetadata {
-    flow.operation
-        .get_or_insert_with(Default::default)
-        .metadata
-        .get_or_insert_with(Default::default)
-}
-
 #[cfg(test)]
 mod tests {
     use std::{
@@ -316,6 +310,14 @@ mod tests {
 
     use super::*;
     use crate::flow::model::{Kind, Step};
+
+    /// The operation metadata, created if missing.
+    fn meta_mut(flow: &mut pb::Flow) -> &mut pb::OperationMetadata {
+        flow.operation
+            .get_or_insert_with(Default::default)
+            .metadata
+            .get_or_insert_with(Default::default)
+    }
 
     /// Flow records in memory, with etcd's compare rules: a write needs the record's revision and
     /// the leadership; `lock_changes` ends fail as if a lock had moved (the record unchanged).
