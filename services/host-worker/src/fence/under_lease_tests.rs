@@ -12,16 +12,13 @@ use std::{
 
 use async_trait::async_trait;
 use datapath_api::{
-    ids::{HostId, ImageId, JobId, StorageDomainId, VolumeId},
-    volume::{Allocation, Format, Legality, Role, VolumeKey},
+    ids::{HostId, JobId},
+    volume::{Format, Legality, VolumeKey},
 };
 use datapath_coord::{generations::Refused, lease_store::VolumeLeases};
 
 use super::fence_under_lease;
-use crate::{
-    error::Error,
-    storage::{volume::NewVolume, Storage},
-};
+use crate::{error::Error, storage::Storage};
 
 const TOKEN: i64 = 41;
 
@@ -114,26 +111,7 @@ impl VolumeLeases for MemLeases {
 
 /// A raw 1 MiB volume at `generation` and `legality`, whose data file holds a stale writer's bytes.
 async fn volume(storage: &Storage, generation: u64, legality: Legality) -> VolumeKey {
-    let sd = StorageDomainId::random();
-    storage.create_domain(sd, "t").unwrap();
-    let v = VolumeKey {
-        storage_domain: sd,
-        image: ImageId::random(),
-        volume: VolumeId::random(),
-    };
-    let mut meta = storage
-        .create_volume(&NewVolume {
-            volume: v,
-            format: Format::Raw,
-            allocation: Allocation::Sparse,
-            capacity: 1 << 20,
-            parent: None,
-            role: Role::Leaf,
-            legality,
-            description: String::new(),
-        })
-        .await
-        .unwrap();
+    let (v, mut meta) = crate::storage::test_volume(storage, Format::Raw, legality).await;
     meta.generation = generation;
     storage.write_meta(&v, &meta).unwrap();
     std::fs::write(storage.volume_path(&v), vec![7u8; 1 << 20]).unwrap();

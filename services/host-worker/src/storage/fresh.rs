@@ -172,7 +172,7 @@ mod tests {
     use std::{io::Write as _, os::unix::fs::MetadataExt as _};
 
     use datapath_api::{
-        ids::{ImageId, StorageDomainId, VolumeId},
+        ids::VolumeId,
         volume::{Allocation, Format, Legality, Role},
     };
 
@@ -180,27 +180,7 @@ mod tests {
     use crate::storage::volume::NewVolume;
 
     async fn volume(storage: &Storage, format: Format) -> (VolumeKey, VolumeMeta) {
-        let sd = StorageDomainId::random();
-        storage.create_domain(sd, "t").unwrap();
-        let v = VolumeKey {
-            storage_domain: sd,
-            image: ImageId::random(),
-            volume: VolumeId::random(),
-        };
-        let meta = storage
-            .create_volume(&NewVolume {
-                volume: v,
-                format,
-                allocation: Allocation::Sparse,
-                capacity: 1 << 20,
-                parent: None,
-                role: Role::Leaf,
-                legality: Legality::Illegal,
-                description: String::new(),
-            })
-            .await
-            .unwrap();
-        (v, meta)
+        super::super::test_volume(storage, format, Legality::Illegal).await
     }
 
     /// A writer that opened the volume through its attempt name before the fence keeps writing

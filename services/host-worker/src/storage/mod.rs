@@ -178,6 +178,40 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
+/// A new sparse 1 MiB leaf volume of `format` and `legality` in a new domain, for unit tests.
+#[cfg(test)]
+pub(crate) async fn test_volume(
+    storage: &Storage,
+    format: datapath_api::volume::Format,
+    legality: datapath_api::volume::Legality,
+) -> (datapath_api::volume::VolumeKey, metadata::VolumeMeta) {
+    use datapath_api::{
+        ids::{ImageId, StorageDomainId, VolumeId},
+        volume::{Allocation, Role, VolumeKey},
+    };
+    let sd = StorageDomainId::random();
+    storage.create_domain(sd, "t").unwrap();
+    let v = VolumeKey {
+        storage_domain: sd,
+        image: ImageId::random(),
+        volume: VolumeId::random(),
+    };
+    let meta = storage
+        .create_volume(&volume::NewVolume {
+            volume: v,
+            format,
+            allocation: Allocation::Sparse,
+            capacity: 1 << 20,
+            parent: None,
+            role: Role::Leaf,
+            legality,
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    (v, meta)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
