@@ -334,3 +334,59 @@ async fn a_host_stays_serving_while_every_peer_is_stopped() {
     assert_eq!(lease_now, Some(lease), "the host lost its lease");
     assert_eq!(watcher.seen(), [SERVING], "its health changed");
 }
+
+/// A registration deleted or edited by hand (`etcdctl del` / `put`) is written again within a
+/// moment: the host watches its own key (before, it read the key back every 30 s, and this test's
+/// 5 s deadline would have failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_deleted_or_edited_by_hand_is_written_again_at_once() {
+    use prost::Message as _;
+    let tc = TestCluster::start(1, |_| {}).await.unwrap();
+    let host_id = tc.cluster.host_id(0).to_string();
+    let lease = registered_lease(&tc, &host_id).await.unwrap();
+    let key = tc
+        .layout()
+        .host(datapath_api::ids::HostId::parse("host_id", &host_id).unwrap());
+    let stored = || async {
+        let resp = tc.etcd.clone().get(key.clone(), None).await.ok()?;
+        let kv = resp.kvs().first()?;
+        Some((pb::Host::decode(kv.value()).ok()?, kv.lease()))
+    };
+    let (record, _) = stored().await.unwrap();
+
+    tc.etcd.clone().delete(key.clone(), None).await.unwrap();
+    wait_for(
+        Duration::from_secs(5),
+        "the deleted record back",
+        || async {
+            stored()
+                .await
+                .filter(|(h, l)| *h == record && *l == lease)
+                .map(|_| ())
+        },
+    )
+    .await
+    .unwrap();
+
+    let edited = pb::Host {
+        job_slots: 99,
+        ..record.clone()
+    };
+    tc.etcd
+        .clone()
+        .put(key.clone(), edited.encode_to_vec(), None)
+        .await
+        .unwrap();
+    wait_for(
+        Duration::from_secs(5),
+        "the edited record written back",
+        || async {
+            stored()
+                .await
+                .filter(|(h, l)| *h == record && *l == lease)
+                .map(|_| ())
+        },
+    )
+    .await
+    .unwrap();
+}

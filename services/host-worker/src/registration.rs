@@ -5,7 +5,11 @@
 use std::{sync::Arc, time::Duration};
 
 use datapath_api::{ids::HostId, pb};
-use datapath_coord::{hosts::HostRegistry, session::SessionState};
+use datapath_coord::{
+    hosts::{HostRegistry, RegistrationChange, RegistrationChanges},
+    session::SessionState,
+};
+use futures::StreamExt;
 use tokio::{
     sync::{watch, Notify},
     time::Instant,
@@ -37,10 +41,9 @@ pub async fn fence_on_loss(worker: Arc<Worker>) {
 /// Keeps `hosts/<host_id>` current while the session is valid: written at each new lease, when the
 /// jobs change (the changes of 100 ms folded into one write), when the storage domains it reaches
 /// change (looked at every second, so a domain created through another host becomes usable here
-/// within a second), and again whenever a read every 30 s
-/// finds it gone or changed (deleted or edited by hand: the key otherwise lives as long as the
-/// session lease). Every successful write publishes its lease on `registered`; the first one starts
-/// the reconciliation of the host's jobs.
+/// within a second), and again at once when its watch sees it deleted or changed by anyone else
+/// (by hand: the key otherwise lives as long as the session lease). Every successful write
+/// publishes its lease on `registered`; the first one starts the reconciliation of the host's jobs.
 pub async fn register(
     worker: Arc<Worker>,
     address: String,
@@ -81,39 +84,33 @@ pub(crate) async fn keep_registered(
         if let SessionState::Valid { lease_id } = state {
             let registered_at = Some(datapath_api::time::now());
             info!(lease_id, "registering the host");
-            let mut written: Option<(pb::Host, Instant)> = None;
+            let mut kept = Kept::default();
             loop {
                 let changed = r.changed.notified();
                 let host = describe(lease_id, registered_at);
-                let mut checked = false;
-                let due = match &written {
+                let due = match &kept.written {
                     None => true,
-                    Some((last, _)) if *last != host => true,
-                    // Unchanged: the key lives as long as the session lease, so it is only read
-                    // back (a read, not a write: 500 idle hosts must not keep etcd writing) and
-                    // written again if it is gone or differs (deleted or edited by hand).
-                    Some((last, at)) if at.elapsed() >= REFRESH => {
-                        checked = true;
+                    Some((last, _)) if *last != host || kept.lost => true,
+                    Some((last, _)) if kept.read_at.is_some_and(|at| Instant::now() >= at) => {
+                        kept.read_at = None;
                         registration_lost(r.hosts, r.host_id, last).await
                     }
                     Some(_) => false,
                 };
-                if let (true, Some((_, at))) = (checked, written.as_mut()) {
-                    *at = Instant::now();
-                }
                 if due {
                     match r.hosts.register_host(r.host_id, &host, lease_id).await {
-                        Ok(()) if *session.borrow() == state => {
-                            written = Some((host, Instant::now()));
+                        Ok(revision) if *session.borrow() == state => {
+                            kept.written(host, revision);
                             registered.send_if_modified(|r| r.replace(lease_id) != Some(lease_id));
                             if let Some(first) = first_written.take() {
                                 first();
                             }
                         }
-                        Ok(()) => {}
+                        Ok(_) => {}
                         Err(e) => warn!(error = %e, "could not register the host; retrying"),
                     }
                 }
+                kept.watch(r.hosts, r.host_id).await;
                 tokio::select! {
                     _ = session.changed() => break,
                     _ = changed => {
@@ -124,6 +121,7 @@ pub(crate) async fn keep_registered(
                             _ = tokio::time::sleep(COALESCE) => {}
                         }
                     }
+                    change = next_change(&mut kept.changes) => kept.judge(change),
                     _ = tokio::time::sleep(LOOK_AGAIN) => {}
                 }
             }
@@ -139,15 +137,94 @@ pub(crate) async fn keep_registered(
 const COALESCE: Duration = Duration::from_millis(100);
 /// How often the host looks at its storage domains.
 const LOOK_AGAIN: Duration = Duration::from_secs(1);
+/// How often the record is read back while its watch cannot be kept (etcd away): 500 idle hosts
+/// reading every 5 s took 5 % of a core of etcd (BENCHMARKS.md). With the watch, an idle host
+/// neither reads nor writes.
+const REFRESH: Duration = Duration::from_secs(30);
+
+/// One lease's registration as kept: what was written, and the watch that says when it is gone.
+#[derive(Default)]
+struct Kept {
+    /// The record last written and its revision.
+    written: Option<(pb::Host, i64)>,
+    /// The watch of the key, from `watch_after`.
+    changes: Option<RegistrationChanges>,
+    /// The revision after which the next watch starts: the last write's, or a compaction's.
+    watch_after: i64,
+    /// The record is known to be gone or changed by someone else: write it again.
+    lost: bool,
+    /// When the record is to be read back: after a compaction (at once), or while no watch can be
+    /// kept (every [`REFRESH`]).
+    read_at: Option<Instant>,
+}
+
+impl Kept {
+    fn written(&mut self, host: pb::Host, revision: i64) {
+        self.written = Some((host, revision));
+        self.watch_after = self.watch_after.max(revision);
+        self.lost = false;
+        self.read_at = None;
+    }
+
+    /// Starts the watch if none runs and no read is pending; a watch that cannot start is
+    /// replaced by reads every [`REFRESH`] until one can.
+    async fn watch(&mut self, hosts: &dyn HostRegistry, host_id: HostId) {
+        if self.changes.is_some() || self.read_at.is_some() || self.written.is_none() {
+            return;
+        }
+        match hosts.watch_registration(host_id, self.watch_after).await {
+            Ok(changes) => self.changes = Some(changes),
+            Err(e) => {
+                warn!(error = %e, "cannot watch the host's registration; reading it back instead");
+                self.read_at = Some(Instant::now() + REFRESH);
+            }
+        }
+    }
+
+    /// What a change seen by the watch (`None`: the watch ended) means for the record.
+    fn judge(&mut self, change: Option<datapath_coord::Result<RegistrationChange>>) {
+        let Some((last, revision)) = &self.written else {
+            return;
+        };
+        match change {
+            // Anything up to the last write was overwritten by it.
+            Some(Ok(
+                RegistrationChange::Put { revision: at, .. }
+                | RegistrationChange::Deleted { revision: at },
+            )) if at <= *revision => {}
+            Some(Ok(RegistrationChange::Put { host: Some(h), .. })) if h == *last => {}
+            Some(Ok(RegistrationChange::Put { .. } | RegistrationChange::Deleted { .. })) => {
+                warn!("the host's registration was deleted or changed in etcd; writing it again");
+                self.lost = true;
+            }
+            Some(Ok(RegistrationChange::Compacted { revision: at })) => {
+                self.changes = None;
+                self.watch_after = self.watch_after.max(at);
+                self.read_at = Some(Instant::now());
+            }
+            Some(Err(_)) | None => {
+                self.changes = None;
+                self.read_at = Some(Instant::now() + REFRESH);
+            }
+        }
+    }
+}
+
+/// The watch's next change; never, without a watch.
+async fn next_change(
+    changes: &mut Option<RegistrationChanges>,
+) -> Option<datapath_coord::Result<RegistrationChange>> {
+    match changes {
+        Some(c) => c.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Whether the registration in etcd is gone or differs from `last`, the one written (an etcd
 /// error says neither).
 async fn registration_lost(hosts: &dyn HostRegistry, host_id: HostId, last: &pb::Host) -> bool {
     matches!(hosts.get_host(host_id).await, Ok(h) if h.as_ref() != Some(last))
 }
-
-/// How often the record is read back when nothing changed. 30 s: 500 idle hosts reading every 5 s
-/// took 5 % of a core of etcd (BENCHMARKS.md).
-const REFRESH: Duration = Duration::from_secs(30);
 
 fn record(
     worker: &Worker,

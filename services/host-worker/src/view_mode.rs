@@ -18,15 +18,18 @@ pub enum VolumeViewMode {
     /// Never: every volume read goes to etcd.
     Off,
     /// Keep it while at most [`AUTO_MAX_HOSTS`] hosts are registered: counted at the start,
-    /// [`FIRST_RECHECK`] later, then every [`RECHECK`].
+    /// [`FIRST_RECHECK`] later, then as [`next_recheck`] says.
     Auto,
 }
 
 /// The largest cluster in which `auto` keeps the view: below it the view's watch events cost etcd
 /// less than the reads they save; above it, more.
 pub const AUTO_MAX_HOSTS: i64 = 32;
-/// How often `auto` counts the registered hosts (a count-only read).
+/// How often `auto` counts the registered hosts (a count-only read) while it keeps the view.
 const RECHECK: Duration = Duration::from_secs(60);
+/// The longest pause between counts without the view: 500 hosts counting every [`RECHECK`] were a
+/// quarter of an idle etcd's reads (BENCHMARKS.md).
+const RECHECK_MAX: Duration = Duration::from_secs(600);
 /// When `auto` counts the second time: hosts of a large cluster started together see a small one
 /// at first, and must not keep their views for a whole [`RECHECK`].
 const FIRST_RECHECK: Duration = Duration::from_secs(10);
@@ -35,29 +38,40 @@ const RETRY: Duration = Duration::from_secs(2);
 
 /// Starts or stops the view as `mode` says, for as long as the host runs.
 pub async fn follow(worker: Arc<Worker>, mode: VolumeViewMode) {
-    let mut counted = false;
     match mode {
         VolumeViewMode::On => worker.volumes.follow(&worker.coord),
         VolumeViewMode::Off => worker.volumes.unfollow(),
-        VolumeViewMode::Auto => loop {
-            let pause = match worker.hosts.count_hosts().await {
-                Ok(hosts) => {
-                    let first = !counted;
-                    counted = true;
-                    apply(&worker, hosts <= AUTO_MAX_HOSTS, hosts);
-                    if first {
-                        FIRST_RECHECK
-                    } else {
-                        RECHECK
+        VolumeViewMode::Auto => {
+            let mut previous = None;
+            loop {
+                let pause = match worker.hosts.count_hosts().await {
+                    Ok(hosts) => {
+                        let keep = hosts <= AUTO_MAX_HOSTS;
+                        apply(&worker, keep, hosts);
+                        let pause = next_recheck(previous, keep);
+                        previous = Some(pause);
+                        pause
                     }
-                }
-                Err(e) => {
-                    warn!(error = %e, "volume view: cannot count the hosts");
-                    RETRY
-                }
-            };
-            tokio::time::sleep(pause).await;
-        },
+                    Err(e) => {
+                        warn!(error = %e, "volume view: cannot count the hosts");
+                        RETRY
+                    }
+                };
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
+/// How long `auto` waits before it counts again, after a pause of `previous` (`None`: this was
+/// the first count). With the view the cluster is recounted every [`RECHECK`], since a small
+/// cluster that grew makes every view costly; without it the pause doubles up to [`RECHECK_MAX`]:
+/// a view missing from a cluster that shrank costs reads only.
+fn next_recheck(previous: Option<Duration>, keep: bool) -> Duration {
+    match previous {
+        None => FIRST_RECHECK,
+        Some(_) if keep => RECHECK,
+        Some(p) => (p * 2).clamp(RECHECK, RECHECK_MAX),
     }
 }
 
@@ -75,5 +89,22 @@ fn apply(worker: &Worker, keep: bool, hosts: i64) {
             "volume view: stopped (a large cluster: volume reads go to etcd)"
         );
         worker.volumes.unfollow();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_cluster_is_counted_ever_less_often_and_a_small_one_every_minute() {
+        let mut pauses = vec![next_recheck(None, false)];
+        for _ in 0..7 {
+            pauses.push(next_recheck(pauses.last().copied(), false));
+        }
+        let secs: Vec<u64> = pauses.iter().map(Duration::as_secs).collect();
+        assert_eq!(secs, [10, 60, 120, 240, 480, 600, 600, 600]);
+        assert_eq!(next_recheck(Some(RECHECK_MAX), true), RECHECK);
+        assert_eq!(next_recheck(None, true), FIRST_RECHECK);
     }
 }

@@ -2,7 +2,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicU32, AtomicUsize, Ordering},
+        atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -10,18 +10,75 @@ use std::{
 
 use async_trait::async_trait;
 use datapath_api::{ids::HostId, pb};
-use datapath_coord::{hosts::HostRegistry, session::SessionState, CoordError};
+use datapath_coord::{
+    hosts::{HostRegistry, RegistrationChange, RegistrationChanges},
+    session::SessionState,
+    CoordError,
+};
+use futures::StreamExt;
 use tokio::sync::{watch, Notify};
 
 use super::{keep_registered, Registrant, COALESCE, LOOK_AGAIN, REFRESH};
 
-/// Registrations in memory; `failing` writes fail first.
+/// Registrations in memory, with etcd's revisions and a history the watches replay; `failing`
+/// writes fail first, and `failing_watches` watches cannot start.
 #[derive(Default)]
 struct MemHosts {
     records: Mutex<HashMap<HostId, (pb::Host, i64)>>,
+    history: Arc<Mutex<Vec<(HostId, RegistrationChange)>>>,
+    revision: AtomicI64,
+    appended: Arc<Notify>,
     writes: AtomicUsize,
     reads: AtomicUsize,
+    watches: AtomicUsize,
     failing: AtomicUsize,
+    failing_watches: AtomicUsize,
+}
+
+impl MemHosts {
+    fn record(&self, host_id: HostId, change: impl FnOnce(i64) -> RegistrationChange) -> i64 {
+        let revision = self.revision.fetch_add(1, Ordering::SeqCst) + 1;
+        self.history
+            .lock()
+            .unwrap()
+            .push((host_id, change(revision)));
+        self.appended.notify_waiters();
+        revision
+    }
+
+    /// Deletes a registration, as an operator's `etcdctl del` would.
+    fn delete(&self, host_id: HostId) {
+        self.records.lock().unwrap().remove(&host_id);
+        self.record(host_id, |revision| RegistrationChange::Deleted { revision });
+    }
+
+    /// Writes a registration by hand, as an operator's `etcdctl put` would.
+    fn put(&self, host_id: HostId, host: pb::Host) {
+        let lease = self
+            .records
+            .lock()
+            .unwrap()
+            .get(&host_id)
+            .map_or(0, |r| r.1);
+        self.records
+            .lock()
+            .unwrap()
+            .insert(host_id, (host.clone(), lease));
+        self.record(host_id, |revision| RegistrationChange::Put {
+            revision,
+            host: Some(host),
+        });
+    }
+
+    /// Other keys written, then the history up to now forgotten, as etcd's compaction does: a
+    /// watch not yet past it (it waits on this host's key only) sees the compaction.
+    fn compact(&self) {
+        let revision = self.revision.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut history = self.history.lock().unwrap();
+        history.clear();
+        history.push((HostId::random(), RegistrationChange::Compacted { revision }));
+        self.appended.notify_waiters();
+    }
 }
 
 #[async_trait]
@@ -31,7 +88,7 @@ impl HostRegistry for MemHosts {
         host_id: HostId,
         host: &pb::Host,
         lease_id: i64,
-    ) -> datapath_coord::Result<()> {
+    ) -> datapath_coord::Result<i64> {
         let failing = self
             .failing
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
@@ -39,9 +96,62 @@ impl HostRegistry for MemHosts {
             return Err(CoordError::WatchCanceled("etcd away".into()));
         }
         self.writes.fetch_add(1, Ordering::SeqCst);
-        let mut records = self.records.lock().unwrap();
-        records.insert(host_id, (host.clone(), lease_id));
-        Ok(())
+        self.records
+            .lock()
+            .unwrap()
+            .insert(host_id, (host.clone(), lease_id));
+        Ok(self.record(host_id, |revision| RegistrationChange::Put {
+            revision,
+            host: Some(host.clone()),
+        }))
+    }
+
+    async fn watch_registration(
+        &self,
+        host_id: HostId,
+        revision: i64,
+    ) -> datapath_coord::Result<RegistrationChanges> {
+        let failing = self
+            .failing_watches
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(CoordError::WatchCanceled("etcd away".into()));
+        }
+        self.watches.fetch_add(1, Ordering::SeqCst);
+        let (history, appended) = (self.history.clone(), self.appended.clone());
+        // Replays the history after `revision` (a compaction marker included), then waits.
+        let changes = futures::stream::unfold(revision, move |after| {
+            let (history, appended) = (history.clone(), appended.clone());
+            async move {
+                loop {
+                    let appended = appended.notified();
+                    let next = history.lock().unwrap().iter().find_map(|(id, c)| {
+                        let at = match c {
+                            RegistrationChange::Put { revision, .. }
+                            | RegistrationChange::Deleted { revision } => *revision,
+                            RegistrationChange::Compacted { revision } => {
+                                return (*revision > after).then(|| c.clone());
+                            }
+                        };
+                        (*id == host_id && at > after).then(|| c.clone())
+                    });
+                    if let Some(c) = next {
+                        let after = match &c {
+                            RegistrationChange::Put { revision, .. }
+                            | RegistrationChange::Deleted { revision } => *revision,
+                            // Nothing after a compaction: the stream ends with it.
+                            RegistrationChange::Compacted { .. } => i64::MAX,
+                        };
+                        return Some((Ok(c), after));
+                    }
+                    if after == i64::MAX {
+                        return None;
+                    }
+                    appended.await;
+                }
+            }
+        });
+        Ok(changes.boxed())
     }
 
     async fn list_hosts(&self) -> datapath_coord::Result<Vec<pb::Host>> {
@@ -164,20 +274,116 @@ async fn a_burst_of_job_changes_is_one_write() {
     h.task.abort();
 }
 
+impl Host {
+    fn reads(&self) -> usize {
+        self.hosts.reads.load(Ordering::SeqCst)
+    }
+
+    fn watches(&self) -> usize {
+        self.hosts.watches.load(Ordering::SeqCst)
+    }
+
+    /// The record as stored, if any.
+    fn stored(&self) -> Option<pb::Host> {
+        self.hosts
+            .records
+            .lock()
+            .unwrap()
+            .get(&self.id)
+            .map(|r| r.0.clone())
+    }
+}
+
 #[tokio::test(start_paused = true)]
-async fn an_idle_host_only_reads_and_writes_a_deleted_record_again() {
+async fn an_idle_host_neither_reads_nor_writes_and_writes_a_deleted_record_again_at_once() {
     let h = host(VALID);
+    h.until("registered and watched", |h| {
+        h.writes() == 1 && h.watches() == 1
+    })
+    .await;
+    tokio::time::sleep(REFRESH * 10).await;
+    assert_eq!(h.writes(), 1, "an idle host wrote");
+    assert_eq!(h.reads(), 0, "an idle host read its record back");
+    assert_eq!(h.watches(), 1, "the watch was started again");
+
+    h.hosts.delete(h.id);
+    let deleted = tokio::time::Instant::now();
+    h.until("written again", |h| h.lease() == Some(5)).await;
+    assert!(deleted.elapsed() < COALESCE, "{:?}", deleted.elapsed());
+    assert_eq!(h.writes(), 2);
+    assert_eq!(h.firsts.load(Ordering::SeqCst), 1, "reconciled once");
+    // Its own write does not wake it again, and the watch goes on.
+    tokio::time::sleep(REFRESH).await;
+    assert_eq!((h.writes(), h.reads(), h.watches()), (2, 0, 1));
+    h.task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_record_edited_by_hand_is_written_back_and_the_same_record_left_alone() {
+    let h = host(VALID);
+    h.until("registered and watched", |h| {
+        h.writes() == 1 && h.watches() == 1
+    })
+    .await;
+    let mine = h.stored().unwrap();
+    h.hosts.put(h.id, mine.clone());
+    tokio::time::sleep(LOOK_AGAIN * 3).await;
+    assert_eq!(h.writes(), 1, "the same record written again");
+
+    let edited = pb::Host {
+        job_slots: 99,
+        ..mine.clone()
+    };
+    h.hosts.put(h.id, edited);
+    h.until("written back", |h| h.stored().as_ref() == Some(&mine))
+        .await;
+    assert_eq!(h.writes(), 2);
+    assert_eq!(h.reads(), 0);
+    h.task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_compacted_history_is_one_read_and_a_new_watch() {
+    let h = host(VALID);
+    h.until("registered and watched", |h| {
+        h.writes() == 1 && h.watches() == 1
+    })
+    .await;
+    h.hosts.compact();
+    h.until("watched again", |h| h.watches() == 2).await;
+    assert_eq!(h.reads(), 1, "read back once after the compaction");
+    assert_eq!(h.writes(), 1, "an intact record written again");
+    tokio::time::sleep(REFRESH * 3).await;
+    assert_eq!((h.writes(), h.reads(), h.watches()), (1, 1, 2));
+
+    // The new watch still sees a deletion.
+    h.hosts.delete(h.id);
+    h.until("written again", |h| h.lease() == Some(5)).await;
+    h.task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_watch_the_record_is_read_back_every_refresh() {
+    let h = host(SessionState::Lost);
+    h.hosts.failing_watches.store(usize::MAX, Ordering::SeqCst);
+    h.session.send_replace(VALID);
     h.until("registered", |h| h.writes() == 1).await;
     tokio::time::sleep(REFRESH * 10).await;
     assert_eq!(h.writes(), 1, "an idle host wrote");
-    let reads = h.hosts.reads.load(Ordering::SeqCst);
+    let reads = h.reads();
     assert!((9..=11).contains(&reads), "{reads} reads in ten refreshes");
 
-    h.hosts.records.lock().unwrap().clear();
+    h.hosts.delete(h.id);
     let deleted = tokio::time::Instant::now();
     h.until("written again", |h| h.lease() == Some(5)).await;
     assert!(deleted.elapsed() <= REFRESH + LOOK_AGAIN);
-    assert_eq!(h.firsts.load(Ordering::SeqCst), 1, "reconciled once");
+
+    // Once etcd takes watches again, the reads stop.
+    h.hosts.failing_watches.store(0, Ordering::SeqCst);
+    h.until("watched", |h| h.watches() == 1).await;
+    let reads = h.reads();
+    tokio::time::sleep(REFRESH * 3).await;
+    assert_eq!(h.reads(), reads, "read back while watched");
     h.task.abort();
 }
 
