@@ -10,7 +10,9 @@ mod client;
 mod error;
 mod handshake;
 pub mod proto;
+mod qemu_nbd;
 
 pub use client::{Client, ContextExtents, Extent};
 pub use error::{NbdError, Result};
 pub use handshake::Export;
+pub use qemu_nbd::QemuNbd;

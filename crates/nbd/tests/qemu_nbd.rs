@@ -1,84 +1,24 @@
 //! The client against a real `qemu-nbd` on real files: what it reads equals the file, what it
 //! writes lands in the file, block status tells data from holes and a chain's layers apart, and
 //! many requests share one socket.
-use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{path::Path, process::Command, sync::Arc};
 
-use datapath_nbd::{proto, Client, ContextExtents, NbdError};
+use datapath_nbd::{proto, Client, ContextExtents, NbdError, QemuNbd};
 
 const MIB: u64 = 1024 * 1024;
 
-/// A `qemu-nbd` serving one image on a private socket; killed when dropped.
-struct Server {
-    child: Child,
-    socket: PathBuf,
-}
+/// A `qemu-nbd` serving one image on a socket in the test's directory.
+struct Server(QemuNbd);
 
 impl Server {
     fn start(dir: &Path, image: &Path, format: &str, extra: &[&str]) -> Self {
-        let socket = dir.join(format!(
-            "nbd-{}.sock",
-            image.file_name().unwrap().to_string_lossy()
-        ));
-        let _ = std::fs::remove_file(&socket);
-        let child = Command::new("qemu-nbd")
-            .arg(format!("--socket={}", socket.display()))
-            .arg(format!("--format={format}"))
-            .args(extra)
-            .arg(image)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("qemu-nbd runs");
-        Self { child, socket }
+        let name = image.file_name().unwrap().to_string_lossy();
+        let socket = dir.join(format!("nbd-{name}.sock"));
+        Self(QemuNbd::start(&socket, image, format, extra).expect("qemu-nbd runs"))
     }
 
-    /// Connects to the default export once the server listens.
-    async fn connect(&self, contexts: &[&str]) -> Client {
-        self.connect_to("", contexts).await
-    }
-
-    /// Connects to the export `name` once the server listens.
-    async fn connect_named(&self, name: &str) -> Client {
-        self.connect_to(name, &[]).await
-    }
-
-    /// Connects, trying again while the socket exists but is not listening yet (between qemu-nbd's
-    /// bind and listen).
-    async fn connect_to(&self, name: &str, contexts: &[&str]) -> Client {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        self.wait_listening().await;
-        loop {
-            match Client::connect(&self.socket, name, contexts).await {
-                Ok(c) => return c,
-                Err(NbdError::Io(e)) if Instant::now() < deadline => {
-                    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
-    }
-
-    /// Waits for the socket (qemu-nbd creates it when it listens), without connecting: qemu-nbd
-    /// serves one client, and exits when it leaves.
-    async fn wait_listening(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.socket.exists() {
-            assert!(Instant::now() < deadline, "qemu-nbd never listened");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.socket);
+    async fn connect(&mut self, contexts: &[&str]) -> Client {
+        self.0.connect("", contexts).await.unwrap()
     }
 }
 
@@ -122,7 +62,7 @@ async fn reads_equal_the_file_and_block_status_tells_data_from_holes() {
         16 * MIB,
         &[(4 * MIB, a.clone()), (10 * MIB, b.clone())],
     );
-    let server = Server::start(dir.path(), &image, "raw", &["--read-only"]);
+    let mut server = Server::start(dir.path(), &image, "raw", &["--read-only"]);
     let client = server.connect(&["base:allocation"]).await;
 
     assert_eq!(client.size(), 16 * MIB);
@@ -185,7 +125,7 @@ async fn writes_zeroes_and_a_flush_land_in_the_file() {
     let image = dir.path().join("dest.raw");
     let old = pattern(3, 2 * MIB as usize);
     sparse_raw(&image, 8 * MIB, &[(MIB, old.clone())]);
-    let server = Server::start(dir.path(), &image, "raw", &[]);
+    let mut server = Server::start(dir.path(), &image, "raw", &[]);
     let client = server.connect(&[]).await;
 
     let new = pattern(4, MIB as usize);
@@ -215,7 +155,7 @@ async fn many_requests_in_flight_on_one_socket_each_get_their_own_reply() {
     let image = dir.path().join("many.raw");
     let content = pattern(5, 16 * MIB as usize);
     std::fs::write(&image, &content).unwrap();
-    let server = Server::start(dir.path(), &image, "raw", &["--read-only"]);
+    let mut server = Server::start(dir.path(), &image, "raw", &["--read-only"]);
     let client = Arc::new(server.connect(&[]).await);
 
     let mut reads = tokio::task::JoinSet::new();
@@ -264,13 +204,13 @@ async fn allocation_depth_tells_the_layers_of_a_chain_apart() {
     ]);
     let top_data = pattern(7, MIB as usize);
     {
-        let writer = Server::start(dir.path(), &top, "qcow2", &[]);
+        let mut writer = Server::start(dir.path(), &top, "qcow2", &[]);
         let c = writer.connect(&[]).await;
         c.write(4 * MIB, top_data.clone()).await.unwrap();
         c.flush().await.unwrap();
         c.disconnect().await.unwrap();
     }
-    let server = Server::start(
+    let mut server = Server::start(
         dir.path(),
         &top,
         "qcow2",
@@ -303,17 +243,13 @@ async fn an_export_the_server_does_not_have_is_refused_in_the_handshake() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("named.raw");
     sparse_raw(&image, MIB, &[]);
-    let server = Server::start(dir.path(), &image, "raw", &["--export-name=disk"]);
-    server
-        .connect_named("disk")
-        .await
-        .disconnect()
-        .await
-        .unwrap();
+    let mut server = Server::start(dir.path(), &image, "raw", &["--export-name=disk"]);
+    let named = server.0.connect("disk", &[]).await.unwrap();
+    assert_eq!(named.size(), MIB);
+    named.disconnect().await.unwrap();
     drop(server);
-    let server = Server::start(dir.path(), &image, "raw", &["--export-name=disk"]);
-    server.wait_listening().await;
-    match Client::connect(&server.socket, "another", &[]).await {
+    let mut server = Server::start(dir.path(), &image, "raw", &["--export-name=disk"]);
+    match server.0.connect("another", &[]).await {
         Err(NbdError::OptionRefused { option, reply, .. }) => {
             assert_eq!(option, proto::OPT_GO);
             assert_ne!(reply & proto::REP_FLAG_ERROR, 0);
