@@ -19,6 +19,8 @@
 //!   (not part of `all`).
 //! - `lost-host`: a host with copies in flight SIGKILLed among N hosts, for each N in `--hosts`:
 //!   kill → its jobs ended, → its copies re-placed, → every move done (not part of `all`).
+//! - `native-copy`: the native copier's engine between two qemu-nbds against `qemu-img convert`
+//!   alone, on a 2 GiB half-random raw image (not part of `all`).
 mod accept;
 mod cluster;
 mod copy;
@@ -26,6 +28,7 @@ mod etcd_writes;
 mod flood;
 mod lost_host;
 mod moves;
+mod native_copy;
 mod scale;
 mod side;
 mod spread;
@@ -38,7 +41,7 @@ use clap::Parser;
 #[command(about = "datapath benchmarks")]
 struct Args {
     /// Which benchmark: copy, accept, etcd-writes, spread, telemetry, tls, flood, all, moves,
-    /// scale or lost-host.
+    /// scale, lost-host or native-copy.
     #[arg(default_value = "all")]
     which: String,
     /// Rounds of the copy benchmark (default 5) and of the spread benchmark (default 3).
@@ -100,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
         "moves",
         "scale",
         "lost-host",
+        "native-copy",
     ]
     .contains(&args.which.as_str())
     {
@@ -138,6 +142,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.which == "moves" {
         moves::run(&base, &args.counts).await?;
+    }
+    if args.which == "native-copy" {
+        native_copy::run(&base, args.rounds.unwrap_or(5)).await?;
     }
     if args.which == "lost-host" {
         lost_host::run(&base, &args.hosts).await?;
