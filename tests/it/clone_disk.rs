@@ -53,15 +53,37 @@ async fn clone(
 #[tokio::test]
 async fn a_template_clones_into_qcow2_sparse_and_raw_preallocated_and_stays_unchanged() {
     let tc = TestCluster::start(3, |_| {}).await.unwrap();
+    clone_both_ways(&tc).await;
+}
+
+/// The same clones with `--copier native`: a sparse qcow2 gets only the template's data, a
+/// preallocated raw keeps every block (its zeroes written with NBD_CMD_FLAG_NO_HOLE).
+#[tokio::test]
+async fn a_template_clones_both_ways_with_the_native_copier() {
+    let tc = TestCluster::start(3, |c| {
+        c.host_worker_extra_args
+            .extend(["--copier".to_string(), "native".to_string()])
+    })
+    .await
+    .unwrap();
+    clone_both_ways(&tc).await;
+    assert_eq!(
+        tc.log_count("copying natively over NBD"),
+        2,
+        "one native copy per clone"
+    );
+}
+
+async fn clone_both_ways(tc: &TestCluster) {
     let (a, b) = (tc.domain().await, tc.domain().await);
     let capacity = 48 * MIB;
-    let tpl = template(&tc, &a, capacity).await;
+    let tpl = template(tc, &a, capacity).await;
     let tpl_path = tc.volume_path(&tpl);
     let tpl_sum = sha256(&tpl_path);
     let tpl_meta = std::fs::read_to_string(tpl_path.with_extension("meta")).unwrap();
 
     let cow = clone(
-        &tc,
+        tc,
         &tpl,
         &b,
         pb::VolumeFormat::Cow,
@@ -69,7 +91,7 @@ async fn a_template_clones_into_qcow2_sparse_and_raw_preallocated_and_stays_unch
     )
     .await;
     let raw = clone(
-        &tc,
+        tc,
         &tpl,
         &b,
         pb::VolumeFormat::Raw,

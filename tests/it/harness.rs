@@ -356,6 +356,19 @@ impl TestCluster {
     }
 
     /// Prints every process log's tail (for a failing test).
+    /// How many times `needle` appears in the cluster's logs, every process's together.
+    pub fn log_count(&self, needle: &str) -> usize {
+        std::fs::read_dir(self.cluster.dir().join("logs"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                    .map(|text| text.matches(needle).count())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
     pub fn dump_logs(&self) {
         let logs = self.cluster.dir().join("logs");
         if let Ok(entries) = std::fs::read_dir(&logs) {

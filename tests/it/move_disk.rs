@@ -16,8 +16,30 @@ const MIB: u64 = 1 << 20;
 #[tokio::test]
 async fn a_snapshot_chain_moves_layer_by_layer_and_the_source_goes() {
     let tc = TestCluster::start(3, |_| {}).await.unwrap();
+    move_a_chain(&tc).await;
+}
+
+/// The same move with `--copier native` on every host: each layer copied over NBD (a raw base
+/// whole, each qcow2 layer on its own over its new backing), the same checks passing.
+#[tokio::test]
+async fn a_snapshot_chain_moves_with_the_native_copier() {
+    let tc = TestCluster::start(3, |c| {
+        c.host_worker_extra_args
+            .extend(["--copier".to_string(), "native".to_string()])
+    })
+    .await
+    .unwrap();
+    move_a_chain(&tc).await;
+    assert_eq!(
+        tc.log_count("copying natively over NBD"),
+        3,
+        "one native copy per layer"
+    );
+}
+
+async fn move_a_chain(tc: &TestCluster) {
     let (a, b) = (tc.domain().await, tc.domain().await);
-    let chain = chain_disk(&tc, &a, 64 * MIB).await;
+    let chain = chain_disk(tc, &a, 64 * MIB).await;
     let img = chain[0].image_id.clone();
     let formats = ["raw", "qcow2", "qcow2"];
     let before: Vec<String> = chain
@@ -44,8 +66,8 @@ async fn a_snapshot_chain_moves_layer_by_layer_and_the_source_goes() {
     )
     .unwrap();
 
-    let name = start_move(&tc, &a, &img, &b).await;
-    let seen = follow(&tc, &name, Duration::from_secs(120)).await;
+    let name = start_move(tc, &a, &img, &b).await;
+    let seen = follow(tc, &name, Duration::from_secs(120)).await;
     if seen.is_err() {
         tc.dump_logs();
     }
@@ -91,7 +113,7 @@ async fn a_snapshot_chain_moves_layer_by_layer_and_the_source_goes() {
     assert!(identical(&saved_leaf, &tc.volume_path(&new[2])));
     assert!(!src_dir.exists(), "the source image is still there");
 
-    let status = scheduler(&tc)
+    let status = scheduler(tc)
         .await
         .get_disk_status(pb::GetDiskStatusRequest {
             disk: Some(pb::DiskRef {

@@ -11,7 +11,8 @@ use crate::{error::NbdError, Client, Result};
 
 /// A running `qemu-nbd`; killed (and its socket removed) when dropped.
 pub struct QemuNbd {
-    child: Child,
+    /// Taken only by [`QemuNbd::exited`], which consumes the handle.
+    child: Option<Child>,
     socket: PathBuf,
 }
 
@@ -23,17 +24,24 @@ impl QemuNbd {
     /// `--allocation-depth`, `--cache=none`, `--shared=N`, …). It serves one client unless
     /// `--shared` or `--persistent` says otherwise, and exits when the last leaves.
     pub fn start(socket: &Path, image: &Path, format: &str, args: &[&str]) -> Result<Self> {
-        let _ = std::fs::remove_file(socket);
-        let child = Command::new("qemu-nbd")
-            .arg(format!("--socket={}", socket.display()))
+        let mut cmd = Command::new("qemu-nbd");
+        cmd.arg(format!("--socket={}", socket.display()))
             .arg(format!("--format={format}"))
             .args(args)
             .arg(image)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()?;
+            .stdout(Stdio::null());
+        Self::spawn(cmd, socket)
+    }
+
+    /// Runs `cmd`, a `qemu-nbd` (or a program that runs one, such as a watchdog) prepared by the
+    /// caller to listen on `socket`: what a caller needs that [`QemuNbd::start`] does not offer
+    /// (descriptors to inherit, a `json:` image, piped stdin or stderr).
+    pub fn spawn(mut cmd: Command, socket: &Path) -> Result<Self> {
+        let _ = std::fs::remove_file(socket);
+        let child = cmd.spawn()?;
         Ok(Self {
-            child,
+            child: Some(child),
             socket: socket.to_path_buf(),
         })
     }
@@ -48,7 +56,7 @@ impl QemuNbd {
     pub async fn connect(&mut self, export: &str, contexts: &[&str]) -> Result<Client> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(status) = self.child.try_wait()? {
+            if let Some(status) = self.child_mut().try_wait()? {
                 return Err(NbdError::Protocol(format!("qemu-nbd exited: {status}")));
             }
             if self.socket.exists() {
@@ -71,14 +79,35 @@ impl QemuNbd {
 
     /// The process id, for a watchdog or a test that kills it.
     pub fn id(&self) -> u32 {
-        self.child.id()
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The process, for its pipes.
+    pub fn child_mut(&mut self) -> &mut Child {
+        self.child
+            .as_mut()
+            .expect("taken only by exited(), which consumes the handle")
+    }
+
+    /// Waits (off the runtime's threads) for the process to exit on its own, as `qemu-nbd` does
+    /// once its last client has left; its exit status.
+    pub async fn exited(mut self) -> Result<std::process::ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            return Err(NbdError::Closed);
+        };
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .map_err(|e| NbdError::Protocol(format!("waiting for qemu-nbd: {e}")))??;
+        Ok(status)
     }
 }
 
 impl Drop for QemuNbd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let _ = std::fs::remove_file(&self.socket);
     }
 }

@@ -29,6 +29,9 @@ pub(crate) async fn run_copier(
     if worker.simulated_copy_rate > 0 {
         return simulate(worker, id, control, ends, meter).await;
     }
+    if worker.copier == crate::native_copier::CopierKind::Native && convert.rate_limit == 0 {
+        return crate::native_copier::run(worker, id, control, convert, ends, meter).await;
+    }
     let mut child = qemu::spawn_convert(convert)
         .map_err(|e| Failure::failed(JobErrorCode::CopyFailed, e.to_string()))?;
     meter.copier_started();
@@ -124,7 +127,7 @@ async fn simulate(
 
 /// Reads the copier's stderr into `text`, except the watchdog's bytes-written reports, which go to
 /// `meter` as they come.
-async fn read_stderr(
+pub(crate) async fn read_stderr(
     stderr: impl tokio::io::AsyncRead + Unpin,
     text: &mut String,
     meter: &CopyMeter,
@@ -151,7 +154,7 @@ async fn read_stderr(
 
 /// Tells the copier's watchdog that this worker is alive, while its session lease is valid. Runs on
 /// the runtime like everything else, so a stopped or wedged worker falls silent and its copier dies.
-async fn heartbeat(worker: Arc<Worker>, mut stdin: tokio::process::ChildStdin) {
+pub(crate) async fn heartbeat(worker: Arc<Worker>, mut stdin: tokio::process::ChildStdin) {
     use tokio::io::AsyncWriteExt as _;
     let (_, every) = crate::watchdog::timing(worker.session_ttl);
     loop {
@@ -163,7 +166,7 @@ async fn heartbeat(worker: Arc<Worker>, mut stdin: tokio::process::ChildStdin) {
 }
 
 /// Sends the newest progress to the job-tracker whenever it changes, without holding up the copier.
-async fn send_progress(worker: Arc<Worker>, id: JobId, mut rx: watch::Receiver<u32>) {
+pub(crate) async fn send_progress(worker: Arc<Worker>, id: JobId, mut rx: watch::Receiver<u32>) {
     while rx.changed().await.is_ok() {
         let p = *rx.borrow_and_update();
         worker.reporter.progress(id, p).await;

@@ -15,6 +15,7 @@ pub mod identity;
 pub mod image_files;
 pub mod jobs;
 pub mod metrics;
+pub mod native_copier;
 pub mod qemu;
 pub mod reconcile;
 pub mod registration;
@@ -95,6 +96,11 @@ pub struct Config {
     /// reports) is real. A destination then holds what it was created with. 0 (the default): off.
     #[arg(long, env = "DATAPATH_SIMULATED_COPY_RATE", default_value_t = 0)]
     pub simulated_copy_rate: u64,
+    /// What copies a volume's bytes: `qemu-img` (`qemu-img convert`), or `native` (the copier over
+    /// NBD: `qemu-nbd` at both ends, only the source's data read; being built, issue 14). A copy
+    /// with a bandwidth limit always goes through `qemu-img`.
+    #[arg(long, env = "DATAPATH_COPIER", value_enum, default_value = "qemu-img")]
+    pub copier: native_copier::CopierKind,
     /// Keep a watched copy of every volume's lease, read holds and generation record, so that
     /// GetVolumeInfo and CopyData's checks cost no etcd round trip. Each host's watch makes every
     /// such write a message from etcd to every host, so `auto` keeps it only while the cluster
@@ -179,6 +185,7 @@ pub async fn run(
         job_slots: config.job_slots.max(1),
         copy_bandwidth_limit: copy_limit(&config),
         simulated_copy_rate: config.simulated_copy_rate,
+        copier: config.copier,
         max_volume_capacity: config.max_volume_capacity,
         session_ttl: config.session_ttl,
     });

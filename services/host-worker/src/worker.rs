@@ -66,6 +66,8 @@ pub struct Worker {
     /// Benchmarks only: copies are simulated at this many bytes per second (`--simulated-copy-rate`;
     /// 0: real copies).
     pub simulated_copy_rate: u64,
+    /// What copies a volume's bytes (`--copier`).
+    pub copier: crate::native_copier::CopierKind,
     /// The largest volume CreateVolume makes.
     pub max_volume_capacity: u64,
     /// The session lease's TTL, which the copier watchdog's deadline is derived from.
