@@ -11,13 +11,35 @@ const TTL: Duration = Duration::from_secs(4);
 
 /// Starts a slow copy on host 0 and waits until its qemu-img runs and has written something.
 async fn slow_copy(tc: &mut TestCluster) -> (pb::VolumeRef, pb::VolumeRef, String, u32) {
+    slow_copy_by(tc, |worker| {
+        descendants_named(worker, "qemu-img").first().copied()
+    })
+    .await
+}
+
+/// The native copier's writer under `worker`: the `qemu-nbd` its copier watchdog runs (the
+/// source's `qemu-nbd` is the worker's own child).
+fn native_writer(worker: u32) -> Option<u32> {
+    children(worker)
+        .into_iter()
+        .filter(|(_, name)| name == "host-worker")
+        .flat_map(|(watchdog, _)| children(watchdog))
+        .find(|(_, name)| name == "qemu-nbd")
+        .map(|(pid, _)| pid)
+}
+
+/// [`slow_copy`] with the writer found by `writer`.
+async fn slow_copy_by(
+    tc: &mut TestCluster,
+    writer: impl Fn(u32) -> Option<u32>,
+) -> (pb::VolumeRef, pb::VolumeRef, String, u32) {
     let (src, dst) = tc
         .source_and_destination(VolumeFormat::Raw, 128 * MIB, 64)
         .await;
     let job_id = tc.start_copy(0, &src, &dst).await;
     let worker = tc.cluster.host_mut(0).pid().unwrap();
-    let qemu = wait_for(Duration::from_secs(20), "qemu-img to run", || async {
-        descendants_named(worker, "qemu-img").first().copied()
+    let qemu = wait_for(Duration::from_secs(20), "the copier to run", || async {
+        writer(worker)
     })
     .await
     .unwrap();
@@ -44,7 +66,29 @@ fn with_slow_copies(c: &mut dpctl::local::ClusterConfig) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_worker_killed_mid_copy_takes_its_copier_with_it() {
     let mut tc = TestCluster::start(1, with_slow_copies).await.unwrap();
-    let (src, dst, job_id, qemu) = slow_copy(&mut tc).await;
+    let copy = slow_copy(&mut tc).await;
+    the_killed_worker_s_writer_dies_with_it(&mut tc, copy).await;
+}
+
+/// The same with `--copier native`: the destination's `qemu-nbd` dies with its watchdog, which
+/// dies with the worker (and the source's `qemu-nbd` with the worker directly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_worker_killed_mid_copy_takes_its_native_writer_with_it() {
+    let mut tc = TestCluster::start(1, |c| {
+        with_slow_copies(c);
+        c.host_worker_extra_args
+            .extend(["--copier".to_string(), "native".to_string()]);
+    })
+    .await
+    .unwrap();
+    let copy = slow_copy_by(&mut tc, native_writer).await;
+    the_killed_worker_s_writer_dies_with_it(&mut tc, copy).await;
+}
+
+async fn the_killed_worker_s_writer_dies_with_it(
+    tc: &mut TestCluster,
+    (src, dst, job_id, qemu): (pb::VolumeRef, pb::VolumeRef, String, u32),
+) {
     let before = sha256(&tc.volume_path(&src));
     let host_key = tc
         .layout()
@@ -55,7 +99,7 @@ async fn a_host_worker_killed_mid_copy_takes_its_copier_with_it() {
     tc.cluster.host_mut(0).signal(Signal::SIGKILL).unwrap();
     wait_for(
         Duration::from_secs(2),
-        "qemu-img to die with its worker",
+        "the copier to die with its worker",
         || async { (!alive(qemu)).then_some(()) },
     )
     .await
@@ -367,7 +411,29 @@ async fn a_stopped_host_worker_has_its_copier_killed_before_its_lease_expires() 
     // A stopped worker cannot fence itself; its copier's watchdog kills the copier when the
     // heartbeats stop, before etcd can hand the volume to anyone else.
     let mut tc = TestCluster::start(1, with_slow_copies).await.unwrap();
-    let (_src, dst, job_id, qemu) = slow_copy(&mut tc).await;
+    let copy = slow_copy(&mut tc).await;
+    the_stopped_worker_s_writer_dies_before_its_lease(&mut tc, copy).await;
+}
+
+/// The same with `--copier native`: the writer is the destination's `qemu-nbd`, run under the
+/// copier watchdog (the per-copy limit slows it, paid from the native copier's own bucket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_host_worker_has_its_native_writer_killed_before_its_lease_expires() {
+    let mut tc = TestCluster::start(1, |c| {
+        with_slow_copies(c);
+        c.host_worker_extra_args
+            .extend(["--copier".to_string(), "native".to_string()]);
+    })
+    .await
+    .unwrap();
+    let copy = slow_copy_by(&mut tc, native_writer).await;
+    the_stopped_worker_s_writer_dies_before_its_lease(&mut tc, copy).await;
+}
+
+async fn the_stopped_worker_s_writer_dies_before_its_lease(
+    tc: &mut TestCluster,
+    (_src, dst, job_id, qemu): (pb::VolumeRef, pb::VolumeRef, String, u32),
+) {
     let stopped = Instant::now();
     tc.cluster.host_mut(0).signal(Signal::SIGSTOP).unwrap();
     wait_for(TTL, "the copier to be killed", || async {

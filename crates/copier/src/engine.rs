@@ -1,12 +1,15 @@
 //! The copy loop: the source's block status a window at a time, its plan, and the pieces run with a
 //! bounded number in flight. Completions come back in any order; the offset below which every piece
 //! is written (`written_below`) is what a checkpoint may record once the destination is flushed.
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, sync::Arc};
 
 use datapath_nbd::{Client, NbdError};
 use futures::{stream::FuturesUnordered, StreamExt};
 
-use crate::plan::{plan, Scope, Work};
+use crate::{
+    bandwidth::TokenBucket,
+    plan::{plan, Scope, Work},
+};
 
 /// How to copy.
 #[derive(Debug, Clone)]
@@ -24,6 +27,9 @@ pub struct CopyOptions {
     pub allocate_zeroes: bool,
     /// Where to start: 0, or a resumed copy's checkpoint.
     pub from: u64,
+    /// The buckets every data piece is paid from before it is read: the host's, shared by its
+    /// copies, and the copy's own limit, if any.
+    pub limits: Vec<Arc<TokenBucket>>,
 }
 
 impl Default for CopyOptions {
@@ -35,6 +41,7 @@ impl Default for CopyOptions {
             destination_zeroed: false,
             allocate_zeroes: false,
             from: 0,
+            limits: Vec::new(),
         }
     }
 }
@@ -153,8 +160,23 @@ pub async fn copy(
                     finish(r?, &mut starts, &mut stats, &mut done, next, &mut progress);
                 }
             }
+            // A data piece is paid for before it is sent, one at a time per copy, while the
+            // pieces in flight go on: copies sharing a bucket then take turns piece by piece
+            // (paying inside each piece let the first copy reserve all it had in flight at once).
+            if let (Work::Data { length, .. }, false) = (w, opts.limits.is_empty()) {
+                let paid = pay(&opts.limits, length);
+                tokio::pin!(paid);
+                loop {
+                    tokio::select! {
+                        () = &mut paid => break,
+                        Some(r) = running.next() => {
+                            finish(r?, &mut starts, &mut stats, &mut done, next, &mut progress);
+                        }
+                    }
+                }
+            }
             starts.insert(w.span().0);
-            running.push(run(source, destination, w, opts.allocate_zeroes));
+            running.push(run(source, destination, w, opts));
         }
         at = window_end;
         if running.is_empty() {
@@ -231,13 +253,21 @@ fn recut(works: Vec<Work>, chunk: u64) -> Vec<Work> {
     out
 }
 
+/// Takes `length` bytes from every bucket.
+async fn pay(limits: &[Arc<TokenBucket>], length: u64) {
+    for bucket in limits {
+        bucket.take(length).await;
+    }
+}
+
 /// Runs one piece.
 async fn run(
     source: &Client,
     destination: &Client,
     w: Work,
-    allocate: bool,
+    opts: &CopyOptions,
 ) -> Result<Work, CopyError> {
+    let allocate = opts.allocate_zeroes;
     match w {
         Work::Data { offset, length } => {
             let bytes = source

@@ -3,8 +3,10 @@
 //! only what the source's block status says holds data, writing zeroes without a payload (or not at
 //! all on a fresh sparse destination), several pieces in flight. It knows nothing of jobs, leases or
 //! etcd: the host-worker runs it under the same lease, fencing and job protocol as `qemu-img`.
+pub mod bandwidth;
 mod engine;
 pub mod plan;
 
+pub use bandwidth::TokenBucket;
 pub use engine::{copy, CopyError, CopyOptions, CopyStats, Progress};
 pub use plan::Scope;

@@ -233,3 +233,73 @@ async fn a_copy_from_a_checkpoint_writes_nothing_before_it() {
     );
     assert_progress(&seen, 32 * MIB, 64 * MIB);
 }
+
+/// A dense 24 MiB raw source and a fresh destination, in `dir`, named by `tag`.
+fn dense_pair(dir: &Path, tag: &str) -> (PathBuf, PathBuf) {
+    let (src, dst) = (
+        dir.join(format!("{tag}.src.raw")),
+        dir.join(format!("{tag}.dst.raw")),
+    );
+    std::fs::write(&src, pattern(tag.len() as u8, 24 * MIB as usize)).unwrap();
+    qemu_img(&["create", "-f", "raw", p(&dst), "24M"]);
+    (src, dst)
+}
+
+/// Copies `src` into `dst` under `opts`, both served from `dir`; how long the copy itself took.
+async fn timed_copy(dir: &Path, tag: &str, src: &Path, dst: &Path, opts: CopyOptions) -> f64 {
+    let mut s = QemuNbd::start(
+        &dir.join(format!("{tag}.s.sock")),
+        src,
+        "raw",
+        &["--read-only"],
+    )
+    .unwrap();
+    let mut d = QemuNbd::start(&dir.join(format!("{tag}.d.sock")), dst, "raw", &[]).unwrap();
+    let (s, d) = (
+        s.connect("", &["base:allocation"]).await.unwrap(),
+        d.connect("", &[]).await.unwrap(),
+    );
+    let start = std::time::Instant::now();
+    copy(&s, &d, &opts, |_| {}).await.unwrap();
+    let took = start.elapsed().as_secs_f64();
+    s.disconnect().await.unwrap();
+    d.disconnect().await.unwrap();
+    took
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_alone_gets_the_whole_host_limit_and_two_copies_share_it() {
+    use std::sync::Arc;
+
+    use datapath_copier::TokenBucket;
+    const LIMIT: u64 = 16 * MIB;
+    let dir = tempfile::tempdir().unwrap();
+    let host = Arc::new(TokenBucket::new(LIMIT));
+    let opts = CopyOptions {
+        limits: vec![host.clone()],
+        ..Default::default()
+    };
+
+    // Alone: 24 MiB at 16 MiB/s is 1.5 s; at least 90 % of the limit, and never over it.
+    let (src, dst) = dense_pair(dir.path(), "alone");
+    let took = timed_copy(dir.path(), "alone", &src, &dst, opts.clone()).await;
+    let rate = 24.0 / took;
+    assert!(rate >= 0.9 * 16.0, "{rate:.1} MiB/s alone");
+    assert!(rate <= 1.1 * 16.0, "{rate:.1} MiB/s alone, over the limit");
+    qemu_img(&["compare", "-f", "raw", "-F", "raw", p(&src), p(&dst)]);
+
+    // Two at once from the same bucket: ~8 MiB/s each, both done in ~3 s.
+    let (src1, dst1) = dense_pair(dir.path(), "first");
+    let (src2, dst2) = dense_pair(dir.path(), "second!");
+    let (a, b) = tokio::join!(
+        timed_copy(dir.path(), "first", &src1, &dst1, opts.clone()),
+        timed_copy(dir.path(), "second!", &src2, &dst2, opts.clone()),
+    );
+    for (took, which) in [(a, "first"), (b, "second")] {
+        let rate = 24.0 / took;
+        assert!(
+            (0.4 * 16.0..=0.6 * 16.0).contains(&rate),
+            "{which}: {rate:.1} MiB/s while sharing"
+        );
+    }
+}

@@ -29,7 +29,7 @@ pub(crate) async fn run_copier(
     if worker.simulated_copy_rate > 0 {
         return simulate(worker, id, control, ends, meter).await;
     }
-    if worker.copier == crate::native_copier::CopierKind::Native && convert.rate_limit == 0 {
+    if worker.copier == crate::native_copier::CopierKind::Native {
         return crate::native_copier::run(worker, id, control, convert, ends, meter).await;
     }
     let mut child = qemu::spawn_convert(convert)

@@ -96,9 +96,10 @@ pub struct Config {
     /// reports) is real. A destination then holds what it was created with. 0 (the default): off.
     #[arg(long, env = "DATAPATH_SIMULATED_COPY_RATE", default_value_t = 0)]
     pub simulated_copy_rate: u64,
-    /// What copies a volume's bytes: `qemu-img` (`qemu-img convert`), or `native` (the copier over
-    /// NBD: `qemu-nbd` at both ends, only the source's data read; being built, issue 14). A copy
-    /// with a bandwidth limit always goes through `qemu-img`.
+    /// What copies a volume's bytes: `qemu-img` (`qemu-img convert`, its `-r` the per-copy limit
+    /// or the host limit split per slot), or `native` (the copier over NBD: `qemu-nbd` at both
+    /// ends, only the source's data read, the host limit one budget shared by the running copies;
+    /// being built, issue 14).
     #[arg(long, env = "DATAPATH_COPIER", value_enum, default_value = "qemu-img")]
     pub copier: native_copier::CopierKind,
     /// Keep a watched copy of every volume's lease, read holds and generation record, so that
@@ -186,6 +187,12 @@ pub async fn run(
         copy_bandwidth_limit: copy_limit(&config),
         simulated_copy_rate: config.simulated_copy_rate,
         copier: config.copier,
+        host_bandwidth: (config.host_bandwidth_limit > 0).then(|| {
+            Arc::new(datapath_copier::TokenBucket::new(
+                config.host_bandwidth_limit,
+            ))
+        }),
+        per_copy_limit: config.copy_bandwidth_limit,
         max_volume_capacity: config.max_volume_capacity,
         session_ttl: config.session_ttl,
     });

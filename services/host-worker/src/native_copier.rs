@@ -7,8 +7,8 @@
 //! The destination's `qemu-nbd` — the only process that writes — runs under the copier watchdog
 //! exactly as `qemu-img` does: it lives only while this worker's heartbeats come, which they do only
 //! while the session lease is valid, so a frozen or fenced worker's writer dies before its lease
-//! can expire. The source's `qemu-nbd` only reads. A copy with a bandwidth limit still goes through
-//! `qemu-img` (`-r`): the native copier has no limiter yet.
+//! can expire. The source's `qemu-nbd` only reads. Every data piece is paid for from the host's
+//! bandwidth budget, shared by its running copies, and from the copy's own limit if one is set.
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
@@ -17,7 +17,7 @@ use std::{
 };
 
 use datapath_api::{ids::JobId, job_error::JobErrorCode};
-use datapath_copier::{copy, CopyError, CopyOptions, Scope};
+use datapath_copier::{copy, CopyError, CopyOptions, Scope, TokenBucket};
 use datapath_nbd::QemuNbd;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -183,6 +183,7 @@ async fn copy_between(
                 Scope::Whole
             },
             allocate_zeroes: preallocated,
+            limits: limits(worker),
             ..Default::default()
         };
         let size = src.size().max(1);
@@ -205,6 +206,13 @@ async fn copy_between(
         copied = work => Ok(copied),
         reason = control.stopped() => Err(reason),
     }
+}
+
+/// The buckets a native copy pays from: the host's, and one of its own for a per-copy limit.
+fn limits(worker: &Worker) -> Vec<Arc<TokenBucket>> {
+    let own =
+        (worker.per_copy_limit > 0).then(|| Arc::new(TokenBucket::new(worker.per_copy_limit)));
+    worker.host_bandwidth.iter().cloned().chain(own).collect()
 }
 
 fn failed(message: String) -> Failure {

@@ -68,6 +68,11 @@ pub struct Worker {
     pub simulated_copy_rate: u64,
     /// What copies a volume's bytes (`--copier`).
     pub copier: crate::native_copier::CopierKind,
+    /// The native copier's budget for the whole host (`--host-bandwidth-limit`), shared by its
+    /// running copies; `None`: unlimited.
+    pub host_bandwidth: Option<Arc<datapath_copier::TokenBucket>>,
+    /// The native copier's limit of one copy (`--copy-bandwidth-limit`), 0 for none.
+    pub per_copy_limit: u64,
     /// The largest volume CreateVolume makes.
     pub max_volume_capacity: u64,
     /// The session lease's TTL, which the copier watchdog's deadline is derived from.
