@@ -71,6 +71,15 @@ struct Args {
     /// benchmark's own environment, so that a shell's settings never change a measured cluster.
     #[arg(long = "service-env", value_parser = parse_env)]
     service_env: Vec<(String, String)>,
+    /// The native copier's piece size in KiB (`native-copy`).
+    #[arg(long, default_value_t = 2048)]
+    native_chunk_kib: u32,
+    /// The native copier's pieces in flight (`native-copy`).
+    #[arg(long, default_value_t = 8)]
+    native_in_flight: usize,
+    /// `native-copy`: only the dense 2 GiB case.
+    #[arg(long)]
+    dense_only: bool,
     /// Where the clusters keep their files (needs ~6 GiB free for `copy`).
     #[arg(long, env = "DATAPATH_BENCH_DIR")]
     dir: Option<std::path::PathBuf>,
@@ -144,7 +153,12 @@ async fn main() -> anyhow::Result<()> {
         moves::run(&base, &args.counts).await?;
     }
     if args.which == "native-copy" {
-        native_copy::run(&base, args.rounds.unwrap_or(5)).await?;
+        let tuning = native_copy::Tuning {
+            chunk: args.native_chunk_kib << 10,
+            in_flight: args.native_in_flight,
+            dense_only: args.dense_only,
+        };
+        native_copy::run(&base, args.rounds.unwrap_or(5), &tuning).await?;
     }
     if args.which == "lost-host" {
         lost_host::run(&base, &args.hosts).await?;

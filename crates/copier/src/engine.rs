@@ -1,7 +1,10 @@
 //! The copy loop: the source's block status a window at a time, its plan, and the pieces run with a
 //! bounded number in flight. Completions come back in any order; the offset below which every piece
 //! is written (`written_below`) is what a checkpoint may record once the destination is flushed.
-use std::{collections::BTreeSet, sync::Arc};
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+};
 
 use datapath_nbd::{Client, NbdError};
 use futures::{stream::FuturesUnordered, StreamExt};
@@ -126,6 +129,8 @@ pub async fn copy(
     );
     let (mut at, mut stats) = (opts.from.min(size), CopyStats::default());
     let mut done = 0;
+    // The pieces' buffers, used again and again: fresh ones cost a page fault per 4 KiB.
+    let buffers = Mutex::new(Vec::new());
     let mut running = FuturesUnordered::new();
     let mut starts = BTreeSet::new();
     while at < size {
@@ -176,7 +181,7 @@ pub async fn copy(
                 }
             }
             starts.insert(w.span().0);
-            running.push(run(source, destination, w, opts));
+            running.push(run(source, destination, w, opts, &buffers));
         }
         at = window_end;
         if running.is_empty() {
@@ -266,18 +271,25 @@ async fn run(
     destination: &Client,
     w: Work,
     opts: &CopyOptions,
+    buffers: &Mutex<Vec<Vec<u8>>>,
 ) -> Result<Work, CopyError> {
     let allocate = opts.allocate_zeroes;
     match w {
         Work::Data { offset, length } => {
+            let buf = buffers
+                .lock()
+                .expect("buffer pool")
+                .pop()
+                .unwrap_or_default();
             let bytes = source
-                .read(offset, length as u32)
+                .read_into(offset, length as u32, buf)
                 .await
                 .map_err(CopyError::Source)?;
-            destination
-                .write(offset, bytes)
+            let buf = destination
+                .write_buf(offset, bytes)
                 .await
                 .map_err(CopyError::Destination)?;
+            buffers.lock().expect("buffer pool").push(buf);
         }
         Work::Zero { offset, length } => {
             match destination

@@ -65,6 +65,8 @@ pub struct Client {
 struct Outgoing {
     header: [u8; Request::SIZE],
     payload: Option<Vec<u8>>,
+    /// Where the payload's buffer goes once written, for the caller to use again.
+    give_back: Option<oneshot::Sender<Vec<u8>>>,
 }
 
 #[derive(Default)]
@@ -85,6 +87,9 @@ enum Kind {
     Read {
         offset: u64,
         buf: Vec<u8>,
+        /// The ranges the chunks filled: a reply whose chunks do not cover the whole read is
+        /// refused, so a reused buffer's old bytes can never pass for data.
+        covered: Vec<std::ops::Range<usize>>,
     },
     BlockStatus {
         offset: u64,
@@ -142,13 +147,21 @@ impl Client {
 
     /// Reads `length` bytes at `offset` (holes come back as zeroes).
     pub async fn read(&self, offset: u64, length: u32) -> Result<Vec<u8>> {
+        self.read_into(offset, length, Vec::new()).await
+    }
+
+    /// [`Client::read`] into `buf`, reused (resized to `length`): a copier that reads and writes
+    /// the same few buffers over and over spares the allocator and the page faults of fresh ones.
+    pub async fn read_into(&self, offset: u64, length: u32, mut buf: Vec<u8>) -> Result<Vec<u8>> {
         self.check_range(offset, length)?;
+        buf.resize(length as usize, 0);
         let kind = Kind::Read {
             offset,
-            buf: vec![0; length as usize],
+            buf,
+            covered: Vec::new(),
         };
         match self
-            .call(proto::CMD_READ, 0, offset, length, None, kind)
+            .call(proto::CMD_READ, 0, offset, length, None, None, kind)
             .await?
         {
             Reply::Data(buf) => Ok(buf),
@@ -158,13 +171,28 @@ impl Client {
 
     /// Writes `data` at `offset`.
     pub async fn write(&self, offset: u64, data: Vec<u8>) -> Result<()> {
+        self.write_buf(offset, data).await.map(drop)
+    }
+
+    /// [`Client::write`], giving the buffer back once the write is done, to be used again.
+    pub async fn write_buf(&self, offset: u64, data: Vec<u8>) -> Result<Vec<u8>> {
         self.writable()?;
         let length = u32::try_from(data.len())
             .map_err(|_| NbdError::Unsupported("a write over 4 GiB".into()))?;
         self.check_range(offset, length)?;
-        self.call(proto::CMD_WRITE, 0, offset, length, Some(data), Kind::Other)
-            .await
-            .map(drop)
+        let (give_back, back) = oneshot::channel();
+        self.call(
+            proto::CMD_WRITE,
+            0,
+            offset,
+            length,
+            Some(data),
+            Some(give_back),
+            Kind::Other,
+        )
+        .await?;
+        // Written before its reply could come: the writer task has handed it back already.
+        Ok(back.await.unwrap_or_default())
     }
 
     /// Writes zeroes over `length` bytes at `offset`; `allocate` forbids punching a hole (for a
@@ -182,6 +210,7 @@ impl Client {
             offset,
             length,
             None,
+            None,
             Kind::Other,
         )
         .await
@@ -193,7 +222,7 @@ impl Client {
         if self.export.flags & proto::FLAG_SEND_FLUSH == 0 {
             return Err(NbdError::Unsupported("NBD_CMD_FLUSH".into()));
         }
-        self.call(proto::CMD_FLUSH, 0, 0, 0, None, Kind::Other)
+        self.call(proto::CMD_FLUSH, 0, 0, 0, None, None, Kind::Other)
             .await
             .map(drop)
     }
@@ -212,7 +241,7 @@ impl Client {
             extents: Vec::new(),
         };
         let Reply::Extents(by_id) = self
-            .call(proto::CMD_BLOCK_STATUS, 0, offset, length, None, kind)
+            .call(proto::CMD_BLOCK_STATUS, 0, offset, length, None, None, kind)
             .await?
         else {
             return Err(NbdError::Protocol(
@@ -250,6 +279,7 @@ impl Client {
             .send(Outgoing {
                 header,
                 payload: None,
+                give_back: None,
             })
             .await;
         if let Some(writer) = self.writer.take() {
@@ -287,6 +317,7 @@ impl Client {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn call(
         &self,
         command: u16,
@@ -294,6 +325,7 @@ impl Client {
         offset: u64,
         length: u32,
         payload: Option<Vec<u8>>,
+        give_back: Option<oneshot::Sender<Vec<u8>>>,
         kind: Kind,
     ) -> Result<Reply> {
         let cookie = self.cookies.fetch_add(1, Ordering::Relaxed);
@@ -320,12 +352,12 @@ impl Client {
             length,
         }
         .encode();
-        if self
-            .requests
-            .send(Outgoing { header, payload })
-            .await
-            .is_err()
-        {
+        let outgoing = Outgoing {
+            header,
+            payload,
+            give_back,
+        };
+        if self.requests.send(outgoing).await.is_err() {
             self.pending
                 .lock()
                 .expect("pending lock")
@@ -362,6 +394,9 @@ async fn write_requests(
             tracing::debug!(error = %e, "NBD socket write failed");
             close(&pending);
             return;
+        }
+        if let (Some(back), Some(p)) = (r.give_back, r.payload) {
+            let _ = back.send(p);
         }
         if proto::u16_at(&r.header, 6) == proto::CMD_DISC {
             break;
@@ -418,7 +453,15 @@ async fn reply_loop(socket: &mut OwnedReadHalf, pending: &Mutex<Pending>) -> Res
                 if chunk.done() {
                     let reply = match (w.error.take(), w.kind) {
                         (Some(e), _) => Err(e),
-                        (None, Kind::Read { buf, .. }) => Ok(Reply::Data(buf)),
+                        (None, Kind::Read { buf, covered, .. })
+                            if union_len(&covered) == buf.len() =>
+                        {
+                            Ok(Reply::Data(buf))
+                        }
+                        (None, Kind::Read { buf, .. }) => Err(NbdError::Protocol(format!(
+                            "a read of {} bytes answered in part",
+                            buf.len()
+                        ))),
                         (None, Kind::BlockStatus { extents, .. }) => Ok(Reply::Extents(extents)),
                         (None, Kind::Other) => Ok(Reply::Done),
                     };
@@ -451,16 +494,32 @@ async fn read_chunk(socket: &mut OwnedReadHalf, chunk: &Chunk, w: &mut Waiter) -
     let len = chunk.length as usize;
     match (chunk.kind, &mut w.kind) {
         (proto::REPLY_TYPE_NONE, _) if len == 0 => Ok(()),
-        (proto::REPLY_TYPE_OFFSET_DATA, Kind::Read { offset, buf }) if len >= 8 => {
+        (
+            proto::REPLY_TYPE_OFFSET_DATA,
+            Kind::Read {
+                offset,
+                buf,
+                covered,
+            },
+        ) if len >= 8 => {
             let at = socket.read_u64().await?;
             let range = slot(*offset, buf.len(), at, (len - 8) as u64)?;
+            covered.push(range.clone());
             socket.read_exact(&mut buf[range]).await?;
             Ok(())
         }
-        (proto::REPLY_TYPE_OFFSET_HOLE, Kind::Read { offset, buf }) if len == 12 => {
+        (
+            proto::REPLY_TYPE_OFFSET_HOLE,
+            Kind::Read {
+                offset,
+                buf,
+                covered,
+            },
+        ) if len == 12 => {
             let at = socket.read_u64().await?;
             let size = socket.read_u32().await?;
             let range = slot(*offset, buf.len(), at, u64::from(size))?;
+            covered.push(range.clone());
             buf[range].fill(0);
             Ok(())
         }
@@ -502,6 +561,21 @@ async fn read_chunk(socket: &mut OwnedReadHalf, chunk: &Chunk, w: &mut Waiter) -
     }
 }
 
+/// How many bytes `ranges` cover together (overlaps counted once).
+fn union_len(ranges: &[std::ops::Range<usize>]) -> usize {
+    let mut ranges = ranges.to_vec();
+    ranges.sort_by_key(|r| r.start);
+    let (mut total, mut end) = (0, 0);
+    for r in ranges {
+        let start = r.start.max(end);
+        if r.end > start {
+            total += r.end - start;
+            end = r.end;
+        }
+    }
+    total
+}
+
 /// Where `length` bytes at `at` fall in a buffer of `size` bytes read from `offset`; outside it
 /// is a protocol error, never a panic.
 fn slot(offset: u64, size: usize, at: u64, length: u64) -> Result<std::ops::Range<usize>> {
@@ -517,6 +591,13 @@ fn slot(offset: u64, size: usize, at: u64, length: u64) -> Result<std::ops::Rang
 #[cfg(test)]
 mod tests {
     use super::slot;
+
+    #[test]
+    fn overlapping_chunks_count_once() {
+        assert_eq!(super::union_len(&[0..10, 5..15, 20..30]), 25);
+        assert_eq!(super::union_len(&[0..2048, 0..2048]), 2048);
+        assert_eq!(super::union_len(&[]), 0);
+    }
 
     #[test]
     fn a_chunk_outside_its_read_is_refused() {

@@ -161,3 +161,27 @@ async fn an_error_chunk_fails_the_read_with_the_server_s_errno_and_message() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_read_answered_in_part_is_refused_never_handed_over_with_old_bytes() {
+    let (first, _) = read_from_a_liar(
+        |cookie, offset| {
+            // Half the read, twice: done, yet 2 KiB were never sent.
+            let mut b = Vec::new();
+            for flags in [0, proto::REPLY_FLAG_DONE] {
+                b.extend(chunk(
+                    flags,
+                    proto::REPLY_TYPE_OFFSET_DATA,
+                    cookie,
+                    8 + 2048,
+                ));
+                b.extend_from_slice(&offset.to_be_bytes());
+                b.extend_from_slice(&[7u8; 2048]);
+            }
+            b
+        },
+        false,
+    )
+    .await;
+    assert!(matches!(first, Err(NbdError::Protocol(_))), "{first:?}");
+}
