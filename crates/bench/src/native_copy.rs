@@ -41,7 +41,15 @@ fn variants(t: &Tuning) -> Vec<(&'static str, CopyOptions)> {
                 ..tuned.clone()
             },
         ),
-        ("native, zeroes written", tuned),
+        ("native, zeroes written", tuned.clone()),
+        (
+            "native, zeroes skipped, verified (both read back and hashed)",
+            CopyOptions {
+                destination_zeroed: true,
+                verify: true,
+                ..tuned
+            },
+        ),
     ]
 }
 
@@ -171,7 +179,7 @@ async fn native(
     )?;
     let mut destination = QemuNbd::start(&dir.join("dst.sock"), dst, "raw", &["--cache=none"])?;
     let s = source.connect("", &["base:allocation"]).await?;
-    let d = destination.connect("", &[]).await?;
+    let d = destination.connect("", &["base:allocation"]).await?;
     let stats = copy(&s, &d, opts, |_| {}).await?;
     s.disconnect().await?;
     d.disconnect().await?;

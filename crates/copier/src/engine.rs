@@ -11,6 +11,7 @@ use futures::{stream::FuturesUnordered, StreamExt};
 
 use crate::{
     bandwidth::TokenBucket,
+    blkhash::{image_digest, Digest},
     plan::{plan, Scope, Work},
 };
 
@@ -33,6 +34,22 @@ pub struct CopyOptions {
     /// The buckets every data piece is paid from before it is read: the host's, shared by its
     /// copies, and the copy's own limit, if any.
     pub limits: Vec<Arc<TokenBucket>>,
+    /// After the flush, read both images back and compare their digests (`blkhash`): a mismatch
+    /// fails the copy with [`CopyError::ChecksumMismatch`].
+    pub verify: bool,
+    /// Tests only: runs between the flush and the verification (a test corrupts the destination
+    /// there, as a disk that lies would).
+    pub before_verify: Option<Failpoint>,
+}
+
+/// A hook a test sets; nothing else does.
+#[derive(Clone)]
+pub struct Failpoint(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Failpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Failpoint")
+    }
 }
 
 impl Default for CopyOptions {
@@ -45,6 +62,8 @@ impl Default for CopyOptions {
             allocate_zeroes: false,
             from: 0,
             limits: Vec::new(),
+            verify: false,
+            before_verify: None,
         }
     }
 }
@@ -59,7 +78,7 @@ pub struct Progress {
 }
 
 /// What a copy did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CopyStats {
     /// Bytes read from the source and written.
     pub data_bytes: u64,
@@ -67,6 +86,8 @@ pub struct CopyStats {
     pub zero_bytes: u64,
     /// Bytes not written: zeroes on a fresh destination, or what a layer does not hold.
     pub skipped_bytes: u64,
+    /// The image's digest, source and destination alike, when verified.
+    pub digest: Option<Digest>,
 }
 
 /// Why a copy failed.
@@ -94,6 +115,14 @@ pub enum CopyError {
     /// The source's block status described nothing.
     #[error("the source's block status described nothing at {0}")]
     NoExtents(u64),
+    /// The destination read back differs from the source.
+    #[error("the destination's digest {destination} differs from the source's {source_digest}")]
+    ChecksumMismatch {
+        /// The source's digest.
+        source_digest: Digest,
+        /// The destination's digest.
+        destination: Digest,
+    },
 }
 
 /// How much of the source one block status asks about.
@@ -195,6 +224,24 @@ pub async fn copy(
         finish(r?, &mut starts, &mut stats, &mut done, at, &mut progress);
     }
     destination.flush().await.map_err(CopyError::Destination)?;
+    if opts.verify {
+        if let Some(Failpoint(hook)) = &opts.before_verify {
+            hook();
+        }
+        let n = opts.in_flight.max(1);
+        let (s, d) = tokio::join!(image_digest(source, n), image_digest(destination, n));
+        let (s, d) = (
+            s.map_err(CopyError::Source)?,
+            d.map_err(CopyError::Destination)?,
+        );
+        if s != d {
+            return Err(CopyError::ChecksumMismatch {
+                source_digest: s,
+                destination: d,
+            });
+        }
+        stats.digest = Some(s);
+    }
     Ok(stats)
 }
 

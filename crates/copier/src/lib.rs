@@ -4,9 +4,10 @@
 //! all on a fresh sparse destination), several pieces in flight. It knows nothing of jobs, leases or
 //! etcd: the host-worker runs it under the same lease, fencing and job protocol as `qemu-img`.
 pub mod bandwidth;
+pub mod blkhash;
 mod engine;
 pub mod plan;
 
 pub use bandwidth::TokenBucket;
-pub use engine::{copy, CopyError, CopyOptions, CopyStats, Progress};
+pub use engine::{copy, CopyError, CopyOptions, CopyStats, Failpoint, Progress};
 pub use plan::Scope;

@@ -303,3 +303,94 @@ async fn a_copy_alone_gets_the_whole_host_limit_and_two_copies_share_it() {
         );
     }
 }
+
+/// The digest of `image` as `qemu-nbd` serves it.
+async fn digest_of(dir: &Path, image: &Path, format: &str) -> String {
+    let mut server = QemuNbd::start(&dir.join("h.sock"), image, format, &["--read-only"]).unwrap();
+    let client = server.connect("", &["base:allocation"]).await.unwrap();
+    let digest = datapath_copier::blkhash::image_digest(&client, 8)
+        .await
+        .unwrap();
+    client.disconnect().await.unwrap();
+    digest
+}
+
+#[tokio::test]
+async fn the_digest_depends_on_the_bytes_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = raw_source(dir.path());
+    let (cow, full) = (dir.path().join("c.qcow2"), dir.path().join("full.raw"));
+    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", p(&src), p(&cow)]);
+    qemu_img(&[
+        "convert",
+        "-S",
+        "0",
+        "-f",
+        "raw",
+        "-O",
+        "raw",
+        p(&src),
+        p(&full),
+    ]);
+    let d = digest_of(dir.path(), &src, "raw").await;
+    assert_eq!(digest_of(dir.path(), &cow, "qcow2").await, d, "qcow2");
+    assert_eq!(
+        digest_of(dir.path(), &full, "raw").await,
+        d,
+        "every zero allocated"
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&full)
+        .unwrap()
+        .write_all_at(&[1], 50 * MIB)
+        .unwrap();
+    assert_ne!(
+        digest_of(dir.path(), &full, "raw").await,
+        d,
+        "one byte changed"
+    );
+}
+
+#[tokio::test]
+async fn a_verified_copy_carries_the_digest_and_a_destination_corrupted_before_the_check_fails() {
+    use std::sync::Arc;
+
+    use datapath_copier::{CopyError, Failpoint};
+    let dir = tempfile::tempdir().unwrap();
+    let src = raw_source(dir.path());
+    let dst = dir.path().join("v.raw");
+    qemu_img(&["create", "-f", "raw", p(&dst), "64M"]);
+    let opts = CopyOptions {
+        verify: true,
+        ..Default::default()
+    };
+    let (stats, _) = run_copy(dir.path(), (&src, "raw"), (&dst, "raw"), &opts).await;
+    assert_eq!(stats.digest, Some(digest_of(dir.path(), &src, "raw").await));
+
+    let corrupt = {
+        let dst = dst.clone();
+        Failpoint(Arc::new(move || {
+            let f = std::fs::OpenOptions::new().write(true).open(&dst).unwrap();
+            f.write_all_at(&[0x5a; 512], MIB + 4096).unwrap();
+            f.sync_all().unwrap();
+        }))
+    };
+    let opts = CopyOptions {
+        verify: true,
+        before_verify: Some(corrupt),
+        ..Default::default()
+    };
+    let mut source =
+        QemuNbd::start(&dir.path().join("s.sock"), &src, "raw", &["--read-only"]).unwrap();
+    let mut destination = QemuNbd::start(&dir.path().join("d.sock"), &dst, "raw", &[]).unwrap();
+    let s = source.connect("", &["base:allocation"]).await.unwrap();
+    let d = destination.connect("", &[]).await.unwrap();
+    match copy(&s, &d, &opts, |_| {}).await {
+        Err(CopyError::ChecksumMismatch {
+            source_digest,
+            destination,
+        }) => assert_ne!(source_digest, destination),
+        other => panic!("{other:?}"),
+    }
+}
