@@ -43,7 +43,7 @@ fn variants(t: &Tuning) -> Vec<(&'static str, CopyOptions)> {
         ),
         ("native, zeroes written", tuned.clone()),
         (
-            "native, zeroes skipped, verified (both read back and hashed)",
+            "native, zeroes skipped, verified (source hashed as read, destination read back)",
             CopyOptions {
                 destination_zeroed: true,
                 verify: true,

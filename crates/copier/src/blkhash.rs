@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 
 use datapath_nbd::{proto, Client, NbdError};
+
+use crate::plan::Work;
 use futures::{stream::FuturesOrdered, StreamExt};
 
 /// The block size: a block's hash is the unit of comparison.
@@ -87,7 +89,7 @@ async fn zero_ranges(client: &Client, at: u64, want: u64) -> Result<Vec<(u64, u6
 }
 
 /// The blocks' hashes, kept in order whatever order they come in.
-struct Blocks {
+pub(crate) struct Blocks {
     size: u64,
     hasher: blake3::Hasher,
     /// The next block to fold in.
@@ -98,7 +100,7 @@ struct Blocks {
 }
 
 impl Blocks {
-    fn new(size: u64) -> Self {
+    pub(crate) fn new(size: u64) -> Self {
         let mut hasher = blake3::Hasher::new();
         hasher.update(&size.to_le_bytes());
         Self {
@@ -111,7 +113,7 @@ impl Blocks {
     }
 
     /// `len` bytes of zeroes at `at` (whole blocks, or the image's short last one).
-    fn zero(&mut self, mut at: u64, len: u64) {
+    pub(crate) fn zero(&mut self, mut at: u64, len: u64) {
         let end = at + len;
         while at < end {
             let n = BLOCK.min(self.size - at);
@@ -126,7 +128,7 @@ impl Blocks {
     }
 
     /// Bytes read at `at`, a whole number of blocks (or up to the image's end).
-    fn data(&mut self, at: u64, bytes: &[u8]) {
+    pub(crate) fn data(&mut self, at: u64, bytes: &[u8]) {
         for (i, block) in bytes.chunks(BLOCK as usize).enumerate() {
             self.add(at + i as u64 * BLOCK, blake3::hash(block));
         }
@@ -140,15 +142,129 @@ impl Blocks {
         }
     }
 
-    fn digest(self) -> Digest {
+    pub(crate) fn digest(self) -> Digest {
         assert!(self.waiting.is_empty(), "every block folded in order");
         format!("blake3-64k:{}", self.hasher.finalize().to_hex())
     }
 }
 
+/// `works` (one window's plan, from `at` to where it ends) cut on block boundaries, so that a
+/// copy can hash the source from what it reads: a block any data piece touches is read whole, the
+/// others are zeroes (written or skipped as planned). The plan ends at the last whole block (or at
+/// the image's end), the rest left to the next window; at least one block is planned.
+pub(crate) fn block_aligned(works: &[Work], at: u64, size: u64) -> Vec<Work> {
+    let planned_end = works.last().map_or(at, |w| w.span().0 + w.span().1);
+    let mut end = if planned_end >= size {
+        size
+    } else {
+        planned_end / BLOCK * BLOCK
+    };
+    if end <= at {
+        end = (at + BLOCK).min(size);
+    }
+    let mut out: Vec<Work> = Vec::new();
+    let mut block = at;
+    while block < end {
+        let block_end = (block + BLOCK).min(end);
+        let touching = works
+            .iter()
+            .filter(|w| {
+                let (o, l) = w.span();
+                o < block_end && block < o + l
+            })
+            .collect::<Vec<_>>();
+        let kind =
+            if block_end > planned_end || touching.iter().any(|w| matches!(w, Work::Data { .. })) {
+                // Data, or a block the plan did not reach: read it.
+                Work::Data {
+                    offset: block,
+                    length: block_end - block,
+                }
+            } else if touching.iter().any(|w| matches!(w, Work::Zero { .. })) {
+                Work::Zero {
+                    offset: block,
+                    length: block_end - block,
+                }
+            } else {
+                Work::Skip {
+                    offset: block,
+                    length: block_end - block,
+                }
+            };
+        match (out.last_mut(), kind) {
+            (Some(Work::Data { length, .. }), Work::Data { length: l, .. })
+            | (Some(Work::Zero { length, .. }), Work::Zero { length: l, .. })
+            | (Some(Work::Skip { length, .. }), Work::Skip { length: l, .. }) => *length += l,
+            (_, k) => out.push(k),
+        }
+        block = block_end;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plan_is_cut_on_block_boundaries() {
+        let b = BLOCK;
+        let works = [
+            Work::Skip {
+                offset: 0,
+                length: b + 10,
+            },
+            Work::Data {
+                offset: b + 10,
+                length: 20,
+            },
+            Work::Zero {
+                offset: b + 30,
+                length: 3 * b,
+            },
+        ];
+        // Ends at 4b + 30 in a larger image: the last whole block ends at 4b.
+        assert_eq!(
+            block_aligned(&works, 0, 100 * b),
+            [
+                Work::Skip {
+                    offset: 0,
+                    length: b
+                },
+                Work::Data {
+                    offset: b,
+                    length: b
+                },
+                Work::Zero {
+                    offset: 2 * b,
+                    length: 2 * b
+                },
+            ]
+        );
+        // At the image's end, the short last block is planned too.
+        assert_eq!(
+            block_aligned(&works, 0, 4 * b + 30).last(),
+            Some(&Work::Zero {
+                offset: 2 * b,
+                length: 2 * b + 30
+            })
+        );
+        // Less than a block described: one block, read.
+        assert_eq!(
+            block_aligned(
+                &[Work::Skip {
+                    offset: 0,
+                    length: 10
+                }],
+                0,
+                100 * b
+            ),
+            [Work::Data {
+                offset: 0,
+                length: b
+            }]
+        );
+    }
 
     fn blocks_of(size: u64, parts: &[(u64, Option<Vec<u8>>)]) -> Digest {
         let mut b = Blocks::new(size);

@@ -11,7 +11,7 @@ use futures::{stream::FuturesUnordered, StreamExt};
 
 use crate::{
     bandwidth::TokenBucket,
-    blkhash::{image_digest, Digest},
+    blkhash::{block_aligned, image_digest, Blocks, Digest, BLOCK},
     plan::{plan, Scope, Work},
 };
 
@@ -156,6 +156,15 @@ pub async fn copy(
             .min(destination.max_payload())
             .max(4096),
     );
+    // A whole image copied from its start is hashed from what the copy reads (only the
+    // destination is read back to check it); a layer or a resumed copy re-reads its source.
+    let hashing = opts.verify && opts.scope == Scope::Whole && opts.from == 0;
+    let chunk = if hashing {
+        (chunk / BLOCK * BLOCK).max(BLOCK)
+    } else {
+        chunk
+    };
+    let blocks = hashing.then(|| Mutex::new(Blocks::new(size)));
     let (mut at, mut stats) = (opts.from.min(size), CopyStats::default());
     let mut done = 0;
     // The pieces' buffers, used again and again: fresh ones cost a page fault per 4 KiB.
@@ -179,6 +188,19 @@ pub async fn copy(
                 false,
                 chunk,
             )
+        };
+        let works = if hashing {
+            let aligned = block_aligned(&works, at, size);
+            for w in &aligned {
+                if let (Work::Zero { offset, length } | Work::Skip { offset, length }, Some(b)) =
+                    (w, &blocks)
+                {
+                    b.lock().expect("block hashes").zero(*offset, *length);
+                }
+            }
+            aligned
+        } else {
+            works
         };
         let works = recut(works, chunk);
         let Some(last) = works.last() else {
@@ -210,7 +232,7 @@ pub async fn copy(
                 }
             }
             starts.insert(w.span().0);
-            running.push(run(source, destination, w, opts, &buffers));
+            running.push(run(source, destination, w, opts, &buffers, blocks.as_ref()));
         }
         at = window_end;
         if running.is_empty() {
@@ -223,17 +245,28 @@ pub async fn copy(
     while let Some(r) = running.next().await {
         finish(r?, &mut starts, &mut stats, &mut done, at, &mut progress);
     }
+    drop(running);
     destination.flush().await.map_err(CopyError::Destination)?;
     if opts.verify {
         if let Some(Failpoint(hook)) = &opts.before_verify {
             hook();
         }
         let n = opts.in_flight.max(1);
-        let (s, d) = tokio::join!(image_digest(source, n), image_digest(destination, n));
-        let (s, d) = (
-            s.map_err(CopyError::Source)?,
-            d.map_err(CopyError::Destination)?,
-        );
+        let (s, d) = match blocks {
+            Some(b) => (
+                b.into_inner().expect("block hashes").digest(),
+                image_digest(destination, n)
+                    .await
+                    .map_err(CopyError::Destination)?,
+            ),
+            None => {
+                let (s, d) = tokio::join!(image_digest(source, n), image_digest(destination, n));
+                (
+                    s.map_err(CopyError::Source)?,
+                    d.map_err(CopyError::Destination)?,
+                )
+            }
+        };
         if s != d {
             return Err(CopyError::ChecksumMismatch {
                 source_digest: s,
@@ -319,6 +352,7 @@ async fn run(
     w: Work,
     opts: &CopyOptions,
     buffers: &Mutex<Vec<Vec<u8>>>,
+    blocks: Option<&Mutex<Blocks>>,
 ) -> Result<Work, CopyError> {
     let allocate = opts.allocate_zeroes;
     match w {
@@ -332,6 +366,9 @@ async fn run(
                 .read_into(offset, length as u32, buf)
                 .await
                 .map_err(CopyError::Source)?;
+            if let Some(b) = blocks {
+                b.lock().expect("block hashes").data(offset, &bytes);
+            }
             let buf = destination
                 .write_buf(offset, bytes)
                 .await

@@ -366,7 +366,20 @@ async fn a_verified_copy_carries_the_digest_and_a_destination_corrupted_before_t
         ..Default::default()
     };
     let (stats, _) = run_copy(dir.path(), (&src, "raw"), (&dst, "raw"), &opts).await;
-    assert_eq!(stats.digest, Some(digest_of(dir.path(), &src, "raw").await));
+    let digest = digest_of(dir.path(), &src, "raw").await;
+    assert_eq!(stats.digest.as_ref(), Some(&digest));
+    // Hashed from what the copy read, its zeroes skipped, out of a qcow2: the same digest.
+    let (cow, fresh) = (dir.path().join("v.qcow2"), dir.path().join("fresh.raw"));
+    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", p(&src), p(&cow)]);
+    qemu_img(&["create", "-f", "raw", p(&fresh), "64M"]);
+    let skipping = CopyOptions {
+        verify: true,
+        destination_zeroed: true,
+        chunk: 300 * 1024,
+        ..Default::default()
+    };
+    let (stats, _) = run_copy(dir.path(), (&cow, "qcow2"), (&fresh, "raw"), &skipping).await;
+    assert_eq!(stats.digest.as_ref(), Some(&digest));
 
     let corrupt = {
         let dst = dst.clone();
