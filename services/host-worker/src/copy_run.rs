@@ -261,7 +261,10 @@ async fn copy_under_lease(
         root: storage.root(),
     };
     copier::run_copier(worker, spec.job_id, control, &convert, &ends, meter)
-        .instrument(spans::qemu_img(&convert))
+        .instrument(spans::copier(
+            &convert,
+            worker.copier == crate::native_copier::CopierKind::Native,
+        ))
         .await?;
 
     // Flushed through the attempt's descriptor: the file this copy wrote, whatever the volume's

@@ -130,6 +130,11 @@ pub(crate) async fn run(
     };
     let ((result, status), text) = tokio::join!(copying, read_errors);
     meter.copier_ended();
+    let span = tracing::Span::current();
+    span.record("datapath.copy.bytes_written", meter.bytes());
+    if let Some(code) = status.and_then(|s| s.code()) {
+        span.record("process.exit.code", code);
+    }
     match result {
         Err(reason) => Err(Failure::Stopped(reason)),
         Ok(_) if control.reason().is_some() => Err(Failure::Stopped(

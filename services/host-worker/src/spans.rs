@@ -20,22 +20,31 @@ pub fn job(spec: &CopyDataSpec, size_bytes: u64) -> Span {
     )
 }
 
-/// The span of one `qemu-img convert` run.
-pub fn qemu_img(c: &Convert<'_>) -> Span {
-    tracing::info_span!(
-        "qemu_img.convert",
-        otel.name = "qemu-img convert",
-        process.executable.name = "qemu-img",
-        datapath.copy.source_format = c.src.format().qemu_name(),
-        datapath.copy.destination_format = c.dst.format().qemu_name(),
-        datapath.copy.preallocated = c.preallocated,
-        datapath.copy.rate_limit_bytes_per_second = c.rate_limit,
-        datapath.copy.bytes_written = Empty,
-        process.exit.code = Empty,
-        datapath.copy.stopped = Empty,
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-    )
+/// The span of one copier run: `qemu-img convert`, or the native copier over NBD (`native`).
+pub fn copier(c: &Convert<'_>, native: bool) -> Span {
+    macro_rules! copier_span {
+        ($name:literal, $otel:literal, $exe:literal) => {
+            tracing::info_span!(
+                $name,
+                otel.name = $otel,
+                process.executable.name = $exe,
+                datapath.copy.source_format = c.src.format().qemu_name(),
+                datapath.copy.destination_format = c.dst.format().qemu_name(),
+                datapath.copy.preallocated = c.preallocated,
+                datapath.copy.rate_limit_bytes_per_second = c.rate_limit,
+                datapath.copy.bytes_written = Empty,
+                process.exit.code = Empty,
+                datapath.copy.stopped = Empty,
+                otel.status_code = Empty,
+                otel.status_description = Empty,
+            )
+        };
+    }
+    if native {
+        copier_span!("nbd.copy", "native copy", "qemu-nbd")
+    } else {
+        copier_span!("qemu_img.convert", "qemu-img convert", "qemu-img")
+    }
 }
 
 fn failed(span: &Span, why: String) {
