@@ -11,7 +11,7 @@ use crate::{error::NbdError, Client, Result};
 
 /// A running `qemu-nbd`; killed (and its socket removed) when dropped.
 pub struct QemuNbd {
-    /// Taken only by [`QemuNbd::exited`], which consumes the handle.
+    /// Always set; an `Option` only so that the handle can be built before it is spawned.
     child: Option<Child>,
     socket: PathBuf,
 }
@@ -89,16 +89,22 @@ impl QemuNbd {
             .expect("taken only by exited(), which consumes the handle")
     }
 
-    /// Waits (off the runtime's threads) for the process to exit on its own, as `qemu-nbd` does
-    /// once its last client has left; its exit status.
-    pub async fn exited(mut self) -> Result<std::process::ExitStatus> {
-        let Some(mut child) = self.child.take() else {
-            return Err(NbdError::Closed);
-        };
-        let status = tokio::task::spawn_blocking(move || child.wait())
-            .await
-            .map_err(|e| NbdError::Protocol(format!("waiting for qemu-nbd: {e}")))??;
-        Ok(status)
+    /// Waits up to `timeout` for the process to exit on its own, as `qemu-nbd` does once its last
+    /// client has left; its exit status. Past the timeout it is killed, and that is an error.
+    pub async fn exit_within(mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child_mut().try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                // Dropping `self` kills it.
+                return Err(NbdError::Protocol(format!(
+                    "qemu-nbd did not exit within {timeout:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

@@ -44,6 +44,8 @@ pub enum CopierKind {
 
 /// How long the destination's `qemu-nbd` is given to exit once its client has left.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a failed copy's destination `qemu-nbd` is given to show it had already exited.
+const FAILED_EXIT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Copies `convert`'s source into its destination natively, reporting progress, until done or
 /// stopped.
@@ -107,25 +109,29 @@ pub(crate) async fn run(
             convert.preallocated,
         )
         .await;
-        control.set_copier(None);
-        if let Some(h) = heartbeats {
-            h.abort();
-        }
         drop(source);
         let status = match &result {
             // The destination's qemu-nbd exits once its client has left; a watchdog that killed it
-            // says so in its exit status.
-            Ok(_) if control.reason().is_none() => {
-                match tokio::time::timeout(EXIT_TIMEOUT, destination.exited()).await {
-                    Ok(Ok(s)) => Some(s),
-                    _ => None,
-                }
+            // says so in its exit status. The heartbeats go on until then: without them the
+            // watchdog would kill a qemu-nbd that is only closing.
+            Ok(Ok(())) if control.reason().is_none() => {
+                destination.exit_within(EXIT_TIMEOUT).await.ok()
             }
+            // A failed copy: its writer may have died first (killed by its watchdog, which its
+            // exit status tells); else it is killed.
+            Ok(Err(_)) if control.reason().is_none() => {
+                destination.exit_within(FAILED_EXIT_TIMEOUT).await.ok()
+            }
+            // A stopped copy: its writer is killed (dropped) at once.
             _ => {
                 drop(destination);
                 None
             }
         };
+        control.set_copier(None);
+        if let Some(h) = heartbeats {
+            h.abort();
+        }
         (result, status)
     };
     let ((result, status), text) = tokio::join!(copying, read_errors);
