@@ -144,6 +144,8 @@ pub async fn run(
         .await
         .with_context(|| format!("bind the metrics listener {}", config.metrics_listen))?;
     let host_id = identity::load_or_create(&config.state_dir, config.host_id)?;
+    let nbd_dir = native_copier::prepare_socket_root(&config.state_dir)
+        .context("the native copier's socket directory")?;
     let tls = datapath_server::load_tls(&config.server).context("TLS settings")?;
     if let Some(tls) = &tls {
         // The host id is the persisted one; the certificate must be issued for it.
@@ -187,6 +189,7 @@ pub async fn run(
         copy_bandwidth_limit: copy_limit(&config),
         simulated_copy_rate: config.simulated_copy_rate,
         copier: config.copier,
+        nbd_dir,
         host_bandwidth: (config.host_bandwidth_limit > 0).then(|| {
             Arc::new(datapath_copier::TokenBucket::new(
                 config.host_bandwidth_limit,

@@ -2,7 +2,8 @@
 //! a `qemu-nbd` on a private Unix socket, opened from the same `json:` images of inherited
 //! descriptors as `qemu-img convert` (so no name on shared storage is followed), and the engine of
 //! `crates/copier` between them: only what block status calls data is read, zeroes go without a
-//! payload, one layer of a chain is copied on its own from `qemu:allocation-depth`.
+//! payload, one layer of a chain is copied on its own from `qemu:allocation-depth`. The sockets
+//! live in `<state dir>/nbd/<job id>/`.
 //!
 //! The destination's `qemu-nbd` — the only process that writes — runs under the copier watchdog
 //! exactly as `qemu-img` does: it lives only while this worker's heartbeats come, which they do only
@@ -57,7 +58,8 @@ pub(crate) async fn run(
     ends: &CopyEnds<'_>,
     meter: &CopyMeter,
 ) -> Result<(), Failure> {
-    let dir = SocketDir::new(id).map_err(|e| failed(format!("socket directory: {e}")))?;
+    let dir = SocketDir::new(&worker.nbd_dir, id)
+        .map_err(|e| failed(format!("socket directory: {e}")))?;
     let layer_only = convert.dst_backing.is_some();
     info!(job_id = %id, layer_only, "copying natively over NBD");
     let direct =
@@ -275,13 +277,32 @@ fn destination_command(
     Ok(cmd)
 }
 
+/// The root of the per-job socket directories, `<state dir>/nbd`, emptied at start: what a worker
+/// killed mid-copy left there (its drop never ran) goes with the next start, when no copy of this
+/// host runs. Falls back to the temporary directory when a socket path under the state directory
+/// would be too long for a Unix socket (108 bytes).
+pub fn prepare_socket_root(state_dir: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    const LONGEST_SOCKET_UNDER_ROOT: usize = "/00000000-0000-0000-0000-000000000000/dst.sock".len();
+    let mut root = state_dir.join("nbd");
+    if root.as_os_str().len() + LONGEST_SOCKET_UNDER_ROOT >= 108 {
+        root = std::env::temp_dir().join(format!("datapath-nbd-{}", std::process::id()));
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&root)?;
+    Ok(root)
+}
+
 /// A private directory for one job's two sockets, removed when dropped.
 struct SocketDir(PathBuf);
 
 impl SocketDir {
-    fn new(id: JobId) -> std::io::Result<Self> {
+    fn new(root: &Path, id: JobId) -> std::io::Result<Self> {
         use std::os::unix::fs::DirBuilderExt as _;
-        let dir = std::env::temp_dir().join(format!("datapath-nbd-{id}"));
+        let dir = root.join(id.to_string());
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
         Ok(Self(dir))
@@ -299,5 +320,26 @@ impl SocketDir {
 impl Drop for SocketDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_root_is_emptied_at_start_and_never_too_long_for_a_socket() {
+        let state = tempfile::tempdir().unwrap();
+        let root = prepare_socket_root(state.path()).unwrap();
+        assert_eq!(root, state.path().join("nbd"));
+        std::fs::create_dir(root.join("left-by-a-killed-worker")).unwrap();
+        assert_eq!(prepare_socket_root(state.path()).unwrap(), root);
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "not emptied");
+
+        let deep = state.path().join("x".repeat(90));
+        let root = prepare_socket_root(&deep).unwrap();
+        let socket = root.join(JobId::random().to_string()).join("dst.sock");
+        assert!(socket.as_os_str().len() < 108, "{}", socket.display());
+        let _ = std::fs::remove_dir_all(root);
     }
 }

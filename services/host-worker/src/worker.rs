@@ -68,6 +68,8 @@ pub struct Worker {
     pub simulated_copy_rate: u64,
     /// What copies a volume's bytes (`--copier`).
     pub copier: crate::native_copier::CopierKind,
+    /// Where the native copier's per-job socket directories go (`<state dir>/nbd`).
+    pub nbd_dir: std::path::PathBuf,
     /// The native copier's budget for the whole host (`--host-bandwidth-limit`), shared by its
     /// running copies; `None`: unlimited.
     pub host_bandwidth: Option<Arc<datapath_copier::TokenBucket>>,
