@@ -63,6 +63,13 @@ fn with_slow_copies(c: &mut dpctl::local::ClusterConfig) {
     throttle(c, 8 * MIB);
 }
 
+/// [`with_slow_copies`] with `--copier native` (the limit paid from the copy's own bucket).
+fn with_slow_native_copies(c: &mut dpctl::local::ClusterConfig) {
+    with_slow_copies(c);
+    c.host_worker_extra_args
+        .extend(["--copier".to_string(), "native".to_string()]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_worker_killed_mid_copy_takes_its_copier_with_it() {
     let mut tc = TestCluster::start(1, with_slow_copies).await.unwrap();
@@ -74,13 +81,9 @@ async fn a_host_worker_killed_mid_copy_takes_its_copier_with_it() {
 /// dies with the worker (and the source's `qemu-nbd` with the worker directly).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_worker_killed_mid_copy_takes_its_native_writer_with_it() {
-    let mut tc = TestCluster::start(1, |c| {
-        with_slow_copies(c);
-        c.host_worker_extra_args
-            .extend(["--copier".to_string(), "native".to_string()]);
-    })
-    .await
-    .unwrap();
+    let mut tc = TestCluster::start(1, with_slow_native_copies)
+        .await
+        .unwrap();
     let copy = slow_copy_by(&mut tc, native_writer).await;
     the_killed_worker_s_writer_dies_with_it(&mut tc, copy).await;
 }
@@ -419,13 +422,9 @@ async fn a_stopped_host_worker_has_its_copier_killed_before_its_lease_expires() 
 /// copier watchdog (the per-copy limit slows it, paid from the native copier's own bucket).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_host_worker_has_its_native_writer_killed_before_its_lease_expires() {
-    let mut tc = TestCluster::start(1, |c| {
-        with_slow_copies(c);
-        c.host_worker_extra_args
-            .extend(["--copier".to_string(), "native".to_string()]);
-    })
-    .await
-    .unwrap();
+    let mut tc = TestCluster::start(1, with_slow_native_copies)
+        .await
+        .unwrap();
     let copy = slow_copy_by(&mut tc, native_writer).await;
     the_stopped_worker_s_writer_dies_before_its_lease(&mut tc, copy).await;
 }

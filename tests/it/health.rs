@@ -355,18 +355,15 @@ async fn a_registration_deleted_or_edited_by_hand_is_written_again_at_once() {
     let (record, _) = stored().await.unwrap();
 
     tc.etcd.clone().delete(key.clone(), None).await.unwrap();
-    wait_for(
-        Duration::from_secs(5),
-        "the deleted record back",
-        || async {
+    let written_back = |what: &'static str| {
+        wait_for(Duration::from_secs(5), what, || async {
             stored()
                 .await
                 .filter(|(h, l)| *h == record && *l == lease)
                 .map(|_| ())
-        },
-    )
-    .await
-    .unwrap();
+        })
+    };
+    written_back("the deleted record back").await.unwrap();
 
     let edited = pb::Host {
         job_slots: 99,
@@ -377,16 +374,7 @@ async fn a_registration_deleted_or_edited_by_hand_is_written_again_at_once() {
         .put(key.clone(), edited.encode_to_vec(), None)
         .await
         .unwrap();
-    wait_for(
-        Duration::from_secs(5),
-        "the edited record written back",
-        || async {
-            stored()
-                .await
-                .filter(|(h, l)| *h == record && *l == lease)
-                .map(|_| ())
-        },
-    )
-    .await
-    .unwrap();
+    written_back("the edited record written back")
+        .await
+        .unwrap();
 }
